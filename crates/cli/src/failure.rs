@@ -1,0 +1,70 @@
+//! [`Failure`]: what the user sees when a command fails.
+
+use std::fmt::Display;
+use std::process::ExitCode;
+
+/// Exit code for bad input or configuration.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code for an I/O problem on the user's machine.
+pub const EXIT_IO: u8 = 1;
+
+/// One sentence saying what is wrong, a hint saying what to do, an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+    pub code: u8,
+}
+
+impl Failure {
+    /// A failure caused by the user's input or configuration (exit code 2).
+    pub fn config(message: impl Display) -> Self {
+        Self {
+            message: message.to_string(),
+            hint: None,
+            code: EXIT_CONFIG,
+        }
+    }
+
+    /// A failure to read or write a file (exit code 1).
+    pub fn io(what: impl Display, err: &std::io::Error) -> Self {
+        Self {
+            message: format!("{what}: {}", io_reason(err)),
+            hint: None,
+            code: EXIT_IO,
+        }
+    }
+
+    /// Adds the hint.
+    pub fn hint(mut self, hint: impl Display) -> Self {
+        self.hint = Some(hint.to_string());
+        self
+    }
+
+    /// Prints the failure on stderr and returns its exit code.
+    pub fn report(self) -> std::process::ExitCode {
+        eprintln!("error: {}", self.message);
+        if let Some(hint) = self.hint {
+            eprintln!("hint: {hint}");
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+/// `io::Error`'s text without the "(os error N)" noise.
+fn io_reason(err: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match err.kind() {
+        NotFound => "no such file or directory".into(),
+        PermissionDenied => "permission denied".into(),
+        AlreadyExists => "it already exists".into(),
+        IsADirectory => "it is a directory".into(),
+        _ => {
+            let s = err.to_string();
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_lowercase(),
+                None => s,
+            }
+        }
+    }
+}

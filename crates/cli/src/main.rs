@@ -1,0 +1,42 @@
+//! `berth`: the command-line front of Berth. Thin: it parses arguments, calls
+//! the libraries, and turns their typed errors into one sentence, a hint and
+//! an exit code. It is the only crate that knows about terminals and exit codes.
+
+mod envargs;
+mod envcmd;
+mod failure;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Deploy Docker Compose apps into confidential VMs, with private images pulled
+/// at boot using registry credentials only the CVM can read.
+#[derive(Parser)]
+#[command(name = "berth", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an X25519 env key pair: writes the private key, prints the public key.
+    Keygen(envcmd::KeygenArgs),
+    /// Seal environment variables to an app's env public key; prints hex.
+    Seal(envcmd::SealArgs),
+    /// Open a sealed env with a private key; prints `.env` lines (or JSON).
+    Unseal(envcmd::UnsealArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => envcmd::keygen(args),
+        Command::Seal(args) => envcmd::seal(args),
+        Command::Unseal(args) => envcmd::unseal(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}

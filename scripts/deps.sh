@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything `make test` and `make demo` need on a fresh Debian
+# machine, idempotently: Debian packages with apt-get, npm packages into
+# interop/node_modules, PyPI packages into .deps/py. Nothing else is touched.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+apt_missing=()
+command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
+if ((${#apt_missing[@]})); then
+  echo "deps: installing ${apt_missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+
+# The official clients, pinned by interop/package-lock.json.
+if ! cmp -s interop/package-lock.json interop/node_modules/.berth-installed-lock; then
+  echo "deps: npm ci in interop/"
+  (cd interop && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.berth-installed-lock)
+fi
+
+# Registry fixtures (docker-registry, skopeo, umoci, moto) when present.
+if [ -x scripts/registry-deps.sh ]; then
+  scripts/registry-deps.sh
+fi
+
+# An independent AES-GCM/X25519 implementation for the interop test.
+PY_TARGET=.deps/py
+if ! PYTHONPATH="$PY_TARGET" python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' >/dev/null 2>&1; then
+  echo "deps: pip install cryptography into $PY_TARGET"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$PY_TARGET" 'cryptography>=42'
+fi
+
+# The test runner: cargo-nextest is on the machine image; fall back to cargo test.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "deps: cargo-nextest not found; the suite will run with cargo test"
+fi
+echo "deps: ok"
