@@ -35,6 +35,15 @@ impl Failure {
         }
     }
 
+    /// A failure already reported (for example as JSON on stdout).
+    pub fn silent(code: u8) -> Self {
+        Self {
+            message: String::new(),
+            hint: None,
+            code,
+        }
+    }
+
     /// Adds the hint.
     pub fn hint(mut self, hint: impl Display) -> Self {
         self.hint = Some(hint.to_string());
@@ -43,6 +52,9 @@ impl Failure {
 
     /// Prints the failure on stderr and returns its exit code.
     pub fn report(self) -> std::process::ExitCode {
+        if self.message.is_empty() {
+            return ExitCode::from(self.code);
+        }
         eprintln!("error: {}", self.message);
         if let Some(hint) = self.hint {
             eprintln!("hint: {hint}");

@@ -5,6 +5,7 @@
 mod envargs;
 mod envcmd;
 mod failure;
+mod pullcmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +27,10 @@ enum Command {
     Seal(envcmd::SealArgs),
     /// Open a sealed env with a private key; prints `.env` lines (or JSON).
     Unseal(envcmd::UnsealArgs),
+    /// Pull images from private registries into an OCI layout directory.
+    Pull(pullcmd::PullArgs),
+    /// Pre-flight: can these images be pulled with these credentials? (HEAD only.)
+    Check(pullcmd::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
         Command::Keygen(args) => envcmd::keygen(args),
         Command::Seal(args) => envcmd::seal(args),
         Command::Unseal(args) => envcmd::unseal(args),
+        Command::Pull(args) => pullcmd::pull(args),
+        Command::Check(args) => pullcmd::check(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,53 @@
+//! Everything Berth needs to pull a private image: what an image name means,
+//! which credentials apply to it, and (in the pull engine modules) how to
+//! talk to the registry.
+//!
+//! - [`reference`](mod@reference): [`reference::ImageReference`], the Docker reference
+//!   grammar normalised the way the Docker CLI does it (`busybox` is
+//!   `docker.io/library/busybox:latest`), and [`reference::Digest`].
+//! - [`credentials`]: [`credentials::CredentialSet`], resolved from exactly
+//!   the documented `DSTACK_DOCKER_*` and `DSTACK_AWS_*` variables of a
+//!   decrypted env; each login applies only to its own registry.
+//! - [`docker_config`]: the same logins read from a developer's Docker
+//!   client configuration (`config.json` and credential helpers).
+//! - [`ratelimit`]: Docker Hub's `ratelimit-*` headers and `Retry-After`.
+//!
+//! Why the crate looks the way it does: it runs inside the CVM with the
+//! user's registry passwords in memory, so every secret is held in
+//! [`envseal::SecretValue`] (redacting `Debug`/`Display`, zeroized on drop)
+//! from the moment it is read, and no error message in this crate ever
+//! carries a secret value; errors name the variable, file entry or helper
+//! at fault instead. Parsing is hand-written and dependency-light because
+//! this code is part of the guest image.
+//!
+//! Architecture invariants: this crate knows nothing about the sealed env
+//! format, the control plane, terminals or exit codes; it never logs.
+
+#![deny(missing_docs)]
+
+pub mod credentials;
+pub mod docker_config;
+pub mod ratelimit;
+pub mod reference;
+
+// The pull engine.
+pub mod client;
+pub mod ecr;
+pub mod endpoint;
+pub mod error;
+pub mod events;
+pub mod manifest;
+pub mod pull;
+pub mod retry;
+pub mod store;
+
+pub use client::RequestCounts;
+pub use credentials::CredentialSet;
+pub use endpoint::Endpoints;
+pub use error::{Category, PullError};
+pub use events::{EventSink, PullEvent, no_events};
+pub use manifest::Platform;
+pub use pull::{CheckedImage, PullOptions, PulledImage, Puller};
+pub use reference::{Digest, ImageReference};
+pub use retry::RetryPolicy;
+pub use store::OciStore;

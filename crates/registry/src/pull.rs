@@ -1,0 +1,784 @@
+//! [`Puller`]: pulls images into an [`OciStore`], and checks them.
+//!
+//! The pull is a pipeline of named stages: resolve the endpoint and login
+//! ([`crate::endpoint`], [`crate::credentials`]), resolve the manifest (HEAD
+//! first; GET only what the store lacks), select the platform
+//! ([`crate::manifest`]), fetch blobs (bounded concurrency, streamed to disk
+//! with a running hash, resumed with `Range` after a dropped connection,
+//! verified, then renamed into place), and record the reference in the
+//! layout's `index.json`.
+
+use crate::client::{Expect, Login, RegistryClient, RequestCounts, error_codes};
+use crate::credentials::{Credential, CredentialSet};
+use crate::docker_config::DockerConfig;
+use crate::ecr::EcrTokenSource;
+use crate::endpoint::{Endpoint, Endpoints};
+use crate::error::{Category, PullError};
+use crate::events::{EventSink, PullEvent};
+use crate::manifest::{self, Descriptor, ImageManifest, Manifest, Platform};
+use crate::ratelimit::RateLimit;
+use crate::reference::{Digest, ImageReference};
+use crate::retry::{Backoff, Next, RetryPolicy};
+use crate::store::{Hasher, OciStore};
+use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use url::Url;
+
+/// Everything a [`Puller`] needs to know.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// The OCI layout directory images go into.
+    pub store: PathBuf,
+    /// The platform to select from multi-platform images.
+    pub platform: Platform,
+    /// Most blob downloads at once.
+    pub jobs: usize,
+    /// Registry-name to endpoint mappings.
+    pub endpoints: Endpoints,
+    /// Extra trusted CA certificates (PEM), on top of the system roots.
+    pub ca_certs_pem: Vec<Vec<u8>>,
+    /// Retry policy for every request.
+    pub retry: RetryPolicy,
+    /// Logins from the `DSTACK_*` variables.
+    pub credentials: CredentialSet,
+    /// The Docker client's configuration, consulted for registries that the
+    /// `DSTACK_*` variables do not cover (developer machines only).
+    pub docker_config: Option<DockerConfig>,
+    /// ECR API endpoint override (`AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL`).
+    pub ecr_endpoint: Option<Url>,
+}
+
+impl PullOptions {
+    /// Defaults for the store at `store`: the host platform, 4 jobs, no
+    /// credentials, default retries.
+    pub fn new(store: impl Into<PathBuf>) -> Self {
+        Self {
+            store: store.into(),
+            platform: Platform::host(),
+            jobs: 4,
+            endpoints: Endpoints::new(),
+            ca_certs_pem: Vec::new(),
+            retry: RetryPolicy::default(),
+            credentials: CredentialSet::default(),
+            docker_config: None,
+            ecr_endpoint: None,
+        }
+    }
+}
+
+/// The outcome of pulling one image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PulledImage {
+    /// The full normalised reference.
+    pub reference: String,
+    /// The digest of the platform's image manifest.
+    pub digest: Digest,
+    /// The digest of the index it was selected from, for multi-platform images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
+    /// The platform, when selected from an index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Number of layers.
+    pub layers: usize,
+    /// Bytes downloaded by this pull.
+    pub bytes_downloaded: u64,
+    /// Bytes that were already in the store.
+    pub bytes_reused: u64,
+    /// Whether every manifest came from the store (no manifest GET).
+    pub manifest_cached: bool,
+}
+
+/// The outcome of checking one image (HEAD only).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CheckedImage {
+    /// The full normalised reference.
+    pub reference: String,
+    /// The registry.
+    pub registry: String,
+    /// The manifest digest the tag points at, when the registry said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// The manifest's media type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// How the registry was accessed: `anonymous` or the credentials' source.
+    pub auth: String,
+}
+
+/// Pulls images. Cheap to share: one per process or boot.
+pub struct Puller {
+    opts: PullOptions,
+    http: reqwest::Client,
+    store: OciStore,
+    events: EventSink,
+    clients: tokio::sync::Mutex<HashMap<String, Arc<RegistryClient>>>,
+    jobs: tokio::sync::Semaphore,
+    inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Puller {
+    /// A puller with `opts`, reporting to `events`.
+    pub fn new(opts: PullOptions, events: EventSink) -> Result<Self, PullError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        for pem in &opts.ca_certs_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
+                PullError::config("a --ca-cert file is not a PEM certificate").hint("pass a PEM file with -----BEGIN CERTIFICATE-----")
+            })?;
+            if certs.is_empty() {
+                return Err(PullError::config("a --ca-cert file holds no PEM certificate"));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|_| PullError::config("cannot set up the HTTP client (TLS configuration)"))?;
+        let store = OciStore::open(&opts.store)?;
+        let jobs = tokio::sync::Semaphore::new(opts.jobs.max(1));
+        Ok(Self {
+            opts,
+            http,
+            store,
+            events,
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+            jobs,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store images are pulled into.
+    pub fn store(&self) -> &OciStore {
+        &self.store
+    }
+
+    /// The last rate limit each registry reported.
+    pub async fn rate_limits(&self) -> Vec<(String, RateLimit)> {
+        let clients = self.clients.lock().await;
+        let mut out: Vec<_> = clients
+            .values()
+            .filter_map(|c| c.rate_limit().map(|rl| (c.registry.clone(), rl)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Requests sent so far, all registries together.
+    pub async fn request_counts(&self) -> RequestCounts {
+        let clients = self.clients.lock().await;
+        clients.values().fold(RequestCounts::default(), |mut acc, c| {
+            let n = c.counts();
+            acc.manifest_heads += n.manifest_heads;
+            acc.manifest_gets += n.manifest_gets;
+            acc.token_fetches += n.token_fetches;
+            acc
+        })
+    }
+
+    /// Pulls every image concurrently; the first failure (in `refs` order)
+    /// is returned if any fails.
+    pub async fn pull_all(&self, refs: &[ImageReference]) -> Result<Vec<PulledImage>, PullError> {
+        let results = futures_util::future::join_all(refs.iter().map(|r| self.pull(r))).await;
+        results.into_iter().collect()
+    }
+
+    /// Pulls one image into the store.
+    pub async fn pull(&self, reference: &ImageReference) -> Result<PulledImage, PullError> {
+        let image = reference.to_string();
+        self.pull_inner(reference, &image)
+            .await
+            .map_err(|e| e.context(reference.registry(), &image))
+    }
+
+    async fn pull_inner(&self, reference: &ImageReference, image: &str) -> Result<PulledImage, PullError> {
+        let client = self.client_for(reference).await?;
+        let repo = reference.repository();
+        let mut all_cached = true;
+
+        // Stage: resolve the top-level manifest (HEAD first).
+        let top_digest = match reference.digest() {
+            Some(d) => Some(d.clone()),
+            None => self.head_digest(&client, reference).await?,
+        };
+        let (top_digest, top_bytes, cached) = self.manifest_bytes(&client, reference, top_digest).await?;
+        all_cached &= cached;
+        let content_type = None;
+        let (manifest_desc, image_manifest, index_digest, platform) = match Manifest::parse(&top_bytes, content_type)? {
+            Manifest::Image(m) => (
+                Descriptor {
+                    media_type: media_type_of(&top_bytes, manifest::OCI_MANIFEST),
+                    digest: top_digest.clone(),
+                    size: top_bytes.len() as u64,
+                    platform: None,
+                },
+                m,
+                None,
+                None,
+            ),
+            Manifest::Index(index) => {
+                // Stage: select the platform.
+                let want = &self.opts.platform;
+                let chosen = want.select(&index).cloned().ok_or_else(|| {
+                    let have: Vec<String> = index
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                        .filter(|p| !p.starts_with("unknown"))
+                        .collect();
+                    PullError::new(
+                        Category::NotFound,
+                        format!("{image} has no image for platform {want} (it has: {})", have.join(", ")),
+                    )
+                    .hint("pick a platform the image has with --platform, or push one for this platform")
+                })?;
+                let (digest, bytes, cached) =
+                    self.manifest_bytes(&client, reference, Some(chosen.digest.clone())).await?;
+                all_cached &= cached;
+                let Manifest::Image(m) = Manifest::parse(&bytes, Some(&chosen.media_type))? else {
+                    return Err(PullError::new(
+                        Category::RegistryError,
+                        format!("{image}: the index entry for {want} is itself an index"),
+                    ));
+                };
+                let platform = chosen.platform.clone();
+                (
+                    Descriptor {
+                        media_type: media_type_of(&bytes, &chosen.media_type),
+                        digest,
+                        size: bytes.len() as u64,
+                        platform: platform.clone(),
+                    },
+                    m,
+                    Some(top_digest.clone()),
+                    platform,
+                )
+            }
+        };
+        (self.events)(&PullEvent::Resolved {
+            image: image.to_owned(),
+            digest: manifest_desc.digest.clone(),
+            cached: all_cached,
+        });
+
+        // Stage: fetch the config and the layers.
+        let ImageManifest { config, layers } = image_manifest;
+        let blobs: Vec<Descriptor> = std::iter::once(config).chain(layers.iter().cloned()).collect();
+        for b in &blobs {
+            (self.events)(&PullEvent::BlobQueued {
+                image: image.to_owned(),
+                digest: b.digest.clone(),
+                size: b.size,
+                cached: self.store.has_blob(&b.digest, Some(b.size)),
+            });
+        }
+        let results =
+            futures_util::future::join_all(blobs.iter().map(|b| self.fetch_blob(&client, repo, b))).await;
+        let mut downloaded = 0;
+        let mut reused = 0;
+        for r in results {
+            let (d, u) = r?;
+            downloaded += d;
+            reused += u;
+        }
+
+        // Stage: record the reference.
+        self.store.add_ref(image, &manifest_desc)?;
+        (self.events)(&PullEvent::Done {
+            image: image.to_owned(),
+            digest: manifest_desc.digest.clone(),
+        });
+        Ok(PulledImage {
+            reference: image.to_owned(),
+            digest: manifest_desc.digest,
+            index_digest,
+            platform: platform.map(|p| p.to_string()),
+            layers: layers.len(),
+            bytes_downloaded: downloaded,
+            bytes_reused: reused,
+            manifest_cached: all_cached,
+        })
+    }
+
+    /// Checks that `reference` can be pulled with the configured credentials,
+    /// with HEAD requests only (no Docker Hub pull quota is used).
+    pub async fn check(&self, reference: &ImageReference) -> Result<CheckedImage, PullError> {
+        let image = reference.to_string();
+        let result = async {
+            let client = self.client_for(reference).await?;
+            let resp = self.head(&client, reference, reference.reference_for_manifest()).await?;
+            let digest = header_digest(resp.headers(), &image)?;
+            if let (Some(want), Some(got)) = (reference.digest(), &digest)
+                && want != got
+            {
+                return Err(digest_mismatch(&image, want, got));
+            }
+            let media_type = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
+            Ok(CheckedImage {
+                reference: image.clone(),
+                registry: reference.registry().to_owned(),
+                digest,
+                media_type,
+                auth: client.auth_description().to_owned(),
+            })
+        }
+        .await;
+        result.map_err(|e| e.context(reference.registry(), &image))
+    }
+
+    /// The client for the reference's registry, created on first use.
+    async fn client_for(&self, reference: &ImageReference) -> Result<Arc<RegistryClient>, PullError> {
+        let registry = reference.registry().to_owned();
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&registry) {
+            return Ok(c.clone());
+        }
+        let base = match self.opts.endpoints.endpoint(&registry, reference.api_host()) {
+            Endpoint::Explicit(u) | Endpoint::Https(u) => u,
+            Endpoint::HttpsThenHttp { https, http } => self.probe_https(https, http).await,
+        };
+        let login = match self.opts.credentials.for_registry(&registry) {
+            Some(Credential::Docker(d)) => Login::from_docker(d, "the DSTACK_DOCKER_USERNAME/DSTACK_DOCKER_PASSWORD credentials"),
+            Some(Credential::Ecr(e)) => Login::from_ecr(
+                e,
+                EcrTokenSource::new(e.clone(), self.opts.ecr_endpoint.clone(), self.http.clone(), self.opts.retry),
+            ),
+            None => match &self.opts.docker_config {
+                Some(cfg) => match cfg.login_for(&registry) {
+                    Ok(Some(d)) => Login::from_docker(&d, "the login from the Docker client's config.json"),
+                    Ok(None) => Login::Anonymous,
+                    Err(e) => {
+                        return Err(PullError::config(e.to_string())
+                            .registry(&registry)
+                            .hint("fix the Docker client's config.json or its credential helper, or set the DSTACK_DOCKER_* variables"));
+                    }
+                },
+                None => Login::Anonymous,
+            },
+        };
+        let client = Arc::new(RegistryClient::new(
+            registry.clone(),
+            base,
+            self.http.clone(),
+            login,
+            self.opts.retry,
+            self.events.clone(),
+        ));
+        clients.insert(registry, client.clone());
+        Ok(client)
+    }
+
+    /// Docker's rule for loopback registries: HTTPS if it answers, else HTTP.
+    async fn probe_https(&self, https: Url, http: Url) -> Url {
+        let probe = self
+            .http
+            .get(https.join("v2/").expect("static path"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match probe {
+            Ok(_) => https,
+            Err(e) if crate::client::classify_transport_error(&e).0 => https, // TLS, untrusted: report it later
+            Err(_) => http,
+        }
+    }
+
+    async fn head(
+        &self,
+        client: &RegistryClient,
+        reference: &ImageReference,
+        what: &str,
+    ) -> Result<reqwest::Response, PullError> {
+        let repo = reference.repository();
+        let resp = client
+            .send(Method::HEAD, &format!("/v2/{repo}/manifests/{what}"), repo, accept_manifests(), Expect::Manifest)
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            StatusCode::NOT_FOUND => Err(not_found(reference, &client.registry)),
+            s => Err(PullError::new(
+                Category::RegistryError,
+                format!("{} answered {s} to a manifest request for {reference}", client.registry),
+            )),
+        }
+    }
+
+    /// The tag's digest from a HEAD, or `None` if the registry does not say.
+    async fn head_digest(&self, client: &RegistryClient, reference: &ImageReference) -> Result<Option<Digest>, PullError> {
+        let resp = self.head(client, reference, reference.reference_for_manifest()).await?;
+        if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            && len > manifest::MAX_MANIFEST_BYTES
+        {
+            return Err(too_big(&reference.to_string(), len));
+        }
+        header_digest(resp.headers(), &reference.to_string())
+    }
+
+    /// A manifest's bytes: from the store when `digest` is known and present,
+    /// else one GET, verified against the digest.
+    async fn manifest_bytes(
+        &self,
+        client: &RegistryClient,
+        reference: &ImageReference,
+        digest: Option<Digest>,
+    ) -> Result<(Digest, Vec<u8>, bool), PullError> {
+        let image = reference.to_string();
+        if let Some(d) = &digest
+            && let Some(bytes) = self.store.read_blob(d)?
+        {
+            return Ok((d.clone(), bytes, true));
+        }
+        let repo = reference.repository();
+        let what = match &digest {
+            Some(d) => d.to_string(),
+            None => reference.reference_for_manifest().to_owned(),
+        };
+        let resp = client
+            .send(Method::GET, &format!("/v2/{repo}/manifests/{what}"), repo, accept_manifests(), Expect::Manifest)
+            .await?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => {
+                let body = error_codes(resp).await;
+                let _ = body;
+                return Err(not_found(reference, &client.registry));
+            }
+            s => {
+                let body = error_codes(resp).await;
+                return Err(PullError::new(
+                    Category::RegistryError,
+                    format!("{} answered {} to a manifest request for {image}", client.registry, body.summary(s.as_str())),
+                ));
+            }
+        }
+        let header_dig = header_digest(resp.headers(), &image)?;
+        if let Some(len) = resp.content_length()
+            && len > manifest::MAX_MANIFEST_BYTES
+        {
+            return Err(too_big(&image, len));
+        }
+        let mut bytes = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                PullError::new(
+                    Category::Unreachable,
+                    format!("the connection to {} dropped while reading the manifest of {image}: {}", client.registry, crate::client::classify_transport_error(&e).1),
+                )
+            })?;
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > manifest::MAX_MANIFEST_BYTES {
+                return Err(too_big(&image, bytes.len() as u64));
+            }
+        }
+        let computed = crate::store::sha256_digest(&bytes);
+        let expected = digest.or(header_dig).unwrap_or_else(|| computed.clone());
+        if !crate::store::verify(&expected, &bytes) {
+            return Err(PullError::new(
+                Category::Integrity,
+                format!("the manifest of {image} does not match its digest {expected}"),
+            ));
+        }
+        if let Some(want) = reference.digest()
+            && reference.digest().is_some()
+            && expected != *want
+            && self.store.read_blob(want)?.is_none()
+            && want.algorithm() == expected.algorithm()
+            && expected.to_string() == what
+        {
+            return Err(digest_mismatch(&image, want, &expected));
+        }
+        self.store.put_blob(&expected, &bytes)?;
+        Ok((expected, bytes, false))
+    }
+
+    /// Downloads one blob into the store unless it is there. Returns
+    /// `(bytes downloaded, bytes reused)`.
+    async fn fetch_blob(&self, client: &RegistryClient, repo: &str, desc: &Descriptor) -> Result<(u64, u64), PullError> {
+        let _permit = self.jobs.acquire().await.expect("semaphore never closed");
+        let lock = self
+            .inflight
+            .lock()
+            .unwrap()
+            .entry(desc.digest.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if self.store.has_blob(&desc.digest, Some(desc.size)) {
+            return Ok((0, desc.size));
+        }
+        let digest = &desc.digest;
+        let size = desc.size;
+        let partial = self.store.partial_path(digest);
+        let io = |e: std::io::Error| {
+            PullError::config(format!("cannot write {}: {e}", partial.display()))
+                .hint("check that the store directory (--store) is writable and the disk has room")
+        };
+
+        // Resume a partial download left by an earlier run: hash what is there.
+        let mut hasher = Hasher::for_digest(digest);
+        let mut offset = 0u64;
+        if let Ok(mut f) = std::fs::File::open(&partial) {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            if offset > size {
+                hasher = Hasher::for_digest(digest);
+                offset = 0;
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(io)?;
+        file.set_len(offset).map_err(io)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(offset)).map_err(io)?;
+        let resumed_from = offset;
+        let mut downloaded = 0u64;
+        let mut backoff = Backoff::new(self.opts.retry);
+        let mut integrity_failures = 0;
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        loop {
+            if offset < size {
+                let mut headers = HeaderMap::new();
+                if offset > 0 {
+                    headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
+                }
+                let resp = client.send(Method::GET, &path, repo, headers, Expect::Blob).await?;
+                match resp.status() {
+                    StatusCode::OK => {
+                        if offset > 0 {
+                            // The server ignored the range: start over.
+                            out.flush().map_err(io)?;
+                            out.get_ref().set_len(0).map_err(io)?;
+                            std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0)).map_err(io)?;
+                            hasher = Hasher::for_digest(digest);
+                            offset = 0;
+                        }
+                    }
+                    StatusCode::PARTIAL_CONTENT => {
+                        let start = resp
+                            .headers()
+                            .get(header::CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(content_range_start);
+                        if start != Some(offset) {
+                            return Err(PullError::new(
+                                Category::RegistryError,
+                                format!("{} answered a resumed download of {digest} with the wrong range", client.registry),
+                            ));
+                        }
+                    }
+                    StatusCode::RANGE_NOT_SATISFIABLE => {
+                        out.flush().map_err(io)?;
+                        out.get_ref().set_len(0).map_err(io)?;
+                        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0)).map_err(io)?;
+                        hasher = Hasher::for_digest(digest);
+                        offset = 0;
+                        continue;
+                    }
+                    StatusCode::NOT_FOUND => {
+                        return Err(PullError::new(
+                            Category::RegistryError,
+                            format!("{} lists blob {digest} in the manifest of {repo} but does not have it (BLOB_UNKNOWN)", client.registry),
+                        )
+                        .hint("the image in the registry is incomplete: push it again"));
+                    }
+                    s => {
+                        let body = error_codes(resp).await;
+                        return Err(PullError::new(
+                            Category::RegistryError,
+                            format!("{} answered {} to the download of blob {digest}", client.registry, body.summary(s.as_str())),
+                        ));
+                    }
+                }
+                let mut stream = resp.bytes_stream();
+                let mut dropped = None;
+                let mut last_report = offset;
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(bytes) => {
+                            if offset + bytes.len() as u64 > size {
+                                drop(out);
+                                let _ = std::fs::remove_file(&partial);
+                                return Err(PullError::new(
+                                    Category::Integrity,
+                                    format!("blob {digest} from {} is larger than the {size} bytes its manifest declares", client.registry),
+                                ));
+                            }
+                            out.write_all(&bytes).map_err(io)?;
+                            hasher.update(&bytes);
+                            offset += bytes.len() as u64;
+                            downloaded += bytes.len() as u64;
+                            if offset - last_report >= 1 << 20 || offset == size {
+                                last_report = offset;
+                                (self.events)(&PullEvent::BlobProgress { digest: digest.clone(), done: offset, size });
+                            }
+                        }
+                        Err(e) => {
+                            dropped = Some(crate::client::classify_transport_error(&e).1);
+                            break;
+                        }
+                    }
+                }
+                if offset < size {
+                    let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
+                    match backoff.next(None) {
+                        Next::RetryAfter(d) => {
+                            (self.events)(&PullEvent::Retrying {
+                                registry: client.registry.clone(),
+                                what: format!("blob {digest} from byte {offset}"),
+                                attempt: backoff.attempt(),
+                                delay: d,
+                                reason,
+                            });
+                            tokio::time::sleep(d).await;
+                            continue;
+                        }
+                        Next::GiveUp => {
+                            out.flush().map_err(io)?;
+                            return Err(PullError::new(
+                                Category::Unreachable,
+                                format!(
+                                    "the download of blob {digest} from {} kept failing ({reason}); {offset} of {size} bytes are kept for the next attempt",
+                                    client.registry
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            // Stage: verify, then commit.
+            out.flush().map_err(io)?;
+            let computed = std::mem::replace(&mut hasher, Hasher::for_digest(digest)).finish_hex();
+            if computed == digest.hex() {
+                out.get_ref().sync_data().map_err(io)?;
+                drop(out);
+                self.store.commit_partial(digest)?;
+                (self.events)(&PullEvent::BlobDone { digest: digest.clone(), size, downloaded });
+                return Ok((downloaded, resumed_from.min(size)));
+            }
+            // Corrupted: never committed. Try once more from scratch.
+            integrity_failures += 1;
+            out.get_ref().set_len(0).map_err(io)?;
+            std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0)).map_err(io)?;
+            offset = 0;
+            if integrity_failures >= 2 {
+                drop(out);
+                let _ = std::fs::remove_file(&partial);
+                return Err(PullError::new(
+                    Category::Integrity,
+                    format!("blob {digest} from {} does not match its digest (twice); it was not stored", client.registry),
+                ));
+            }
+            (self.events)(&PullEvent::Retrying {
+                registry: client.registry.clone(),
+                what: format!("blob {digest}"),
+                attempt: integrity_failures + 1,
+                delay: Duration::ZERO,
+                reason: "the content did not match its digest".into(),
+            });
+        }
+    }
+}
+
+impl RegistryClient {
+    /// How this client authenticates, for reports.
+    pub(crate) fn auth_description(&self) -> &'static str {
+        if self.is_anonymous() { "anonymous" } else { "credentials" }
+    }
+}
+
+fn accept_manifests() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
+    h
+}
+
+fn media_type_of(bytes: &[u8], fallback: &str) -> String {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct M {
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<M>(bytes)
+        .ok()
+        .and_then(|m| m.media_type)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| if fallback.is_empty() { manifest::OCI_MANIFEST.to_owned() } else { fallback.to_owned() })
+}
+
+fn header_digest(headers: &HeaderMap, image: &str) -> Result<Option<Digest>, PullError> {
+    match headers.get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+        None => Ok(None),
+        Some(v) => v.parse::<Digest>().map(Some).map_err(|_| {
+            PullError::new(Category::RegistryError, format!("the registry sent an invalid Docker-Content-Digest for {image}"))
+        }),
+    }
+}
+
+fn not_found(reference: &ImageReference, registry: &str) -> PullError {
+    let what = match (reference.tag(), reference.digest()) {
+        (_, Some(d)) => format!("digest {d}"),
+        (Some(t), None) => format!("tag {t}"),
+        (None, None) => "the image".into(),
+    };
+    PullError::new(
+        Category::NotFound,
+        format!("{reference} was not found: {registry} has no {what} in repository {}", reference.repository()),
+    )
+    .hint("check the image path and tag (a typo, or an image that was never pushed or was deleted)")
+}
+
+fn digest_mismatch(image: &str, want: &Digest, got: &Digest) -> PullError {
+    PullError::new(
+        Category::Integrity,
+        format!("{image} resolved to {got}, not the digest {want} the reference pins"),
+    )
+}
+
+fn too_big(image: &str, len: u64) -> PullError {
+    PullError::new(
+        Category::RegistryError,
+        format!("the manifest of {image} is {len} bytes, more than the {} Berth accepts", manifest::MAX_MANIFEST_BYTES),
+    )
+}
+
+/// The first byte position of `Content-Range: bytes START-END/TOTAL`.
+fn content_range_start(v: &str) -> Option<u64> {
+    v.trim().strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range() {
+        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(content_range_start("bytes */200"), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! [`OciStore`]: a content-addressed OCI image layout directory.
+//!
+//! Layout (the OCI image-layout spec, so `skopeo` and `umoci` read it):
+//! `oci-layout`, `index.json`, `blobs/<alg>/<hex>`. Downloads in progress live
+//! in `ingest/<alg>-<hex>.partial` and are renamed into `blobs/` only after
+//! their size and digest are verified, so a blob under `blobs/` is always
+//! complete and correct. A partial file survives a crash and is resumed.
+//!
+//! `index.json` gets one entry per pulled image, annotated
+//! `org.opencontainers.image.ref.name` with the full normalised reference;
+//! it is rewritten atomically under an exclusive file lock.
+
+use crate::error::{Category, PullError};
+use crate::manifest::Descriptor;
+use crate::reference::{Digest, DigestAlgorithm};
+use sha2::Digest as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The annotation naming an image in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// A running hash for a digest's algorithm.
+pub(crate) enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub(crate) fn for_digest(d: &Digest) -> Self {
+        match d.algorithm() {
+            DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            DigestAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    /// Lowercase hex of the hash.
+    pub(crate) fn finish_hex(self) -> String {
+        match self {
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+            Hasher::Sha512(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// Whether `bytes` hash to `digest`.
+pub(crate) fn verify(digest: &Digest, bytes: &[u8]) -> bool {
+    let mut h = Hasher::for_digest(digest);
+    h.update(bytes);
+    h.finish_hex() == digest.hex()
+}
+
+/// The sha256 digest of `bytes`.
+pub(crate) fn sha256_digest(bytes: &[u8]) -> Digest {
+    Digest::sha256(&hex::encode(sha2::Sha256::digest(bytes))).expect("sha256 hex is valid")
+}
+
+/// An OCI image layout directory.
+#[derive(Clone, Debug)]
+pub struct OciStore {
+    root: PathBuf,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> PullError {
+    PullError::config(format!("cannot {what} {}: {e}", path.display()))
+        .hint("check that the store directory (--store) is writable and the disk has room")
+}
+
+impl OciStore {
+    /// Opens (creating if needed) the layout at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, PullError> {
+        let root = root.into();
+        for dir in [root.join("blobs/sha256"), root.join("blobs/sha512"), root.join("ingest")] {
+            fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            write_atomic(&index, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#)?;
+        }
+        Ok(Self { root })
+    }
+
+    /// The layout's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob `digest` lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+    }
+
+    /// Where a download of `digest` in progress lives.
+    pub(crate) fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}-{}.partial", digest.algorithm().name(), digest.hex()))
+    }
+
+    /// Whether the blob is present with the expected size.
+    pub fn has_blob(&self, digest: &Digest, size: Option<u64>) -> bool {
+        match fs::metadata(self.blob_path(digest)) {
+            Ok(m) => m.is_file() && size.is_none_or(|s| s == m.len()),
+            Err(_) => false,
+        }
+    }
+
+    /// Reads a small blob (a manifest or config), verifying its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, PullError> {
+        let path = self.blob_path(digest);
+        let mut buf = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => f.read_to_end(&mut buf).map_err(|e| io_err("read", &path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path, e)),
+        };
+        if !verify(digest, &buf) {
+            // Corrupted on disk: drop it so it is fetched again.
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        Ok(Some(buf))
+    }
+
+    /// Stores a small blob already in memory after verifying its digest.
+    pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), PullError> {
+        if !verify(digest, bytes) {
+            return Err(PullError::new(
+                Category::Integrity,
+                format!("content does not match its digest {digest}"),
+            ));
+        }
+        write_atomic(&self.blob_path(digest), bytes)
+    }
+
+    /// Moves a verified partial download into place.
+    pub(crate) fn commit_partial(&self, digest: &Digest) -> Result<(), PullError> {
+        let from = self.partial_path(digest);
+        let to = self.blob_path(digest);
+        fs::rename(&from, &to).map_err(|e| io_err("store", &to, e))
+    }
+
+    /// Records `manifest` in `index.json` under `ref_name`, replacing an
+    /// earlier entry of the same name.
+    pub fn add_ref(&self, ref_name: &str, manifest: &Descriptor) -> Result<(), PullError> {
+        let index_path = self.root.join("index.json");
+        let lock_path = self.root.join("index.json.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("lock", &lock_path, e))?;
+        lock.lock().map_err(|e| io_err("lock", &lock_path, e))?;
+        let bytes = fs::read(&index_path).map_err(|e| io_err("read", &index_path, e))?;
+        let mut index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            PullError::config(format!("{} is not valid JSON", index_path.display()))
+                .hint("the store is damaged; move it away and pull again")
+        })?;
+        let mut entry = serde_json::to_value(manifest).expect("descriptor serializes");
+        entry["annotations"] = serde_json::json!({ REF_NAME: ref_name });
+        let manifests = index
+            .get_mut("manifests")
+            .and_then(|m| m.as_array_mut())
+            .ok_or_else(|| PullError::config(format!("{} has no manifests list", index_path.display())))?;
+        manifests.retain(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) != Some(ref_name));
+        manifests.push(entry);
+        let out = serde_json::to_vec_pretty(&index).expect("json serializes");
+        write_atomic(&index_path, &out)?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// The manifest descriptor recorded for `ref_name`, if any.
+    pub fn lookup_ref(&self, ref_name: &str) -> Option<Descriptor> {
+        let bytes = fs::read(self.root.join("index.json")).ok()?;
+        let index: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        index["manifests"]
+            .as_array()?
+            .iter()
+            .find(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) == Some(ref_name))
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+    }
+}
+
+/// Writes `bytes` to a temporary file next to `path`, syncs it, renames it.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
+    let tmp = path.with_extension(format!("tmp-{}", fastrand::u64(..)));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("write", path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_and_refs() {
+        let dir = std::env::temp_dir().join(format!("berth-store-{}", fastrand::u64(..)));
+        let store = OciStore::open(&dir).unwrap();
+        let d = sha256_digest(b"hello");
+        assert!(!store.has_blob(&d, None));
+        assert!(store.put_blob(&d, b"hellO").is_err());
+        store.put_blob(&d, b"hello").unwrap();
+        assert!(store.has_blob(&d, Some(5)));
+        assert!(!store.has_blob(&d, Some(6)));
+        assert_eq!(store.read_blob(&d).unwrap().unwrap(), b"hello");
+        let desc = Descriptor {
+            media_type: crate::manifest::OCI_MANIFEST.into(),
+            digest: d.clone(),
+            size: 5,
+            platform: None,
+        };
+        store.add_ref("example.com/a:1", &desc).unwrap();
+        store.add_ref("example.com/a:1", &desc).unwrap();
+        store.add_ref("example.com/b:1", &desc).unwrap();
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+        assert_eq!(store.lookup_ref("example.com/a:1").unwrap().digest, d);
+        // Corruption on disk is detected and the blob dropped.
+        fs::write(store.blob_path(&d), b"HELLO").unwrap();
+        assert!(store.read_blob(&d).unwrap().is_none());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,91 @@
+//! # testkit: real servers for Berth's pull-engine tests
+//!
+//! Every fixture starts a **real** server on a free loopback port and stops it
+//! on `Drop`:
+//!
+//! - [`Registry`]: Debian's `docker-registry` (distribution 2.8) with no auth,
+//!   htpasswd (Basic) auth, or token auth, optionally over TLS with a test CA.
+//! - [`TokenIssuer`]: an in-process Docker token server (Docker Hub / GHCR
+//!   style) issuing ES256 JWTs that distribution verifies.
+//! - [`FaultProxy`]: a reverse proxy in front of a registry that records
+//!   requests and injects faults (dropped connections, corrupted bytes, 429,
+//!   503, cross-host blob redirects, rate-limit headers).
+//! - [`Moto`]: moto's server (AWS mock) for ECR `GetAuthorizationToken`.
+//! - [`images`]: builds random OCI images in Rust and pushes them with
+//!   `skopeo`, single-arch or multi-arch.
+//!
+//! The external tools come from `scripts/registry-deps.sh` (Debian packages
+//! plus moto in `<repo>/.deps/py`). In-process servers run on their own
+//! background thread, so fixtures work from sync tests and from
+//! `#[tokio::test]` of any flavour. Set `BERTH_TESTKIT_KEEP=1` to keep the
+//! fixtures' working directories (logs, configs) after the test.
+#![deny(missing_docs)]
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+pub mod images;
+mod moto;
+mod pki;
+mod proxy;
+mod registry;
+mod token;
+mod util;
+
+pub use moto::Moto;
+pub use pki::{IssuedCert, TestCa};
+pub use proxy::{
+    Corrupt, DropAfter, FaultProxy, Faults, Listener, RateLimit, Redirect, RequestKind,
+    RequestRecord, Target, TimesFault, TooManyRequests,
+};
+pub use registry::{Registry, RegistryBuilder};
+pub use token::{Grant, TokenField, TokenIssuer, TokenIssuerBuilder, TokenRequest};
+
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A free TCP port on 127.0.0.1 (never the same one twice in a process).
+///
+/// The port is free when returned; a server should bind it soon after.
+pub fn free_port() -> u16 {
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// A free TCP port on the given loopback address (e.g. `127.0.0.2`).
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = guard.get_or_insert_with(HashSet::new);
+    for _ in 0..64 {
+        let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local_addr").port();
+        if seen.insert(port) {
+            return port;
+        }
+    }
+    panic!("testkit: could not find a fresh free port");
+}
+
+/// The repository root (the Cargo workspace root).
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or(here)
+}
+
+/// A fresh temporary working directory named `berth-testkit-<prefix>-*`.
+/// With `BERTH_TESTKIT_KEEP=1` it is not deleted on drop (its path is
+/// printed).
+pub fn workdir(prefix: &str) -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("berth-testkit-{prefix}-"))
+        .tempdir()
+        .expect("create temp dir");
+    if std::env::var_os("BERTH_TESTKIT_KEEP").is_some_and(|v| v == "1") {
+        eprintln!("testkit: keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    dir
+}

@@ -1,0 +1,944 @@
+//! A fault-injecting, request-recording reverse proxy in front of a registry.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::util::{self, BgRuntime, BoxError, RespBody};
+
+/// Which requests a fault applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Blob fetches: `GET`/`HEAD /v2/<name>/blobs/<digest>` (not uploads).
+    Blobs,
+    /// Manifest requests: `/v2/<name>/manifests/<reference>` (any method).
+    Manifests,
+    /// Blobs and manifests.
+    BlobsAndManifests,
+    /// Every request.
+    Any,
+    /// Requests whose path contains this string.
+    PathContains(String),
+}
+
+/// What a request was, from its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `/v2/` (the API version check).
+    Base,
+    /// A manifest request.
+    Manifest,
+    /// A blob fetch (`/blobs/<digest>`), including those served by the
+    /// redirect listener.
+    Blob,
+    /// A blob upload (`/blobs/uploads/...`).
+    Upload,
+    /// Anything else.
+    Other,
+}
+
+/// Which listener received a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The proxy itself.
+    Proxy,
+    /// The blob-storage stand-in that redirected blob GETs go to.
+    Redirect,
+}
+
+/// One request seen by the proxy or its redirect listener.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    /// Which listener got it.
+    pub listener: Listener,
+    /// HTTP method.
+    pub method: String,
+    /// Path (no query).
+    pub path: String,
+    /// Query string, if any.
+    pub query: Option<String>,
+    /// Classification of the path.
+    pub kind: RequestKind,
+    /// Whether the request carried an `Authorization` header.
+    pub authorization: bool,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
+    /// The status returned to the client (0 while still pending).
+    pub status: u16,
+    /// Response body bytes handed to the client.
+    pub body_bytes: u64,
+    /// The fault applied, if any (`"drop"`, `"corrupt"`, `"429"`, `"503"`,
+    /// `"redirect"`, `"rate-limit"`, `"reject-auth"`).
+    pub fault: Option<&'static str>,
+}
+
+/// Cut the connection after `after_bytes` body bytes, for the next
+/// `remaining` matching GET responses whose body is longer than that.
+#[derive(Clone, Debug)]
+pub struct DropAfter {
+    /// Matching requests.
+    pub target: Target,
+    /// Body bytes sent before the connection is dropped.
+    pub after_bytes: u64,
+    /// How many more responses to cut.
+    pub remaining: usize,
+}
+
+/// Flip (XOR 0xFF) the body byte at `offset`, for the next `remaining`
+/// matching GET responses that reach that offset.
+#[derive(Clone, Debug)]
+pub struct Corrupt {
+    /// Matching requests.
+    pub target: Target,
+    /// Offset in the response body.
+    pub offset: u64,
+    /// How many more responses to corrupt.
+    pub remaining: usize,
+}
+
+/// Answer 429 `TOOMANYREQUESTS` with `Retry-After` and Docker Hub's
+/// rate-limit headers to the next `remaining` matching requests.
+#[derive(Clone, Debug)]
+pub struct TooManyRequests {
+    /// Matching requests.
+    pub target: Target,
+    /// `Retry-After` seconds.
+    pub retry_after_secs: u64,
+    /// How many more requests to refuse.
+    pub remaining: usize,
+}
+
+/// A fault applied to the next `remaining` matching requests.
+#[derive(Clone, Debug)]
+pub struct TimesFault {
+    /// Matching requests.
+    pub target: Target,
+    /// How many more requests to affect.
+    pub remaining: usize,
+}
+
+/// Redirect blob GETs (307) to the redirect listener, on another loopback
+/// host, as registries do to S3/CDN storage.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    /// How many more blob GETs to redirect (`usize::MAX`: all).
+    pub remaining: usize,
+    /// If true, the storage listener answers 400 (like S3's "Only one auth
+    /// mechanism allowed") when a request carries `Authorization`.
+    pub reject_authorization: bool,
+}
+
+/// Docker Hub-style pull accounting on manifest requests: every response
+/// gets `ratelimit-limit: L;w=W` and `ratelimit-remaining: R;w=W`; each
+/// manifest GET (not HEAD) uses one pull.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    /// The limit shown.
+    pub limit: u64,
+    /// Pulls left (decremented by each manifest GET).
+    pub remaining: u64,
+    /// Window in seconds (`w=`), 21600 on Docker Hub.
+    pub window_secs: u64,
+    /// Answer 429 (`Retry-After`: the window, capped at 60 s) to manifest
+    /// GETs once `remaining` is 0.
+    pub enforce: bool,
+}
+
+/// The set of active faults (all off by default).
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// See [`DropAfter`].
+    pub drop_after: Option<DropAfter>,
+    /// See [`Corrupt`].
+    pub corrupt: Option<Corrupt>,
+    /// See [`TooManyRequests`].
+    pub too_many_requests: Option<TooManyRequests>,
+    /// 503 `UNAVAILABLE` for the next matching requests.
+    pub unavailable: Option<TimesFault>,
+    /// See [`Redirect`].
+    pub redirect: Option<Redirect>,
+    /// See [`RateLimit`].
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Target {
+    fn matches(&self, kind: RequestKind, path: &str) -> bool {
+        match self {
+            Target::Blobs => kind == RequestKind::Blob,
+            Target::Manifests => kind == RequestKind::Manifest,
+            Target::BlobsAndManifests => matches!(kind, RequestKind::Blob | RequestKind::Manifest),
+            Target::Any => true,
+            Target::PathContains(s) => path.contains(s.as_str()),
+        }
+    }
+}
+
+fn classify(path: &str) -> RequestKind {
+    if path == "/v2/" || path == "/v2" {
+        return RequestKind::Base;
+    }
+    if !path.starts_with("/v2/") {
+        return RequestKind::Other;
+    }
+    if path.contains("/blobs/uploads") {
+        return RequestKind::Upload;
+    }
+    if let Some(i) = path.rfind("/blobs/")
+        && path[i + 7..].contains(':')
+    {
+        return RequestKind::Blob;
+    }
+    if path.contains("/manifests/") {
+        return RequestKind::Manifest;
+    }
+    RequestKind::Other
+}
+
+struct Ticket {
+    upstream_path: String,
+    authorization: Option<HeaderValue>,
+}
+
+struct State {
+    upstream: SocketAddr,
+    proxy_authority: String,
+    redirect_base: String,
+    faults: Mutex<Faults>,
+    log: Mutex<Vec<RequestRecord>>,
+    tickets: Mutex<HashMap<String, Ticket>>,
+    client: Client<HttpConnector, RespBody>,
+}
+
+impl State {
+    fn record(&self, r: RequestRecord) -> usize {
+        let mut log = self.log.lock().unwrap();
+        log.push(r);
+        log.len() - 1
+    }
+
+    fn set_status(&self, idx: usize, status: u16, fault: Option<&'static str>) {
+        let mut log = self.log.lock().unwrap();
+        if let Some(r) = log.get_mut(idx) {
+            r.status = status;
+            if fault.is_some() {
+                r.fault = fault;
+            }
+        }
+    }
+
+    fn add_bytes(&self, idx: usize, n: u64) {
+        let mut log = self.log.lock().unwrap();
+        if let Some(r) = log.get_mut(idx) {
+            r.body_bytes += n;
+        }
+    }
+}
+
+/// A reverse proxy (plain HTTP) in front of a [`crate::Registry`], with a
+/// second "blob storage" listener on another loopback host for redirects.
+/// Stopped on drop.
+///
+/// Redirect host: the storage listener binds `127.0.0.2` (all of 127/8 is
+/// loopback on Linux), so redirected URLs have a different host than the
+/// proxy's `127.0.0.1`; if that bind fails it falls back to `localhost`.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    redirect_addr: SocketAddr,
+    redirect_host: String,
+    state: Arc<State>,
+    _rt: BgRuntime,
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+fn registry_error(status: StatusCode, code: &str, message: &str) -> Response<RespBody> {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]});
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("docker-distribution-api-version", "registry/2.0")
+        .body(util::full(body.to_string()))
+        .unwrap()
+}
+
+fn too_many(retry_after: u64, limit: u64, window: u64) -> Response<RespBody> {
+    let mut r = registry_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOOMANYREQUESTS",
+        "You have reached your pull rate limit. You may increase the limit by authenticating and upgrading.",
+    );
+    let h = r.headers_mut();
+    h.insert("retry-after", HeaderValue::from(retry_after));
+    h.insert(
+        "ratelimit-limit",
+        format!("{limit};w={window}").parse().unwrap(),
+    );
+    h.insert(
+        "ratelimit-remaining",
+        format!("0;w={window}").parse().unwrap(),
+    );
+    r
+}
+
+/// A response body fed by a channel (so the proxy can count, corrupt and cut).
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+async fn pump(
+    st: Arc<State>,
+    idx: usize,
+    mut body: Incoming,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    drop_at: Option<u64>,
+    corrupt_at: Option<u64>,
+) {
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.send(Err(Box::new(e))).await;
+                return;
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(d) => d,
+            Err(other) => {
+                if tx.send(Ok(other)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let len = data.len() as u64;
+        if let Some(off) = corrupt_at
+            && off >= sent
+            && off < sent + len
+        {
+            let mut v = data.to_vec();
+            v[(off - sent) as usize] ^= 0xFF;
+            data = Bytes::from(v);
+        }
+        if let Some(limit) = drop_at
+            && sent + len > limit
+        {
+            let take = (limit - sent) as usize;
+            if take > 0 {
+                st.add_bytes(idx, take as u64);
+                let _ = tx.send(Ok(Frame::data(data.slice(..take)))).await;
+            }
+            // Let hyper flush what was sent, then abort the connection.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx
+                .send(Err("testkit fault: connection dropped".into()))
+                .await;
+            return;
+        }
+        sent += len;
+        st.add_bytes(idx, len);
+        if tx.send(Ok(Frame::data(data))).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get("content-length")?.to_str().ok()?.parse().ok()
+}
+
+fn rewrite(value: &HeaderValue, from: &str, to: &str) -> HeaderValue {
+    match value.to_str() {
+        Ok(s) if s.contains(from) => {
+            HeaderValue::from_str(&s.replace(from, to)).unwrap_or(value.clone())
+        }
+        _ => value.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Turns the upstream response into the client's: header rewriting, extra
+/// headers, body faults and byte counting.
+fn finish(
+    st: &Arc<State>,
+    idx: usize,
+    kind: RequestKind,
+    method: &Method,
+    path: &str,
+    upstream: Response<Incoming>,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    mut fault: Option<&'static str>,
+) -> Response<RespBody> {
+    let (parts, body) = upstream.into_parts();
+    let status = parts.status;
+    let mut out = Response::builder()
+        .status(status)
+        .body(util::empty())
+        .unwrap();
+    copy_headers(&parts.headers, out.headers_mut());
+    let up = st.upstream.to_string();
+    for name in ["location", "www-authenticate", "content-location"] {
+        if let Some(v) = out.headers().get(name).cloned() {
+            out.headers_mut()
+                .insert(name, rewrite(&v, &up, &st.proxy_authority));
+        }
+    }
+    for (k, v) in extra {
+        out.headers_mut().insert(k, v);
+    }
+
+    let (mut drop_at, mut corrupt_at) = (None, None);
+    if *method == Method::GET && (status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT)
+    {
+        let len = content_length(&parts.headers);
+        let mut f = st.faults.lock().unwrap();
+        if let Some(d) = f.drop_after.as_mut()
+            && d.remaining > 0
+            && d.target.matches(kind, path)
+            && len.is_none_or(|l| l > d.after_bytes)
+        {
+            d.remaining -= 1;
+            drop_at = Some(d.after_bytes);
+            fault = Some("drop");
+        }
+        if let Some(c) = f.corrupt.as_mut()
+            && c.remaining > 0
+            && c.target.matches(kind, path)
+            && len.is_none_or(|l| l > c.offset)
+        {
+            c.remaining -= 1;
+            corrupt_at = Some(c.offset);
+            fault = Some("corrupt");
+        }
+    }
+    st.set_status(idx, status.as_u16(), fault);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(pump(st.clone(), idx, body, tx, drop_at, corrupt_at));
+    *out.body_mut() = ChannelBody { rx }.boxed();
+    out
+}
+
+async fn forward(
+    st: &Arc<State>,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: RespBody,
+) -> Result<Response<Incoming>, BoxError> {
+    let uri: hyper::Uri = format!("http://{}{}", st.upstream, path_and_query).parse()?;
+    let mut req = Request::builder().method(method).uri(uri).body(body)?;
+    copy_headers(headers, req.headers_mut());
+    Ok(st.client.request(req).await?)
+}
+
+fn bad_gateway(e: BoxError) -> Response<RespBody> {
+    registry_error(
+        StatusCode::BAD_GATEWAY,
+        "UNKNOWN",
+        &format!("testkit proxy: upstream error: {e}"),
+    )
+}
+
+async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let kind = classify(&path);
+    let headers = req.headers().clone();
+    let idx = st.record(RequestRecord {
+        listener: Listener::Proxy,
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        kind,
+        authorization: headers.contains_key("authorization"),
+        range: headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        status: 0,
+        body_bytes: 0,
+        fault: None,
+    });
+
+    let mut extra = Vec::new();
+    let mut redirect_to = None;
+    {
+        let mut f = st.faults.lock().unwrap();
+        if let Some(u) = f.unavailable.as_mut()
+            && u.remaining > 0
+            && u.target.matches(kind, &path)
+        {
+            u.remaining -= 1;
+            drop(f);
+            st.set_status(idx, 503, Some("503"));
+            return registry_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "service unavailable",
+            );
+        }
+        if let Some(t) = f.too_many_requests.as_mut()
+            && t.remaining > 0
+            && t.target.matches(kind, &path)
+        {
+            t.remaining -= 1;
+            let retry = t.retry_after_secs;
+            drop(f);
+            st.set_status(idx, 429, Some("429"));
+            return too_many(retry, 100, 21600);
+        }
+        if kind == RequestKind::Manifest
+            && let Some(rl) = f.rate_limit.as_mut()
+        {
+            if method == Method::GET {
+                if rl.remaining == 0 && rl.enforce {
+                    let (limit, w) = (rl.limit, rl.window_secs);
+                    drop(f);
+                    st.set_status(idx, 429, Some("rate-limit"));
+                    return too_many(w.min(60), limit, w);
+                }
+                rl.remaining = rl.remaining.saturating_sub(1);
+            }
+            extra.push((
+                HeaderName::from_static("ratelimit-limit"),
+                format!("{};w={}", rl.limit, rl.window_secs)
+                    .parse()
+                    .unwrap(),
+            ));
+            extra.push((
+                HeaderName::from_static("ratelimit-remaining"),
+                format!("{};w={}", rl.remaining, rl.window_secs)
+                    .parse()
+                    .unwrap(),
+            ));
+        }
+        if kind == RequestKind::Blob
+            && method == Method::GET
+            && let Some(r) = f.redirect.as_mut()
+            && r.remaining > 0
+        {
+            if r.remaining != usize::MAX {
+                r.remaining -= 1;
+            }
+            redirect_to = Some(());
+        }
+    }
+
+    if redirect_to.is_some() {
+        let ticket = util::random_hex16();
+        let digest = path.rsplit('/').next().unwrap_or("blob").to_string();
+        st.tickets.lock().unwrap().insert(
+            ticket.clone(),
+            Ticket {
+                upstream_path: path.clone(),
+                authorization: headers.get("authorization").cloned(),
+            },
+        );
+        let location = format!(
+            "{}/storage/{ticket}/{digest}?X-Testkit-Signature={ticket}",
+            st.redirect_base
+        );
+        st.set_status(idx, 307, Some("redirect"));
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header("location", location)
+            .header("docker-distribution-api-version", "registry/2.0")
+            .header("content-length", "0")
+            .body(util::empty())
+            .unwrap();
+    }
+
+    let pq = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
+    let body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed();
+    match forward(&st, method.clone(), &pq, &headers, body).await {
+        Ok(resp) => finish(&st, idx, kind, &method, &path, resp, extra, None),
+        Err(e) => {
+            st.set_status(idx, 502, None);
+            bad_gateway(e)
+        }
+    }
+}
+
+async fn handle_storage(st: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let has_auth = headers.contains_key("authorization");
+    let idx = st.record(RequestRecord {
+        listener: Listener::Redirect,
+        method: method.to_string(),
+        path: path.clone(),
+        query: req.uri().query().map(str::to_string),
+        kind: RequestKind::Blob,
+        authorization: has_auth,
+        range: headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        status: 0,
+        body_bytes: 0,
+        fault: None,
+    });
+    let xml = |status: StatusCode, code: &str, msg: &str| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .body(util::full(format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{msg}</Message></Error>"
+            )))
+            .unwrap()
+    };
+    let ticket_id = path
+        .strip_prefix("/storage/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    let ticket = st
+        .tickets
+        .lock()
+        .unwrap()
+        .get(ticket_id)
+        .map(|t| (t.upstream_path.clone(), t.authorization.clone()));
+    let Some((upstream_path, authorization)) = ticket else {
+        st.set_status(idx, 403, None);
+        return xml(StatusCode::FORBIDDEN, "AccessDenied", "Request has expired");
+    };
+    let reject = st
+        .faults
+        .lock()
+        .unwrap()
+        .redirect
+        .as_ref()
+        .is_some_and(|r| r.reject_authorization);
+    if has_auth && reject {
+        st.set_status(idx, 400, Some("reject-auth"));
+        return xml(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD {
+        st.set_status(idx, 405, None);
+        return xml(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed",
+        );
+    }
+    let mut up_headers = HeaderMap::new();
+    if let Some(r) = headers.get("range") {
+        up_headers.insert("range", r.clone());
+    }
+    if let Some(a) = authorization {
+        up_headers.insert("authorization", a);
+    }
+    match forward(
+        &st,
+        method.clone(),
+        &upstream_path,
+        &up_headers,
+        util::empty(),
+    )
+    .await
+    {
+        Ok(resp) => {
+            let mut out = finish(
+                &st,
+                idx,
+                RequestKind::Blob,
+                &method,
+                &upstream_path,
+                resp,
+                Vec::new(),
+                None,
+            );
+            // Storage does not speak the registry API.
+            out.headers_mut().remove("docker-distribution-api-version");
+            out.headers_mut().remove("docker-content-digest");
+            out
+        }
+        Err(e) => {
+            st.set_status(idx, 502, None);
+            bad_gateway(e)
+        }
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of `registry` (which must be plain HTTP).
+    pub fn start(registry: &crate::Registry) -> FaultProxy {
+        assert!(
+            !registry.is_tls(),
+            "FaultProxy needs a plain-HTTP upstream registry"
+        );
+        Self::start_for(registry.addr())
+    }
+
+    /// Starts a proxy in front of any plain-HTTP server at `upstream`.
+    pub fn start_for(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (storage, redirect_host) = match TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)) {
+            Ok(l) => (l, "127.0.0.2".to_string()),
+            Err(_) => (
+                TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind storage listener"),
+                "localhost".to_string(),
+            ),
+        };
+        let redirect_addr = storage.local_addr().expect("storage addr");
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build_http::<RespBody>();
+        let state = Arc::new(State {
+            upstream,
+            proxy_authority: addr.to_string(),
+            redirect_base: format!("http://{redirect_host}:{}", redirect_addr.port()),
+            faults: Mutex::new(Faults::default()),
+            log: Mutex::new(Vec::new()),
+            tickets: Mutex::new(HashMap::new()),
+            client,
+        });
+        let rt = BgRuntime::start("fault-proxy");
+        let st = state.clone();
+        util::serve_http(rt.handle(), listener, move |req, _| {
+            handle_proxy(st.clone(), req)
+        });
+        let st = state.clone();
+        util::serve_http(rt.handle(), storage, move |req, _| {
+            handle_storage(st.clone(), req)
+        });
+        FaultProxy {
+            addr,
+            redirect_addr,
+            redirect_host,
+            state,
+            _rt: rt,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`: use it as the registry host in image references.
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The upstream registry address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.state.upstream
+    }
+
+    /// The host name redirected blob GETs go to (`127.0.0.2`, or `localhost`).
+    pub fn redirect_host(&self) -> &str {
+        &self.redirect_host
+    }
+
+    /// `http://<redirect host>:PORT` of the storage listener.
+    pub fn redirect_base_url(&self) -> String {
+        self.state.redirect_base.clone()
+    }
+
+    /// The storage listener's socket address.
+    pub fn redirect_addr(&self) -> SocketAddr {
+        self.redirect_addr
+    }
+
+    /// A copy of the current faults.
+    pub fn faults(&self) -> Faults {
+        self.state.faults.lock().unwrap().clone()
+    }
+
+    /// Replaces all faults.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().unwrap() = faults;
+    }
+
+    /// Edits the faults in place.
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.state.faults.lock().unwrap());
+    }
+
+    /// Turns every fault off.
+    pub fn clear_faults(&self) {
+        self.set_faults(Faults::default());
+    }
+
+    /// Drops the connection after `after_bytes` body bytes of the next
+    /// `times` blob GET responses (clients may resume with `Range`, which
+    /// is forwarded; distribution answers 206).
+    pub fn drop_blob_after(&self, after_bytes: u64, times: usize) {
+        self.update_faults(|f| {
+            f.drop_after = Some(DropAfter {
+                target: Target::Blobs,
+                after_bytes,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Flips the byte at `offset` of the next `times` blob GET bodies.
+    pub fn corrupt_blob(&self, offset: u64, times: usize) {
+        self.update_faults(|f| {
+            f.corrupt = Some(Corrupt {
+                target: Target::Blobs,
+                offset,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Answers 429 (`Retry-After: retry_after_secs`) to the next `times`
+    /// requests matching `target`.
+    pub fn too_many_requests(&self, target: Target, retry_after_secs: u64, times: usize) {
+        self.update_faults(|f| {
+            f.too_many_requests = Some(TooManyRequests {
+                target,
+                retry_after_secs,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Answers 503 to the next `times` requests matching `target`.
+    pub fn unavailable(&self, target: Target, times: usize) {
+        self.update_faults(|f| {
+            f.unavailable = Some(TimesFault {
+                target,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Redirects the next `times` blob GETs (`usize::MAX`: all) to the
+    /// storage listener; with `reject_authorization`, storage answers 400 to
+    /// requests carrying `Authorization`.
+    pub fn redirect_blobs(&self, times: usize, reject_authorization: bool) {
+        self.update_faults(|f| {
+            f.redirect = Some(Redirect {
+                remaining: times,
+                reject_authorization,
+            })
+        });
+    }
+
+    /// Adds Docker Hub rate-limit headers to manifest responses, starting
+    /// with `remaining` pulls of `limit` (window 21600 s); with `enforce`,
+    /// manifest GETs get 429 once none remain.
+    pub fn rate_limit(&self, limit: u64, remaining: u64, enforce: bool) {
+        self.update_faults(|f| {
+            f.rate_limit = Some(RateLimit {
+                limit,
+                remaining,
+                window_secs: 21600,
+                enforce,
+            })
+        });
+    }
+
+    /// Every request seen so far, in arrival order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.state.log.lock().unwrap().clear();
+    }
+
+    /// Number of requests of `kind` with `method` (both listeners).
+    pub fn count(&self, kind: RequestKind, method: &str) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == kind && r.method == method)
+            .count()
+    }
+
+    /// Manifest GETs received.
+    pub fn manifest_gets(&self) -> usize {
+        self.count(RequestKind::Manifest, "GET")
+    }
+
+    /// Manifest HEADs received.
+    pub fn manifest_heads(&self) -> usize {
+        self.count(RequestKind::Manifest, "HEAD")
+    }
+
+    /// Blob GETs received (proxy and storage listener).
+    pub fn blob_gets(&self) -> usize {
+        self.count(RequestKind::Blob, "GET")
+    }
+
+    /// Blob body bytes handed to clients (proxy and storage listener).
+    pub fn blob_bytes_served(&self) -> u64 {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == RequestKind::Blob)
+            .map(|r| r.body_bytes)
+            .sum()
+    }
+
+    /// Requests received by the storage (redirect) listener.
+    pub fn storage_requests(&self) -> Vec<RequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.listener == Listener::Redirect)
+            .collect()
+    }
+}
