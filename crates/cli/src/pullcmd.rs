@@ -109,7 +109,8 @@ fn options(args: &RegistryArgs, store: PathBuf) -> Result<PullOptions, PullError
         vars.insert(v.key.clone(), v.value.clone());
     }
     opts.credentials = CredentialSet::from_env(&vars).map_err(|e| {
-        PullError::config(e.to_string()).hint("set all the variables of one login (see README.md, \"Registry credentials\")")
+        PullError::config(e.to_string())
+            .hint("set all the variables of one login (see README.md, \"Registry credentials\")")
     })?;
     opts.ecr_endpoint =
         registry::ecr::endpoint_override(|k| vars.get(k).map(|v| v.expose().to_owned()))?;
@@ -124,8 +125,12 @@ fn options(args: &RegistryArgs, store: PathBuf) -> Result<PullOptions, PullError
     let mut endpoints = Endpoints::new();
     let mut ca_files = args.ca_cert.clone();
     if let Some(path) = &args.config {
-        let text = std::fs::read(path)
-            .map_err(|e| PullError::config(format!("cannot read the config file {}: {e}", path.display())))?;
+        let text = std::fs::read(path).map_err(|e| {
+            PullError::config(format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            ))
+        })?;
         let cfg: ConfigFile = serde_json::from_slice(&text).map_err(|e| {
             PullError::config(format!(
                 "the config file {} is not valid (line {}, column {})",
@@ -145,8 +150,12 @@ fn options(args: &RegistryArgs, store: PathBuf) -> Result<PullOptions, PullError
     }
     opts.endpoints = endpoints;
     for f in ca_files {
-        let pem = std::fs::read(&f)
-            .map_err(|e| PullError::config(format!("cannot read the CA certificate {}: {e}", f.display())))?;
+        let pem = std::fs::read(&f).map_err(|e| {
+            PullError::config(format!(
+                "cannot read the CA certificate {}: {e}",
+                f.display()
+            ))
+        })?;
         opts.ca_certs_pem.push(pem);
     }
     Ok(opts)
@@ -157,8 +166,9 @@ fn parse_refs(images: &[String]) -> Result<Vec<ImageReference>, PullError> {
         .iter()
         .map(|i| {
             ImageReference::parse(i).map_err(|e| {
-                PullError::config(e.to_string())
-                    .hint("use the Docker reference syntax: [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]")
+                PullError::config(e.to_string()).hint(
+                    "use the Docker reference syntax: [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]",
+                )
             })
         })
         .collect()
@@ -256,7 +266,10 @@ fn run_check(args: CheckArgs) -> Result<(), PullError> {
                     println!(
                         "ok      {}  {}  ({})",
                         c.reference,
-                        c.digest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| "digest not reported".into()),
+                        c.digest
+                            .as_ref()
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "digest not reported".into()),
                         c.auth
                     );
                 }
@@ -293,7 +306,10 @@ fn run_check(args: CheckArgs) -> Result<(), PullError> {
     }
 }
 
-async fn futures_join(puller: &Puller, refs: &[ImageReference]) -> Vec<Result<registry::CheckedImage, PullError>> {
+async fn futures_join(
+    puller: &Puller,
+    refs: &[ImageReference],
+) -> Vec<Result<registry::CheckedImage, PullError>> {
     let mut out = Vec::new();
     for r in refs {
         out.push(puller.check(r).await);
@@ -309,7 +325,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn short(d: &registry::Digest) -> String {
@@ -356,42 +376,88 @@ impl Progress {
 
 fn plain_line(e: &PullEvent, started: &Mutex<HashMap<registry::Digest, Instant>>) {
     match e {
-        PullEvent::Resolved { image, digest, cached } => {
-            eprintln!("{image}: resolved to {digest}{}", if *cached { " (manifest in store)" } else { "" })
+        PullEvent::Resolved {
+            image,
+            digest,
+            cached,
+        } => {
+            eprintln!(
+                "{image}: resolved to {digest}{}",
+                if *cached { " (manifest in store)" } else { "" }
+            )
         }
-        PullEvent::BlobQueued { digest, size, cached, .. } => {
+        PullEvent::BlobQueued {
+            digest,
+            size,
+            cached,
+            ..
+        } => {
             if *cached {
                 eprintln!("{}: already exists ({})", short(digest), human_bytes(*size));
             } else {
-                started.lock().unwrap().insert(digest.clone(), Instant::now());
+                started
+                    .lock()
+                    .unwrap()
+                    .insert(digest.clone(), Instant::now());
                 eprintln!("{}: downloading {}", short(digest), human_bytes(*size));
             }
         }
         PullEvent::BlobProgress { .. } => {}
-        PullEvent::BlobDone { digest, size, downloaded } => {
+        PullEvent::BlobDone {
+            digest,
+            size,
+            downloaded,
+        } => {
             let secs = started
                 .lock()
                 .unwrap()
                 .get(digest)
                 .map(|t| t.elapsed().as_secs_f64())
                 .unwrap_or(0.0);
-            let resumed = if downloaded < size { format!(", {} resumed", human_bytes(size - downloaded)) } else { String::new() };
-            eprintln!("{}: pull complete ({} in {secs:.1} s{resumed})", short(digest), human_bytes(*size));
+            let resumed = if downloaded < size {
+                format!(", {} resumed", human_bytes(size - downloaded))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{}: pull complete ({} in {secs:.1} s{resumed})",
+                short(digest),
+                human_bytes(*size)
+            );
         }
-        PullEvent::Retrying { registry, what, attempt, delay, reason } => {
-            eprintln!("{registry}: {what}: {reason}; attempt {attempt} in {:.1} s", delay.as_secs_f64())
+        PullEvent::Retrying {
+            registry,
+            what,
+            attempt,
+            delay,
+            reason,
+        } => {
+            eprintln!(
+                "{registry}: {what}: {reason}; attempt {attempt} in {:.1} s",
+                delay.as_secs_f64()
+            )
         }
         PullEvent::RateLimit { registry, limit } => eprintln!("{registry}: {limit}"),
         PullEvent::Done { image, digest } => eprintln!("{image}: pulled {digest}"),
     }
 }
 
-fn bar_event(e: &PullEvent, multi: &MultiProgress, bars: &Mutex<HashMap<registry::Digest, ProgressBar>>) {
-    let style = ProgressStyle::with_template("{prefix}: {msg:<12} [{bar:30}] {bytes}/{total_bytes}")
-        .expect("static template")
-        .progress_chars("=> ");
+fn bar_event(
+    e: &PullEvent,
+    multi: &MultiProgress,
+    bars: &Mutex<HashMap<registry::Digest, ProgressBar>>,
+) {
+    let style =
+        ProgressStyle::with_template("{prefix}: {msg:<12} [{bar:30}] {bytes}/{total_bytes}")
+            .expect("static template")
+            .progress_chars("=> ");
     match e {
-        PullEvent::BlobQueued { digest, size, cached, .. } => {
+        PullEvent::BlobQueued {
+            digest,
+            size,
+            cached,
+            ..
+        } => {
             let mut bars = bars.lock().unwrap();
             if bars.contains_key(digest) {
                 return;
@@ -422,8 +488,17 @@ fn bar_event(e: &PullEvent, multi: &MultiProgress, bars: &Mutex<HashMap<registry
         PullEvent::Resolved { image, digest, .. } => {
             let _ = multi.println(format!("{image}: resolved to {digest}"));
         }
-        PullEvent::Retrying { registry, what, attempt, delay, reason } => {
-            let _ = multi.println(format!("{registry}: {what}: {reason}; attempt {attempt} in {:.1} s", delay.as_secs_f64()));
+        PullEvent::Retrying {
+            registry,
+            what,
+            attempt,
+            delay,
+            reason,
+        } => {
+            let _ = multi.println(format!(
+                "{registry}: {what}: {reason}; attempt {attempt} in {:.1} s",
+                delay.as_secs_f64()
+            ));
         }
         PullEvent::RateLimit { registry, limit } => {
             let _ = multi.println(format!("{registry}: {limit}"));

@@ -17,7 +17,7 @@
 //! Credentials go only to this registry's endpoint and its token realm;
 //! redirects to another host (blob storage, CDNs) are followed without them.
 
-use crate::credentials::{DockerLogin, EcrLogin};
+use crate::credentials::DockerLogin;
 use crate::ecr::EcrTokenSource;
 use crate::error::{Category, PullError};
 use crate::events::{EventSink, PullEvent};
@@ -52,7 +52,7 @@ pub(crate) enum Login {
         source: &'static str,
     },
     /// AWS credentials exchanged for an ECR token.
-    Ecr(EcrTokenSource),
+    Ecr(Box<EcrTokenSource>),
 }
 
 impl Login {
@@ -64,9 +64,8 @@ impl Login {
         }
     }
 
-    pub(crate) fn from_ecr(login: &EcrLogin, source: EcrTokenSource) -> Self {
-        let _ = login;
-        Login::Ecr(source)
+    pub(crate) fn from_ecr(source: EcrTokenSource) -> Self {
+        Login::Ecr(Box::new(source))
     }
 
     fn describe(&self) -> &'static str {
@@ -82,7 +81,10 @@ impl Login {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
 }
 
 /// Parses `WWW-Authenticate`: `Basic realm="x"` or `Bearer realm="…",service="…",scope="…"`.
@@ -106,7 +108,11 @@ fn parse_auth_params(s: &str) -> HashMap<String, String> {
     let mut rest = s.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         rest = &rest[eq + 1..];
         let value;
         if let Some(r) = rest.strip_prefix('"') {
@@ -306,7 +312,12 @@ impl RegistryClient {
                             let body = error_codes(resp).await;
                             match backoff.next(wait) {
                                 Next::RetryAfter(delay) => {
-                                    self.emit_retry(path, backoff.attempt(), delay, "429 Too Many Requests");
+                                    self.emit_retry(
+                                        path,
+                                        backoff.attempt(),
+                                        delay,
+                                        "429 Too Many Requests",
+                                    );
                                     tokio::time::sleep(delay).await;
                                     continue;
                                 }
@@ -337,7 +348,10 @@ impl RegistryClient {
                         )
                         .registry(&self.registry)
                     } else {
-                        self.unreachable(&format!("{reason} (after {} attempts)", backoff.attempt()))
+                        self.unreachable(&format!(
+                            "{reason} (after {} attempts)",
+                            backoff.attempt()
+                        ))
                     });
                 }
             }
@@ -353,7 +367,10 @@ impl RegistryClient {
     ) -> Result<Response, reqwest::Error> {
         let origin = url.origin();
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a.clone());
             }
@@ -376,7 +393,11 @@ impl RegistryClient {
             url = next;
         }
         // Too many redirects: hand back what the last one answered.
-        self.http.request(method, url).headers(headers.clone()).send().await
+        self.http
+            .request(method, url)
+            .headers(headers.clone())
+            .send()
+            .await
     }
 
     /// The `Authorization` header for `scope` and the secret in it, fetching
@@ -392,16 +413,18 @@ impl RegistryClient {
             None => Ok((None, None)),
             Some(Challenge::Basic) => match &self.login {
                 Login::Anonymous => Ok((None, None)),
-                Login::Password { username, password, .. } => {
-                    Ok((Some(basic(username, password)), Some(password.clone())))
-                }
+                Login::Password {
+                    username, password, ..
+                } => Ok((Some(basic(username, password)), Some(password.clone()))),
                 Login::Ecr(ecr) => {
                     let password = ecr.password(refused).await?;
                     Ok((Some(basic("AWS", &password)), Some(password)))
                 }
             },
             Some(Challenge::Bearer { realm, service }) => {
-                let token = self.token(&realm, service.as_deref(), scope, refused).await?;
+                let token = self
+                    .token(&realm, service.as_deref(), scope, refused)
+                    .await?;
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
                     PullError::new(
                         Category::RegistryError,
@@ -445,11 +468,19 @@ impl RegistryClient {
         Ok(value)
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Token, PullError> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<Token, PullError> {
         let mut url = Url::parse(realm).map_err(|_| {
             PullError::new(
                 Category::RegistryError,
-                format!("{} sent an auth challenge whose realm is not a URL", self.registry),
+                format!(
+                    "{} sent an auth challenge whose realm is not a URL",
+                    self.registry
+                ),
             )
             .registry(&self.registry)
         })?;
@@ -473,7 +504,9 @@ impl RegistryClient {
             let mut req = self.http.get(url.clone());
             match &self.login {
                 Login::Anonymous => {}
-                Login::Password { username, password, .. } => {
+                Login::Password {
+                    username, password, ..
+                } => {
                     req = req.header(header::AUTHORIZATION, basic(username, password));
                 }
                 Login::Ecr(ecr) => {
@@ -486,13 +519,18 @@ impl RegistryClient {
                 Err(err) => {
                     let (fatal, reason) = classify_transport_error(&err);
                     if fatal {
-                        return Err(self.unreachable(&format!("token service {realm_host}: {reason}")));
+                        return Err(
+                            self.unreachable(&format!("token service {realm_host}: {reason}"))
+                        );
                     }
                     (None, reason)
                 }
                 Ok(resp) if resp.status().is_success() => {
                     let bytes = resp.bytes().await.map_err(|e| {
-                        self.unreachable(&format!("token service {realm_host}: {}", classify_transport_error(&e).1))
+                        self.unreachable(&format!(
+                            "token service {realm_host}: {}",
+                            classify_transport_error(&e).1
+                        ))
                     })?;
                     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
                     return self.parse_token(&bytes, &realm_host);
@@ -536,12 +574,18 @@ impl RegistryClient {
                             || s == StatusCode::REQUEST_TIMEOUT
                             || s.is_server_error() =>
                         {
-                            (retry_after(resp.headers()), format!("token service answered {status}"))
+                            (
+                                retry_after(resp.headers()),
+                                format!("token service answered {status}"),
+                            )
                         }
                         _ => {
                             return Err(PullError::new(
                                 Category::RegistryError,
-                                format!("the token service of {} ({realm_host}) answered {status}", self.registry),
+                                format!(
+                                    "the token service of {} ({realm_host}) answered {status}",
+                                    self.registry
+                                ),
                             )
                             .registry(&self.registry));
                         }
@@ -568,7 +612,10 @@ impl RegistryClient {
         let bad = || {
             PullError::new(
                 Category::RegistryError,
-                format!("the token service of {} ({realm_host}) answered without a token", self.registry),
+                format!(
+                    "the token service of {} ({realm_host}) answered without a token",
+                    self.registry
+                ),
             )
             .registry(&self.registry)
         };
@@ -592,7 +639,9 @@ impl RegistryClient {
         let Some(limit) = headers.get("ratelimit-limit").and_then(|v| v.to_str().ok()) else {
             return;
         };
-        let remaining = headers.get("ratelimit-remaining").and_then(|v| v.to_str().ok());
+        let remaining = headers
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok());
         if let Ok(rl) = RateLimit::from_headers(limit, remaining) {
             let changed = self.rate_limit.lock().unwrap().replace(rl) != Some(rl);
             if changed {
@@ -624,13 +673,20 @@ impl RegistryClient {
     fn unreachable(&self, reason: &str) -> PullError {
         PullError::new(
             Category::Unreachable,
-            format!("cannot reach {} at {}: {reason}", self.registry, self.base.as_str().trim_end_matches('/')),
+            format!(
+                "cannot reach {} at {}: {reason}",
+                self.registry,
+                self.base.as_str().trim_end_matches('/')
+            ),
         )
         .registry(&self.registry)
     }
 
     fn unauthorized(&self, body: &ErrorBody) -> PullError {
-        let insufficient = body.codes.iter().any(|c| c == "DENIED" || c == "insufficient_scope");
+        let insufficient = body
+            .codes
+            .iter()
+            .any(|c| c == "DENIED" || c == "insufficient_scope");
         let err = match (&self.login, self.challenge.lock().unwrap().clone()) {
             (Login::Anonymous, _) => PullError::new(
                 Category::AccessDenied,
@@ -648,7 +704,11 @@ impl RegistryClient {
                     self.registry,
                     login.describe(),
                     body.summary("401 Unauthorized"),
-                    if insufficient { "" } else { "; it may also not exist" }
+                    if insufficient {
+                        ""
+                    } else {
+                        "; it may also not exist"
+                    }
                 ),
             ),
             (login, _) => PullError::new(
@@ -711,8 +771,10 @@ fn no_credentials_hint(registry: &str) -> String {
 
 fn basic(user: &str, password: &SecretValue) -> HeaderValue {
     let raw = zeroize::Zeroizing::new(format!("{user}:{}", password.expose()));
-    let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()));
-    let mut v = HeaderValue::from_str(&format!("Basic {}", encoded.as_str())).expect("base64 is a valid header");
+    let encoded =
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()));
+    let mut v = HeaderValue::from_str(&format!("Basic {}", encoded.as_str()))
+        .expect("base64 is a valid header");
     v.set_sensitive(true);
     v
 }
@@ -733,7 +795,9 @@ pub(crate) fn classify_transport_error(err: &reqwest::Error) -> (bool, String) {
         source = e.source();
     }
     let text = chain.join(": ").to_lowercase();
-    let tls = text.contains("certificate") || text.contains("unknownissuer") || text.contains("invalid peer");
+    let tls = text.contains("certificate")
+        || text.contains("unknownissuer")
+        || text.contains("invalid peer");
     let reason = if tls {
         "the TLS certificate is not trusted".to_owned()
     } else if err.is_timeout() {
@@ -742,12 +806,19 @@ pub(crate) fn classify_transport_error(err: &reqwest::Error) -> (bool, String) {
         "connection refused".to_owned()
     } else if text.contains("dns error") || text.contains("failed to lookup") {
         "the host name does not resolve".to_owned()
-    } else if text.contains("reset") || text.contains("closed") || text.contains("incomplete") || err.is_body() {
+    } else if text.contains("reset")
+        || text.contains("closed")
+        || text.contains("incomplete")
+        || err.is_body()
+    {
         "the connection was dropped".to_owned()
     } else if err.is_connect() {
         "cannot connect".to_owned()
     } else {
-        chain.last().cloned().unwrap_or_else(|| "request failed".into())
+        chain
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "request failed".into())
     };
     (tls, reason)
 }

@@ -34,7 +34,9 @@ pub fn endpoint_override(get: impl Fn(&str) -> Option<String>) -> Result<Option<
             let url = Url::parse(&v)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| PullError::config(format!("{name} is not an http:// or https:// URL")))?;
+                .ok_or_else(|| {
+                    PullError::config(format!("{name} is not an http:// or https:// URL"))
+                })?;
             return Ok(Some(url));
         }
     }
@@ -65,14 +67,20 @@ impl std::fmt::Debug for EcrTokenSource {
 }
 
 impl EcrTokenSource {
-    pub(crate) fn new(login: EcrLogin, endpoint: Option<Url>, http: reqwest::Client, retry: RetryPolicy) -> Self {
+    pub(crate) fn new(
+        login: EcrLogin,
+        endpoint: Option<Url>,
+        http: reqwest::Client,
+        retry: RetryPolicy,
+    ) -> Self {
         let endpoint = endpoint.unwrap_or_else(|| {
             let suffix = if login.registry.ends_with(".amazonaws.com.cn") {
                 "amazonaws.com.cn"
             } else {
                 "amazonaws.com"
             };
-            Url::parse(&format!("https://api.ecr.{}.{suffix}/", login.region)).expect("valid region host")
+            Url::parse(&format!("https://api.ecr.{}.{suffix}/", login.region))
+                .expect("valid region host")
         });
         Self {
             login,
@@ -85,7 +93,10 @@ impl EcrTokenSource {
 
     /// The registry password: cached until half its lifetime, renewed when
     /// `refused` (the password the registry just refused) is the cached one.
-    pub(crate) async fn password(&self, refused: Option<&SecretValue>) -> Result<SecretValue, PullError> {
+    pub(crate) async fn password(
+        &self,
+        refused: Option<&SecretValue>,
+    ) -> Result<SecretValue, PullError> {
         let mut guard = self.cached.lock().await;
         if let Some(t) = guard.as_ref()
             && Instant::now() < t.renew_at
@@ -122,16 +133,20 @@ impl EcrTokenSource {
                 Ok(resp) => {
                     let status = resp.status();
                     let wait = crate::client::retry_after(resp.headers());
-                    let body = zeroize::Zeroizing::new(resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default());
+                    let body = zeroize::Zeroizing::new(
+                        resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+                    );
                     if status.is_success() {
                         return self.parse(&body, &host);
                     }
                     let kind = aws_error_type(&body);
                     match kind.as_str() {
-                        "ThrottlingException" | "ServiceUnavailableException" | "InternalFailure" => {
-                            (wait, format!("ECR API answered {kind}"))
+                        "ThrottlingException"
+                        | "ServiceUnavailableException"
+                        | "InternalFailure" => (wait, format!("ECR API answered {kind}")),
+                        _ if status.is_server_error() => {
+                            (wait, format!("ECR API answered {status}"))
                         }
-                        _ if status.is_server_error() => (wait, format!("ECR API answered {status}")),
                         "UnrecognizedClientException"
                         | "InvalidClientTokenId"
                         | "InvalidSignatureException"
@@ -162,7 +177,11 @@ impl EcrTokenSource {
                                 Category::RegistryError,
                                 format!(
                                     "the ECR API ({host}) answered {status}{}",
-                                    if kind.is_empty() { String::new() } else { format!(" ({kind})") }
+                                    if kind.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(" ({kind})")
+                                    }
                                 ),
                             ));
                         }
@@ -186,7 +205,10 @@ impl EcrTokenSource {
         let identity = Credentials::new(
             self.login.access_key_id.clone(),
             self.login.secret_access_key.expose().to_owned(),
-            self.login.session_token.as_ref().map(|t| t.expose().to_owned()),
+            self.login
+                .session_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
             None,
             "berth-dstack-env",
         )
@@ -208,7 +230,9 @@ impl EcrTokenSource {
             headers.iter().copied(),
             SignableBody::Bytes(body),
         )
-        .map_err(|_| PullError::config("cannot sign the ECR request: the endpoint URL is not valid"))?;
+        .map_err(|_| {
+            PullError::config("cannot sign the ECR request: the endpoint URL is not valid")
+        })?;
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|_| PullError::config("cannot sign the ECR request"))?
             .into_parts();
@@ -221,7 +245,9 @@ impl EcrTokenSource {
         for (name, value) in instructions.headers() {
             let mut v = reqwest::header::HeaderValue::from_str(value)
                 .map_err(|_| PullError::config("cannot sign the ECR request"))?;
-            if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-amz-security-token") {
+            if name.eq_ignore_ascii_case("authorization")
+                || name.eq_ignore_ascii_case("x-amz-security-token")
+            {
                 v.set_sensitive(true);
             }
             req = req.header(name, v);
@@ -244,11 +270,17 @@ impl EcrTokenSource {
         let bad = || {
             self.error(
                 Category::RegistryError,
-                format!("the ECR API ({host}) answered GetAuthorizationToken without a usable token"),
+                format!(
+                    "the ECR API ({host}) answered GetAuthorizationToken without a usable token"
+                ),
             )
         };
         let answer: Answer = serde_json::from_slice(body).map_err(|_| bad())?;
-        let data = answer.authorization_data.into_iter().next().ok_or_else(bad)?;
+        let data = answer
+            .authorization_data
+            .into_iter()
+            .next()
+            .ok_or_else(bad)?;
         let token = zeroize::Zeroizing::new(data.authorization_token);
         let decoded = zeroize::Zeroizing::new(
             base64::engine::general_purpose::STANDARD
@@ -303,14 +335,22 @@ mod tests {
     #[test]
     fn endpoint_override_follows_sdk_order() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         assert_eq!(endpoint_override(env(&[])).unwrap(), None);
         assert_eq!(
-            endpoint_override(env(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:1/"), ("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:2/")]))
-                .unwrap()
-                .unwrap()
-                .as_str(),
+            endpoint_override(env(&[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:1/"),
+                ("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:2/")
+            ]))
+            .unwrap()
+            .unwrap()
+            .as_str(),
             "http://127.0.0.1:2/"
         );
         assert!(endpoint_override(env(&[("AWS_ENDPOINT_URL", "nope")])).is_err());
@@ -318,7 +358,10 @@ mod tests {
 
     #[test]
     fn error_types() {
-        assert_eq!(aws_error_type(br#"{"__type":"com.amazon#UnrecognizedClientException","message":"x"}"#), "UnrecognizedClientException");
+        assert_eq!(
+            aws_error_type(br#"{"__type":"com.amazon#UnrecognizedClientException","message":"x"}"#),
+            "UnrecognizedClientException"
+        );
         assert_eq!(aws_error_type(b"garbage"), "");
     }
 }

@@ -19,7 +19,9 @@ pub fn is_loopback_host(host: &str) -> bool {
     if h.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    h.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    h.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
 }
 
 /// The host part of `host[:port]`.
@@ -61,8 +63,10 @@ impl Endpoints {
     /// Adds a `REGISTRY=URL` mapping as given on the command line.
     pub fn add_mapping(&mut self, mapping: &str) -> Result<(), PullError> {
         let (name, url) = mapping.split_once('=').ok_or_else(|| {
-            PullError::config(format!("--registry-endpoint {mapping}: expected REGISTRY=URL"))
-                .hint("for example --registry-endpoint docker.io=https://mirror.example.com")
+            PullError::config(format!(
+                "--registry-endpoint {mapping}: expected REGISTRY=URL"
+            ))
+            .hint("for example --registry-endpoint docker.io=https://mirror.example.com")
         })?;
         self.insert(name, url)
     }
@@ -70,14 +74,17 @@ impl Endpoints {
     /// Maps the registry `name` to `url`.
     pub fn insert(&mut self, name: &str, url: &str) -> Result<(), PullError> {
         let registry = normalize_registry(name).ok_or_else(|| {
-            PullError::config(format!("`{name}` is not a registry name")).hint("use a host such as ghcr.io or 127.0.0.1:5000")
+            PullError::config(format!("`{name}` is not a registry name"))
+                .hint("use a host such as ghcr.io or 127.0.0.1:5000")
         })?;
         let url = Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| {
-                PullError::config(format!("the endpoint for {registry} is not an http:// or https:// URL"))
-                    .hint("for example https://mirror.example.com or http://127.0.0.1:5000")
+                PullError::config(format!(
+                    "the endpoint for {registry} is not an http:// or https:// URL"
+                ))
+                .hint("for example https://mirror.example.com or http://127.0.0.1:5000")
             })?;
         self.map.insert(registry, url);
         Ok(())
@@ -109,15 +116,36 @@ mod tests {
             e.endpoint("ghcr.io", "ghcr.io"),
             Endpoint::Https(Url::parse("https://ghcr.io/").unwrap())
         );
-        assert!(matches!(e.endpoint("127.0.0.1:5000", "127.0.0.1:5000"), Endpoint::HttpsThenHttp { .. }));
-        assert!(matches!(e.endpoint("localhost:5000", "localhost:5000"), Endpoint::HttpsThenHttp { .. }));
-        e.add_mapping("index.docker.io=http://127.0.0.1:9/").unwrap();
+        assert!(matches!(
+            e.endpoint("127.0.0.1:5000", "127.0.0.1:5000"),
+            Endpoint::HttpsThenHttp { .. }
+        ));
+        assert!(matches!(
+            e.endpoint("localhost:5000", "localhost:5000"),
+            Endpoint::HttpsThenHttp { .. }
+        ));
+        e.add_mapping("index.docker.io=http://127.0.0.1:9/")
+            .unwrap();
         assert_eq!(
             e.endpoint("docker.io", "registry-1.docker.io"),
             Endpoint::Explicit(Url::parse("http://127.0.0.1:9/").unwrap())
         );
-        assert!(e.add_mapping("nourl").unwrap_err().message.contains("expected REGISTRY=URL"));
-        assert!(e.add_mapping("ghcr.io=ftp://x").unwrap_err().message.contains("not an http"));
-        assert!(is_loopback_host("::1") && is_loopback_host("127.8.9.1") && !is_loopback_host("10.0.0.1"));
+        assert!(
+            e.add_mapping("nourl")
+                .unwrap_err()
+                .message
+                .contains("expected REGISTRY=URL")
+        );
+        assert!(
+            e.add_mapping("ghcr.io=ftp://x")
+                .unwrap_err()
+                .message
+                .contains("not an http")
+        );
+        assert!(
+            is_loopback_host("::1")
+                && is_loopback_host("127.8.9.1")
+                && !is_loopback_host("10.0.0.1")
+        );
     }
 }

@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn exit_codes_are_the_documented_ones() {
-        let codes: Vec<_> = Category::ALL.iter().map(|c| (c.as_str(), c.exit_code())).collect();
+        let codes: Vec<_> = Category::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.exit_code()))
+            .collect();
         assert_eq!(
             codes,
             [

@@ -81,7 +81,12 @@ impl Manifest {
     /// Parses `bytes`, using `content_type` (the response's) or the body's own
     /// `mediaType`, or its shape, to tell an index from an image manifest.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, PullError> {
-        let bad = |what: &str| PullError::new(Category::RegistryError, format!("the registry sent a manifest that {what}"));
+        let bad = |what: &str| {
+            PullError::new(
+                Category::RegistryError,
+                format!("the registry sent a manifest that {what}"),
+            )
+        };
         let probe: Probe = serde_json::from_slice(bytes).map_err(|_| bad("is not valid JSON"))?;
         if probe.schema_version == Some(1) {
             return Err(PullError::new(
@@ -147,7 +152,11 @@ impl Platform {
     /// Parses `os/arch[/variant]`.
     pub fn parse(s: &str) -> Result<Self, PullError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         match parts.as_slice() {
             [os, arch] if ok(os) && ok(arch) => Ok(Self {
                 os: os.to_string(),
@@ -159,8 +168,10 @@ impl Platform {
                 architecture: arch.to_string(),
                 variant: Some(variant.to_string()),
             }),
-            _ => Err(PullError::config(format!("--platform {s}: expected os/arch or os/arch/variant"))
-                .hint("for example linux/amd64 or linux/arm64/v8")),
+            _ => Err(PullError::config(format!(
+                "--platform {s}: expected os/arch or os/arch/variant"
+            ))
+            .hint("for example linux/amd64 or linux/arm64/v8")),
         }
     }
 
@@ -214,20 +225,35 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"c","digest":"{D1}","size":1}},"layers":[{{"mediaType":"l","digest":"{D2}","size":2}}]}}"#
         );
-        let Manifest::Image(img) = Manifest::parse(m.as_bytes(), None).unwrap() else { panic!() };
+        let Manifest::Image(img) = Manifest::parse(m.as_bytes(), None).unwrap() else {
+            panic!()
+        };
         assert_eq!(img.layers[0].size, 2);
         let idx = format!(
             r#"{{"schemaVersion":2,"manifests":[
               {{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
               {{"mediaType":"{OCI_MANIFEST}","digest":"{D2}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
         );
-        let Manifest::Index(index) = Manifest::parse(idx.as_bytes(), Some(OCI_INDEX)).unwrap() else { panic!() };
+        let Manifest::Index(index) = Manifest::parse(idx.as_bytes(), Some(OCI_INDEX)).unwrap()
+        else {
+            panic!()
+        };
         let amd = Platform::parse("linux/amd64").unwrap();
         assert_eq!(amd.select(&index).unwrap().digest.to_string(), D1);
         let arm = Platform::parse("linux/arm64/v8").unwrap();
         assert_eq!(arm.select(&index).unwrap().digest.to_string(), D2);
-        assert!(Platform::parse("linux/s390x").unwrap().select(&index).is_none());
-        assert!(Manifest::parse(br#"{"schemaVersion":1}"#, None).unwrap_err().message.contains("schema 1"));
+        assert!(
+            Platform::parse("linux/s390x")
+                .unwrap()
+                .select(&index)
+                .is_none()
+        );
+        assert!(
+            Manifest::parse(br#"{"schemaVersion":1}"#, None)
+                .unwrap_err()
+                .message
+                .contains("schema 1")
+        );
         assert!(Platform::parse("linux").is_err());
     }
 }

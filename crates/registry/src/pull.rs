@@ -133,10 +133,13 @@ impl Puller {
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         for pem in &opts.ca_certs_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
-                PullError::config("a --ca-cert file is not a PEM certificate").hint("pass a PEM file with -----BEGIN CERTIFICATE-----")
+                PullError::config("a --ca-cert file is not a PEM certificate")
+                    .hint("pass a PEM file with -----BEGIN CERTIFICATE-----")
             })?;
             if certs.is_empty() {
-                return Err(PullError::config("a --ca-cert file holds no PEM certificate"));
+                return Err(PullError::config(
+                    "a --ca-cert file holds no PEM certificate",
+                ));
             }
             for c in certs {
                 builder = builder.add_root_certificate(c);
@@ -177,13 +180,15 @@ impl Puller {
     /// Requests sent so far, all registries together.
     pub async fn request_counts(&self) -> RequestCounts {
         let clients = self.clients.lock().await;
-        clients.values().fold(RequestCounts::default(), |mut acc, c| {
-            let n = c.counts();
-            acc.manifest_heads += n.manifest_heads;
-            acc.manifest_gets += n.manifest_gets;
-            acc.token_fetches += n.token_fetches;
-            acc
-        })
+        clients
+            .values()
+            .fold(RequestCounts::default(), |mut acc, c| {
+                let n = c.counts();
+                acc.manifest_heads += n.manifest_heads;
+                acc.manifest_gets += n.manifest_gets;
+                acc.token_fetches += n.token_fetches;
+                acc
+            })
     }
 
     /// Pulls every image concurrently; the first failure (in `refs` order)
@@ -201,7 +206,11 @@ impl Puller {
             .map_err(|e| e.context(reference.registry(), &image))
     }
 
-    async fn pull_inner(&self, reference: &ImageReference, image: &str) -> Result<PulledImage, PullError> {
+    async fn pull_inner(
+        &self,
+        reference: &ImageReference,
+        image: &str,
+    ) -> Result<PulledImage, PullError> {
         let client = self.client_for(reference).await?;
         let repo = reference.repository();
         let mut all_cached = true;
@@ -211,10 +220,14 @@ impl Puller {
             Some(d) => Some(d.clone()),
             None => self.head_digest(&client, reference).await?,
         };
-        let (top_digest, top_bytes, cached) = self.manifest_bytes(&client, reference, top_digest).await?;
+        let (top_digest, top_bytes, cached) =
+            self.manifest_bytes(&client, reference, top_digest).await?;
         all_cached &= cached;
         let content_type = None;
-        let (manifest_desc, image_manifest, index_digest, platform) = match Manifest::parse(&top_bytes, content_type)? {
+        let (manifest_desc, image_manifest, index_digest, platform) = match Manifest::parse(
+            &top_bytes,
+            content_type,
+        )? {
             Manifest::Image(m) => (
                 Descriptor {
                     media_type: media_type_of(&top_bytes, manifest::OCI_MANIFEST),
@@ -242,8 +255,9 @@ impl Puller {
                     )
                     .hint("pick a platform the image has with --platform, or push one for this platform")
                 })?;
-                let (digest, bytes, cached) =
-                    self.manifest_bytes(&client, reference, Some(chosen.digest.clone())).await?;
+                let (digest, bytes, cached) = self
+                    .manifest_bytes(&client, reference, Some(chosen.digest.clone()))
+                    .await?;
                 all_cached &= cached;
                 let Manifest::Image(m) = Manifest::parse(&bytes, Some(&chosen.media_type))? else {
                     return Err(PullError::new(
@@ -273,7 +287,9 @@ impl Puller {
 
         // Stage: fetch the config and the layers.
         let ImageManifest { config, layers } = image_manifest;
-        let blobs: Vec<Descriptor> = std::iter::once(config).chain(layers.iter().cloned()).collect();
+        let blobs: Vec<Descriptor> = std::iter::once(config)
+            .chain(layers.iter().cloned())
+            .collect();
         for b in &blobs {
             (self.events)(&PullEvent::BlobQueued {
                 image: image.to_owned(),
@@ -283,7 +299,8 @@ impl Puller {
             });
         }
         let results =
-            futures_util::future::join_all(blobs.iter().map(|b| self.fetch_blob(&client, repo, b))).await;
+            futures_util::future::join_all(blobs.iter().map(|b| self.fetch_blob(&client, repo, b)))
+                .await;
         let mut downloaded = 0;
         let mut reused = 0;
         for r in results {
@@ -316,7 +333,9 @@ impl Puller {
         let image = reference.to_string();
         let result = async {
             let client = self.client_for(reference).await?;
-            let resp = self.head(&client, reference, reference.reference_for_manifest()).await?;
+            let resp = self
+                .head(&client, reference, reference.reference_for_manifest())
+                .await?;
             let digest = header_digest(resp.headers(), &image)?;
             if let (Some(want), Some(got)) = (reference.digest(), &digest)
                 && want != got
@@ -341,25 +360,39 @@ impl Puller {
     }
 
     /// The client for the reference's registry, created on first use.
-    async fn client_for(&self, reference: &ImageReference) -> Result<Arc<RegistryClient>, PullError> {
+    async fn client_for(
+        &self,
+        reference: &ImageReference,
+    ) -> Result<Arc<RegistryClient>, PullError> {
         let registry = reference.registry().to_owned();
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(&registry) {
             return Ok(c.clone());
         }
-        let base = match self.opts.endpoints.endpoint(&registry, reference.api_host()) {
+        let base = match self
+            .opts
+            .endpoints
+            .endpoint(&registry, reference.api_host())
+        {
             Endpoint::Explicit(u) | Endpoint::Https(u) => u,
             Endpoint::HttpsThenHttp { https, http } => self.probe_https(https, http).await,
         };
         let login = match self.opts.credentials.for_registry(&registry) {
-            Some(Credential::Docker(d)) => Login::from_docker(d, "the DSTACK_DOCKER_USERNAME/DSTACK_DOCKER_PASSWORD credentials"),
-            Some(Credential::Ecr(e)) => Login::from_ecr(
-                e,
-                EcrTokenSource::new(e.clone(), self.opts.ecr_endpoint.clone(), self.http.clone(), self.opts.retry),
+            Some(Credential::Docker(d)) => Login::from_docker(
+                d,
+                "the DSTACK_DOCKER_USERNAME/DSTACK_DOCKER_PASSWORD credentials",
             ),
+            Some(Credential::Ecr(e)) => Login::from_ecr(EcrTokenSource::new(
+                e.clone(),
+                self.opts.ecr_endpoint.clone(),
+                self.http.clone(),
+                self.opts.retry,
+            )),
             None => match &self.opts.docker_config {
                 Some(cfg) => match cfg.login_for(&registry) {
-                    Ok(Some(d)) => Login::from_docker(&d, "the login from the Docker client's config.json"),
+                    Ok(Some(d)) => {
+                        Login::from_docker(&d, "the login from the Docker client's config.json")
+                    }
                     Ok(None) => Login::Anonymous,
                     Err(e) => {
                         return Err(PullError::config(e.to_string())
@@ -405,22 +438,40 @@ impl Puller {
     ) -> Result<reqwest::Response, PullError> {
         let repo = reference.repository();
         let resp = client
-            .send(Method::HEAD, &format!("/v2/{repo}/manifests/{what}"), repo, accept_manifests(), Expect::Manifest)
+            .send(
+                Method::HEAD,
+                &format!("/v2/{repo}/manifests/{what}"),
+                repo,
+                accept_manifests(),
+                Expect::Manifest,
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(not_found(reference, &client.registry)),
             s => Err(PullError::new(
                 Category::RegistryError,
-                format!("{} answered {s} to a manifest request for {reference}", client.registry),
+                format!(
+                    "{} answered {s} to a manifest request for {reference}",
+                    client.registry
+                ),
             )),
         }
     }
 
     /// The tag's digest from a HEAD, or `None` if the registry does not say.
-    async fn head_digest(&self, client: &RegistryClient, reference: &ImageReference) -> Result<Option<Digest>, PullError> {
-        let resp = self.head(client, reference, reference.reference_for_manifest()).await?;
-        if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    async fn head_digest(
+        &self,
+        client: &RegistryClient,
+        reference: &ImageReference,
+    ) -> Result<Option<Digest>, PullError> {
+        let resp = self
+            .head(client, reference, reference.reference_for_manifest())
+            .await?;
+        if let Some(len) = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             && len > manifest::MAX_MANIFEST_BYTES
         {
             return Err(too_big(&reference.to_string(), len));
@@ -448,7 +499,13 @@ impl Puller {
             None => reference.reference_for_manifest().to_owned(),
         };
         let resp = client
-            .send(Method::GET, &format!("/v2/{repo}/manifests/{what}"), repo, accept_manifests(), Expect::Manifest)
+            .send(
+                Method::GET,
+                &format!("/v2/{repo}/manifests/{what}"),
+                repo,
+                accept_manifests(),
+                Expect::Manifest,
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => {}
@@ -461,7 +518,11 @@ impl Puller {
                 let body = error_codes(resp).await;
                 return Err(PullError::new(
                     Category::RegistryError,
-                    format!("{} answered {} to a manifest request for {image}", client.registry, body.summary(s.as_str())),
+                    format!(
+                        "{} answered {} to a manifest request for {image}",
+                        client.registry,
+                        body.summary(s.as_str())
+                    ),
                 ));
             }
         }
@@ -477,7 +538,11 @@ impl Puller {
             let chunk = chunk.map_err(|e| {
                 PullError::new(
                     Category::Unreachable,
-                    format!("the connection to {} dropped while reading the manifest of {image}: {}", client.registry, crate::client::classify_transport_error(&e).1),
+                    format!(
+                        "the connection to {} dropped while reading the manifest of {image}: {}",
+                        client.registry,
+                        crate::client::classify_transport_error(&e).1
+                    ),
                 )
             })?;
             bytes.extend_from_slice(&chunk);
@@ -508,7 +573,12 @@ impl Puller {
 
     /// Downloads one blob into the store unless it is there. Returns
     /// `(bytes downloaded, bytes reused)`.
-    async fn fetch_blob(&self, client: &RegistryClient, repo: &str, desc: &Descriptor) -> Result<(u64, u64), PullError> {
+    async fn fetch_blob(
+        &self,
+        client: &RegistryClient,
+        repo: &str,
+        desc: &Descriptor,
+    ) -> Result<(u64, u64), PullError> {
         let _permit = self.jobs.acquire().await.expect("semaphore never closed");
         let lock = self
             .inflight
@@ -565,16 +635,22 @@ impl Puller {
             if offset < size {
                 let mut headers = HeaderMap::new();
                 if offset > 0 {
-                    headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
+                    headers.insert(
+                        header::RANGE,
+                        HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
+                    );
                 }
-                let resp = client.send(Method::GET, &path, repo, headers, Expect::Blob).await?;
+                let resp = client
+                    .send(Method::GET, &path, repo, headers, Expect::Blob)
+                    .await?;
                 match resp.status() {
                     StatusCode::OK => {
                         if offset > 0 {
                             // The server ignored the range: start over.
                             out.flush().map_err(io)?;
                             out.get_ref().set_len(0).map_err(io)?;
-                            std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0)).map_err(io)?;
+                            std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0))
+                                .map_err(io)?;
                             hasher = Hasher::for_digest(digest);
                             offset = 0;
                         }
@@ -588,7 +664,10 @@ impl Puller {
                         if start != Some(offset) {
                             return Err(PullError::new(
                                 Category::RegistryError,
-                                format!("{} answered a resumed download of {digest} with the wrong range", client.registry),
+                                format!(
+                                    "{} answered a resumed download of {digest} with the wrong range",
+                                    client.registry
+                                ),
                             ));
                         }
                     }
@@ -611,7 +690,11 @@ impl Puller {
                         let body = error_codes(resp).await;
                         return Err(PullError::new(
                             Category::RegistryError,
-                            format!("{} answered {} to the download of blob {digest}", client.registry, body.summary(s.as_str())),
+                            format!(
+                                "{} answered {} to the download of blob {digest}",
+                                client.registry,
+                                body.summary(s.as_str())
+                            ),
                         ));
                     }
                 }
@@ -626,7 +709,10 @@ impl Puller {
                                 let _ = std::fs::remove_file(&partial);
                                 return Err(PullError::new(
                                     Category::Integrity,
-                                    format!("blob {digest} from {} is larger than the {size} bytes its manifest declares", client.registry),
+                                    format!(
+                                        "blob {digest} from {} is larger than the {size} bytes its manifest declares",
+                                        client.registry
+                                    ),
                                 ));
                             }
                             out.write_all(&bytes).map_err(io)?;
@@ -635,7 +721,11 @@ impl Puller {
                             downloaded += bytes.len() as u64;
                             if offset - last_report >= 1 << 20 || offset == size {
                                 last_report = offset;
-                                (self.events)(&PullEvent::BlobProgress { digest: digest.clone(), done: offset, size });
+                                (self.events)(&PullEvent::BlobProgress {
+                                    digest: digest.clone(),
+                                    done: offset,
+                                    size,
+                                });
                             }
                         }
                         Err(e) => {
@@ -678,7 +768,11 @@ impl Puller {
                 out.get_ref().sync_data().map_err(io)?;
                 drop(out);
                 self.store.commit_partial(digest)?;
-                (self.events)(&PullEvent::BlobDone { digest: digest.clone(), size, downloaded });
+                (self.events)(&PullEvent::BlobDone {
+                    digest: digest.clone(),
+                    size,
+                    downloaded,
+                });
                 return Ok((downloaded, resumed_from.min(size)));
             }
             // Corrupted: never committed. Try once more from scratch.
@@ -691,7 +785,10 @@ impl Puller {
                 let _ = std::fs::remove_file(&partial);
                 return Err(PullError::new(
                     Category::Integrity,
-                    format!("blob {digest} from {} does not match its digest (twice); it was not stored", client.registry),
+                    format!(
+                        "blob {digest} from {} does not match its digest (twice); it was not stored",
+                        client.registry
+                    ),
                 ));
             }
             (self.events)(&PullEvent::Retrying {
@@ -708,7 +805,11 @@ impl Puller {
 impl RegistryClient {
     /// How this client authenticates, for reports.
     pub(crate) fn auth_description(&self) -> &'static str {
-        if self.is_anonymous() { "anonymous" } else { "credentials" }
+        if self.is_anonymous() {
+            "anonymous"
+        } else {
+            "credentials"
+        }
     }
 }
 
@@ -728,14 +829,26 @@ fn media_type_of(bytes: &[u8], fallback: &str) -> String {
         .ok()
         .and_then(|m| m.media_type)
         .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| if fallback.is_empty() { manifest::OCI_MANIFEST.to_owned() } else { fallback.to_owned() })
+        .unwrap_or_else(|| {
+            if fallback.is_empty() {
+                manifest::OCI_MANIFEST.to_owned()
+            } else {
+                fallback.to_owned()
+            }
+        })
 }
 
 fn header_digest(headers: &HeaderMap, image: &str) -> Result<Option<Digest>, PullError> {
-    match headers.get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+    match headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
         None => Ok(None),
         Some(v) => v.parse::<Digest>().map(Some).map_err(|_| {
-            PullError::new(Category::RegistryError, format!("the registry sent an invalid Docker-Content-Digest for {image}"))
+            PullError::new(
+                Category::RegistryError,
+                format!("the registry sent an invalid Docker-Content-Digest for {image}"),
+            )
         }),
     }
 }
@@ -748,7 +861,10 @@ fn not_found(reference: &ImageReference, registry: &str) -> PullError {
     };
     PullError::new(
         Category::NotFound,
-        format!("{reference} was not found: {registry} has no {what} in repository {}", reference.repository()),
+        format!(
+            "{reference} was not found: {registry} has no {what} in repository {}",
+            reference.repository()
+        ),
     )
     .hint("check the image path and tag (a typo, or an image that was never pushed or was deleted)")
 }
@@ -763,13 +879,22 @@ fn digest_mismatch(image: &str, want: &Digest, got: &Digest) -> PullError {
 fn too_big(image: &str, len: u64) -> PullError {
     PullError::new(
         Category::RegistryError,
-        format!("the manifest of {image} is {len} bytes, more than the {} Berth accepts", manifest::MAX_MANIFEST_BYTES),
+        format!(
+            "the manifest of {image} is {len} bytes, more than the {} Berth accepts",
+            manifest::MAX_MANIFEST_BYTES
+        ),
     )
 }
 
 /// The first byte position of `Content-Range: bytes START-END/TOTAL`.
 fn content_range_start(v: &str) -> Option<u64> {
-    v.trim().strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    v.trim()
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

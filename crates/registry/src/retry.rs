@@ -121,7 +121,10 @@ mod tests {
             ..RetryPolicy::default()
         };
         let mut b = Backoff::new(policy);
-        assert_eq!(b.next(Some(Duration::from_secs(3))), Next::RetryAfter(Duration::from_secs(3)));
+        assert_eq!(
+            b.next(Some(Duration::from_secs(3))),
+            Next::RetryAfter(Duration::from_secs(3))
+        );
         assert_eq!(b.next(Some(Duration::from_secs(60))), Next::GiveUp);
     }
 }

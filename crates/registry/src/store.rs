@@ -78,7 +78,11 @@ impl OciStore {
     /// Opens (creating if needed) the layout at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, PullError> {
         let root = root.into();
-        for dir in [root.join("blobs/sha256"), root.join("blobs/sha512"), root.join("ingest")] {
+        for dir in [
+            root.join("blobs/sha256"),
+            root.join("blobs/sha512"),
+            root.join("ingest"),
+        ] {
             fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
         }
         let layout = root.join("oci-layout");
@@ -99,14 +103,19 @@ impl OciStore {
 
     /// Where the blob `digest` lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
     }
 
     /// Where a download of `digest` in progress lives.
     pub(crate) fn partial_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("ingest")
-            .join(format!("{}-{}.partial", digest.algorithm().name(), digest.hex()))
+        self.root.join("ingest").join(format!(
+            "{}-{}.partial",
+            digest.algorithm().name(),
+            digest.hex()
+        ))
     }
 
     /// Whether the blob is present with the expected size.
@@ -122,7 +131,9 @@ impl OciStore {
         let path = self.blob_path(digest);
         let mut buf = Vec::new();
         match File::open(&path) {
-            Ok(mut f) => f.read_to_end(&mut buf).map_err(|e| io_err("read", &path, e))?,
+            Ok(mut f) => f
+                .read_to_end(&mut buf)
+                .map_err(|e| io_err("read", &path, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read", &path, e)),
         };
@@ -174,8 +185,14 @@ impl OciStore {
         let manifests = index
             .get_mut("manifests")
             .and_then(|m| m.as_array_mut())
-            .ok_or_else(|| PullError::config(format!("{} has no manifests list", index_path.display())))?;
-        manifests.retain(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) != Some(ref_name));
+            .ok_or_else(|| {
+                PullError::config(format!("{} has no manifests list", index_path.display()))
+            })?;
+        manifests.retain(|m| {
+            m.pointer("/annotations/org.opencontainers.image.ref.name")
+                .and_then(|v| v.as_str())
+                != Some(ref_name)
+        });
         manifests.push(entry);
         let out = serde_json::to_vec_pretty(&index).expect("json serializes");
         write_atomic(&index_path, &out)?;
@@ -190,7 +207,11 @@ impl OciStore {
         index["manifests"]
             .as_array()?
             .iter()
-            .find(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) == Some(ref_name))
+            .find(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(|v| v.as_str())
+                    == Some(ref_name)
+            })
             .and_then(|m| serde_json::from_value(m.clone()).ok())
     }
 }
@@ -234,7 +255,8 @@ mod tests {
         store.add_ref("example.com/a:1", &desc).unwrap();
         store.add_ref("example.com/a:1", &desc).unwrap();
         store.add_ref("example.com/b:1", &desc).unwrap();
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
         assert_eq!(store.lookup_ref("example.com/a:1").unwrap().digest, d);
         // Corruption on disk is detected and the blob dropped.
