@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# `make bench`: benchmarks that run Berth and its peer side by side.
+# Results go to stdout; record them in BENCHMARKS.md with this command.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUNS="${RUNS:-5}"
+LAYER_MB="${LAYER_MB:-100}"
+cargo build --release --quiet -p berth-cli
+cargo build --release --quiet -p testkit --example bench_pull
+echo "== berth pull vs skopeo copy (4 x ${LAYER_MB} MB, ${RUNS} runs each, alternating)"
+target/release/examples/bench_pull target/release/berth "$RUNS" "$LAYER_MB"
