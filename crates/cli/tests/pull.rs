@@ -456,6 +456,76 @@ fn faults_are_survived_and_restarts_cost_nothing() {
     // The HEAD saw 76 left; the one manifest GET of a fresh store used one.
     assert_eq!(p.json["rate_limits"][0]["remaining"], 75);
     assert_eq!(p.json["rate_limits"][0]["limit"], 100);
+    proxy.clear_faults();
+
+    // check never GETs a manifest (no Docker Hub pull quota used).
+    proxy.clear_requests();
+    let p = berth_json(
+        &["check", "--json", "--registry-endpoint", &endpoint, &image],
+        &[],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(proxy.manifest_gets(), 0);
+    assert_eq!(proxy.manifest_heads(), 1);
+    assert_eq!(proxy.blob_gets(), 0);
+
+    // A registry that keeps failing: registry_error, exit 8.
+    proxy.unavailable(Target::Manifests, usize::MAX);
+    let p = berth_json(
+        &[
+            "pull",
+            "--json",
+            "--max-retry-time",
+            "2",
+            "--store",
+            dir.join("store6").to_str().unwrap(),
+            "--registry-endpoint",
+            &endpoint,
+            &image,
+        ],
+        &[],
+    );
+    assert_eq!(p.code, 8, "{}", p.stdout);
+    let (cat, msg) = error_of(&p);
+    assert_eq!(cat, "registry_error");
+    assert!(msg.contains("503"), "{msg}");
+    proxy.clear_faults();
+
+    // Docker Hub, anonymous, over its limit: the hint says to log in. The
+    // endpoint mapping comes from a config file this time.
+    let config = dir.join("berth.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"registry_endpoints": {{"docker.io": "{}"}}}}"#,
+            proxy.base_url()
+        ),
+    )
+    .unwrap();
+    proxy.too_many_requests(Target::Manifests, 21600, usize::MAX);
+    let p = berth_json(
+        &[
+            "pull",
+            "--json",
+            "--max-retry-time",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            dir.join("store7").to_str().unwrap(),
+            "lib/app:1",
+        ],
+        &[],
+    );
+    assert_eq!(p.code, 6, "{}", p.stdout);
+    let (cat, msg) = error_of(&p);
+    assert_eq!(cat, "rate_limited");
+    assert_eq!(p.json["error"]["registry"], "docker.io");
+    assert!(
+        msg.contains("6 h") && msg.contains("DSTACK_DOCKER_USERNAME"),
+        "{msg}"
+    );
+    proxy.clear_faults();
 }
 
 #[test]
