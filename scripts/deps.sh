@@ -13,6 +13,12 @@ apt_missing=()
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
+# The boot agent's tests: a real Docker engine, the compose tool, and a static
+# busybox to build runnable test images; GNU time for the benchmarks.
+command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || apt_missing+=(docker-compose)
+dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
+[ -x /usr/bin/time ] || apt_missing+=(time)
 if ((${#apt_missing[@]})); then
   echo "deps: installing ${apt_missing[*]}"
   $SUDO apt-get update -qq

@@ -5,6 +5,7 @@
 mod envargs;
 mod envcmd;
 mod failure;
+mod guestcmd;
 mod pullcmd;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Command {
     Pull(pullcmd::PullArgs),
     /// Pre-flight: can these images be pulled with these credentials? (HEAD only.)
     Check(pullcmd::CheckArgs),
+    /// Inside a CVM.
+    #[command(subcommand)]
+    Guest(guestcmd::GuestCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Unseal(args) => envcmd::unseal(args),
         Command::Pull(args) => pullcmd::pull(args),
         Command::Check(args) => pullcmd::check(args),
+        Command::Guest(cmd) => guestcmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,11 +27,13 @@ pub enum Category {
     RegistryError,
     /// Content did not match its digest or declared size.
     Integrity,
+    /// The container runtime or the compose tool failed (boot only).
+    Runtime,
 }
 
 impl Category {
     /// Every category, in exit-code order.
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::Config,
         Category::CredentialsRejected,
         Category::AccessDenied,
@@ -40,6 +42,7 @@ impl Category {
         Category::Unreachable,
         Category::RegistryError,
         Category::Integrity,
+        Category::Runtime,
     ];
 
     /// The machine-readable name (`credentials_rejected`, …).
@@ -53,6 +56,7 @@ impl Category {
             Category::Unreachable => "unreachable",
             Category::RegistryError => "registry_error",
             Category::Integrity => "integrity",
+            Category::Runtime => "runtime",
         }
     }
 
@@ -67,6 +71,7 @@ impl Category {
             Category::Unreachable => 7,
             Category::RegistryError => 8,
             Category::Integrity => 9,
+            Category::Runtime => 10,
         }
     }
 }
@@ -170,6 +175,10 @@ pub fn default_hint(category: Category) -> &'static str {
             "the content did not match its digest: something between Berth and the registry \
              altered it, or the registry is corrupt; nothing was stored"
         }
+        Category::Runtime => {
+            "check that the Docker engine is running (DOCKER_HOST) and read the compose tool's \
+             lines above"
+        }
     }
 }
 
@@ -194,6 +203,7 @@ mod tests {
                 ("unreachable", 7),
                 ("registry_error", 8),
                 ("integrity", 9),
+                ("runtime", 10),
             ]
         );
     }

@@ -74,6 +74,9 @@ pub enum Format {
 struct LayerSpec {
     size: u64,
     seed: Option<u64>,
+    /// A runnable root filesystem (`/bin/busybox` and its applets) instead
+    /// of random data.
+    busybox: bool,
 }
 
 /// What image to build.
@@ -111,7 +114,11 @@ impl ImageSpec {
 
     /// Adds a layer of `size` fresh random bytes.
     pub fn layer(mut self, size: u64) -> Self {
-        self.layers.push(LayerSpec { size, seed: None });
+        self.layers.push(LayerSpec {
+            size,
+            seed: None,
+            busybox: false,
+        });
         self
     }
 
@@ -121,6 +128,20 @@ impl ImageSpec {
         self.layers.push(LayerSpec {
             size,
             seed: Some(seed),
+            busybox: false,
+        });
+        self
+    }
+
+    /// Adds a layer with a runnable root filesystem: Debian's static
+    /// `/bin/busybox` (package busybox-static) and its applets (`sh`,
+    /// `echo`, `sleep`, `cat`, `env`, `printenv`, `ls`). Containers of such
+    /// an image really run.
+    pub fn busybox(mut self) -> Self {
+        self.layers.push(LayerSpec {
+            size: 0,
+            seed: None,
+            busybox: true,
         });
         self
     }
@@ -277,7 +298,50 @@ fn write_blob(layout: &Path, format: Format, data: &[u8]) -> String {
     digest
 }
 
+fn busybox_tar() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox is missing: install Debian's busybox-static (scripts/deps.sh does)");
+    let mut tar = tar::Builder::new(Vec::with_capacity(busybox.len() + 16384));
+    for dir in ["bin/", "tmp/"] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(if dir == "tmp/" { 0o1777 } else { 0o755 });
+        h.set_size(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, dir, std::io::empty())
+            .expect("tar dir");
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_size(busybox.len() as u64);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, "bin/busybox", busybox.as_slice())
+        .expect("tar busybox");
+    for applet in [
+        "sh", "echo", "sleep", "cat", "env", "printenv", "ls", "true",
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .expect("tar link");
+    }
+    tar.into_inner().expect("tar finish")
+}
+
 fn make_layer(index: usize, spec: &LayerSpec) -> (Vec<u8>, String) {
+    if spec.busybox {
+        let tar = busybox_tar();
+        let diff_id = util::sha256_digest(&tar);
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).expect("gzip");
+        return (gz.finish().expect("gzip finish"), diff_id);
+    }
     let seed = spec
         .seed
         .unwrap_or_else(|| u64::from_le_bytes(util::random_bytes::<8>()));

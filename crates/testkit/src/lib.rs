@@ -11,6 +11,7 @@
 //!   requests and injects faults (dropped connections, corrupted bytes, 429,
 //!   503, cross-host blob redirects, rate-limit headers).
 //! - [`Moto`]: moto's server (AWS mock) for ECR `GetAuthorizationToken`.
+//! - [`Dockerd`]: a private Docker engine (own socket, data and exec root).
 //! - [`images`]: builds random OCI images in Rust and pushes them with
 //!   `skopeo`, single-arch or multi-arch.
 //!
@@ -26,6 +27,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+mod dockerd;
 pub mod images;
 mod moto;
 mod pki;
@@ -34,6 +36,7 @@ mod registry;
 mod token;
 mod util;
 
+pub use dockerd::Dockerd;
 pub use moto::Moto;
 pub use pki::{IssuedCert, TestCa};
 pub use proxy::{

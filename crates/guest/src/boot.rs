@@ -1,0 +1,385 @@
+//! The boot, step by step. Each step is a line in the serial log with its
+//! duration; the last line is `BOOT OK` or `BOOT FAILED: <category>: …`.
+
+use crate::compose::ComposeFile;
+use crate::error::BootError;
+use crate::keys::EnvKeyProvider;
+use crate::redact::Redactor;
+use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
+use crate::serial::SerialLog;
+use crate::shared::{HostShared, Measurement};
+use envseal::{Env, Limits};
+use registry::{Category, CredentialSet, Endpoints, PullEvent, PullOptions, Puller};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How to boot.
+pub struct BootOptions {
+    /// The host-shared folder.
+    pub shared: PathBuf,
+    /// The CVM's persistent state folder (image store, compose file).
+    pub state: PathBuf,
+    /// Where the env key comes from.
+    pub key_provider: Box<dyn EnvKeyProvider>,
+    /// The compose project name; default: derived from the app.
+    pub project: Option<String>,
+    /// Retry budget of each registry request.
+    pub retry_budget: Duration,
+}
+
+/// What a successful boot did.
+#[derive(Clone, Debug)]
+pub struct BootReport {
+    /// The app's measurement.
+    pub measurement: Measurement,
+    /// The compose project name.
+    pub project: String,
+    /// Images pulled (or found in the store).
+    pub images: Vec<registry::PulledImage>,
+    /// Total time.
+    pub elapsed: Duration,
+}
+
+struct Steps<'a> {
+    serial: &'a SerialLog,
+    n: usize,
+}
+
+impl Steps<'_> {
+    const TOTAL: usize = 7;
+
+    async fn run<T, F>(&mut self, name: &str, f: F) -> Result<T, BootError>
+    where
+        F: std::future::Future<Output = Result<T, BootError>>,
+    {
+        self.n += 1;
+        let started = Instant::now();
+        self.serial
+            .line(&format!("[{}/{}] {name}", self.n, Self::TOTAL));
+        let out = f.await;
+        let ms = started.elapsed().as_millis();
+        match &out {
+            Ok(_) => self.serial.line(&format!(
+                "[{}/{}] {name}: done in {ms} ms",
+                self.n,
+                Self::TOTAL
+            )),
+            Err(_) => self.serial.line(&format!(
+                "[{}/{}] {name}: failed after {ms} ms",
+                self.n,
+                Self::TOTAL
+            )),
+        }
+        out
+    }
+}
+
+/// A compose project name from the app name: lowercase letters, digits, `-`, `_`.
+pub fn project_name(app_name: &str, app_id: &str) -> String {
+    let mut p: String = app_name
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    p = p.trim_start_matches(['-', '_']).to_owned();
+    if p.is_empty() {
+        p = format!("app-{}", &app_id[..12]);
+    }
+    p
+}
+
+/// Runs the boot, writing to `serial`. The caller writes the last line
+/// ([`final_line`]).
+pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, BootError> {
+    let started = Instant::now();
+    let mut steps = Steps { serial, n: 0 };
+
+    // 1. Measure.
+    let (shared, measurement) = steps
+        .run("measure the app", async {
+            let shared = HostShared::read(&opts.shared)?;
+            let measurement = Measurement::of(&shared.app_compose_bytes);
+            serial.line(&format!(
+                "app {}: compose_hash {}",
+                shared.app_compose.name, measurement.compose_hash
+            ));
+            serial.line(&format!(
+                "app_id {}",
+                shared
+                    .sys_config
+                    .app_id
+                    .as_deref()
+                    .unwrap_or(&measurement.app_id)
+            ));
+            Ok((shared, measurement))
+        })
+        .await?;
+
+    // 2. Key and env.
+    let env = steps
+        .run("open the env", async {
+            let Some(sealed) = &shared.sealed_env else {
+                serial.line("no encrypted-env: the app runs without secrets");
+                return Ok(Env::new());
+            };
+            serial.line(&format!("env key from {}", opts.key_provider.describe()));
+            let key = opts.key_provider.env_key(&measurement).await?;
+            let mut env = key.open(sealed).map_err(|e| {
+                BootError::new(Category::Integrity, format!("the encrypted env does not open: {e}"))
+                    .hint("the env must be sealed to this app's env public key (re-deploy with the key the API returned)")
+            })?;
+            let allowed = &shared.app_compose.allowed_envs;
+            for dropped in env.retain_keys(|k| allowed.iter().any(|a| a == k)) {
+                serial.line(&format!("warning: env variable {dropped} is not in allowed_envs; dropped"));
+            }
+            env.validate(&Limits::GUEST)
+                .map_err(|e| BootError::new(Category::Config, format!("the env breaks the guest's limits: {e}")))?;
+            serial.set_redactor(Redactor::for_env(&env));
+            let keys: Vec<&str> = env.keys().collect();
+            serial.line(&format!("env: {} variables ({})", keys.len(), keys.join(", ")));
+            Ok(env)
+        })
+        .await?;
+
+    // 3. Credentials.
+    let credentials = steps
+        .run("resolve registry credentials", async {
+            let creds = CredentialSet::from_env_pairs(
+                &env.vars()
+                    .iter()
+                    .map(|v| (v.key.clone(), v.value.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| {
+                BootError::new(Category::Config, e.to_string())
+                    .hint("set all the variables of one login in the env")
+            })?;
+            if let Some(d) = &creds.docker {
+                serial.line(&format!(
+                    "registry login for {} (DSTACK_DOCKER_*)",
+                    d.registry
+                ));
+            }
+            if let Some(e) = &creds.ecr {
+                serial.line(&format!("ECR login for {} (DSTACK_AWS_*)", e.registry));
+            }
+            if creds.is_empty() {
+                serial.line("no registry credentials: public images only");
+            }
+            Ok(creds)
+        })
+        .await?;
+
+    // 4. Compose file.
+    let compose = steps
+        .run("read the compose file", async {
+            let yaml = shared
+                .app_compose
+                .docker_compose_file
+                .as_deref()
+                .ok_or_else(|| {
+                    BootError::new(
+                        Category::Config,
+                        "app-compose.json has no docker_compose_file",
+                    )
+                })?;
+            let compose = ComposeFile::parse(yaml)?;
+            for i in &compose.images {
+                serial.line(&format!("service {}: {}", i.service, i.reference));
+            }
+            Ok(compose)
+        })
+        .await?;
+
+    // 5. Pull.
+    let store_dir = opts.state.join("images");
+    let images = steps
+        .run("pull images", async {
+            let mut popts = PullOptions::new(&store_dir);
+            popts.credentials = credentials;
+            popts.retry.budget = opts.retry_budget;
+            let mut endpoints = Endpoints::new();
+            for (name, url) in &shared.sys_config.registry_endpoints {
+                endpoints.insert(name, url)?;
+            }
+            popts.endpoints = endpoints;
+            popts.ca_certs_pem = shared.sys_config.ca_certs.iter().map(|c| c.as_bytes().to_vec()).collect();
+            let ecr_from_env = |k: &str| {
+                if k == "AWS_ENDPOINT_URL_ECR"
+                    && let Some(v) = &shared.sys_config.aws_endpoint_url_ecr
+                {
+                    return Some(v.clone());
+                }
+                env.get(k).map(|v| v.expose().to_owned())
+            };
+            popts.ecr_endpoint = registry::ecr::endpoint_override(ecr_from_env)?;
+            let puller = Puller::new(popts, pull_log(serial))?;
+            let refs: Vec<_> = compose.images.iter().map(|i| i.reference.clone()).collect();
+            let pulled = puller.pull_all(&refs).await?;
+            let counts = puller.request_counts().await;
+            let (down, reused) = pulled.iter().fold((0, 0), |a, p| (a.0 + p.bytes_downloaded, a.1 + p.bytes_reused));
+            serial.line(&format!(
+                "pulled {} images: {} bytes downloaded, {} reused; manifest requests: {} HEAD, {} GET",
+                pulled.len(),
+                down,
+                reused,
+                counts.manifest_heads,
+                counts.manifest_gets
+            ));
+            Ok((puller, pulled))
+        })
+        .await?;
+    let (puller, pulled) = images;
+
+    // 6. Hand the images to the runtime.
+    let runtime = steps
+        .run("hand images to the container runtime", async {
+            let runtime = DockerRuntime::connect().await?;
+            let mut replacements = Vec::new();
+            for (svc, img) in compose.images.iter().zip(&pulled) {
+                let tag = (svc.reference.digest().is_none()).then_some(svc.written.as_str());
+                let (id, what) = runtime
+                    .ensure_image(puller.store(), &img.digest, tag)
+                    .await?;
+                let how = match what {
+                    Handoff::Present => "already in the engine",
+                    Handoff::Tagged => "tagged in the engine",
+                    Handoff::Loaded => "loaded into the engine",
+                };
+                serial.line(&format!("{}: {} ({how})", svc.written, &id[..19]));
+                // Digest-pinned images have no tag: the compose tool gets the image ID.
+                if tag.is_none() {
+                    replacements.push((svc.service.clone(), id));
+                }
+            }
+            Ok((runtime, replacements))
+        })
+        .await?;
+    let (_runtime, replacements) = runtime;
+
+    // 7. Compose up.
+    let project = opts
+        .project
+        .clone()
+        .or(shared.sys_config.project_name.clone())
+        .unwrap_or_else(|| project_name(&shared.app_compose.name, &measurement.app_id));
+    steps
+        .run("start the app", async {
+            let tool = ComposeTool::detect().await?;
+            let dir = opts.state.join("compose");
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                BootError::new(
+                    Category::Config,
+                    format!("cannot create {}: {e}", dir.display()),
+                )
+            })?;
+            let file = dir.join("docker-compose.yml");
+            std::fs::write(&file, compose.render(&replacements)).map_err(|e| {
+                BootError::new(
+                    Category::Config,
+                    format!("cannot write {}: {e}", file.display()),
+                )
+            })?;
+            serial.line(&format!("{} up, project {project}", tool.name()));
+            tool.up(&project, &file, &env, serial).await
+        })
+        .await?;
+
+    Ok(BootReport {
+        measurement,
+        project,
+        images: pulled,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The last line(s) of the serial log for `result`.
+pub fn final_line(result: &Result<BootReport, BootError>, elapsed: Duration) -> Vec<String> {
+    match result {
+        Ok(_) => vec![format!("BOOT OK in {:.2} s", elapsed.as_secs_f64())],
+        Err(e) => {
+            let mut lines = vec![format!("BOOT FAILED: {}: {}", e.category, e.message)];
+            for h in &e.hints {
+                lines.push(format!("  troubleshooting: {h}"));
+            }
+            lines
+        }
+    }
+}
+
+/// Pull progress as serial-log lines: one per image and per blob, retries,
+/// and the rate limits seen.
+fn pull_log(serial: &SerialLog) -> registry::EventSink {
+    let serial = serial.clone();
+    let started: Arc<Mutex<HashMap<registry::Digest, Instant>>> = Arc::default();
+    Arc::new(move |e: &PullEvent| match e {
+        PullEvent::Resolved {
+            image,
+            digest,
+            cached,
+        } => serial.line(&format!(
+            "pull: {image} -> {digest}{}",
+            if *cached {
+                " (manifest in store, HEAD only)"
+            } else {
+                ""
+            }
+        )),
+        PullEvent::BlobQueued {
+            digest,
+            size,
+            cached,
+            ..
+        } => {
+            if *cached {
+                serial.line(&format!(
+                    "pull: {} already in store ({size} bytes)",
+                    &digest.hex()[..12]
+                ));
+            } else {
+                started
+                    .lock()
+                    .unwrap()
+                    .insert(digest.clone(), Instant::now());
+            }
+        }
+        PullEvent::BlobProgress { .. } => {}
+        PullEvent::BlobDone {
+            digest,
+            size,
+            downloaded,
+        } => {
+            let ms = started
+                .lock()
+                .unwrap()
+                .get(digest)
+                .map(|t| t.elapsed().as_millis())
+                .unwrap_or(0);
+            serial.line(&format!(
+                "pull: {} downloaded {downloaded} of {size} bytes in {ms} ms",
+                &digest.hex()[..12]
+            ));
+        }
+        PullEvent::Retrying {
+            registry,
+            what,
+            attempt,
+            delay,
+            reason,
+        } => serial.line(&format!(
+            "pull: {registry}: {what}: {reason}; attempt {attempt} in {} ms",
+            delay.as_millis()
+        )),
+        PullEvent::RateLimit { registry, limit } => {
+            let name = if registry == registry::reference::DOCKER_HUB {
+                "Docker Hub"
+            } else {
+                registry.as_str()
+            };
+            serial.line(&format!("{name}: {limit}"));
+        }
+        PullEvent::Done { .. } => {}
+    })
+}

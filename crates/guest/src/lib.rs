@@ -1,0 +1,35 @@
+//! `guest`: Berth's CVM boot agent, from a sealed env to a running app.
+//!
+//! It replaces the shell pre-launch script confidential clouds use (`docker
+//! login`, an AWS CLI fetched at boot, a fail-soft `docker compose pull`, one
+//! generic "docker login failed" line) with one program whose every step is a
+//! line of the serial log and whose failure names its cause.
+//!
+//! The central function is [`boot::boot`]: measure the app
+//! ([`shared::Measurement`]), get the env key from an
+//! [`keys::EnvKeyProvider`] (the seam where hardware attestation plugs in),
+//! open and filter the env, resolve credentials, pull with the `registry`
+//! engine into the CVM's persistent state, hand the images to the Docker
+//! engine ([`runtime`]) and run the compose tool without letting it pull.
+//!
+//! Why it is built this way: the pull happens here, not in the compose tool,
+//! so that a restart with unchanged digests costs only HEAD requests, every
+//! failure maps to one category of `registry::Category`, and the decrypted
+//! env never leaves this process except as the compose tool's environment.
+//! Every line written passes through a [`redact::Redactor`] holding every
+//! value of the decrypted env.
+#![deny(missing_docs)]
+
+pub mod boot;
+pub mod compose;
+pub mod error;
+pub mod keys;
+pub mod redact;
+pub mod runtime;
+pub mod serial;
+pub mod shared;
+
+pub use boot::{BootOptions, BootReport, boot, final_line};
+pub use error::BootError;
+pub use keys::{EnvKeyProvider, KeyFile};
+pub use serial::SerialLog;

@@ -1,0 +1,420 @@
+//! Handing pulled images to the container runtime (the Docker Engine API,
+//! through `bollard`) and starting the app with the compose tool.
+//!
+//! Images go to the engine as a `docker save`-format archive streamed from
+//! the OCI store (`POST /images/load`): the engine verifies every layer
+//! against the config's diff ids, and the image ID it reports is the config
+//! digest, so "the engine already has this image" is one inspect away.
+
+use crate::error::BootError;
+use crate::serial::SerialLog;
+use bollard::Docker;
+use bytes::Bytes;
+use envseal::Env;
+use futures_util::StreamExt;
+use registry::manifest::{Descriptor, ImageManifest};
+use registry::{Category, Digest, OciStore};
+use std::io::Write;
+use std::path::Path;
+use tokio::io::AsyncBufReadExt;
+
+/// Names the decrypted env may not override in the compose tool's
+/// environment: they steer the tool itself, not the app.
+const PROTECTED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+];
+
+fn runtime_err(message: impl Into<String>) -> BootError {
+    BootError::new(Category::Runtime, message)
+}
+
+/// The Docker engine.
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+/// What [`DockerRuntime::ensure_image`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// The engine already had the image under this name.
+    Present,
+    /// The engine had the image; the name was added.
+    Tagged,
+    /// The image was loaded into the engine.
+    Loaded,
+}
+
+impl DockerRuntime {
+    /// Connects through `DOCKER_HOST` (or the default socket) and agrees on
+    /// an API version with the engine.
+    pub async fn connect() -> Result<Self, BootError> {
+        let hint = "start the Docker engine, or point DOCKER_HOST at its socket";
+        let docker = Docker::connect_with_defaults().map_err(|e| {
+            BootError::new(
+                Category::Runtime,
+                format!("cannot reach the Docker engine: {e}"),
+            )
+            .hint(hint)
+        })?;
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            BootError::new(
+                Category::Runtime,
+                format!("the Docker engine does not answer: {e}"),
+            )
+            .hint(hint)
+        })?;
+        Ok(Self { docker })
+    }
+
+    async fn image_id(&self, name: &str) -> Option<String> {
+        self.docker
+            .inspect_image(name)
+            .await
+            .ok()
+            .and_then(|i| i.id)
+    }
+
+    /// Makes the engine hold the image whose manifest is `manifest_digest`
+    /// in `store`, named `name` when given. Skips the load when the engine
+    /// already has the same image ID. Returns the image ID and what was done.
+    pub async fn ensure_image(
+        &self,
+        store: &OciStore,
+        manifest_digest: &Digest,
+        name: Option<&str>,
+    ) -> Result<(String, Handoff), BootError> {
+        let bytes = store
+            .read_blob(manifest_digest)
+            .map_err(BootError::from)?
+            .ok_or_else(|| {
+                runtime_err(format!(
+                    "the manifest {manifest_digest} is missing from the store"
+                ))
+            })?;
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|_| {
+            runtime_err(format!(
+                "the manifest {manifest_digest} in the store is not an image manifest"
+            ))
+        })?;
+        let image_id = format!("sha256:{}", manifest.config.digest.hex());
+        match name {
+            Some(name) => match self.image_id(name).await {
+                Some(id) if id == image_id => return Ok((image_id, Handoff::Present)),
+                _ if self.image_id(&image_id).await.is_some() => {
+                    self.tag(&image_id, name).await?;
+                    return Ok((image_id, Handoff::Tagged));
+                }
+                _ => {}
+            },
+            None => {
+                if self.image_id(&image_id).await.is_some() {
+                    return Ok((image_id, Handoff::Present));
+                }
+            }
+        }
+        self.load(store, &manifest, name).await?;
+        match self.image_id(&image_id).await {
+            Some(_) => Ok((image_id, Handoff::Loaded)),
+            None => Err(runtime_err(format!(
+                "the engine did not keep image {image_id} after loading it"
+            ))),
+        }
+    }
+
+    async fn tag(&self, image_id: &str, name: &str) -> Result<(), BootError> {
+        let (repo, tag) = split_tag(name);
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::new()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(image_id, Some(opts))
+            .await
+            .map_err(|e| {
+                runtime_err(format!(
+                    "the engine refused to tag {image_id} as {name}: {e}"
+                ))
+            })
+    }
+
+    async fn load(
+        &self,
+        store: &OciStore,
+        manifest: &ImageManifest,
+        name: Option<&str>,
+    ) -> Result<(), BootError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+        let config = manifest.config.clone();
+        let layers = manifest.layers.clone();
+        let store = store.clone();
+        let tags: Vec<String> = name.map(|n| vec![n.to_owned()]).unwrap_or_default();
+        let writer = std::thread::spawn(move || {
+            let mut sink = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(1 << 20),
+            };
+            let result = write_docker_archive(&mut sink, &store, &config, &layers, &tags)
+                .and_then(|()| sink.flush());
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let opts = bollard::query_parameters::ImportImageOptionsBuilder::new()
+            .quiet(true)
+            .build();
+        let mut progress = self.docker.import_image_stream(opts, body, None);
+        let mut failure = None;
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail {
+                        failure = Some(detail.message.unwrap_or_else(|| "unknown error".into()));
+                    }
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        let _ = writer.join();
+        match failure {
+            Some(f) => Err(runtime_err(format!(
+                "the Docker engine could not load the image: {f}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `repo:tag` → (`repo`, `tag`), the tag after the last `:` that follows the last `/`.
+fn split_tag(name: &str) -> (&str, &str) {
+    let slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match name[slash..].rfind(':') {
+        Some(i) => (&name[..slash + i], &name[slash + i + 1..]),
+        None => (name, "latest"),
+    }
+}
+
+/// Sends what is written to it down a channel in 1 MiB chunks.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(1 << 20),
+        ));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading")
+        })
+    }
+}
+
+/// Writes a `docker save` archive: the config, each layer blob as
+/// `<digest>/layer.tar` (compressed layers are accepted by the engine), and
+/// `manifest.json` naming them and the tags.
+fn write_docker_archive(
+    out: &mut impl Write,
+    store: &OciStore,
+    config: &Descriptor,
+    layers: &[Descriptor],
+    tags: &[String],
+) -> std::io::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    let config_name = format!("{}.json", config.digest.hex());
+    append_file(&mut tar, &config_name, &store.blob_path(&config.digest))?;
+    let mut layer_names = Vec::new();
+    for layer in layers {
+        let name = format!("{}/layer.tar", layer.digest.hex());
+        append_file(&mut tar, &name, &store.blob_path(&layer.digest))?;
+        layer_names.push(name);
+    }
+    let manifest =
+        serde_json::json!([{ "Config": config_name, "RepoTags": tags, "Layers": layer_names }]);
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "manifest.json", bytes.as_slice())?;
+    tar.into_inner()?.flush()
+}
+
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    path: &Path,
+) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(file.metadata()?.len());
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, name, file)
+}
+
+/// The compose tool found on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ComposeTool {
+    /// `docker compose` (v2).
+    V2,
+    /// `docker-compose` (v1).
+    V1,
+}
+
+impl ComposeTool {
+    /// `docker compose` if it answers, else `docker-compose`.
+    pub async fn detect() -> Result<Self, BootError> {
+        let ok = |mut c: tokio::process::Command| async move {
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let mut v2 = tokio::process::Command::new("docker");
+        v2.args(["compose", "version"]);
+        if ok(v2).await {
+            return Ok(ComposeTool::V2);
+        }
+        let mut v1 = tokio::process::Command::new("docker-compose");
+        v1.arg("version");
+        if ok(v1).await {
+            return Ok(ComposeTool::V1);
+        }
+        Err(runtime_err(
+            "no compose tool found: neither `docker compose` nor `docker-compose` runs",
+        )
+        .hint("install the Docker Compose plugin (v2) or docker-compose (v1)"))
+    }
+
+    /// A short name for the log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ComposeTool::V2 => "docker compose (v2)",
+            ComposeTool::V1 => "docker-compose (v1)",
+        }
+    }
+
+    /// `up -d` for `project` from `file`, with `env` in the tool's
+    /// environment (for `${VAR}` interpolation) and pulling disabled. The
+    /// tool's output is relayed to `serial`, redacted.
+    pub async fn up(
+        &self,
+        project: &str,
+        file: &Path,
+        env: &Env,
+        serial: &SerialLog,
+    ) -> Result<(), BootError> {
+        let mut cmd = match self {
+            ComposeTool::V2 => {
+                let mut c = tokio::process::Command::new("docker");
+                c.arg("compose");
+                c
+            }
+            ComposeTool::V1 => tokio::process::Command::new("docker-compose"),
+        };
+        cmd.arg("--project-name")
+            .arg(project)
+            .arg("--file")
+            .arg(file)
+            .args(["up", "--detach", "--no-build"]);
+        if *self == ComposeTool::V2 {
+            cmd.args(["--pull", "never"]);
+        }
+        if let Some(dir) = file.parent() {
+            cmd.current_dir(dir);
+        }
+        for var in env.vars() {
+            if PROTECTED.contains(&var.key.as_str()) {
+                serial.line(&format!("warning: {} from the env is not passed to the compose tool (it would steer the tool itself)", var.key));
+                continue;
+            }
+            cmd.env(&var.key, var.value.expose());
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| runtime_err(format!("cannot start {}: {e}", self.name())))?;
+        let relay = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+            let serial = serial.clone();
+            tokio::spawn(async move {
+                let Some(stream) = stream else {
+                    return Vec::new();
+                };
+                let mut lines = tokio::io::BufReader::new(stream).lines();
+                let mut tail = Vec::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    serial.line(&format!("compose: {line}"));
+                    tail.push(serial.redact(&line));
+                    if tail.len() > 5 {
+                        tail.remove(0);
+                    }
+                }
+                tail
+            })
+        };
+        let out = relay(child.stdout.take().map(|s| Box::new(s) as _));
+        let err = relay(child.stderr.take().map(|s| Box::new(s) as _));
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| runtime_err(format!("{} did not finish: {e}", self.name())))?;
+        let _ = out.await;
+        let tail = err.await.unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            let last = tail.last().cloned().unwrap_or_default();
+            Err(runtime_err(format!(
+                "{} up failed ({}){}",
+                self.name(),
+                status,
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                }
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert_eq!(
+            split_tag("127.0.0.1:5000/a/b:v1"),
+            ("127.0.0.1:5000/a/b", "v1")
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/a/b"),
+            ("127.0.0.1:5000/a/b", "latest")
+        );
+        assert_eq!(split_tag("alice/web:1"), ("alice/web", "1"));
+    }
+}
