@@ -6,6 +6,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS="${RUNS:-5}"
 LAYER_MB="${LAYER_MB:-100}"
 cargo build --release --quiet -p berth-cli
-cargo build --release --quiet -p testkit --example bench_pull
+cargo build --release --quiet -p testkit --example bench_pull --example bench_boot
 echo "== berth pull vs skopeo copy (4 x ${LAYER_MB} MB, ${RUNS} runs each, alternating)"
 target/release/examples/bench_pull target/release/berth "$RUNS" "$LAYER_MB"
+echo
+echo "== berth guest boot vs docker login + docker-compose pull + up (cold and warm, ${RUNS} runs each)"
+target/release/examples/bench_boot target/release/berth "$RUNS" "${BOOT_LAYER_MB:-50}"

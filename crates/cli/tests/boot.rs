@@ -295,6 +295,25 @@ fn boot_pulls_two_registries_runs_the_app_and_restarts_for_free() {
         again.stdout
     );
 
+    // A CVM reboot leaves the containers stopped: they are started again.
+    let ids = engine.docker_out(&["ps", "-q"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 2);
+    engine.docker_out(&[&["stop", "--time", "0"][..], &ids].concat());
+    let rebooted = app.boot(&engine.host(), &[]);
+    assert_eq!(rebooted.code, 0, "{}", rebooted.stdout);
+    assert!(
+        rebooted
+            .stdout
+            .contains("2 containers, 2 started through the engine API"),
+        "{}",
+        rebooted.stdout
+    );
+    assert_eq!(
+        engine.docker_out(&["ps", "-q"]).split_whitespace().count(),
+        2
+    );
+
     // A changed tag is noticed by the HEAD and pulled.
     let v2 = push_image(
         &PushTarget::new(&host).with_creds("alice", CANARY),

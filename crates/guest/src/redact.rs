@@ -8,6 +8,15 @@ use envseal::Env;
 /// length.
 pub const MIN_REDACTED_LEN: usize = 3;
 
+/// Variables whose values name public places, not secrets: the registry
+/// hosts and the AWS region also appear in the (public, measured) compose
+/// file, and redacting them would make every pull line and error unreadable.
+pub const NOT_SECRET: &[&str] = &[
+    "DSTACK_DOCKER_REGISTRY",
+    "DSTACK_AWS_REGION",
+    "DSTACK_AWS_ECR_REGISTRY",
+];
+
 /// Replaces each secret value with `[redacted:KEY]`, longest values first so
 /// that a value containing another is removed whole.
 #[derive(Default)]
@@ -26,6 +35,9 @@ impl Redactor {
     pub fn for_env(env: &Env) -> Self {
         let mut r = Redactor::default();
         for v in env.vars() {
+            if NOT_SECRET.contains(&v.key.as_str()) {
+                continue;
+            }
             let credential = registry::credentials::CREDENTIAL_VARIABLES.contains(&v.key.as_str());
             if v.value.len() >= MIN_REDACTED_LEN || (credential && !v.value.is_empty()) {
                 r.add(v.value.expose(), &v.key);
