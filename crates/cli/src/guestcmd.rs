@@ -2,7 +2,7 @@
 
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
-use guest::{BootOptions, KeyFile, SerialLog};
+use guest::{BootOptions, KeyFile, Kms, SerialLog};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -47,9 +47,18 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
     let key_provider: Box<dyn guest::EnvKeyProvider> = match args.env_key_file {
         Some(path) => Box::new(KeyFile(path)),
         None => {
-            let line = "BOOT FAILED: config: no env key provider: pass --env-key-file (the KMS provider comes with `berth up`)";
-            serial.line(line);
-            return Err(Failure::silent(registry::Category::Config.exit_code()));
+            let kms_url = std::fs::read(args.shared.join("sys-config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["kms_url"].as_str().map(str::to_owned));
+            match kms_url {
+                Some(url) => Box::new(Kms { url }),
+                None => {
+                    let line = "BOOT FAILED: config: no env key provider: sys-config.json names no kms_url and no --env-key-file was given";
+                    serial.line(line);
+                    return Err(Failure::silent(registry::Category::Config.exit_code()));
+                }
+            }
         }
     };
     let opts = BootOptions {

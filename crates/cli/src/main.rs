@@ -2,11 +2,13 @@
 //! the libraries, and turns their typed errors into one sentence, a hint and
 //! an exit code. It is the only crate that knows about terminals and exit codes.
 
+mod cloudcmd;
 mod envargs;
 mod envcmd;
 mod failure;
 mod guestcmd;
 mod pullcmd;
+mod upcmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +37,22 @@ enum Command {
     /// Inside a CVM.
     #[command(subcommand)]
     Guest(guestcmd::GuestCommand),
+    /// Start the local confidential cloud: API, KMS and node.
+    Up(upcmd::UpArgs),
+    /// The KMS (started by `berth up`).
+    #[command(subcommand)]
+    Kms(KmsCommand),
+    /// Deploy a compose app with a sealed env (verifies the KMS signature first).
+    Deploy(cloudcmd::DeployArgs),
+    /// Manage your CVMs.
+    #[command(subcommand)]
+    Cvms(cloudcmd::CvmsCommand),
+}
+
+#[derive(Subcommand)]
+enum KmsCommand {
+    /// Serve the KMS over HTTP.
+    Serve(upcmd::KmsServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +64,10 @@ fn main() -> ExitCode {
         Command::Pull(args) => pullcmd::pull(args),
         Command::Check(args) => pullcmd::check(args),
         Command::Guest(cmd) => guestcmd::run(cmd),
+        Command::Up(args) => upcmd::up(args),
+        Command::Kms(KmsCommand::Serve(args)) => upcmd::kms_serve(args),
+        Command::Deploy(args) => cloudcmd::deploy(args),
+        Command::Cvms(cmd) => cloudcmd::cvms(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,5 +31,5 @@ pub mod shared;
 
 pub use boot::{BootOptions, BootReport, boot, final_line};
 pub use error::BootError;
-pub use keys::{EnvKeyProvider, KeyFile};
+pub use keys::{EnvKeyProvider, KeyFile, Kms};
 pub use serial::SerialLog;

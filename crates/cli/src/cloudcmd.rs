@@ -1,0 +1,374 @@
+//! `berth deploy` and `berth cvms …`: the client of the local cloud.
+
+use crate::envargs;
+use crate::failure::Failure;
+use clap::{Args, Subcommand};
+use cloud::{ApiClient, ApiError, CvmInfo};
+use envseal::EnvPublicKey;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// API base URL (…/api/v1). Default: BERTH_API_URL, else PHALA_CLOUD_API_PREFIX.
+    #[arg(long, value_name = "URL")]
+    api_url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The CVM's name (5 to 63 letters, digits or `-`).
+    #[arg(short = 'n', long)]
+    name: String,
+    /// The Docker Compose file.
+    #[arg(short = 'c', long = "compose", value_name = "FILE")]
+    compose: PathBuf,
+    /// A .env file or KEY=VALUE (repeatable; later wins). Sealed on this machine.
+    #[arg(short = 'e', long = "env", value_name = "FILE|KEY=VALUE")]
+    env: Vec<String>,
+    /// Follow the boot and exit with its category's exit code.
+    #[arg(long)]
+    wait: bool,
+    /// The KMS public key to trust (default: BERTH_KMS_PUBKEY, else the one `berth up` wrote).
+    #[arg(long, value_name = "HEX")]
+    kms_pubkey: Option<String>,
+    /// Skip the registry pre-flight (`berth check`) on this machine.
+    #[arg(long)]
+    no_check: bool,
+    /// For the pre-flight: reach registry R at URL (repeatable).
+    #[arg(long = "registry-endpoint", value_name = "R=URL")]
+    registry_endpoint: Vec<String>,
+    /// For the pre-flight: trust this CA certificate (repeatable).
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_cert: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum CvmsCommand {
+    /// List your CVMs.
+    List(ApiArgs),
+    /// Show one CVM.
+    Get(IdArgs),
+    /// Boot a stopped CVM.
+    Start(IdArgs),
+    /// Stop a CVM's containers.
+    Stop(IdArgs),
+    /// Stop and boot again.
+    Restart(IdArgs),
+    /// Remove a CVM, its containers and its folders.
+    Delete(IdArgs),
+    /// Print a CVM's logs.
+    Logs(LogsArgs),
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The CVM: its id, name or app id.
+    id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The CVM: its id, name or app id.
+    id: String,
+    /// The boot agent's serial console (default).
+    #[arg(long, group = "channel")]
+    serial: bool,
+    /// The app's standard output.
+    #[arg(long, group = "channel")]
+    stdout: bool,
+    /// The app's standard error.
+    #[arg(long, group = "channel")]
+    stderr: bool,
+    /// Keep printing while the CVM boots.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+}
+
+fn client(args: &ApiArgs) -> Result<ApiClient, Failure> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let url = args
+        .api_url
+        .clone()
+        .or_else(|| env("BERTH_API_URL"))
+        .or_else(|| env("PHALA_CLOUD_API_PREFIX"))
+        .ok_or_else(|| {
+            Failure::config("no API URL: set BERTH_API_URL (or PHALA_CLOUD_API_PREFIX)")
+                .hint("`berth up` prints it, e.g. http://127.0.0.1:8000/api/v1")
+        })?;
+    let key = env("BERTH_API_KEY")
+        .or_else(|| env("PHALA_CLOUD_API_KEY"))
+        .ok_or_else(|| {
+            Failure::config("no API key: set BERTH_API_KEY (or PHALA_CLOUD_API_KEY)")
+                .hint("`berth up` prints the admin key")
+        })?;
+    Ok(ApiClient::new(&url, &key))
+}
+
+fn api_failure(e: ApiError) -> Failure {
+    let code = if e.status.is_client_error() { 2 } else { 1 };
+    Failure {
+        message: e.message,
+        hint: None,
+        code,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The KMS key the client trusts.
+fn trusted_kms_key(arg: Option<&str>) -> Result<kms::KmsPublicKey, Failure> {
+    let text = arg
+        .map(str::to_owned)
+        .or_else(|| std::env::var("BERTH_KMS_PUBKEY").ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string(crate::upcmd::default_state().join("kms-public-key"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .ok_or_else(|| {
+            Failure::config("no trusted KMS public key: pass --kms-pubkey or set BERTH_KMS_PUBKEY")
+                .hint("`berth up` prints the KMS public key; Berth checks the env key's signature against it before sealing anything")
+        })?;
+    kms::KmsPublicKey::from_hex(&text)
+        .map_err(|e| Failure::config(format!("the trusted KMS public key: {e}")))
+}
+
+pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    let api = client(&args.api)?;
+    let compose = std::fs::read_to_string(&args.compose)
+        .map_err(|e| Failure::io(format!("cannot read {}", args.compose.display()), &e))?;
+    let env = envargs::load(&args.env)?;
+    let keys: Vec<String> = env.keys().map(str::to_owned).collect();
+    let trusted = trusted_kms_key(args.kms_pubkey.as_deref())?;
+    if !args.no_check && keys.iter().any(|k| k.starts_with("DSTACK_")) {
+        preflight(&args, &compose)?;
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        eprintln!("Provisioning {}…", args.name);
+        let p = api.provision(&args.name, &compose, &keys).await.map_err(api_failure)?;
+        // A control plane must not be able to swap in a key of its own.
+        let pubkey = EnvPublicKey::from_hex(&p.env_pubkey)
+            .map_err(|e| Failure::config(format!("the API returned a bad env public key: {e}")))?;
+        let (Some(sig), Some(ts)) = (&p.signature_v1, p.timestamp) else {
+            return Err(Failure::config("the API returned the env public key without a KMS signature; refusing to seal")
+                .hint("is this a Berth server? the official Phala Cloud does not sign keys of its default KMS"));
+        };
+        let signed = kms::SignedEnvPublicKey {
+            public_key: pubkey,
+            timestamp: ts,
+            // Only the timestamped signature is checked; the legacy one is replayable.
+            signature: kms::EnvKeySignature::from_hex(sig).map_err(|e| Failure::config(format!("KMS signature: {e}")))?,
+            signature_v1: kms::EnvKeySignature::from_hex(sig).map_err(|e| Failure::config(format!("KMS signature: {e}")))?,
+        };
+        let app = kms::AppId::from_hex(&p.app_id).map_err(|e| Failure::config(format!("app id: {e}")))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        signed.verify(&app, &trusted, now).map_err(|e| {
+            Failure::config(format!("the env public key is not signed by the trusted KMS: {e}"))
+                .hint("nothing was sealed or sent; check --kms-pubkey / BERTH_KMS_PUBKEY against `berth up`'s output")
+        })?;
+        eprintln!("Env public key verified against KMS {}", trusted.to_hex());
+        let sealed = (!env.is_empty()).then(|| pubkey.seal(&env).to_hex());
+        let cvm = api.commit(&p.app_id, &p.compose_hash, sealed.as_deref(), &keys).await.map_err(api_failure)?;
+        println!("CVM ID: {}", cvm.id);
+        println!("Name:   {}", cvm.name);
+        println!("App ID: {}", cvm.app_id);
+        println!("Status: {}", cvm.status);
+        if args.wait { follow_boot(&api, &cvm.id).await } else { Ok(()) }
+    })
+}
+
+fn preflight(args: &DeployArgs, compose: &str) -> Result<(), Failure> {
+    let images = cloud::appcompose::images(compose).map_err(|e| Failure::config(e.message))?;
+    if images.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "Pre-flight: checking {} images with the credentials in the env (HEAD only)…",
+        images.len()
+    );
+    let exe = std::env::current_exe().map_err(|e| Failure::io("cannot find berth", &e))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("check");
+    for e in &args.env {
+        cmd.arg("-e").arg(e);
+    }
+    for m in &args.registry_endpoint {
+        cmd.arg("--registry-endpoint").arg(m);
+    }
+    for c in &args.ca_cert {
+        cmd.arg("--ca-cert").arg(c);
+    }
+    cmd.args(&images);
+    let status = cmd
+        .status()
+        .map_err(|e| Failure::io("cannot run berth check", &e))?;
+    if !status.success() {
+        return Err(Failure {
+            message: "the pre-flight check failed (see above); nothing was deployed".into(),
+            hint: Some(
+                "fix the credentials or image names, or pass --no-check to deploy anyway".into(),
+            ),
+            code: status.code().unwrap_or(1) as u8,
+        });
+    }
+    Ok(())
+}
+
+/// Prints the serial log as the CVM boots; exits with the boot's category.
+async fn follow_boot(api: &ApiClient, id: &str) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut printed = 0usize;
+    loop {
+        let cvm = api.get(id).await.map_err(api_failure)?;
+        if let Ok(resp) = api.logs(&cvm, "serial", None, false).await
+            && let Ok(text) = resp.text().await
+        {
+            let lines: Vec<&str> = text.lines().collect();
+            for l in lines.iter().skip(printed) {
+                println!("{l}");
+            }
+            printed = printed.max(lines.len());
+        }
+        if !cvm.booting() {
+            let _ = std::io::stdout().flush();
+            return match cvm.status.as_str() {
+                "running" => Ok(()),
+                _ => {
+                    let category = cvm
+                        .boot_category
+                        .clone()
+                        .unwrap_or_else(|| "runtime".into());
+                    let code = category_code(&category);
+                    Err(Failure {
+                        message: format!(
+                            "the CVM did not boot ({}): {}",
+                            cvm.status,
+                            cvm.boot_error.unwrap_or_default()
+                        ),
+                        hint: Some(format!("berth cvms logs {id} --serial")),
+                        code,
+                    })
+                }
+            };
+        }
+        if started.elapsed() > Duration::from_secs(30 * 60) {
+            return Err(Failure::config(
+                "gave up waiting for the boot after 30 minutes",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn category_code(category: &str) -> u8 {
+    registry::Category::ALL
+        .iter()
+        .find(|c| c.as_str() == category)
+        .map(|c| c.exit_code())
+        .unwrap_or(1)
+}
+
+fn print_cvm(c: &CvmInfo, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "app_id": c.app_id,
+                               "boot_category": c.boot_category, "boot_error": c.boot_error, "created_at": c.created_at})
+        );
+    } else {
+        let failure = c
+            .boot_category
+            .as_deref()
+            .map(|cat| format!("  ({cat})"))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<24} {:<12} app_{}{failure}",
+            c.id, c.name, c.status, c.app_id
+        );
+    }
+}
+
+pub fn cvms(cmd: CvmsCommand) -> Result<(), Failure> {
+    let cmd = match cmd {
+        CvmsCommand::Start(a) => return action(a, "start"),
+        CvmsCommand::Stop(a) => return action(a, "stop"),
+        CvmsCommand::Restart(a) => return action(a, "restart"),
+        other => other,
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        match cmd {
+            CvmsCommand::List(a) => {
+                let api = client(&a)?;
+                for c in api.list().await.map_err(api_failure)? {
+                    print_cvm(&c, false);
+                }
+                Ok(())
+            }
+            CvmsCommand::Get(a) => {
+                let c = client(&a.api)?.get(&a.id).await.map_err(api_failure)?;
+                print_cvm(&c, a.json);
+                Ok(())
+            }
+            CvmsCommand::Start(_) | CvmsCommand::Stop(_) | CvmsCommand::Restart(_) => Ok(()),
+            CvmsCommand::Delete(a) => {
+                client(&a.api)?.delete(&a.id).await.map_err(api_failure)?;
+                println!("deleted {}", a.id);
+                Ok(())
+            }
+            CvmsCommand::Logs(a) => {
+                let api = client(&a.api)?;
+                let cvm = api.get(&a.id).await.map_err(api_failure)?;
+                let ch = if a.stdout {
+                    "stdout"
+                } else if a.stderr {
+                    "stderr"
+                } else {
+                    "serial"
+                };
+                let mut resp = api
+                    .logs(&cvm, ch, a.tail, a.follow)
+                    .await
+                    .map_err(api_failure)?;
+                let mut out = std::io::stdout();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    let _ = out.write_all(&chunk);
+                    let _ = out.flush();
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// `berth cvms start|stop|restart`.
+pub fn action(a: IdArgs, action: &str) -> Result<(), Failure> {
+    runtime().block_on(async {
+        let c = client(&a.api)?
+            .action(&a.id, action)
+            .await
+            .map_err(api_failure)?;
+        print_cvm(&c, a.json);
+        Ok(())
+    })
+}

@@ -1,0 +1,669 @@
+//! The local cloud end to end: `berth up` (API, KMS, node on a real Docker
+//! engine), driven by the OFFICIAL `phala` CLI (npm, pinned in interop/) and
+//! by `berth deploy`, with private images in real registries.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testkit::images::{ImageSpec, PushTarget, push_image};
+use testkit::{Dockerd, Moto, Registry};
+
+const CANARY: &str = "canary-cloud-pw-5e2f77";
+const AWS_CANARY: &str = "canary-cloud-aws-9d0c";
+const ADMIN_KEY: &str = "berth_test_admin_key_0123456789";
+
+/// A running `berth up`, its output collected.
+struct Cloud {
+    child: Child,
+
+    port: u16,
+    output: Arc<Mutex<String>>,
+    kms_pubkey: String,
+}
+
+impl Cloud {
+    fn start(state: &Path, port: u16, docker_host: &str, extra_env: &[(&str, String)]) -> Cloud {
+        Self::start_with_args(state, port, docker_host, extra_env, &[])
+    }
+
+    fn start_with_args(
+        state: &Path,
+        port: u16,
+        docker_host: &str,
+        extra_env: &[(&str, String)],
+        args: &[&str],
+    ) -> Cloud {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["up", "--state"])
+            .arg(state)
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("DOCKER_HOST", docker_host)
+            .env("BERTH_ADMIN_API_KEY", ADMIN_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("berth up");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = output.lock().unwrap().clone();
+            if let Some(line) = text.lines().find(|l| l.starts_with("KMS public key: "))
+                && text.contains("Stop with Ctrl-C")
+            {
+                let kms_pubkey = line["KMS public key: ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                return Cloud {
+                    child,
+                    port,
+                    output,
+                    kms_pubkey,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("berth up exited ({status}):\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth up did not come up:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1", self.port)
+    }
+
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "berth up did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The official `phala` CLI, hermetic: its own HOME, no update check.
+fn phala(cloud: &Cloud, key: &str, cwd: &Path, args: &[&str]) -> Run {
+    let bin = repo_root().join("interop/node_modules/.bin/phala");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` (it installs the pinned phala CLI)",
+        bin.display()
+    );
+    let home = cwd.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = run(
+        Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .env("HOME", &home)
+            .env("PHALA_CLOUD_DIR", home.join(".phala-cloud"))
+            .env("PHALA_DISABLE_UPDATE_CHECK", "1")
+            .env("PHALA_CLOUD_API_PREFIX", cloud.api())
+            .env("PHALA_CLOUD_API_KEY", key)
+            .env("NO_COLOR", "1"),
+        b"",
+    );
+    assert!(
+        !out.stdout.contains(CANARY) && !out.stderr.contains(CANARY),
+        "canary in phala output"
+    );
+    out
+}
+
+fn api_get(cloud: &Cloud, key: &str, path: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("X-API-Key: {key}"),
+            "-H",
+            "X-Phala-Version: 2025-10-28",
+        ])
+        .arg(format!("{}{path}", cloud.api()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains(CANARY), "canary in an API response");
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn wait_status(cloud: &Cloud, key: &str, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, v) = api_get(cloud, key, &format!("/cvms/{name}"));
+        assert_eq!(code, 200, "{v}");
+        if !v["in_progress"].as_bool().unwrap_or(false) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "CVM {name} still booting: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn serial_log(cloud: &Cloud, key: &str, name: &str) -> String {
+    let (_, v) = api_get(cloud, key, &format!("/cvms/{name}"));
+    let url = format!("{}&ch=serial", v["syslog_endpoint"].as_str().unwrap());
+    let out = Command::new("curl").args(["-sf", &url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn official_phala_cli_deploys_private_images_end_to_end() {
+    let engine = Dockerd::start();
+    // A GHCR-style registry (token-less htpasswd here, DSTACK_DOCKER_REGISTRY set).
+    let reg = Registry::with_htpasswd(&[("octocat", CANARY)]);
+    let host = reg.host_port();
+    push_image(
+        &PushTarget::new(&host).with_creds("octocat", CANARY),
+        "octocat/web",
+        "1",
+        &ImageSpec::new().busybox(),
+    );
+    // ECR through moto.
+    let moto = Moto::start();
+    let (ecr_user, ecr_pw) = Moto::ecr_credentials(moto.account_id(), "us-east-1");
+    let ecr = Registry::with_htpasswd(&[(&ecr_user, &ecr_pw)]);
+    let ecr_host = Moto::ecr_registry_host(moto.account_id(), "us-east-1");
+    push_image(
+        &PushTarget::new(&ecr.host_port()).with_creds(&ecr_user, &ecr_pw),
+        "team/api",
+        "2",
+        &ImageSpec::new().busybox().layer(500),
+    );
+
+    let dir = tempdir("cloud-e2e");
+    let state = dir.join("state");
+    let port = testkit::free_port();
+    // The ECR host name is mapped to the local registry through the endpoint
+    // mapping `berth up` passes to every CVM; moto answers GetAuthorizationToken.
+    let endpoint_arg = format!("--registry-endpoint={ecr_host}={}", ecr.base_url());
+    let cloud = Cloud::start_with_args(
+        &state,
+        port,
+        &engine.host(),
+        &[("AWS_ENDPOINT_URL_ECR", moto.endpoint())],
+        &[&endpoint_arg],
+    );
+
+    let work = dir.join("app");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        work.join("docker-compose.yml"),
+        format!(
+            "services:\n  web:\n    image: {host}/octocat/web:1\n    network_mode: none\n    environment:\n      - GREETING=${{GREETING}}\n    command: [\"sh\", \"-c\", \"echo web says $$GREETING; sleep 600\"]\n  api:\n    image: {ecr_host}/team/api:2\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo api from ecr; sleep 600\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join(".env"),
+        format!(
+            "GREETING=hello-private-registry\nDSTACK_DOCKER_USERNAME=octocat\nDSTACK_DOCKER_PASSWORD={CANARY}\nDSTACK_DOCKER_REGISTRY={host}\n\
+             DSTACK_AWS_ACCESS_KEY_ID=AKIAEXAMPLE\nDSTACK_AWS_SECRET_ACCESS_KEY={AWS_CANARY}\nDSTACK_AWS_REGION=us-east-1\nDSTACK_AWS_ECR_REGISTRY={ecr_host}\n"
+        ),
+    )
+    .unwrap();
+
+    // Watch every process's arguments while the deployment runs.
+    let args_seen = Arc::new(Mutex::new(false));
+    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let seen = args_seen.clone();
+        let stop = stop_watch.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+                        && String::from_utf8_lossy(&cmdline).contains(CANARY)
+                    {
+                        *seen.lock().unwrap() = true;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let out = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &[
+            "deploy",
+            "-n",
+            "my-private-app",
+            "-c",
+            "docker-compose.yml",
+            "-e",
+            ".env",
+        ],
+    );
+    assert_eq!(
+        out.code,
+        0,
+        "phala deploy:\n{}\n{}\nberth up:\n{}",
+        out.stdout,
+        out.stderr,
+        cloud.output.lock().unwrap()
+    );
+    let cvm = wait_status(&cloud, ADMIN_KEY, "my-private-app");
+    assert_eq!(
+        cvm["status"],
+        "running",
+        "{cvm}\nserial:\n{}",
+        serial_log(&cloud, ADMIN_KEY, "my-private-app")
+    );
+
+    // The app runs with its env, from both private registries.
+    let project_filter = |svc: &str| {
+        let id = engine.docker_out(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.service={svc}"),
+        ]);
+        id.split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no running {svc}"))
+    };
+    let web = project_filter("web");
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = engine.docker_out(&["logs", &web]);
+        if !logs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs.contains("web says hello-private-registry"), "{logs}");
+    let _ = project_filter("api");
+
+    // The official CLI lists and shows it; serial logs show the pull.
+    let list = phala(&cloud, ADMIN_KEY, &work, &["cvms", "list"]);
+    assert_eq!(list.code, 0, "{}\n{}", list.stdout, list.stderr);
+    assert!(
+        list.stdout.contains(cvm["app_id"].as_str().unwrap()),
+        "{}",
+        list.stdout
+    );
+    let get = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["cvms", "get", "my-private-app", "--json"],
+    );
+    assert_eq!(get.code, 0, "{}\n{}", get.stdout, get.stderr);
+    assert!(get.stdout.contains("running"), "{}", get.stdout);
+    let serial = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["logs", "--serial", "--cvm-id", "my-private-app"],
+    );
+    assert_eq!(serial.code, 0, "{}\n{}", serial.stdout, serial.stderr);
+    assert!(
+        serial.stdout.contains("pull: ") && serial.stdout.contains("BOOT OK"),
+        "{}",
+        serial.stdout
+    );
+    assert!(
+        serial
+            .stdout
+            .contains(&format!("service api: {ecr_host}/team/api:2")),
+        "{}",
+        serial.stdout
+    );
+
+    // Wrong credentials: boot_failed with the category, in status and log.
+    std::fs::write(
+        work.join("bad.env"),
+        format!("GREETING=x\nDSTACK_DOCKER_USERNAME=octocat\nDSTACK_DOCKER_PASSWORD={CANARY}-wrong\nDSTACK_DOCKER_REGISTRY={host}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("web-only.yml"),
+        format!("services:\n  web:\n    image: {host}/octocat/web:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n"),
+    )
+    .unwrap();
+    let out = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &[
+            "deploy",
+            "-n",
+            "bad-creds-app",
+            "-c",
+            "web-only.yml",
+            "-e",
+            "bad.env",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let bad = wait_status(&cloud, ADMIN_KEY, "bad-creds-app");
+    assert_eq!(bad["status"], "boot_failed", "{bad}");
+    assert_eq!(bad["boot_category"], "credentials_rejected", "{bad}");
+    assert!(
+        serial_log(&cloud, ADMIN_KEY, "bad-creds-app")
+            .contains("BOOT FAILED: credentials_rejected")
+    );
+
+    // User isolation: bob sees nothing of the admin's.
+    let created = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-API-Key: {ADMIN_KEY}"),
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-d", r#"{"username":"bob"}"#])
+        .arg(format!("{}/users", cloud.api()))
+        .output()
+        .unwrap();
+    let bob: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let bob_key = bob["api_key"].as_str().unwrap().to_owned();
+    let bob_list = phala(&cloud, &bob_key, &work, &["cvms", "list", "--json"]);
+    assert_eq!(bob_list.code, 0, "{}\n{}", bob_list.stdout, bob_list.stderr);
+    assert!(
+        !bob_list.stdout.contains("my-private-app"),
+        "{}",
+        bob_list.stdout
+    );
+    assert_eq!(api_get(&cloud, &bob_key, "/cvms/my-private-app").0, 404);
+    let stop_other = phala(
+        &cloud,
+        &bob_key,
+        &work,
+        &["cvms", "stop", cvm["vm_uuid"].as_str().unwrap()],
+    );
+    assert_ne!(stop_other.code, 0);
+    assert_eq!(api_get(&cloud, "wrong-key", "/cvms").0, 401);
+    assert_eq!(api_get(&cloud, ADMIN_KEY, "/no/such/thing").0, 501);
+
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        !*args_seen.lock().unwrap(),
+        "the canary password appeared in a process's arguments"
+    );
+
+    // Restart `berth up`: nothing lost, the running CVM picked up again.
+    let first_output = cloud.stop();
+    let cloud = Cloud::start_with_args(
+        &state,
+        port,
+        &engine.host(),
+        &[("AWS_ENDPOINT_URL_ECR", moto.endpoint())],
+        &[&endpoint_arg],
+    );
+    let again = wait_status(&cloud, ADMIN_KEY, "my-private-app");
+    assert_eq!(again["status"], "running");
+    assert_eq!(again["vm_uuid"], cvm["vm_uuid"]);
+    assert_eq!(
+        wait_status(&cloud, ADMIN_KEY, "bad-creds-app")["boot_category"],
+        "credentials_rejected"
+    );
+    assert!(serial_log(&cloud, ADMIN_KEY, "my-private-app").contains("BOOT OK"));
+
+    // Stop, start, delete through the official CLI.
+    let stop = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["cvms", "stop", "my-private-app"],
+    );
+    assert_eq!(stop.code, 0, "{}\n{}", stop.stdout, stop.stderr);
+    assert_eq!(
+        wait_status(&cloud, ADMIN_KEY, "my-private-app")["status"],
+        "stopped"
+    );
+    let start = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["cvms", "start", "my-private-app"],
+    );
+    assert_eq!(start.code, 0, "{}\n{}", start.stdout, start.stderr);
+    assert_eq!(
+        wait_status(&cloud, ADMIN_KEY, "my-private-app")["status"],
+        "running"
+    );
+    let del = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["cvms", "delete", "bad-creds-app", "--force"],
+    );
+    assert_eq!(del.code, 0, "{}\n{}", del.stdout, del.stderr);
+    assert_eq!(api_get(&cloud, ADMIN_KEY, "/cvms/bad-creds-app").0, 404);
+
+    // The canary is nowhere: the database, the control plane's output.
+    let second_output = cloud.stop();
+    for (what, text) in [
+        ("first berth up output", &first_output),
+        ("second berth up output", &second_output),
+    ] {
+        assert!(
+            !text.contains(CANARY) && !text.contains(AWS_CANARY),
+            "{what} holds a secret:\n{text}"
+        );
+    }
+    let db = std::fs::read(state.join("berth.db")).unwrap();
+    let db_text = String::from_utf8_lossy(&db);
+    assert!(
+        !db_text.contains(CANARY) && !db_text.contains(AWS_CANARY),
+        "the database holds a secret"
+    );
+    for f in walk(&state) {
+        if f.ends_with("kms/root.key")
+            || f.starts_with(state.join("cvms")) && f.to_string_lossy().contains("/state/")
+        {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+        assert!(
+            !text.contains(CANARY) && !text.contains(AWS_CANARY),
+            "{} holds a secret",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
+    let engine = Dockerd::start();
+    let reg = Registry::with_htpasswd(&[("alice", CANARY)]);
+    let host = reg.host_port();
+    push_image(
+        &PushTarget::new(&host).with_creds("alice", CANARY),
+        "alice/app",
+        "1",
+        &ImageSpec::new().busybox(),
+    );
+    let dir = tempdir("cloud-berth-deploy");
+    let cloud = Cloud::start(
+        &dir.join("state"),
+        testkit::free_port(),
+        &engine.host(),
+        &[],
+    );
+    std::fs::write(
+        dir.join("compose.yml"),
+        format!("services:\n  app:\n    image: {host}/alice/app:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo up; sleep 600\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("creds.env"),
+        format!("DSTACK_DOCKER_USERNAME=alice\nDSTACK_DOCKER_PASSWORD={CANARY}\nDSTACK_DOCKER_REGISTRY={host}\n"),
+    )
+    .unwrap();
+    let deploy = |name: &str, env: &str, kms: &str| {
+        run(
+            Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["deploy", "-n", name, "-c"])
+                .arg(dir.join("compose.yml"))
+                .arg("-e")
+                .arg(dir.join(env))
+                .args(["--wait", "--kms-pubkey", kms])
+                .env("BERTH_API_URL", cloud.api())
+                .env("BERTH_API_KEY", ADMIN_KEY)
+                .env("DOCKER_CONFIG", dir.join("no-docker-config")),
+            b"",
+        )
+    };
+    // A KMS key the user does not trust: nothing is sealed or sent.
+    let other = "02".to_owned() + &"11".repeat(32);
+    let refused = deploy("wrong-kms-app", "creds.env", &other);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("not signed by the trusted KMS")
+            || refused.stderr.contains("trusted KMS public key"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(api_get(&cloud, ADMIN_KEY, "/cvms/wrong-kms-app").0, 404);
+
+    let ok = deploy("berth-deployed", "creds.env", &cloud.kms_pubkey);
+    assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stderr.contains("Pre-flight") && ok.stderr.contains("verified against KMS"),
+        "{}",
+        ok.stderr
+    );
+    assert!(ok.stdout.contains("BOOT OK"), "{}", ok.stdout);
+    assert!(!ok.stdout.contains(CANARY) && !ok.stderr.contains(CANARY));
+
+    // A bad password is caught by the pre-flight on the user's machine...
+    std::fs::write(
+        dir.join("bad.env"),
+        format!("DSTACK_DOCKER_USERNAME=alice\nDSTACK_DOCKER_PASSWORD={CANARY}x\nDSTACK_DOCKER_REGISTRY={host}\n"),
+    )
+    .unwrap();
+    let pre = deploy("preflight-fails", "bad.env", &cloud.kms_pubkey);
+    assert_eq!(pre.code, 3, "{}\n{}", pre.stdout, pre.stderr);
+    assert!(
+        pre.stderr.contains("nothing was deployed"),
+        "{}",
+        pre.stderr
+    );
+    // ...and with --no-check, the boot fails with the same category and exit code.
+    let no_check = run(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "deploy",
+                "-n",
+                "boot-fails",
+                "--no-check",
+                "--wait",
+                "--kms-pubkey",
+                &cloud.kms_pubkey,
+                "-c",
+            ])
+            .arg(dir.join("compose.yml"))
+            .arg("-e")
+            .arg(dir.join("bad.env"))
+            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_KEY", ADMIN_KEY),
+        b"",
+    );
+    assert_eq!(no_check.code, 3, "{}\n{}", no_check.stdout, no_check.stderr);
+    assert!(
+        no_check
+            .stdout
+            .contains("BOOT FAILED: credentials_rejected"),
+        "{}",
+        no_check.stdout
+    );
+
+    // berth cvms: list, logs, stop.
+    let list = run(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["cvms", "list"])
+            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_KEY", ADMIN_KEY),
+        b"",
+    );
+    assert!(
+        list.stdout.contains("berth-deployed") && list.stdout.contains("running"),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout.contains("boot-fails") && list.stdout.contains("credentials_rejected"),
+        "{}",
+        list.stdout
+    );
+    let logs = run(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["cvms", "logs", "berth-deployed", "--stdout"])
+            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_KEY", ADMIN_KEY),
+        b"",
+    );
+    assert!(logs.stdout.contains("up"), "{}", logs.stdout);
+    let _ = cloud.stop();
+}

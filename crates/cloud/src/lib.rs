@@ -1,0 +1,38 @@
+//! `cloud`: Berth's control plane and local node.
+//!
+//! What goes in: deployments from the official Phala clients or `berth
+//! deploy` (a compose file, `allowed_envs`, and a sealed env). What comes
+//! out: CVMs running on the local node, their status and their logs.
+//!
+//! - [`api`]: the Phala-compatible HTTP API (`axum`), the only module that
+//!   knows its JSON field names.
+//! - [`db`]: SQLite with migrations, portable SQL.
+//! - [`node`]: CVMs as `berth guest boot` processes with their own folders.
+//! - [`appcompose`]: provisioning checks and the byte-exact `app-compose.json`.
+//!
+//! Why it looks like this: the control plane is on the wrong side of the
+//! trust boundary. It stores the sealed env as opaque bytes and asks the KMS
+//! (a separate process) only for *public* keys; this crate depends on no
+//! crate that can derive an env private key or open a sealed env.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod appcompose;
+pub mod client;
+pub mod db;
+pub mod error;
+pub mod node;
+
+pub use api::{AppState, router};
+pub use client::{ApiClient, CvmInfo, Provisioned};
+pub use db::Db;
+pub use error::ApiError;
+pub use node::{Node, NodeConfig};
+
+/// A new random API key (`berth_` + 32 random bytes, hex).
+pub fn new_api_key() -> String {
+    use rand_core::RngCore;
+    let mut b = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut b);
+    format!("berth_{}", hex::encode(b))
+}
