@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo deps lint unit bench
+.PHONY: test demo demo-stop deps lint unit bench
 
 deps:
 	@scripts/deps.sh
@@ -11,6 +11,10 @@ deps:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# Architecture invariant: the control plane links no code that can derive
+	@# an env private key or open a sealed env.
+	@if $(CARGO) tree -p cloud -e normal --prefix none | grep -E '^(envseal|kms|guest) '; then \
+	  echo "error: crate cloud depends on envseal/kms/guest (see ARCHITECTURE.md)"; exit 1; fi
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -23,6 +27,9 @@ test: deps lint unit
 
 demo: deps
 	@scripts/demo.sh
+
+demo-stop:
+	@scripts/demo-stop.sh
 
 bench: deps
 	@scripts/bench.sh

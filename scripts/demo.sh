@@ -1,58 +1,107 @@
 #!/usr/bin/env bash
-# `make demo`: what works today, for real: an app's env key pair, a .env with
-# registry credentials sealed to it exactly as the official clients seal, and
-# the CVM side opening it. Nothing here is mocked.
+# `make demo`: Berth's main job, end to end, on this machine, for real:
+# a private registry with a password and a private image, the local
+# confidential cloud (`berth up`: API, KMS, node on a Docker engine), and an
+# app deployed with its registry credentials sealed on the user's side.
+# Everything it starts keeps running until `make demo-stop`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo build --quiet -p berth-cli
-BERTH="$PWD/target/debug/berth"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+ROOT="$PWD"
+DEMO="$ROOT/.demo"
+BERTH="$ROOT/target/debug/berth"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1. The app's env key pair (in a real deployment the KMS holds the private key)"
-echo "\$ berth keygen --out app.key"
-PUB="$("$BERTH" keygen --out "$WORK/app.key")"
-echo "$PUB"
-ls -l "$WORK/app.key" | awk '{print $1, $NF}'
+if [ -f "$DEMO/pids" ]; then
+  echo "stopping the previous demo first"
+  scripts/demo-stop.sh >/dev/null 2>&1 || true
+fi
+rm -rf "$DEMO"
+mkdir -p "$DEMO/app"
+chmod 700 "$DEMO"
 
-step "2. The user's .env with private-registry credentials"
-cat > "$WORK/.env" <<'ENV'
-# Docker Hub / any OCI registry
-DSTACK_DOCKER_USERNAME=alice
-DSTACK_DOCKER_PASSWORD="dckr_pat_demo-not-a-real-token"
-# AWS ECR
-DSTACK_AWS_ACCESS_KEY_ID=AKIADEMO
-DSTACK_AWS_SECRET_ACCESS_KEY='demo/secret+key=='
-DSTACK_AWS_REGION=us-east-1
-DSTACK_AWS_ECR_REGISTRY=123456789012.dkr.ecr.us-east-1.amazonaws.com
-GREETING="hello from inside the CVM"
-ENV
-sed 's/^/    /' "$WORK/.env"
+step "Building berth"
+cargo build --quiet -p berth-cli
+cargo build --quiet -p testkit --example demo_registry
 
-step "3. Sealed on the user's machine (X25519 + AES-256-GCM, dstack's format)"
-echo "\$ berth seal --pubkey $PUB -e .env -e GREETING='overridden on the command line'"
-"$BERTH" seal --pubkey "$PUB" -e "$WORK/.env" -e "GREETING=overridden on the command line" > "$WORK/sealed.hex"
-printf '%s…  (%d hex characters; this is all the cloud ever sees)\n' "$(head -c 96 "$WORK/sealed.hex")" "$(tr -d '\n' < "$WORK/sealed.hex" | wc -c)"
+step "1. A private registry with a password and a private image"
+python3 -c 'import secrets; print("demo-" + secrets.token_hex(12))' > "$DEMO/registry-password"
+chmod 600 "$DEMO/registry-password"
+# The registry serves while its standard input is open: a FIFO held by a
+# `sleep`; `make demo-stop` ends the sleep and the registry shuts down cleanly.
+mkfifo "$DEMO/registry.stdin"
+"$ROOT/target/debug/examples/demo_registry" demo "$DEMO/registry-password" acme/hello:1 \
+  < "$DEMO/registry.stdin" > "$DEMO/registry.out" 2> "$DEMO/registry.log" &
+sleep infinity > "$DEMO/registry.stdin" 2>/dev/null < /dev/null &
+echo "$!" >> "$DEMO/pids"
+for _ in $(seq 1 600); do grep -q '^image ' "$DEMO/registry.out" 2>/dev/null && break; sleep 0.1; done
+REGISTRY="$(sed -n 's/^registry //p' "$DEMO/registry.out")"
+IMAGE="$(sed -n 's/^image //p' "$DEMO/registry.out")"
+[ -n "$REGISTRY" ] || { echo "the demo registry did not start:"; cat "$DEMO/registry.log"; exit 1; }
+echo "registry: $REGISTRY (user demo, password in $DEMO/registry-password)"
+echo "image:    $IMAGE"
+echo "anonymous pull is refused, as it should be:"
+"$BERTH" check "$REGISTRY/acme/hello:1" 2>&1 | sed 's/^/    /' || true
 
-step "4. Opened with the app's key (what the CVM does at boot)"
-echo "\$ berth unseal --key-file app.key sealed.hex"
-"$BERTH" unseal --key-file "$WORK/app.key" "$WORK/sealed.hex" | sed 's/^/    /'
+step "2. The local confidential cloud: berth up"
+PORT="${BERTH_DEMO_PORT:-8000}"
+if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$PORT))!=0)"; then
+  PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+fi
+env -u BERTH_ADMIN_API_KEY "$BERTH" up --state "$DEMO/cloud" --listen "127.0.0.1:$PORT" > "$DEMO/berth-up.log" 2>&1 < /dev/null &
+echo "$!" >> "$DEMO/pids"
+for _ in $(seq 1 900); do grep -q 'Stop with Ctrl-C' "$DEMO/berth-up.log" 2>/dev/null && break; sleep 0.1; done
+grep -q 'Stop with Ctrl-C' "$DEMO/berth-up.log" || { echo "berth up did not start:"; cat "$DEMO/berth-up.log"; exit 1; }
+sed -n '/^Berth local cloud/,/^Docker engine/p' "$DEMO/berth-up.log" | sed 's/^/    /'
+export BERTH_API_URL="http://127.0.0.1:$PORT/api/v1"
+BERTH_API_KEY="$(cat "$DEMO/cloud/api-key")"
+export BERTH_API_KEY
+KMS_PUBKEY="$(cat "$DEMO/cloud/kms-public-key")"
 
-step "5. Opened with any other key: refused, and nothing leaks"
-"$BERTH" keygen --out "$WORK/other.key" >/dev/null
-echo "\$ berth unseal --key-file other.key sealed.hex"
-"$BERTH" unseal --key-file "$WORK/other.key" "$WORK/sealed.hex" || echo "(exit code $?)"
+step "3. Deploy an app whose image is private; the credentials are sealed here"
+cat > "$DEMO/app/docker-compose.yml" <<YAML
+services:
+  hello:
+    image: $REGISTRY/acme/hello:1
+    network_mode: none
+    environment:
+      - GREETING=\${GREETING}
+    command: ["sh", "-c", "echo \"\$\$GREETING (from a private image, inside a CVM)\"; sleep 86400"]
+YAML
+{
+  echo "GREETING=Hello from Berth"
+  echo "DSTACK_DOCKER_USERNAME=demo"
+  echo "DSTACK_DOCKER_PASSWORD=$(cat "$DEMO/registry-password")"
+  echo "DSTACK_DOCKER_REGISTRY=$REGISTRY"
+} > "$DEMO/app/.env"
+chmod 600 "$DEMO/app/.env"
+sed 's/^/    /' "$DEMO/app/docker-compose.yml"
+echo "    .env: GREETING, DSTACK_DOCKER_USERNAME, DSTACK_DOCKER_PASSWORD, DSTACK_DOCKER_REGISTRY"
+echo
+echo "\$ berth deploy -n demo-private-app -c docker-compose.yml -e .env --wait"
+(cd "$DEMO/app" && "$BERTH" deploy -n demo-private-app -c docker-compose.yml -e .env --wait --kms-pubkey "$KMS_PUBKEY")
 
-step "6. One flipped byte: refused"
-python3 - "$WORK/sealed.hex" <<'PY'
-import sys
-p = sys.argv[1]
-h = bytearray(open(p).read().strip(), "ascii")
-h[120] = ord("0") if h[120] != ord("0") else ord("1")
-open(p, "w").write(h.decode())
-PY
-"$BERTH" unseal --key-file "$WORK/app.key" "$WORK/sealed.hex" || echo "(exit code $?)"
+step "4. The app's output"
+sleep 1
+"$BERTH" cvms logs demo-private-app --stdout | sed 's/^/    /'
+echo
+"$BERTH" cvms list | sed 's/^/    /'
 
-printf '\nDemo done. Next: `berth pull` (private registries) and `berth up` (the local cloud) are on the way; see README.md.\n'
+step "5. What the control plane holds"
+if grep -qF "$(cat "$DEMO/registry-password")" "$DEMO/cloud/berth.db" "$DEMO/berth-up.log"; then
+  echo "    the password was found in the database or the control plane's log: this is a bug"
+  exit 1
+fi
+echo "    the registry password is in neither the database ($DEMO/cloud/berth.db) nor the API log: only the sealed env is stored"
+
+cat <<EOF2
+
+The demo keeps running:
+  API:            $BERTH_API_URL   (X-API-Key: the key in $DEMO/cloud/api-key)
+  try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key)
+                  $BERTH cvms list
+                  $BERTH cvms logs demo-private-app --serial
+  official CLI:   PHALA_CLOUD_API_PREFIX=$BERTH_API_URL PHALA_CLOUD_API_KEY=\$(cat $DEMO/cloud/api-key) \\
+                  interop/node_modules/.bin/phala cvms list     (after make test installed it)
+  stop it all:    make demo-stop
+EOF2
