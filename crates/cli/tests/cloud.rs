@@ -359,6 +359,37 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
         serial.stdout
     );
 
+    // Container logs through the composition's log endpoints.
+    let web_logs = phala(&cloud, ADMIN_KEY, &work, &["logs", "web", "--cvm-id", "my-private-app"]);
+    assert_eq!(web_logs.code, 0, "{}\n{}", web_logs.stdout, web_logs.stderr);
+    assert!(web_logs.stdout.contains("web says hello-private-registry"), "{}", web_logs.stdout);
+    // The KMS's signed env key, in the strict two-key shape the SDK expects.
+    let (code, kms) = api_get(&cloud, ADMIN_KEY, &format!("/kms/phala/pubkey/{}", cvm["app_id"].as_str().unwrap()));
+    assert_eq!(code, 200);
+    assert_eq!(kms["public_key"], cvm["encrypted_env_pubkey"]);
+    assert_eq!(kms.as_object().unwrap().len(), 2, "{kms}");
+
+    // Env update with the official CLI: sealed anew, the CVM reboots with it.
+    std::fs::write(
+        work.join("new.env"),
+        format!("GREETING=updated-greeting\nDSTACK_DOCKER_USERNAME=octocat\nDSTACK_DOCKER_PASSWORD={CANARY}\nDSTACK_DOCKER_REGISTRY={host}\n\
+                 DSTACK_AWS_ACCESS_KEY_ID=AKIAEXAMPLE\nDSTACK_AWS_SECRET_ACCESS_KEY={AWS_CANARY}\nDSTACK_AWS_REGION=us-east-1\nDSTACK_AWS_ECR_REGISTRY={ecr_host}\n"),
+    )
+    .unwrap();
+    let upd = phala(&cloud, ADMIN_KEY, &work, &["envs", "update", "my-private-app", "-e", "new.env"]);
+    assert_eq!(upd.code, 0, "{}\n{}", upd.stdout, upd.stderr);
+    assert_eq!(wait_status(&cloud, ADMIN_KEY, "my-private-app")["status"], "running");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let id = engine.docker_out(&["ps", "-q", "--filter", "label=com.docker.compose.service=web"]);
+        let logs = id.split_whitespace().next().map(|id| engine.docker_out(&["logs", id])).unwrap_or_default();
+        if logs.contains("web says updated-greeting") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new env did not reach the app: {logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Wrong credentials: boot_failed with the category, in status and log.
     std::fs::write(
         work.join("bad.env"),
