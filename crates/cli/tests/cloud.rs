@@ -360,11 +360,24 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
     );
 
     // Container logs through the composition's log endpoints.
-    let web_logs = phala(&cloud, ADMIN_KEY, &work, &["logs", "web", "--cvm-id", "my-private-app"]);
+    let web_logs = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["logs", "web", "--cvm-id", "my-private-app"],
+    );
     assert_eq!(web_logs.code, 0, "{}\n{}", web_logs.stdout, web_logs.stderr);
-    assert!(web_logs.stdout.contains("web says hello-private-registry"), "{}", web_logs.stdout);
+    assert!(
+        web_logs.stdout.contains("web says hello-private-registry"),
+        "{}",
+        web_logs.stdout
+    );
     // The KMS's signed env key, in the strict two-key shape the SDK expects.
-    let (code, kms) = api_get(&cloud, ADMIN_KEY, &format!("/kms/phala/pubkey/{}", cvm["app_id"].as_str().unwrap()));
+    let (code, kms) = api_get(
+        &cloud,
+        ADMIN_KEY,
+        &format!("/kms/phala/pubkey/{}", cvm["app_id"].as_str().unwrap()),
+    );
     assert_eq!(code, 200);
     assert_eq!(kms["public_key"], cvm["encrypted_env_pubkey"]);
     assert_eq!(kms.as_object().unwrap().len(), 2, "{kms}");
@@ -376,17 +389,37 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
                  DSTACK_AWS_ACCESS_KEY_ID=AKIAEXAMPLE\nDSTACK_AWS_SECRET_ACCESS_KEY={AWS_CANARY}\nDSTACK_AWS_REGION=us-east-1\nDSTACK_AWS_ECR_REGISTRY={ecr_host}\n"),
     )
     .unwrap();
-    let upd = phala(&cloud, ADMIN_KEY, &work, &["envs", "update", "my-private-app", "-e", "new.env"]);
+    let upd = phala(
+        &cloud,
+        ADMIN_KEY,
+        &work,
+        &["envs", "update", "my-private-app", "-e", "new.env"],
+    );
     assert_eq!(upd.code, 0, "{}\n{}", upd.stdout, upd.stderr);
-    assert_eq!(wait_status(&cloud, ADMIN_KEY, "my-private-app")["status"], "running");
+    assert_eq!(
+        wait_status(&cloud, ADMIN_KEY, "my-private-app")["status"],
+        "running"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let id = engine.docker_out(&["ps", "-q", "--filter", "label=com.docker.compose.service=web"]);
-        let logs = id.split_whitespace().next().map(|id| engine.docker_out(&["logs", id])).unwrap_or_default();
+        let id = engine.docker_out(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.compose.service=web",
+        ]);
+        let logs = id
+            .split_whitespace()
+            .next()
+            .map(|id| engine.docker_out(&["logs", id]))
+            .unwrap_or_default();
         if logs.contains("web says updated-greeting") {
             break;
         }
-        assert!(Instant::now() < deadline, "the new env did not reach the app: {logs}");
+        assert!(
+            Instant::now() < deadline,
+            "the new env did not reach the app: {logs}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -697,4 +730,99 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
     );
     assert!(logs.stdout.contains("up"), "{}", logs.stdout);
     let _ = cloud.stop();
+}
+
+#[test]
+fn kms_releases_an_env_key_only_to_the_measured_app() {
+    let dir = tempdir("kms-serve");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["kms", "serve", "--root-key"])
+        .arg(dir.join("root.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .trim_start_matches("kms listening on ")
+        .to_owned();
+    let kms_pub = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .trim_start_matches("kms public key ")
+        .to_owned();
+    let curl = |args: &[&str]| -> (u16, Value) {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.trim().parse().unwrap(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    };
+    let compose_hash = "ab".repeat(32);
+    let app_id = &compose_hash[..40];
+    // The public key, signed so that the trusted KMS key verifies it.
+    let (code, signed) = curl(&[&format!("{url}/kms/v1/apps/{app_id}/env-pubkey")]);
+    assert_eq!(code, 200);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let s = kms::SignedEnvPublicKey {
+        public_key: envseal::EnvPublicKey::from_hex(signed["public_key"].as_str().unwrap())
+            .unwrap(),
+        timestamp: signed["timestamp"].as_u64().unwrap(),
+        signature: kms::EnvKeySignature::from_hex(signed["signature"].as_str().unwrap()).unwrap(),
+        signature_v1: kms::EnvKeySignature::from_hex(signed["signature_v1"].as_str().unwrap())
+            .unwrap(),
+    };
+    s.verify(
+        &kms::AppId::from_hex(app_id).unwrap(),
+        &kms::KmsPublicKey::from_hex(&kms_pub).unwrap(),
+        now,
+    )
+    .unwrap();
+    // A CVM measuring another compose hash gets nothing.
+    let other = "cd".repeat(32);
+    let body = format!(r#"{{"app_id":"{app_id}","compose_hash":"{other}"}}"#);
+    let (code, refused) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &format!("{url}/kms/v1/env-key"),
+    ]);
+    assert_eq!(code, 403, "{refused}");
+    assert!(refused.get("env_private_key").is_none());
+    // The measured app gets the private key matching the published public key.
+    let body = format!(r#"{{"app_id":"{app_id}","compose_hash":"{compose_hash}"}}"#);
+    let (code, released) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &format!("{url}/kms/v1/env-key"),
+    ]);
+    assert_eq!(code, 200);
+    let key =
+        envseal::EnvPrivateKey::from_hex(released["env_private_key"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        key.public_key().to_hex(),
+        signed["public_key"].as_str().unwrap()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -16,7 +16,10 @@ fn main() {
         std::process::exit(2);
     };
     // The password comes from a file, never from the command line.
-    let password = std::fs::read_to_string(pw_file).expect("password file").trim().to_owned();
+    let password = std::fs::read_to_string(pw_file)
+        .expect("password file")
+        .trim()
+        .to_owned();
     let (repo, tag) = repo_tag.split_once(':').expect("REPO:TAG");
     let reg = Registry::with_htpasswd(&[(user, &password)]);
     let host = reg.host_port();
