@@ -447,10 +447,11 @@ fn bar_event(
     multi: &MultiProgress,
     bars: &Mutex<HashMap<registry::Digest, ProgressBar>>,
 ) {
-    let style =
-        ProgressStyle::with_template("{prefix}: {msg:<12} [{bar:30}] {bytes}/{total_bytes}")
-            .expect("static template")
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix}: {msg:<14} [{bar:30}] {decimal_bytes}/{decimal_total_bytes}",
+    )
+    .expect("static template")
+    .progress_chars("=> ");
     match e {
         PullEvent::BlobQueued {
             digest,

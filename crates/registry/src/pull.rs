@@ -818,7 +818,7 @@ impl RegistryClient {
         if self.is_anonymous() {
             "anonymous"
         } else {
-            "credentials"
+            "with credentials"
         }
     }
 }
