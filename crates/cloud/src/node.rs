@@ -235,11 +235,12 @@ impl Node {
         Ok(())
     }
 
-    async fn containers(
+    /// Every container of the CVM's compose project, running or not.
+    async fn project_containers(
         &self,
         docker: &bollard::Docker,
         cvm_id: &str,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<bollard::models::ContainerSummary>, ApiError> {
         let mut filters = HashMap::new();
         filters.insert(
             "label",
@@ -249,12 +250,24 @@ impl Node {
             .all(true)
             .filters(&filters)
             .build();
-        let list = docker.list_containers(Some(opts)).await.map_err(|e| {
+        docker.list_containers(Some(opts)).await.map_err(|e| {
             ApiError::upstream(format!(
                 "the node's Docker engine cannot list containers: {e}"
             ))
-        })?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+        })
+    }
+
+    async fn containers(
+        &self,
+        docker: &bollard::Docker,
+        cvm_id: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .project_containers(docker, cvm_id)
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
     }
 
     /// Whether all of the CVM's containers are running (and there are some).
@@ -262,16 +275,7 @@ impl Node {
         let Ok(docker) = self.docker() else {
             return false;
         };
-        let mut filters = HashMap::new();
-        filters.insert(
-            "label",
-            vec![format!("com.docker.compose.project={}", project_of(cvm_id))],
-        );
-        let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        match docker.list_containers(Some(opts)).await {
+        match self.project_containers(&docker, cvm_id).await {
             Ok(list) => {
                 !list.is_empty()
                     && list.iter().all(|c| {
@@ -334,21 +338,9 @@ impl Node {
     /// The CVM's containers: (id, compose service name).
     pub async fn container_names(&self, cvm_id: &str) -> Result<Vec<(String, String)>, ApiError> {
         let docker = self.docker()?;
-        let mut filters = HashMap::new();
-        filters.insert(
-            "label",
-            vec![format!("com.docker.compose.project={}", project_of(cvm_id))],
-        );
-        let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = docker.list_containers(Some(opts)).await.map_err(|e| {
-            ApiError::upstream(format!(
-                "the node's Docker engine cannot list containers: {e}"
-            ))
-        })?;
-        Ok(list
+        Ok(self
+            .project_containers(&docker, cvm_id)
+            .await?
             .into_iter()
             .map(|c| {
                 let service = c
