@@ -49,7 +49,7 @@ pub struct DeployArgs {
 #[derive(Subcommand)]
 pub enum CvmsCommand {
     /// List your CVMs.
-    List(ApiArgs),
+    List(ListArgs),
     /// Show one CVM.
     Get(IdArgs),
     /// Boot a stopped CVM.
@@ -62,6 +62,15 @@ pub enum CvmsCommand {
     Delete(IdArgs),
     /// Print a CVM's logs.
     Logs(LogsArgs),
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Print one JSON object per CVM, one per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -319,9 +328,9 @@ pub fn cvms(cmd: CvmsCommand) -> Result<(), Failure> {
     rt.block_on(async {
         match cmd {
             CvmsCommand::List(a) => {
-                let api = client(&a)?;
+                let api = client(&a.api)?;
                 for c in api.list().await.map_err(api_failure)? {
-                    print_cvm(&c, false);
+                    print_cvm(&c, a.json);
                 }
                 Ok(())
             }
