@@ -640,6 +640,53 @@ fn ecr_via_moto_and_docker_credentials_side_by_side() {
         "the ECR API was called"
     );
 
+    // ECR answers an expired token with 403: Berth gets a new token once and
+    // goes on; a 403 that persists is access_denied.
+    let proxy = testkit::FaultProxy::start(&ecr);
+    let via_proxy = format!("{ecr_host}={}", proxy.base_url());
+    let token_calls = || moto.log_contents().matches("POST /").count();
+    let before = token_calls();
+    proxy.forbidden(testkit::Target::Manifests, 1);
+    let p = berth_json(
+        &[
+            "pull",
+            "--json",
+            "--store",
+            dir.join("store-403").to_str().unwrap(),
+            "-e",
+            creds.to_str().unwrap(),
+            "--registry-endpoint",
+            &via_proxy,
+            &ecr_image,
+        ],
+        &[("AWS_ENDPOINT_URL_ECR", &moto.endpoint())],
+    );
+    assert_eq!(p.code, 0, "{} {}", p.stdout, p.stderr);
+    let statuses: Vec<u16> = proxy.requests().iter().map(|r| r.status).collect();
+    assert!(statuses.contains(&403), "{statuses:?}");
+    assert_eq!(
+        token_calls() - before,
+        2,
+        "one token, then a fresh one after the 403: {statuses:?}"
+    );
+    proxy.forbidden(testkit::Target::Manifests, usize::MAX);
+    let p = berth_json(
+        &[
+            "pull",
+            "--json",
+            "--store",
+            dir.join("store-403b").to_str().unwrap(),
+            "-e",
+            creds.to_str().unwrap(),
+            "--registry-endpoint",
+            &via_proxy,
+            &ecr_image,
+        ],
+        &[("AWS_ENDPOINT_URL_ECR", &moto.endpoint())],
+    );
+    assert_eq!(p.code, 4, "{}", p.stdout);
+    assert_eq!(error_of(&p).0, "access_denied");
+
     // Three of four ECR variables: a config error naming the missing one.
     let partial = env_file(
         &dir,

@@ -243,6 +243,7 @@ impl RegistryClient {
         let scope = format!("repository:{repository}:pull");
         let mut backoff = Backoff::new(self.retry);
         let mut reauthenticated = false;
+        let mut ecr_renewed = false;
         // The credential the last attempt used, if the registry refused it.
         let mut refused: Option<SecretValue> = None;
         loop {
@@ -288,12 +289,12 @@ impl RegistryClient {
                         StatusCode::FORBIDDEN => {
                             let body = error_codes(resp).await;
                             if let Login::Ecr(_) = &self.login
-                                && !reauthenticated
+                                && !ecr_renewed
                                 && used.is_some()
                             {
                                 // ECR answers an expired token with 403: get a new one once.
                                 refused = used;
-                                reauthenticated = true;
+                                ecr_renewed = true;
                                 continue;
                             }
                             return Err(PullError::new(

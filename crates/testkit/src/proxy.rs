@@ -167,6 +167,9 @@ pub struct Faults {
     pub too_many_requests: Option<TooManyRequests>,
     /// 503 `UNAVAILABLE` for the next matching requests.
     pub unavailable: Option<TimesFault>,
+    /// 403 `DENIED` "authorization token has expired" (what ECR answers to an
+    /// expired token) for the next matching requests that carry credentials.
+    pub forbidden: Option<TimesFault>,
     /// See [`Redirect`].
     pub redirect: Option<Redirect>,
     /// See [`RateLimit`].
@@ -504,6 +507,20 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
     let mut redirect_to = None;
     {
         let mut f = st.faults.lock().unwrap();
+        if let Some(u) = f.forbidden.as_mut()
+            && u.remaining > 0
+            && u.target.matches(kind, &path)
+            && headers.contains_key("authorization")
+        {
+            u.remaining -= 1;
+            drop(f);
+            st.set_status(idx, 403, Some("403"));
+            return registry_error(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                "Your authorization token has expired. Reauthenticate and try again.",
+            );
+        }
         if let Some(u) = f.unavailable.as_mut()
             && u.remaining > 0
             && u.target.matches(kind, &path)
@@ -845,6 +862,17 @@ impl FaultProxy {
             f.too_many_requests = Some(TooManyRequests {
                 target,
                 retry_after_secs,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Answers 403 DENIED (ECR's "token has expired") to the next `times`
+    /// requests matching `target`.
+    pub fn forbidden(&self, target: Target, times: usize) {
+        self.update_faults(|f| {
+            f.forbidden = Some(TimesFault {
+                target,
                 remaining: times,
             })
         });
