@@ -293,7 +293,7 @@ fn category_code(category: &str) -> u8 {
     registry::Category::ALL
         .iter()
         .find(|c| c.as_str() == category)
-        .map(|c| c.exit_code())
+        .map(|c| crate::failure::exit_code(*c))
         .unwrap_or(1)
 }
 

@@ -8,6 +8,24 @@ pub const EXIT_CONFIG: u8 = 2;
 /// Exit code for an I/O problem on the user's machine.
 pub const EXIT_IO: u8 = 1;
 
+/// The process exit code of a failure category: 2 config, 3
+/// credentials_rejected, 4 access_denied, 5 not_found, 6 rate_limited,
+/// 7 unreachable, 8 registry_error, 9 integrity, 10 runtime.
+pub fn exit_code(category: registry::Category) -> u8 {
+    use registry::Category::*;
+    match category {
+        Config => 2,
+        CredentialsRejected => 3,
+        AccessDenied => 4,
+        NotFound => 5,
+        RateLimited => 6,
+        Unreachable => 7,
+        RegistryError => 8,
+        Integrity => 9,
+        Runtime => 10,
+    }
+}
+
 /// One sentence saying what is wrong, a hint saying what to do, an exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -78,5 +96,30 @@ fn io_reason(err: &std::io::Error) -> String {
                 None => s,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        let codes: Vec<_> = registry::Category::ALL
+            .iter()
+            .map(|c| (c.as_str(), super::exit_code(*c)))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("config", 2),
+                ("credentials_rejected", 3),
+                ("access_denied", 4),
+                ("not_found", 5),
+                ("rate_limited", 6),
+                ("unreachable", 7),
+                ("registry_error", 8),
+                ("integrity", 9),
+                ("runtime", 10),
+            ]
+        );
     }
 }

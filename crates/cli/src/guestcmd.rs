@@ -56,7 +56,9 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
                 None => {
                     let line = "BOOT FAILED: config: no env key provider: sys-config.json names no kms_url and no --env-key-file was given";
                     serial.line(line);
-                    return Err(Failure::silent(registry::Category::Config.exit_code()));
+                    return Err(Failure::silent(crate::failure::exit_code(
+                        registry::Category::Config,
+                    )));
                 }
             }
         }
@@ -78,6 +80,6 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
     }
     match result {
         Ok(_) => Ok(()),
-        Err(e) => Err(Failure::silent(e.category.exit_code())),
+        Err(e) => Err(Failure::silent(crate::failure::exit_code(e.category))),
     }
 }

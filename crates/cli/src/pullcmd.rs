@@ -85,12 +85,12 @@ fn pull_failure(e: PullError, json: bool) -> Failure {
             "hint": e.hint,
         }});
         println!("{obj}");
-        return Failure::silent(e.category.exit_code());
+        return Failure::silent(crate::failure::exit_code(e.category));
     }
     Failure {
         message: format!("{} [{}]", e.message, e.category),
         hint: Some(e.hint),
-        code: e.category.exit_code(),
+        code: crate::failure::exit_code(e.category),
     }
 }
 

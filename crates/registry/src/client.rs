@@ -1,4 +1,4 @@
-//! [`RegistryClient`]: one registry's HTTP conversation: endpoint, login,
+//! `RegistryClient`: one registry's HTTP conversation: endpoint, login,
 //! auth challenges, tokens, retries and redirects.
 //!
 //! Written on `reqwest` rather than taken from `oci-client`: that crate has no

@@ -1,9 +1,10 @@
 //! [`PullError`] and its [`Category`]: the one failure taxonomy of Berth.
 //!
 //! Every failure of a pull, a check or a boot is exactly one category. The
-//! category decides the exit code, the hint a person gets, and whether a
-//! retry can help. The list of what is never retried lives here
-//! ([`Category::is_retryable`]), not at call sites.
+//! category decides the hint a person gets here, and the exit code in the
+//! `berth` binary (the only place that knows exit codes). What is retried
+//! and what never is, is decided in one place: `client::send` and the
+//! [`crate::retry`] policy, not at call sites.
 
 use std::fmt;
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub enum Category {
 }
 
 impl Category {
-    /// Every category, in exit-code order.
+    /// Every category, in the documented order (the CLI's exit codes 2 to 10).
     pub const ALL: [Category; 9] = [
         Category::Config,
         Category::CredentialsRejected,
@@ -57,21 +58,6 @@ impl Category {
             Category::RegistryError => "registry_error",
             Category::Integrity => "integrity",
             Category::Runtime => "runtime",
-        }
-    }
-
-    /// The process exit code for this category (0 is success).
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Category::Config => 2,
-            Category::CredentialsRejected => 3,
-            Category::AccessDenied => 4,
-            Category::NotFound => 5,
-            Category::RateLimited => 6,
-            Category::Unreachable => 7,
-            Category::RegistryError => 8,
-            Category::Integrity => 9,
-            Category::Runtime => 10,
         }
     }
 }
@@ -187,23 +173,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_are_the_documented_ones() {
-        let codes: Vec<_> = Category::ALL
-            .iter()
-            .map(|c| (c.as_str(), c.exit_code()))
-            .collect();
+    fn names_are_the_documented_ones() {
+        let names: Vec<_> = Category::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(
-            codes,
+            names,
             [
-                ("config", 2),
-                ("credentials_rejected", 3),
-                ("access_denied", 4),
-                ("not_found", 5),
-                ("rate_limited", 6),
-                ("unreachable", 7),
-                ("registry_error", 8),
-                ("integrity", 9),
-                ("runtime", 10),
+                "config",
+                "credentials_rejected",
+                "access_denied",
+                "not_found",
+                "rate_limited",
+                "unreachable",
+                "registry_error",
+                "integrity",
+                "runtime",
             ]
         );
     }
