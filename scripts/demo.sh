@@ -102,6 +102,6 @@ The demo keeps running:
                   $BERTH cvms list
                   $BERTH cvms logs demo-private-app --serial
   official CLI:   PHALA_CLOUD_API_PREFIX=$BERTH_API_URL PHALA_CLOUD_API_KEY=\$(cat $DEMO/cloud/api-key) \\
-                  interop/node_modules/.bin/phala cvms list     (after make test installed it)
+                  interop/node_modules/.bin/phala cvms list
   stop it all:    make demo-stop
 EOF2
