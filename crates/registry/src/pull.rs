@@ -619,7 +619,7 @@ impl Puller {
             .open(&partial)
             .map_err(io)?;
         file.set_len(offset).map_err(io)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = BufWriter::with_capacity(64 << 10, file);
         std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(offset)).map_err(io)?;
         let resumed_from = offset;
         let mut downloaded = 0u64;

@@ -48,8 +48,25 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
+/// A fresh folder for one test. Folders that earlier runs of the same test
+/// left behind are removed first (each test has its own name, so tests that
+/// run in parallel never touch each other's).
 pub fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-test-{name}-{}", std::process::id()));
+    let prefix = format!("berth-test-{name}-");
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let file_name = e.file_name();
+        let n = file_name.to_string_lossy();
+        if let Some(rest) = n.strip_prefix(&prefix)
+            && rest.bytes().all(|b| b.is_ascii_digit())
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
