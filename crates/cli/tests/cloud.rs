@@ -729,6 +729,31 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
         b"",
     );
     assert!(logs.stdout.contains("up"), "{}", logs.stdout);
+    // Following the serial log of a CVM that has finished booting prints it
+    // and ends by itself.
+    let started = Instant::now();
+    let follow = run(
+        Command::new("timeout")
+            .args([
+                "20",
+                env!("CARGO_BIN_EXE_berth"),
+                "cvms",
+                "logs",
+                "berth-deployed",
+                "--serial",
+                "-f",
+            ])
+            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_KEY", ADMIN_KEY),
+        b"",
+    );
+    assert_eq!(
+        follow.code, 0,
+        "follow did not end by itself: {}",
+        follow.stderr
+    );
+    assert!(follow.stdout.contains("BOOT OK"), "{}", follow.stdout);
+    assert!(started.elapsed() < Duration::from_secs(10));
     let _ = cloud.stop();
 }
 
