@@ -46,12 +46,19 @@ fn io_fail(what: &str, e: std::io::Error) -> Failure {
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    write_private_bytes(path, text.as_bytes())
+}
+
+/// Writes a file only its owner can read (mode 0600, also when it existed).
+fn write_private_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
     f.sync_all()
 }
 
@@ -245,7 +252,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
                 use rand_core::RngCore;
                 let mut b = [0u8; 32];
                 rand_core::OsRng.fill_bytes(&mut b);
-                std::fs::write(&secret_file, b).map_err(|e| io_fail("cannot write the log secret", e))?;
+                write_private_bytes(&secret_file, &b).map_err(|e| io_fail("cannot write the log secret", e))?;
                 b
             }
         };

@@ -615,6 +615,15 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
         &engine.host(),
         &[],
     );
+    // The state folder's secrets are readable by their owner only.
+    for secret in ["api-key", "log-secret", "kms/root.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("state").join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
     std::fs::write(
         dir.join("compose.yml"),
         format!("services:\n  app:\n    image: {host}/alice/app:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo up; sleep 600\"]\n"),

@@ -97,6 +97,10 @@ fn main() {
     )
     .unwrap();
 
+    // skopeo reads the password from an auth file, not its command line.
+    let authfile =
+        testkit::images::auth_file(work.path(), &PushTarget::new(&host).with_creds(user, pw))
+            .expect("credentials given");
     let (mut berth_secs, mut skopeo_secs) = (Vec::new(), Vec::new());
     let (mut berth_rss, mut skopeo_rss) = (0u64, 0u64);
     println!("run  tool    seconds  peak_rss_MiB");
@@ -122,8 +126,13 @@ fn main() {
         let dest = work.path().join(format!("skopeo-{i}"));
         let s = timed(
             Command::new("skopeo")
-                .args(["copy", "--quiet", "--src-tls-verify=false", "--src-creds"])
-                .arg(format!("{user}:{pw}"))
+                .args([
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    "--src-authfile",
+                ])
+                .arg(&authfile)
                 .arg(format!("docker://{image}"))
                 .arg(format!("oci:{}:bench", dest.display())),
         );

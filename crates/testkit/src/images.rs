@@ -545,7 +545,10 @@ pub fn build_index_layout(layout: &Path, tag: &str, specs: &[ImageSpec]) -> Buil
     }
 }
 
-fn auth_file(dir: &Path, target: &PushTarget) -> Option<PathBuf> {
+/// Writes a container-tools `auth.json` in `dir` holding `target`'s
+/// credentials (for skopeo's `--*-authfile`, so that no password goes on a
+/// command line). `None` when the target has no credentials.
+pub fn auth_file(dir: &Path, target: &PushTarget) -> Option<PathBuf> {
     let (u, p) = target.creds.as_ref()?;
     let path = dir.join("auth.json");
     let auth = json!({"auths": {target.host_port.clone(): {"auth": util::b64(format!("{u}:{p}").as_bytes())}}});
