@@ -294,6 +294,19 @@ fn boot_pulls_two_registries_runs_the_app_and_restarts_for_free() {
         "{}",
         again.stdout
     );
+    assert!(
+        again.stdout.contains("compose tool not needed"),
+        "{}",
+        again.stdout
+    );
+    // The registry host is not a secret and stays readable in the log.
+    assert!(
+        again
+            .stdout
+            .contains(&format!("service web: {host}/app/web:1")),
+        "{}",
+        again.stdout
+    );
 
     // A CVM reboot leaves the containers stopped: they are started again.
     let ids = engine.docker_out(&["ps", "-q"]);

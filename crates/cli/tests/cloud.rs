@@ -649,12 +649,15 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
         )
     };
     // A KMS key the user does not trust: nothing is sealed or sent.
-    let other = "02".to_owned() + &"11".repeat(32);
+    // A real, valid KMS key, just not the one that signed: the signature
+    // check is what refuses.
+    let other = kms::KmsRootKey::generate().public_key().to_hex();
     let refused = deploy("wrong-kms-app", "creds.env", &other);
-    assert_ne!(refused.code, 0);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(
-        refused.stderr.contains("not signed by the trusted KMS")
-            || refused.stderr.contains("trusted KMS public key"),
+        refused
+            .stderr
+            .contains("the env public key is not signed by the trusted KMS"),
         "{}",
         refused.stderr
     );
