@@ -178,16 +178,17 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
         // A control plane must not be able to swap in a key of its own.
         let pubkey = EnvPublicKey::from_hex(&p.env_pubkey)
             .map_err(|e| Failure::config(format!("the API returned a bad env public key: {e}")))?;
-        let (Some(sig), Some(ts)) = (&p.signature_v1, p.timestamp) else {
+        let (Some(sig), Some(sig_v1), Some(ts)) = (&p.signature, &p.signature_v1, p.timestamp) else {
             return Err(Failure::config("the API returned the env public key without a KMS signature; refusing to seal")
                 .hint("is this a Berth server? the official Phala Cloud does not sign keys of its default KMS"));
         };
+        let bad_sig = |e: kms::ParseError| Failure::config(format!("KMS signature: {e}"));
+        // `verify` checks the timestamped signature (the legacy one is replayable).
         let signed = kms::SignedEnvPublicKey {
             public_key: pubkey,
             timestamp: ts,
-            // Only the timestamped signature is checked; the legacy one is replayable.
-            signature: kms::EnvKeySignature::from_hex(sig).map_err(|e| Failure::config(format!("KMS signature: {e}")))?,
-            signature_v1: kms::EnvKeySignature::from_hex(sig).map_err(|e| Failure::config(format!("KMS signature: {e}")))?,
+            signature: kms::EnvKeySignature::from_hex(sig).map_err(bad_sig)?,
+            signature_v1: kms::EnvKeySignature::from_hex(sig_v1).map_err(bad_sig)?,
         };
         let app = kms::AppId::from_hex(&p.app_id).map_err(|e| Failure::config(format!("app id: {e}")))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

@@ -2,7 +2,7 @@
 
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
-use guest::{BootOptions, KeyFile, Kms, SerialLog};
+use guest::{BootOptions, KeyFile, SerialLog};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -44,25 +44,10 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
         "berth guest boot {} (simulated TEE: measurements are computed, not attested)",
         env!("CARGO_PKG_VERSION")
     ));
-    let key_provider: Box<dyn guest::EnvKeyProvider> = match args.env_key_file {
-        Some(path) => Box::new(KeyFile(path)),
-        None => {
-            let kms_url = std::fs::read(args.shared.join("sys-config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["kms_url"].as_str().map(str::to_owned));
-            match kms_url {
-                Some(url) => Box::new(Kms { url }),
-                None => {
-                    let line = "BOOT FAILED: config: no env key provider: sys-config.json names no kms_url and no --env-key-file was given";
-                    serial.line(line);
-                    return Err(Failure::silent(crate::failure::exit_code(
-                        registry::Category::Config,
-                    )));
-                }
-            }
-        }
-    };
+    // Without a key file, the boot agent asks the KMS that sys-config.json names.
+    let key_provider = args
+        .env_key_file
+        .map(|path| Box::new(KeyFile(path)) as Box<dyn guest::EnvKeyProvider>);
     let opts = BootOptions {
         shared: args.shared,
         state: args.state,

@@ -31,6 +31,8 @@ pub struct Provisioned {
     pub compose_hash: String,
     /// The env public key to seal to, hex.
     pub env_pubkey: String,
+    /// The KMS's legacy (untimestamped) signature over it, hex (Berth servers only).
+    pub signature: Option<String>,
     /// The KMS's timestamped signature over it, hex (Berth servers only).
     pub signature_v1: Option<String>,
     /// Its timestamp.
@@ -151,6 +153,7 @@ impl ApiClient {
             env_pubkey: s("app_env_encrypt_pubkey").ok_or_else(|| {
                 ApiError::upstream("provision answered without app_env_encrypt_pubkey")
             })?,
+            signature: s("app_env_encrypt_pubkey_signature"),
             signature_v1: s("app_env_encrypt_pubkey_signature_v1"),
             timestamp: v["app_env_encrypt_pubkey_timestamp"].as_u64(),
         })

@@ -3,7 +3,7 @@
 
 use crate::compose::ComposeFile;
 use crate::error::BootError;
-use crate::keys::EnvKeyProvider;
+use crate::keys::{EnvKeyProvider, Kms};
 use crate::redact::Redactor;
 use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
 use crate::serial::SerialLog;
@@ -21,8 +21,9 @@ pub struct BootOptions {
     pub shared: PathBuf,
     /// The CVM's persistent state folder (image store, compose file).
     pub state: PathBuf,
-    /// Where the env key comes from.
-    pub key_provider: Box<dyn EnvKeyProvider>,
+    /// Where the env key comes from; `None`: the KMS named by
+    /// `sys-config.json` (`kms_url`).
+    pub key_provider: Option<Box<dyn EnvKeyProvider>>,
     /// The compose project name; default: derived from the app.
     pub project: Option<String>,
     /// Retry budget of each registry request.
@@ -124,8 +125,23 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 serial.line("no encrypted-env: the app runs without secrets");
                 return Ok((Env::new(), None));
             };
-            serial.line(&format!("env key from {}", opts.key_provider.describe()));
-            let key = opts.key_provider.env_key(&measurement).await?;
+            let kms;
+            let provider: &dyn EnvKeyProvider = match (&opts.key_provider, &shared.sys_config.kms_url) {
+                (Some(p), _) => p.as_ref(),
+                (None, Some(url)) => {
+                    kms = Kms { url: url.clone() };
+                    &kms
+                }
+                (None, None) => {
+                    return Err(BootError::new(
+                        Category::Config,
+                        "no env key provider: sys-config.json names no kms_url and no key file was given",
+                    )
+                    .hint("pass --env-key-file, or let the node write kms_url into sys-config.json"));
+                }
+            };
+            serial.line(&format!("env key from {}", provider.describe()));
+            let key = provider.env_key(&measurement).await?;
             let mut env = key.open(sealed).map_err(|e| {
                 BootError::new(Category::Integrity, format!("the encrypted env does not open: {e}"))
                     .hint("the env must be sealed to this app's env public key (re-deploy with the key the API returned)")
