@@ -136,13 +136,6 @@ fn api_failure(e: ApiError) -> Failure {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// The KMS key the client trusts.
 fn trusted_kms_key(arg: Option<&str>) -> Result<kms::KmsPublicKey, Failure> {
     let text = arg
@@ -171,7 +164,7 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     if !args.no_check && keys.iter().any(|k| k.starts_with("DSTACK_")) {
         preflight(&args, &compose)?;
     }
-    let rt = runtime();
+    let rt = crate::runtime();
     rt.block_on(async {
         eprintln!("Provisioning {}…", args.name);
         let p = api.provision(&args.name, &compose, &keys).await.map_err(api_failure)?;
@@ -325,7 +318,7 @@ pub fn cvms(cmd: CvmsCommand) -> Result<(), Failure> {
         CvmsCommand::Restart(a) => return action(a, "restart"),
         other => other,
     };
-    let rt = runtime();
+    let rt = crate::runtime();
     rt.block_on(async {
         match cmd {
             CvmsCommand::List(a) => {
@@ -373,7 +366,7 @@ pub fn cvms(cmd: CvmsCommand) -> Result<(), Failure> {
 
 /// `berth cvms start|stop|restart`.
 pub fn action(a: IdArgs, action: &str) -> Result<(), Failure> {
-    runtime().block_on(async {
+    crate::runtime().block_on(async {
         let c = client(&a.api)?
             .action(&a.id, action)
             .await

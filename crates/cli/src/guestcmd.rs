@@ -55,10 +55,7 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
         project: args.project,
         retry_budget: Duration::from_secs(args.max_retry_time),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = crate::runtime();
     let result = rt.block_on(guest::boot(opts, &serial));
     for line in guest::final_line(&result, started.elapsed()) {
         serial.line(&line);

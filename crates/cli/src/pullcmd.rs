@@ -174,21 +174,6 @@ fn parse_refs(images: &[String]) -> Result<Vec<ImageReference>, PullError> {
         .collect()
 }
 
-fn default_store() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("berth/store")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 pub fn pull(args: PullArgs) -> Result<(), Failure> {
     let json = args.registry.json;
     run_pull(args).map_err(|e| pull_failure(e, json))
@@ -196,7 +181,10 @@ pub fn pull(args: PullArgs) -> Result<(), Failure> {
 
 fn run_pull(args: PullArgs) -> Result<(), PullError> {
     let refs = parse_refs(&args.images)?;
-    let mut opts = options(&args.registry, args.store.unwrap_or_else(default_store))?;
+    let store = args
+        .store
+        .unwrap_or_else(|| crate::data_dir().join("store"));
+    let mut opts = options(&args.registry, store)?;
     if let Some(p) = &args.platform {
         opts.platform = Platform::parse(p)?;
     }
@@ -210,7 +198,7 @@ fn run_pull(args: PullArgs) -> Result<(), PullError> {
     };
     let started = Instant::now();
     let puller = Puller::new(opts, progress.sink())?;
-    let rt = runtime();
+    let rt = crate::runtime();
     let result = rt.block_on(puller.pull_all(&refs));
     let limits = rt.block_on(puller.rate_limits());
     progress.finish();
@@ -253,7 +241,7 @@ fn run_check(args: CheckArgs) -> Result<(), PullError> {
     let scratch = std::env::temp_dir().join(format!("berth-check-{}", std::process::id()));
     let opts = options(&args.registry, scratch.clone())?;
     let puller = Puller::new(opts, registry::no_events())?;
-    let rt = runtime();
+    let rt = crate::runtime();
     let results: Vec<_> = rt.block_on(futures_join(&puller, &refs));
     let limits = rt.block_on(puller.rate_limits());
     let _ = std::fs::remove_dir_all(&scratch);

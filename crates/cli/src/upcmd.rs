@@ -34,11 +34,7 @@ pub struct KmsServeArgs {
 }
 
 pub fn default_state() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("berth/cloud")
+    crate::data_dir().join("cloud")
 }
 
 fn io_fail(what: &str, e: std::io::Error) -> Failure {
@@ -67,10 +63,7 @@ pub fn kms_serve(args: KmsServeArgs) -> Result<(), Failure> {
         Failure::config(e.to_string())
             .hint("the KMS root key file must be readable by this user only (chmod 600)")
     })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::runtime();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -187,10 +180,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
                 .map_err(|e| io_fail(&format!("cannot read {}", f.display()), e))?,
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::runtime();
     rt.block_on(async move {
         let exe = std::env::current_exe().map_err(|e| io_fail("cannot find the berth executable", e))?;
         // The KMS: its own process, so the control plane holds no env key.

@@ -389,8 +389,7 @@ async fn commit(
         20,
     )?;
     state.node.start(&cvm, &app)?;
-    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
-    Ok(Json(cvm_legacy(&state, &cvm, &app)))
+    lifecycle_answer(&state, cvm, &app)
 }
 
 // ---------------------------------------------------------------- CVM views
@@ -598,6 +597,12 @@ async fn status_batch(
 
 // ---------------------------------------------------------------- lifecycle
 
+/// The answer of start/stop/restart: the CVM as it is now.
+fn lifecycle_answer(state: &AppState, cvm: Cvm, app: &App) -> Result<Json<Value>, ApiError> {
+    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
+    Ok(Json(cvm_legacy(state, &cvm, app)))
+}
+
 async fn start_cvm(
     State(state): State<Shared>,
     axum::Extension(user): axum::Extension<User>,
@@ -605,8 +610,7 @@ async fn start_cvm(
 ) -> Result<Json<Value>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id)?;
     state.node.start(&cvm, &app)?;
-    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
-    Ok(Json(cvm_legacy(&state, &cvm, &app)))
+    lifecycle_answer(&state, cvm, &app)
 }
 
 async fn stop_cvm(
@@ -616,8 +620,7 @@ async fn stop_cvm(
 ) -> Result<Json<Value>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id)?;
     state.node.stop(&cvm).await?;
-    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
-    Ok(Json(cvm_legacy(&state, &cvm, &app)))
+    lifecycle_answer(&state, cvm, &app)
 }
 
 async fn restart_cvm(
@@ -626,10 +629,8 @@ async fn restart_cvm(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id)?;
-    state.node.stop(&cvm).await?;
-    state.node.start(&cvm, &app)?;
-    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
-    Ok(Json(cvm_legacy(&state, &cvm, &app)))
+    state.node.restart(&cvm, &app).await?;
+    lifecycle_answer(&state, cvm, &app)
 }
 
 async fn delete_cvm(
@@ -670,8 +671,7 @@ async fn update_envs(
     state.db.set_env(&cvm.id, &env, &keys)?;
     let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
     // The new env takes effect at the next boot, which starts now.
-    state.node.stop(&cvm).await?;
-    state.node.start(&cvm, &app)?;
+    state.node.restart(&cvm, &app).await?;
     Ok(Json(json!({
         "status": "in_progress",
         "message": if changed { "env updated; keys outside allowed_envs are dropped by the CVM (changing allowed_envs needs a new deployment)" } else { "env updated; the CVM is restarting" },

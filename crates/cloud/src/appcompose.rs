@@ -19,7 +19,9 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Whether `key` is a valid env variable name.
+/// Whether `key` is a valid env variable name. The same rule as
+/// `envseal::is_valid_key`, restated on purpose: `cloud` must not link
+/// `envseal` (it holds the code that opens a sealed env; see ARCHITECTURE.md).
 fn valid_env_key(key: &str) -> bool {
     let mut b = key.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
@@ -28,6 +30,9 @@ fn valid_env_key(key: &str) -> bool {
 }
 
 /// Checks the compose YAML: it parses, and every service names an image.
+/// The boot agent (`guest::compose`) applies the same rules again inside the
+/// CVM, which must not trust the control plane's check; `cloud` cannot call
+/// `guest` (it would link the env-opening code).
 pub fn validate_compose(yaml: &str) -> Result<(), ApiError> {
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).map_err(|e| {
         let at = e

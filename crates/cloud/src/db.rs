@@ -218,14 +218,14 @@ impl Db {
         Ok(())
     }
 
-    /// The user named `username`.
-    pub fn user_by_name(&self, username: &str) -> Result<Option<User>, ApiError> {
+    /// The one user whose `column` equals `value`.
+    fn user_where(&self, column: &str, value: &str) -> Result<Option<User>, ApiError> {
         self.conn
             .lock()
             .unwrap()
             .query_row(
-                "SELECT id, username, is_admin FROM users WHERE username = ?1",
-                params![username],
+                &format!("SELECT id, username, is_admin FROM users WHERE {column} = ?1"),
+                params![value],
                 |r| {
                     Ok(User {
                         id: r.get(0)?,
@@ -238,24 +238,14 @@ impl Db {
             .map_err(db_err)
     }
 
+    /// The user named `username`.
+    pub fn user_by_name(&self, username: &str) -> Result<Option<User>, ApiError> {
+        self.user_where("username", username)
+    }
+
     /// The user whose API key is `api_key`.
     pub fn user_by_key(&self, api_key: &str) -> Result<Option<User>, ApiError> {
-        self.conn
-            .lock()
-            .unwrap()
-            .query_row(
-                "SELECT id, username, is_admin FROM users WHERE api_key_hash = ?1",
-                params![hash_api_key(api_key)],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        username: r.get(1)?,
-                        is_admin: r.get::<_, i64>(2)? != 0,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err)
+        self.user_where("api_key_hash", &hash_api_key(api_key))
     }
 
     /// Stores an app, or returns the existing one with the same id.

@@ -213,6 +213,15 @@ impl RegistryClient {
         matches!(self.login, Login::Anonymous)
     }
 
+    /// How this client authenticates, for reports.
+    pub(crate) fn auth_description(&self) -> &'static str {
+        if self.is_anonymous() {
+            "anonymous"
+        } else {
+            "with credentials"
+        }
+    }
+
     pub(crate) fn counts(&self) -> RequestCounts {
         *self.counts.lock().unwrap()
     }

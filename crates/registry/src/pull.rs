@@ -223,10 +223,8 @@ impl Puller {
         let (top_digest, top_bytes, cached) =
             self.manifest_bytes(&client, reference, top_digest).await?;
         all_cached &= cached;
-        let content_type = None;
         let (manifest_desc, image_manifest, index_digest, platform) = match Manifest::parse(
-            &top_bytes,
-            content_type,
+            &top_bytes, None,
         )? {
             Manifest::Image(m) => (
                 Descriptor {
@@ -509,11 +507,7 @@ impl Puller {
             .await?;
         match resp.status() {
             s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                let body = error_codes(resp).await;
-                let _ = body;
-                return Err(not_found(reference, &client.registry));
-            }
+            StatusCode::NOT_FOUND => return Err(not_found(reference, &client.registry)),
             s => {
                 let body = error_codes(resp).await;
                 return Err(PullError::new(
@@ -808,17 +802,6 @@ impl Puller {
                 delay: Duration::ZERO,
                 reason: "the content did not match its digest".into(),
             });
-        }
-    }
-}
-
-impl RegistryClient {
-    /// How this client authenticates, for reports.
-    pub(crate) fn auth_description(&self) -> &'static str {
-        if self.is_anonymous() {
-            "anonymous"
-        } else {
-            "with credentials"
         }
     }
 }

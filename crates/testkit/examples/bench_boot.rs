@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use testkit::bench::median;
 use testkit::images::{ImageSpec, PushTarget, push_image};
 use testkit::{Dockerd, Registry, workdir};
 
@@ -20,16 +21,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {

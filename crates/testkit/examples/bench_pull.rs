@@ -6,6 +6,7 @@
 
 use std::process::Command;
 use std::time::Instant;
+use testkit::bench::median;
 use testkit::images::{ImageSpec, PushTarget, push_image};
 use testkit::{Registry, workdir};
 
@@ -54,16 +55,6 @@ fn tempfile_path() -> std::path::PathBuf {
             .unwrap()
             .as_nanos()
     ))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {

@@ -27,6 +27,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+pub mod bench;
 mod dockerd;
 pub mod images;
 mod moto;

@@ -129,6 +129,17 @@ pub struct TimesFault {
     pub remaining: usize,
 }
 
+impl TimesFault {
+    /// Whether this request is affected; counts it if so.
+    fn take(&mut self, kind: RequestKind, path: &str) -> bool {
+        let hit = self.remaining > 0 && self.target.matches(kind, path);
+        if hit {
+            self.remaining -= 1;
+        }
+        hit
+    }
+}
+
 /// Redirect blob GETs (307) to the redirect listener, on another loopback
 /// host, as registries do to S3/CDN storage.
 #[derive(Clone, Debug)]
@@ -507,32 +518,30 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
     let mut redirect_to = None;
     {
         let mut f = st.faults.lock().unwrap();
-        if let Some(u) = f.forbidden.as_mut()
-            && u.remaining > 0
-            && u.target.matches(kind, &path)
-            && headers.contains_key("authorization")
-        {
-            u.remaining -= 1;
-            drop(f);
-            st.set_status(idx, 403, Some("403"));
-            return registry_error(
+        // Plain error answers. ECR's expired-token 403 only hits requests
+        // that carry credentials.
+        let authorized = headers.contains_key("authorization");
+        let hit = if authorized && f.forbidden.as_mut().is_some_and(|u| u.take(kind, &path)) {
+            Some((
                 StatusCode::FORBIDDEN,
+                "403",
                 "DENIED",
                 "Your authorization token has expired. Reauthenticate and try again.",
-            );
-        }
-        if let Some(u) = f.unavailable.as_mut()
-            && u.remaining > 0
-            && u.target.matches(kind, &path)
-        {
-            u.remaining -= 1;
-            drop(f);
-            st.set_status(idx, 503, Some("503"));
-            return registry_error(
+            ))
+        } else if f.unavailable.as_mut().is_some_and(|u| u.take(kind, &path)) {
+            Some((
                 StatusCode::SERVICE_UNAVAILABLE,
+                "503",
                 "UNAVAILABLE",
                 "service unavailable",
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some((status, label, code, message)) = hit {
+            drop(f);
+            st.set_status(idx, status.as_u16(), Some(label));
+            return registry_error(status, code, message);
         }
         if let Some(t) = f.too_many_requests.as_mut()
             && t.remaining > 0
