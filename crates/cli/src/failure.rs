@@ -12,18 +12,9 @@ pub const EXIT_IO: u8 = 1;
 /// credentials_rejected, 4 access_denied, 5 not_found, 6 rate_limited,
 /// 7 unreachable, 8 registry_error, 9 integrity, 10 runtime.
 pub fn exit_code(category: registry::Category) -> u8 {
-    use registry::Category::*;
-    match category {
-        Config => 2,
-        CredentialsRejected => 3,
-        AccessDenied => 4,
-        NotFound => 5,
-        RateLimited => 6,
-        Unreachable => 7,
-        RegistryError => 8,
-        Integrity => 9,
-        Runtime => 10,
-    }
+    // The codes are a contract with the node, which reads a boot agent's
+    // exit code back: they live with the category in `contract`.
+    category.exit_code()
 }
 
 /// One sentence saying what is wrong, a hint saying what to do, an exit code.

@@ -29,6 +29,10 @@ pub struct BootArgs {
     /// Longest time one registry request may spend retrying transient failures.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     max_retry_time: u64,
+    /// Read the one-time KMS boot ticket from the first line of standard
+    /// input (how the node hands it over: never on the command line).
+    #[arg(long)]
+    kms_ticket_stdin: bool,
 }
 
 pub fn run(cmd: GuestCommand) -> Result<(), Failure> {
@@ -48,7 +52,17 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
     let key_provider = args
         .env_key_file
         .map(|path| Box::new(KeyFile(path)) as Box<dyn guest::EnvKeyProvider>);
+    let kms_ticket = if args.kms_ticket_stdin {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Failure::io("cannot read the boot ticket from standard input", &e))?;
+        Some(zeroize::Zeroizing::new(line.trim().to_owned()))
+    } else {
+        None
+    };
     let opts = BootOptions {
+        kms_ticket,
         shared: args.shared,
         state: args.state,
         key_provider,
@@ -57,7 +71,7 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
     };
     let rt = crate::runtime();
     let result = rt.block_on(guest::boot(opts, &serial));
-    for line in guest::final_line(&result, started.elapsed()) {
+    for line in guest::final_lines(&result, started.elapsed()) {
         serial.line(&line);
     }
     match result {

@@ -42,6 +42,9 @@ enum Command {
     /// The KMS (started by `berth up`).
     #[command(subcommand)]
     Kms(KmsCommand),
+    /// The node that runs CVMs (started by `berth up`).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Deploy a compose app with a sealed env (verifies the KMS signature first).
     Deploy(cloudcmd::DeployArgs),
     /// Manage your CVMs.
@@ -51,8 +54,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KmsCommand {
-    /// Serve the KMS over HTTP.
+    /// Serve the KMS over HTTP on a Unix socket.
     Serve(upcmd::KmsServeArgs),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Serve the node on a Unix socket (its settings come on standard input).
+    Serve(upcmd::NodeServeArgs),
 }
 
 /// The async runtime every networked command runs on.
@@ -86,6 +95,7 @@ fn main() -> ExitCode {
         Command::Guest(cmd) => guestcmd::run(cmd),
         Command::Up(args) => upcmd::up(args),
         Command::Kms(KmsCommand::Serve(args)) => upcmd::kms_serve(args),
+        Command::Node(NodeCommand::Serve(args)) => upcmd::node_serve(args),
         Command::Deploy(args) => cloudcmd::deploy(args),
         Command::Cvms(cmd) => cloudcmd::cvms(cmd),
     };

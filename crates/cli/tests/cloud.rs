@@ -769,32 +769,69 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
     let _ = cloud.stop();
 }
 
+/// A command run as the unprivileged user `nobody` (`setpriv`), or `None`
+/// when this test does not run as root and cannot switch users.
+pub fn as_nobody(program: &str) -> Option<Command> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: not root; the as-another-user checks are skipped");
+        return None;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--",
+        program,
+    ]);
+    Some(cmd)
+}
+
 #[test]
-fn kms_releases_an_env_key_only_to_the_measured_app() {
+fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
     let dir = tempdir("kms-serve");
+    let kms_dir = dir.join("kms");
+    std::fs::create_dir_all(&kms_dir).unwrap();
+    std::fs::set_permissions(
+        &kms_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let socket = kms_dir.join("kms.sock");
+    let node_secret = "test-node-secret-1f9c";
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["kms", "serve", "--root-key"])
-        .arg(dir.join("root.key"))
+        .args(["kms", "serve", "--node-secret-stdin", "--root-key"])
+        .arg(kms_dir.join("root.key"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{node_secret}").unwrap();
+    }
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .trim_start_matches("kms listening on ")
-        .to_owned();
+    let url = lines.next().unwrap().unwrap();
+    assert_eq!(
+        url,
+        format!("kms listening on unix:{}", socket.display()),
+        "the KMS listens on its socket, not on a TCP port"
+    );
     let kms_pub = lines
         .next()
         .unwrap()
         .unwrap()
         .trim_start_matches("kms public key ")
         .to_owned();
+    let sock = socket.to_string_lossy().into_owned();
     let curl = |args: &[&str]| -> (u16, Value) {
         let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}"])
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket", &sock])
             .args(args)
             .output()
             .unwrap();
@@ -805,10 +842,25 @@ fn kms_releases_an_env_key_only_to_the_measured_app() {
             serde_json::from_str(body).unwrap_or(Value::Null),
         )
     };
+    let post = |path: &str, auth: Option<&str>, body: &str| {
+        let mut args = vec![
+            "-X".to_owned(),
+            "POST".into(),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "-d".into(),
+            body.to_owned(),
+        ];
+        if let Some(a) = auth {
+            args.extend(["-H".into(), format!("Authorization: Bearer {a}")]);
+        }
+        args.push(format!("http://kms{path}"));
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let compose_hash = "ab".repeat(32);
     let app_id = &compose_hash[..40];
     // The public key, signed so that the trusted KMS key verifies it.
-    let (code, signed) = curl(&[&format!("{url}/kms/v1/apps/{app_id}/env-pubkey")]);
+    let (code, signed) = curl(&[&format!("http://kms/kms/v1/apps/{app_id}/env-pubkey")]);
     assert_eq!(code, 200);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -828,38 +880,63 @@ fn kms_releases_an_env_key_only_to_the_measured_app() {
         now,
     )
     .unwrap();
-    // A CVM measuring another compose hash gets nothing.
-    let other = "cd".repeat(32);
-    let body = format!(r#"{{"app_id":"{app_id}","compose_hash":"{other}"}}"#);
-    let (code, refused) = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body,
-        &format!("{url}/kms/v1/env-key"),
-    ]);
+    let key_req = |hash: &str, ticket: &str| {
+        format!(
+            r#"{{"app_id":"{app_id}","compose_hash":"{hash}","ticket":"{ticket}","attestation":{{"type":"simulated"}}}}"#
+        )
+    };
+    // The trick that used to work: the app id plus any 24 hex characters.
+    let forged = format!("{app_id}{}", "f".repeat(24));
+    let (code, refused) = post("/kms/v1/env-key", None, &key_req(&forged, ""));
     assert_eq!(code, 403, "{refused}");
     assert!(refused.get("env_private_key").is_none());
-    // The measured app gets the private key matching the published public key.
-    let body = format!(r#"{{"app_id":"{app_id}","compose_hash":"{compose_hash}"}}"#);
-    let (code, released) = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body,
-        &format!("{url}/kms/v1/env-key"),
-    ]);
-    assert_eq!(code, 200);
+    let (code, _) = post("/kms/v1/env-key", None, &key_req(&compose_hash, ""));
+    assert_eq!(code, 403, "the registered hash without a ticket opens nothing");
+    // Tickets are minted for the node only.
+    let ticket_req = format!(r#"{{"app_id":"{app_id}","compose_hash":"{compose_hash}"}}"#);
+    assert_eq!(post("/kms/v1/boot-tickets", None, &ticket_req).0, 403);
+    assert_eq!(
+        post("/kms/v1/boot-tickets", Some("guessed"), &ticket_req).0,
+        403
+    );
+    let mint = || {
+        let (code, t) = post("/kms/v1/boot-tickets", Some(node_secret), &ticket_req);
+        assert_eq!(code, 200, "{t}");
+        t["ticket"].as_str().unwrap().to_owned()
+    };
+    // A ticket presented with another hash: refused, and burnt.
+    let ticket = mint();
+    assert_eq!(post("/kms/v1/env-key", None, &key_req(&forged, &ticket)).0, 403);
+    assert_eq!(
+        post("/kms/v1/env-key", None, &key_req(&compose_hash, &ticket)).0,
+        403
+    );
+    // The boot the node started gets the key matching the published public key, once.
+    let ticket = mint();
+    let (code, released) = post("/kms/v1/env-key", None, &key_req(&compose_hash, &ticket));
+    assert_eq!(code, 200, "{released}");
     let key =
         envseal::EnvPrivateKey::from_hex(released["env_private_key"].as_str().unwrap()).unwrap();
     assert_eq!(
         key.public_key().to_hex(),
         signed["public_key"].as_str().unwrap()
     );
+    let (code, replay) = post("/kms/v1/env-key", None, &key_req(&compose_hash, &ticket));
+    assert_eq!(code, 403, "a ticket opens once: {replay}");
+    // Another local user cannot even connect.
+    if let Some(mut cmd) = as_nobody("curl") {
+        let out = cmd
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", &sock])
+            .arg("http://kms/kms/v1/pubkey")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "000",
+            "user nobody reached the KMS socket"
+        );
+        assert_ne!(out.status.code(), Some(0));
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

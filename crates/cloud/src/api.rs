@@ -11,7 +11,8 @@
 use crate::appcompose::{self, AppComposeInput};
 use crate::db::{App, Cvm, Db, User};
 use crate::error::ApiError;
-use crate::node::Node;
+use crate::nodeapi::NodeClient;
+use contract::kms::KmsEndpoint;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -27,13 +28,15 @@ use std::sync::Arc;
 pub struct AppState {
     /// The database.
     pub db: Arc<Db>,
-    /// The node running CVMs.
-    pub node: Arc<Node>,
-    /// The KMS base URL.
-    pub kms_url: String,
+    /// The node running CVMs (its own process).
+    pub node: NodeClient,
+    /// The KMS (public keys only: the API cannot mint boot tickets).
+    pub kms: KmsEndpoint,
+    /// Where the node keeps CVM folders (the API reads serial logs there).
+    pub cvms_root: std::path::PathBuf,
     /// This API's own base URL (`http://127.0.0.1:8000`), for log URLs.
     pub public_url: String,
-    /// HTTP client for the KMS.
+    /// HTTP client for the KMS (over its socket when it has one).
     pub http: reqwest::Client,
     /// The secret log URL tokens are derived from.
     pub log_secret: [u8; 32],
@@ -231,16 +234,15 @@ pub struct KmsEnvKey {
 }
 
 async fn kms_env_key(state: &AppState, app_id: &str) -> Result<KmsEnvKey, ApiError> {
-    let url = format!(
-        "{}/kms/v1/apps/{app_id}/env-pubkey",
-        state.kms_url.trim_end_matches('/')
-    );
+    let url = state
+        .kms
+        .url(&contract::kms::env_pubkey_path(app_id));
     let resp = state
         .http
         .get(&url)
         .send()
         .await
-        .map_err(|e| ApiError::upstream(format!("the KMS does not answer: {e}")))?;
+        .map_err(|_| ApiError::unavailable("the KMS is not answering: env public keys cannot be handed out until it is back"))?;
     if !resp.status().is_success() {
         return Err(ApiError::upstream(format!(
             "the KMS answered {}",
@@ -337,10 +339,11 @@ fn decode_env(hex_text: &str) -> Result<Vec<u8>, ApiError> {
     let t = hex_text.trim().trim_start_matches("0x");
     let bytes = hex::decode(t).map_err(|_| ApiError::invalid("encrypted_env is not hex"))?;
     // eph_pub(32) + nonce(12) + tag(16): anything shorter cannot be a sealed env.
-    if bytes.len() < 60 {
+    if bytes.len() < contract::env_rules::MIN_SEALED_LEN {
         return Err(ApiError::invalid(format!(
-            "encrypted_env is {} bytes; a sealed env is at least 60 bytes",
-            bytes.len()
+            "encrypted_env is {} bytes; a sealed env is at least {} bytes",
+            bytes.len(),
+            contract::env_rules::MIN_SEALED_LEN
         )));
     }
     Ok(bytes)
@@ -388,7 +391,7 @@ async fn commit(
         2048,
         20,
     )?;
-    state.node.start(&cvm, &app)?;
+    state.node.start(&cvm.id).await?;
     lifecycle_answer(&state, cvm, &app)
 }
 
@@ -609,7 +612,7 @@ async fn start_cvm(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id)?;
-    state.node.start(&cvm, &app)?;
+    state.node.start(&cvm.id).await?;
     lifecycle_answer(&state, cvm, &app)
 }
 
@@ -619,7 +622,7 @@ async fn stop_cvm(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id)?;
-    state.node.stop(&cvm).await?;
+    state.node.stop(&cvm.id).await?;
     lifecycle_answer(&state, cvm, &app)
 }
 
@@ -629,7 +632,7 @@ async fn restart_cvm(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id)?;
-    state.node.restart(&cvm, &app).await?;
+    state.node.restart(&cvm.id).await?;
     lifecycle_answer(&state, cvm, &app)
 }
 
@@ -639,7 +642,7 @@ async fn delete_cvm(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (cvm, _) = find_cvm(&state, &user, &id)?;
-    state.node.delete(&cvm).await?;
+    state.node.delete(&cvm.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -671,7 +674,7 @@ async fn update_envs(
     state.db.set_env(&cvm.id, &env, &keys)?;
     let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
     // The new env takes effect at the next boot, which starts now.
-    state.node.restart(&cvm, &app).await?;
+    state.node.restart(&cvm.id).await?;
     Ok(Json(json!({
         "status": "in_progress",
         "message": if changed { "env updated; keys outside allowed_envs are dropped by the CVM (changing allowed_envs needs a new deployment)" } else { "env updated; the CVM is restarting" },
@@ -719,7 +722,7 @@ async fn syslog(
     let tail = tail_of(&q);
     match channel.as_str() {
         "serial" => {
-            let path = state.node.serial_log_path(&cvm.id);
+            let path = state.cvms_root.join(&cvm.id).join("serial.log");
             if !follow {
                 return Ok(text(crate::node::Node::tail_file(&path, tail)));
             }

@@ -1,7 +1,8 @@
 //! Provisioning checks and the byte-exact `app-compose.json`.
 
 use crate::error::ApiError;
-use sha2::Digest as _;
+pub use contract::AppComposeInput;
+use contract::{ComposeFile, Measurement};
 
 /// Whether `name` is a valid CVM name: 5 to 63 characters, hostname rules
 /// (letters, digits, `-`; starts with a letter, does not end with `-`).
@@ -19,81 +20,20 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Whether `key` is a valid env variable name. The same rule as
-/// `envseal::is_valid_key`, restated on purpose: `cloud` must not link
-/// `envseal` (it holds the code that opens a sealed env; see ARCHITECTURE.md).
-fn valid_env_key(key: &str) -> bool {
-    let mut b = key.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-        && key.len() <= 255
-}
-
-/// Checks the compose YAML: it parses, and every service names an image.
-/// The boot agent (`guest::compose`) applies the same rules again inside the
-/// CVM, which must not trust the control plane's check; `cloud` cannot call
-/// `guest` (it would link the env-opening code).
-pub fn validate_compose(yaml: &str) -> Result<(), ApiError> {
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        ApiError::invalid(format!("the compose file is not valid YAML{at}"))
-    })?;
-    let services = doc
-        .get("services")
-        .and_then(|s| s.as_mapping())
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::invalid("the compose file defines no services"))?;
-    for (name, svc) in services {
-        let name = name.as_str().unwrap_or("?");
-        match svc.get("image").and_then(|i| i.as_str()) {
-            Some(i) if !i.trim().is_empty() => {}
-            _ if svc.get("build").is_some() => {
-                return Err(ApiError::invalid(format!(
-                    "service `{name}` has only `build:`; a CVM pulls images: build and push it, then name it with `image:`"
-                )));
-            }
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "service `{name}` has no `image:`"
-                )));
-            }
-        }
-    }
-    Ok(())
+/// Checks the compose YAML with the one compose policy
+/// ([`contract::policy`]), the same code the boot agent runs again inside
+/// the CVM.
+pub fn validate_compose(yaml: &str) -> Result<ComposeFile, ApiError> {
+    ComposeFile::parse_and_check(yaml).map_err(|e| ApiError::invalid(e.message))
 }
 
 /// The image of every service, in file order (after [`validate_compose`]).
 pub fn images(yaml: &str) -> Result<Vec<String>, ApiError> {
-    validate_compose(yaml)?;
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml)
-        .map_err(|_| ApiError::invalid("the compose file is not valid YAML"))?;
-    Ok(doc
-        .get("services")
-        .and_then(|s| s.as_mapping())
-        .map(|m| {
-            m.values()
-                .filter_map(|s| s.get("image").and_then(|i| i.as_str()).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-/// What provisioning needs to build an app manifest.
-#[derive(Clone, Debug)]
-pub struct AppComposeInput<'a> {
-    /// The app's name.
-    pub name: &'a str,
-    /// The compose YAML.
-    pub docker_compose_file: &'a str,
-    /// Env keys allowed into the CVM.
-    pub allowed_envs: &'a [String],
-    /// Whether the app's logs are public.
-    pub public_logs: bool,
-    /// Whether the app's system info is public.
-    pub public_sysinfo: bool,
+    Ok(validate_compose(yaml)?
+        .images
+        .into_iter()
+        .map(|i| i.written)
+        .collect())
 }
 
 /// The manifest bytes, its hash and the app id.
@@ -107,44 +47,20 @@ pub struct BuiltApp {
     pub app_id: String,
 }
 
-/// Validates and builds `app-compose.json` (keys in a fixed order).
+/// Validates and builds `app-compose.json`: the compose policy, then every
+/// allowed env name (grammar and reserved families, so a tenant hears at
+/// provisioning, not at boot, that `LD_PRELOAD` is not theirs to set).
 pub fn build(input: &AppComposeInput<'_>) -> Result<BuiltApp, ApiError> {
     validate_compose(input.docker_compose_file)?;
-    if let Some(bad) = input.allowed_envs.iter().find(|k| !valid_env_key(k)) {
-        return Err(ApiError::invalid(format!(
-            "allowed_envs entry `{}` is not a valid variable name",
-            bad.chars().take(80).collect::<String>()
-        )));
+    for key in input.allowed_envs {
+        contract::env_rules::check_tenant_key(key)
+            .map_err(|e| ApiError::invalid(format!("allowed_envs: {e}")))?;
     }
-    let mut allowed: Vec<&String> = Vec::new();
-    for k in input.allowed_envs {
-        if !allowed.contains(&k) {
-            allowed.push(k);
-        }
-    }
-    // serde_json's `preserve_order` is off: build the object by hand so the
-    // bytes are stable and documented.
-    let value = serde_json::json!({
-        "allowed_envs": allowed,
-        "docker_compose_file": input.docker_compose_file,
-        "features": ["kms"],
-        "gateway_enabled": false,
-        "kms_enabled": true,
-        "local_key_provider_enabled": false,
-        "manifest_version": 2,
-        "name": input.name,
-        "no_instance_id": false,
-        "public_logs": input.public_logs,
-        "public_sysinfo": input.public_sysinfo,
-        "public_tcbinfo": false,
-        "runner": "docker-compose",
-        "secure_time": false,
-    });
-    let bytes = serde_json::to_vec(&value).expect("json");
-    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    let bytes = input.render();
+    let m = Measurement::of(&bytes);
     Ok(BuiltApp {
-        app_id: hash[..40].to_owned(),
-        compose_hash: hash,
+        app_id: m.app_id,
+        compose_hash: m.compose_hash,
         bytes,
     })
 }

@@ -64,6 +64,42 @@ impl ApiError {
     pub fn upstream(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
     }
+    /// 503: a part of the control plane (the node, the KMS) is not there.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    /// The error another Berth process answered with (its JSON body), kept
+    /// as it was; a body that is not one becomes a 502.
+    pub fn from_body(status: StatusCode, body: &str) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            detail: String,
+            #[serde(default)]
+            error_code: Option<String>,
+        }
+        const CODES: &[&str] = &[
+            "invalid_request",
+            "validation_error",
+            "unauthorized",
+            "forbidden",
+            "not_found",
+            "conflict",
+            "unsupported",
+            "upstream_error",
+            "unavailable",
+            "internal_error",
+        ];
+        match serde_json::from_str::<Body>(body) {
+            Ok(b) => {
+                let code = b
+                    .error_code
+                    .and_then(|c| CODES.iter().find(|k| **k == c).copied())
+                    .unwrap_or("upstream_error");
+                Self::new(status, code, b.detail)
+            }
+            Err(_) => Self::upstream(format!("the node answered {status}")),
+        }
+    }
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)

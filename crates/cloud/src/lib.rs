@@ -7,7 +7,9 @@
 //! - [`api`]: the Phala-compatible HTTP API (`axum`), the only module that
 //!   knows its JSON field names.
 //! - [`db`]: SQLite with migrations, portable SQL.
-//! - [`node`]: CVMs as `berth guest boot` processes with their own folders.
+//! - [`node`]: CVMs as `berth guest boot` processes with their own folders,
+//!   run in the node's own process; [`nodeapi`]: the narrow interface the
+//!   API uses to tell it what to do.
 //! - [`appcompose`]: provisioning checks and the byte-exact `app-compose.json`.
 //!
 //! Why it looks like this: the control plane is on the wrong side of the
@@ -22,12 +24,14 @@ pub mod client;
 pub mod db;
 pub mod error;
 pub mod node;
+pub mod nodeapi;
 
 pub use api::{AppState, router};
 pub use client::{ApiClient, CvmInfo, Provisioned};
 pub use db::Db;
 pub use error::ApiError;
-pub use node::{Node, NodeConfig};
+pub use node::{Node, NodeConfig, NodeSecret};
+pub use nodeapi::NodeClient;
 
 /// A new random API key (`berth_` + 32 random bytes, hex).
 pub fn new_api_key() -> String {

@@ -7,13 +7,43 @@
 //! containers in the node's Docker engine under a project name unique to it.
 //! The node never opens the sealed env: it copies the opaque bytes into the
 //! shared folder, and the boot agent gets the key from the KMS.
+//!
+//! The node runs as its own process (`berth node serve`, started by `berth
+//! up`), and is the only holder of the **node secret** that lets it ask the
+//! KMS for a one-time boot ticket. It asks for one per boot, for the app's
+//! registered compose hash, and hands it to the boot agent it starts on that
+//! agent's standard input: never on a command line, in the environment or in
+//! a file. The API process tells the node what to do through
+//! [`crate::nodeapi`] and has no way to mint tickets.
+//!
+//! Every CVM folder is 0700 and every file in it 0600; the boot agent starts
+//! with a cleared environment plus an allowlist, so nothing of the
+//! operator's environment reaches a tenant.
 
 use crate::db::{App, Cvm, Db};
 use crate::error::ApiError;
+use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
+use contract::kms::{KmsEndpoint, TICKET_PATH, TicketAnswer, TicketRequest};
+use contract::{BootOutcome, Category, SysConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// The secret that lets the node (and nobody else) ask the KMS for boot
+/// tickets. `Debug` redacts it.
+#[derive(Clone)]
+pub struct NodeSecret(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for NodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSecret([redacted])")
+    }
+}
+
+/// Variables of the node's own environment that a boot agent inherits;
+/// everything else is cleared.
+const BOOT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "TZ"];
 
 /// How the node runs CVMs.
 #[derive(Clone, Debug)]
@@ -22,8 +52,10 @@ pub struct NodeConfig {
     pub root: PathBuf,
     /// The `berth` executable (for `berth guest boot`).
     pub berth_bin: PathBuf,
-    /// The KMS the CVMs ask for their env key.
+    /// The KMS the CVMs ask for their env key (`unix:/path/kms.sock`).
     pub kms_url: String,
+    /// The secret for minting boot tickets at the KMS.
+    pub node_secret: NodeSecret,
     /// The engine (`unix://…`).
     pub docker_host: String,
     /// Registry endpoint mappings passed to every CVM.
@@ -80,39 +112,56 @@ impl Node {
 
     /// Writes the CVM's host-shared folder and boots it in the background.
     pub fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), ApiError> {
-        let shared = self.dir(&cvm.id).join("shared");
+        let dir = self.dir(&cvm.id);
+        let shared = dir.join("shared");
         let io =
             |e: std::io::Error| ApiError::internal(format!("cannot prepare the CVM folder: {e}"));
-        std::fs::create_dir_all(&shared).map_err(io)?;
-        std::fs::create_dir_all(self.dir(&cvm.id).join("state")).map_err(io)?;
-        std::fs::write(shared.join("app-compose.json"), &app.app_compose).map_err(io)?;
-        let env_path = shared.join("encrypted-env");
+        for d in [&dir, &shared, &dir.join("state")] {
+            private_dir(d).map_err(io)?;
+        }
+        write_private(&shared.join(APP_COMPOSE_FILE), &app.app_compose).map_err(io)?;
+        let env_path = shared.join(ENCRYPTED_ENV_FILE);
         match &cvm.encrypted_env {
-            Some(bytes) => std::fs::write(&env_path, bytes).map_err(io)?,
+            Some(bytes) => write_private(&env_path, bytes).map_err(io)?,
             None => {
                 let _ = std::fs::remove_file(&env_path);
             }
         }
-        let sys = serde_json::json!({
-            "kms_url": self.cfg.kms_url,
-            "registry_endpoints": self.cfg.registry_endpoints,
-            "ca_certs": self.cfg.ca_certs,
-            "aws_endpoint_url_ecr": self.cfg.aws_endpoint_url_ecr,
-            "project_name": project_of(&cvm.id),
-            "instance_id": cvm.id,
-        });
-        std::fs::write(shared.join("sys-config.json"), sys.to_string()).map_err(io)?;
+        let sys = SysConfig {
+            kms_url: Some(self.cfg.kms_url.clone()),
+            registry_endpoints: self.cfg.registry_endpoints.clone(),
+            ca_certs: self.cfg.ca_certs.clone(),
+            aws_endpoint_url_ecr: self.cfg.aws_endpoint_url_ecr.clone(),
+            project_name: Some(project_of(&cvm.id)),
+            instance_id: Some(cvm.id.clone()),
+            app_id: None,
+        };
+        write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
         self.db.set_status(&cvm.id, "starting", None, None)?;
         let me = self.clone();
         let id = cvm.id.clone();
+        let (app_id, compose_hash) = (app.app_id.clone(), app.compose_hash.clone());
         let handle = tokio::spawn(async move {
-            let result = me.run_boot(&id).await;
+            let result = match me.mint_ticket(&app_id, &compose_hash).await {
+                Ok(ticket) => me.run_boot(&id, ticket).await,
+                Err(e) => Err(e),
+            };
             let (status, cat, msg) = match result {
-                Ok(Outcome::Ok) => ("running", None, None),
-                Ok(Outcome::Failed { category, line }) => {
-                    ("boot_failed", Some(category), Some(line))
+                Ok(BootOutcome::Ok { .. }) => ("running", None, None),
+                Ok(outcome @ BootOutcome::Failed { category, .. }) => (
+                    "boot_failed",
+                    Some(category.as_str().to_owned()),
+                    Some(outcome.render()),
+                ),
+                Err((category, e)) => {
+                    me.append_serial(&id, &e).await;
+                    let line = BootOutcome::Failed {
+                        category,
+                        message: e,
+                    }
+                    .render();
+                    ("boot_failed", Some(category.as_str().to_owned()), Some(line))
                 }
-                Err(e) => ("boot_failed", Some("runtime".to_owned()), Some(e)),
             };
             // A CVM stopped or deleted meanwhile keeps that status.
             if let Ok(Some(c)) = me.db.cvm(&id)
@@ -130,75 +179,148 @@ impl Node {
         Ok(())
     }
 
-    async fn run_boot(&self, id: &str) -> Result<Outcome, String> {
-        let dir = self.dir(id);
-        let mut log = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("serial.log"))
+    /// A one-time boot ticket for the app's registered compose hash.
+    async fn mint_ticket(
+        &self,
+        app_id: &str,
+        compose_hash: &str,
+    ) -> Result<zeroize::Zeroizing<String>, (Category, String)> {
+        let endpoint = KmsEndpoint::parse(&self.cfg.kms_url).ok_or((
+            Category::Config,
+            "the node's KMS address is not valid".to_owned(),
+        ))?;
+        let unreachable = |e: reqwest::Error| {
+            (
+                Category::Unreachable,
+                format!(
+                    "the node cannot reach the KMS for a boot ticket ({})",
+                    if e.is_connect() {
+                        "no KMS listening"
+                    } else {
+                        "request failed"
+                    }
+                ),
+            )
+        };
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let KmsEndpoint::Unix(p) = &endpoint {
+            builder = builder.unix_socket(p.clone());
+        }
+        let client = builder.build().map_err(unreachable)?;
+        let resp = client
+            .post(endpoint.url(TICKET_PATH))
+            .bearer_auth(self.cfg.node_secret.0.as_str())
+            .json(&TicketRequest {
+                app_id: app_id.to_owned(),
+                compose_hash: compose_hash.to_owned(),
+            })
+            .send()
             .await
-            .map_err(|e| format!("cannot open the serial log: {e}"))?;
-        let mut child = tokio::process::Command::new(&self.cfg.berth_bin)
-            .args(["guest", "boot", "--shared"])
+            .map_err(unreachable)?;
+        if !resp.status().is_success() {
+            return Err((
+                Category::AccessDenied,
+                format!("the KMS refused a boot ticket ({})", resp.status()),
+            ));
+        }
+        let bytes = zeroize::Zeroizing::new(resp.bytes().await.map_err(unreachable)?.to_vec());
+        let answer: TicketAnswer = serde_json::from_slice(&bytes).map_err(|_| {
+            (
+                Category::RegistryError,
+                "the KMS answered without a ticket".to_owned(),
+            )
+        })?;
+        Ok(zeroize::Zeroizing::new(answer.ticket))
+    }
+
+    async fn run_boot(
+        &self,
+        id: &str,
+        ticket: zeroize::Zeroizing<String>,
+    ) -> Result<BootOutcome, (Category, String)> {
+        let dir = self.dir(id);
+        let runtime = |m: String| (Category::Runtime, m);
+        let mut log = open_log(&dir.join("serial.log"))
+            .await
+            .map_err(|e| runtime(format!("cannot open the serial log: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.berth_bin);
+        cmd.args(["guest", "boot", "--kms-ticket-stdin", "--shared"])
             .arg(dir.join("shared"))
             .arg("--state")
             .arg(dir.join("state"))
+            .env_clear();
+        for name in BOOT_ENV_ALLOWLIST {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        cmd.env("HOME", dir.join("state"))
             .env("DOCKER_HOST", &self.cfg.docker_host)
-            .env_remove("BERTH_ADMIN_API_KEY")
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the agent
+        // ends with the node instead of booting on unsupervised.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start the boot agent: {e}"))?;
+            .map_err(|e| runtime(format!("cannot start the boot agent: {e}")))?;
+        // The ticket goes to the agent on its standard input, then the pipe closes.
+        if let Some(mut stdin) = child.stdin.take() {
+            let mut line = zeroize::Zeroizing::new(ticket.as_bytes().to_vec());
+            line.push(b'\n');
+            let _ = stdin.write_all(&line).await;
+            drop(stdin);
+        }
+        drop(ticket);
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
-        for stream in [
-            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(stderr),
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, String)>(64);
+        for (is_stdout, stream) in [
+            (
+                true,
+                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            ),
+            (false, Box::new(stderr)),
         ] {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(stream).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
-                    if tx.send(l).await.is_err() {
+                    if tx.send((is_stdout, l)).await.is_err() {
                         break;
                     }
                 }
             });
         }
         drop(tx);
-        let mut outcome = None;
-        while let Some(line) = rx.recv().await {
+        let mut last = None;
+        while let Some((is_stdout, line)) = rx.recv().await {
             let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-            let text = line.split_once("] ").map(|(_, t)| t).unwrap_or(&line);
-            if text.starts_with("BOOT OK") {
-                outcome = Some(Outcome::Ok);
-            } else if let Some(rest) = text.strip_prefix("BOOT FAILED: ") {
-                let category = rest
-                    .split(':')
-                    .next()
-                    .unwrap_or("runtime")
-                    .trim()
-                    .to_owned();
-                outcome = Some(Outcome::Failed {
-                    category,
-                    line: text.to_owned(),
-                });
+            if is_stdout {
+                last = Some(line);
             }
         }
         let _ = log.flush().await;
         let status = child
             .wait()
             .await
-            .map_err(|e| format!("the boot agent vanished: {e}"))?;
-        Ok(outcome.unwrap_or_else(|| Outcome::Failed {
-            category: "runtime".into(),
-            line: format!(
-                "BOOT FAILED: runtime: the boot agent ended without a final line ({status})"
-            ),
-        }))
+            .map_err(|e| runtime(format!("the boot agent vanished: {e}")))?;
+        // Only the agent's own final line, confirmed by its exit code.
+        let text = last
+            .as_deref()
+            .map(|l| l.split_once("] ").map(|(_, t)| t).unwrap_or(l));
+        BootOutcome::confirmed(text, status.code()).ok_or_else(|| {
+            runtime(format!(
+                "the boot agent ended ({status}) without a final line that matches its exit code"
+            ))
+        })
     }
 
     /// Stops the CVM: its boot (if running) and its containers.
@@ -293,12 +415,7 @@ impl Node {
     }
 
     async fn append_serial(&self, id: &str, text: &str) {
-        if let Ok(mut f) = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.serial_log_path(id))
-            .await
-        {
+        if let Ok(mut f) = open_log(&self.serial_log_path(id)).await {
             let _ = f.write_all(format!("[node] {text}\n").as_bytes()).await;
         }
     }
@@ -415,7 +532,45 @@ impl Node {
     }
 }
 
-enum Outcome {
-    Ok,
-    Failed { category: String, line: String },
+/// Creates `dir` (and its parents) and makes it 0700.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes `bytes` to `path` readable by its owner only (0600, also when the
+/// file existed), through a temporary file and a rename, so a reader never
+/// sees half a file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Opens a log for appending, mode 0600.
+async fn open_log(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .await?;
+    Ok(f)
 }

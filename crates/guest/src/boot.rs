@@ -1,13 +1,14 @@
 //! The boot, step by step. Each step is a line in the serial log with its
 //! duration; the last line is `BOOT OK` or `BOOT FAILED: <category>: …`.
 
-use crate::compose::ComposeFile;
+use contract::ComposeFile;
 use crate::error::BootError;
 use crate::keys::{EnvKeyProvider, Kms};
 use crate::redact::Redactor;
 use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
 use crate::serial::SerialLog;
-use crate::shared::{HostShared, Measurement};
+use crate::shared::HostShared;
+use contract::{BootOutcome, Measurement};
 use envseal::{Env, Limits};
 use registry::{Category, CredentialSet, Endpoints, PullEvent, PullOptions, Puller};
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub struct BootOptions {
     pub project: Option<String>,
     /// Retry budget of each registry request.
     pub retry_budget: Duration,
+    /// The one-time KMS boot ticket the node handed to this boot.
+    pub kms_ticket: Option<zeroize::Zeroizing<String>>,
 }
 
 /// What a successful boot did.
@@ -102,6 +105,12 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
         .run("measure the app", async {
             let shared = HostShared::read(&opts.shared)?;
             let measurement = Measurement::of(&shared.app_compose_bytes);
+            // The manifest may have been altered on the host: the env-name
+            // rules hold again here, whatever the control plane checked.
+            for key in &shared.app_compose.allowed_envs {
+                contract::env_rules::check_tenant_key(key)
+                    .map_err(|e| BootError::new(Category::Config, format!("app-compose.json allowed_envs: {e}")))?;
+            }
             serial.line(&format!(
                 "app {}: compose_hash {}",
                 shared.app_compose.name, measurement.compose_hash
@@ -129,7 +138,10 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
             let provider: &dyn EnvKeyProvider = match (&opts.key_provider, &shared.sys_config.kms_url) {
                 (Some(p), _) => p.as_ref(),
                 (None, Some(url)) => {
-                    kms = Kms { url: url.clone() };
+                    kms = Kms {
+                        url: url.clone(),
+                        ticket: opts.kms_ticket.clone(),
+                    };
                     &kms
                 }
                 (None, None) => {
@@ -201,7 +213,9 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                         "app-compose.json has no docker_compose_file",
                     )
                 })?;
-            let compose = ComposeFile::parse(yaml)?;
+            // The policy again, inside the CVM: the host-shared compose may
+            // have been altered after the control plane checked it.
+            let compose = ComposeFile::parse_and_check(yaml)?;
             for i in &compose.images {
                 serial.line(&format!("service {}: {}", i.service, i.reference));
             }
@@ -257,6 +271,9 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
             let mut image_ids = Vec::new();
             for (svc, img) in compose.images.iter().zip(&pulled) {
                 let tag = (svc.reference.digest().is_none()).then_some(svc.written.as_str());
+                // Every service runs the image ID this boot pulled and
+                // verified, never a name: in a shared engine a name may point
+                // at another tenant's image.
                 let (id, what) = runtime
                     .ensure_image(puller.store(), &img.digest, tag)
                     .await?;
@@ -267,10 +284,7 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 };
                 serial.line(&format!("{}: {} ({how})", svc.written, &id[..19]));
                 image_ids.push((svc.service.clone(), id.clone()));
-                // Digest-pinned images have no tag: the compose tool gets the image ID.
-                if tag.is_none() {
-                    replacements.push((svc.service.clone(), id));
-                }
+                replacements.push((svc.service.clone(), id));
             }
             Ok((runtime, replacements, image_ids))
         })
@@ -400,18 +414,29 @@ async fn restart_existing(
     Ok(true)
 }
 
-/// The last line(s) of the serial log for `result`.
-pub fn final_line(result: &Result<BootReport, BootError>, elapsed: Duration) -> Vec<String> {
+/// The boot's outcome as the node reads it ([`BootOutcome`]).
+pub fn outcome(result: &Result<BootReport, BootError>, elapsed: Duration) -> BootOutcome {
     match result {
-        Ok(_) => vec![format!("BOOT OK in {:.2} s", elapsed.as_secs_f64())],
-        Err(e) => {
-            let mut lines = vec![format!("BOOT FAILED: {}: {}", e.category, e.message)];
-            for h in &e.hints {
-                lines.push(format!("  troubleshooting: {h}"));
-            }
-            lines
+        Ok(_) => BootOutcome::Ok { elapsed },
+        Err(e) => BootOutcome::Failed {
+            category: e.category,
+            message: e.message.clone(),
+        },
+    }
+}
+
+/// The last lines of the serial log for `result`: the troubleshooting
+/// lines, then the [`BootOutcome`] line, which is the very last, so the
+/// node finds it there.
+pub fn final_lines(result: &Result<BootReport, BootError>, elapsed: Duration) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Err(e) = result {
+        for h in &e.hints {
+            lines.push(format!("  troubleshooting: {h}"));
         }
     }
+    lines.push(outcome(result, elapsed).render());
+    lines
 }
 
 /// Pull progress as serial-log lines: one per image and per blob, retries,

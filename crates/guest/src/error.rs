@@ -32,6 +32,12 @@ impl BootError {
     }
 }
 
+impl From<contract::ComposeError> for BootError {
+    fn from(e: contract::ComposeError) -> Self {
+        BootError::new(Category::Config, e.message)
+    }
+}
+
 impl From<PullError> for BootError {
     fn from(e: PullError) -> Self {
         let mut hints = vec![e.hint.clone()];

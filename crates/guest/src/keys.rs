@@ -7,7 +7,9 @@
 //! attested by hardware).
 
 use crate::error::BootError;
-use crate::shared::Measurement;
+use contract::Measurement;
+use contract::kms::{Attestation, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, ErrorAnswer, KmsEndpoint};
+use zeroize::Zeroizing;
 use envseal::EnvPrivateKey;
 use registry::Category;
 use std::future::Future;
@@ -32,7 +34,7 @@ pub struct KeyFile(pub PathBuf);
 impl EnvKeyProvider for KeyFile {
     fn env_key<'a>(&'a self, _measurement: &'a Measurement) -> KeyFuture<'a> {
         Box::pin(async move {
-            let text = zeroize::Zeroizing::new(std::fs::read_to_string(&self.0).map_err(|e| {
+            let text = Zeroizing::new(std::fs::read_to_string(&self.0).map_err(|e| {
                 BootError::new(
                     Category::Config,
                     format!("cannot read the env key file {}: {e}", self.0.display()),
@@ -52,64 +54,95 @@ impl EnvKeyProvider for KeyFile {
     }
 }
 
-/// Asks the KMS for the env key, presenting the app's measurement.
+/// Asks the KMS for the env key, presenting the app's measurement and the
+/// one-time boot ticket the node handed to this boot.
 ///
 /// Simulated TEE: the measurement is computed from `app-compose.json`, not
-/// attested by hardware, and the KMS takes it on trust. With TDX, this is
-/// where a quote carrying the measurement would be sent instead.
+/// attested by hardware, and the KMS takes it on trust from a caller holding
+/// a ticket only the node can mint. With TDX, this is where a quote carrying
+/// the measurement would be sent instead
+/// ([`contract::kms::Attestation`]).
 pub struct Kms {
-    /// The KMS base URL (from `sys-config.json`).
+    /// The KMS (from `sys-config.json`): `unix:/path/kms.sock` or a URL.
     pub url: String,
+    /// The boot ticket (from the node, on the agent's standard input).
+    pub ticket: Option<Zeroizing<String>>,
 }
+
+/// The longest KMS answer read (an env key answer is ~150 bytes).
+const MAX_KMS_ANSWER: usize = 64 * 1024;
 
 impl EnvKeyProvider for Kms {
     fn env_key<'a>(&'a self, measurement: &'a Measurement) -> KeyFuture<'a> {
         Box::pin(async move {
-            let url = format!("{}/kms/v1/env-key", self.url.trim_end_matches('/'));
-            let body = serde_json::json!({
-                "app_id": measurement.app_id,
-                "compose_hash": measurement.compose_hash,
-                "attestation": {"type": "simulated"},
-            });
+            let endpoint = KmsEndpoint::parse(&self.url).ok_or_else(|| {
+                BootError::new(
+                    Category::Config,
+                    "sys-config.json names a KMS that is neither `unix:/path` nor an http(s) URL",
+                )
+            })?;
+            let Some(ticket) = &self.ticket else {
+                return Err(BootError::new(
+                    Category::AccessDenied,
+                    "no boot ticket: the KMS releases the env key only to a boot the node started with a ticket",
+                )
+                .hint("start CVMs through the node (berth up), or give the boot agent a key file"));
+            };
+            let body = Zeroizing::new(
+                serde_json::to_vec(&EnvKeyRequest {
+                    app_id: measurement.app_id.clone(),
+                    compose_hash: measurement.compose_hash.clone(),
+                    ticket: ticket.to_string(),
+                    attestation: Attestation {
+                        kind: "simulated".into(),
+                    },
+                })
+                .expect("json"),
+            );
             let unreachable = |e: reqwest::Error| {
                 BootError::new(
                     Category::Unreachable,
-                    format!("cannot reach the KMS at {}: {e}", self.url),
+                    format!("cannot reach the KMS at {}: {}", self.url, registry_free(&e)),
                 )
                 .hint("check that the KMS is running (berth up) and that sys-config.json names it")
             };
-            let resp = reqwest::Client::new()
-                .post(&url)
-                .json(&body)
-                .timeout(std::time::Duration::from_secs(30))
+            let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+            if let KmsEndpoint::Unix(path) = &endpoint {
+                builder = builder.unix_socket(path.clone());
+            }
+            let client = builder.build().map_err(unreachable)?;
+            let mut resp = client
+                .post(endpoint.url(ENV_KEY_PATH))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec())
                 .send()
                 .await
                 .map_err(unreachable)?;
             let status = resp.status();
-            let bytes = zeroize::Zeroizing::new(resp.bytes().await.map_err(unreachable)?.to_vec());
-            if !status.is_success() {
-                #[derive(serde::Deserialize)]
-                struct E {
-                    detail: Option<String>,
+            let mut bytes = Zeroizing::new(Vec::new());
+            while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+                if bytes.len() + chunk.len() > MAX_KMS_ANSWER {
+                    return Err(BootError::new(
+                        Category::RegistryError,
+                        format!("the KMS answered with more than {MAX_KMS_ANSWER} bytes"),
+                    ));
                 }
-                let detail = serde_json::from_slice::<E>(&bytes)
-                    .ok()
-                    .and_then(|e| e.detail)
+                bytes.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                let detail = serde_json::from_slice::<ErrorAnswer>(&bytes)
+                    .map(|e| e.detail.chars().take(300).collect::<String>())
                     .unwrap_or_default();
                 return Err(BootError::new(
                     Category::AccessDenied,
                     format!("the KMS refused the env key ({status}): {detail}"),
                 )
-                .hint("the KMS releases an app's key only to a CVM running the app-compose.json registered for it"));
+                .hint("the KMS releases an app's key once per boot ticket, only to a CVM running the app-compose.json registered for it"));
             }
-            #[derive(serde::Deserialize)]
-            struct Answer {
-                env_private_key: String,
-            }
-            let answer: Answer = serde_json::from_slice(&bytes).map_err(|_| {
+            let answer: EnvKeyAnswer = serde_json::from_slice(&bytes).map_err(|_| {
                 BootError::new(Category::RegistryError, "the KMS answered without a key")
             })?;
-            let key = zeroize::Zeroizing::new(answer.env_private_key);
+            let key = Zeroizing::new(answer.env_private_key);
             EnvPrivateKey::from_hex(&key).map_err(|e| {
                 BootError::new(Category::Integrity, format!("the KMS sent a bad key: {e}"))
             })
@@ -121,5 +154,16 @@ impl EnvKeyProvider for Kms {
             "the KMS at {} (simulated TEE: measurement computed, not attested)",
             self.url
         )
+    }
+}
+
+/// A transport error's kind, without a URL or anything the server sent.
+fn registry_free(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection refused or socket missing"
+    } else {
+        "the request failed"
     }
 }

@@ -21,7 +21,6 @@
 #![deny(missing_docs)]
 
 pub mod boot;
-pub mod compose;
 pub mod error;
 pub mod keys;
 pub mod redact;
@@ -29,7 +28,7 @@ pub mod runtime;
 pub mod serial;
 pub mod shared;
 
-pub use boot::{BootOptions, BootReport, boot, final_line};
+pub use boot::{BootOptions, BootReport, boot, final_lines, outcome};
 pub use error::BootError;
 pub use keys::{EnvKeyProvider, KeyFile, Kms};
 pub use serial::SerialLog;

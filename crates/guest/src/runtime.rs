@@ -18,16 +18,10 @@ use std::io::Write;
 use std::path::Path;
 use tokio::io::AsyncBufReadExt;
 
-/// Names the decrypted env may not override in the compose tool's
-/// environment: they steer the tool itself, not the app.
-const PROTECTED: &[&str] = &[
-    "PATH",
-    "HOME",
-    "DOCKER_HOST",
-    "DOCKER_CONFIG",
-    "DOCKER_CERT_PATH",
-    "DOCKER_TLS_VERIFY",
-];
+/// The only variables of the boot agent's own environment that the compose
+/// tool inherits; everything else is cleared, so nothing of the operator's
+/// environment can be interpolated into a tenant's compose file.
+const INHERITED: &[&str] = &["PATH", "DOCKER_HOST", "LANG", "TZ"];
 
 fn runtime_err(message: impl Into<String>) -> BootError {
     BootError::new(Category::Runtime, message)
@@ -413,9 +407,24 @@ impl ComposeTool {
         if let Some(dir) = file.parent() {
             cmd.current_dir(dir);
         }
+        // A cleared environment plus an allowlist: the operator's variables
+        // never reach the tenant's `${VAR}`s, and the tenant's variables
+        // never steer the tool (LD_*, DOCKER_*, COMPOSE_*, proxies, ...).
+        cmd.env_clear();
+        for name in INHERITED {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        if let Some(dir) = file.parent() {
+            cmd.env("HOME", dir);
+        }
         for var in env.vars() {
-            if PROTECTED.contains(&var.key.as_str()) {
-                serial.line(&format!("warning: {} from the env is not passed to the compose tool (it would steer the tool itself)", var.key));
+            if let Some(why) = contract::env_rules::reserved_reason(&var.key) {
+                serial.line(&format!(
+                    "warning: {} from the env is not passed to the compose tool: {why}",
+                    var.key
+                ));
                 continue;
             }
             cmd.env(&var.key, var.value.expose());

@@ -4,72 +4,10 @@
 use crate::error::BootError;
 use envseal::SealedEnv;
 use registry::Category;
-use sha2::Digest as _;
-use std::collections::BTreeMap;
+use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
 use std::path::Path;
 
-/// `app-compose.json`: the app's manifest. Unknown fields are kept (they are
-/// part of the measured bytes) and ignored.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct AppCompose {
-    /// Manifest version.
-    #[serde(default)]
-    pub manifest_version: Option<serde_json::Value>,
-    /// The app's name.
-    pub name: String,
-    /// `docker-compose` (the only runner Berth supports).
-    pub runner: String,
-    /// The compose YAML, as a string.
-    #[serde(default)]
-    pub docker_compose_file: Option<String>,
-    /// Env keys that survive decryption.
-    #[serde(default)]
-    pub allowed_envs: Vec<String>,
-    /// Whether the env key comes from the KMS.
-    #[serde(default)]
-    pub kms_enabled: bool,
-    /// Whether the app's logs are public.
-    #[serde(default)]
-    pub public_logs: bool,
-}
-
-/// The app's identity as measured at boot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Measurement {
-    /// sha256 of the exact `app-compose.json` bytes, hex.
-    pub compose_hash: String,
-    /// The app id: the first 20 bytes of the compose hash, hex (unless pinned).
-    pub app_id: String,
-}
-
-impl Measurement {
-    /// Measures the exact bytes of `app-compose.json`.
-    pub fn of(app_compose_bytes: &[u8]) -> Self {
-        let hash = hex::encode(sha2::Sha256::digest(app_compose_bytes));
-        Self {
-            app_id: hash[..40].to_owned(),
-            compose_hash: hash,
-        }
-    }
-}
-
-/// `sys-config.json`: what the platform (not the app) tells the agent.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(default)]
-pub struct SysConfig {
-    /// The KMS to ask for the env key.
-    pub kms_url: Option<String>,
-    /// Registry name to endpoint URL (mirrors, caches, test registries).
-    pub registry_endpoints: BTreeMap<String, String>,
-    /// Extra trusted CA certificates, PEM text.
-    pub ca_certs: Vec<String>,
-    /// ECR API endpoint override.
-    pub aws_endpoint_url_ecr: Option<String>,
-    /// The compose project name (the node sets one unique per CVM).
-    pub project_name: Option<String>,
-    /// App id pinned by the platform instead of the measured one.
-    pub app_id: Option<String>,
-}
+pub use contract::{AppCompose, Measurement, SysConfig};
 
 /// Everything read from the host-shared folder.
 #[derive(Debug)]
@@ -87,7 +25,7 @@ pub struct HostShared {
 impl HostShared {
     /// Reads `dir`.
     pub fn read(dir: &Path) -> Result<Self, BootError> {
-        let path = dir.join("app-compose.json");
+        let path = dir.join(APP_COMPOSE_FILE);
         let app_compose_bytes = std::fs::read(&path).map_err(|e| {
             BootError::new(
                 Category::Config,
@@ -111,7 +49,7 @@ impl HostShared {
                 ),
             ));
         }
-        let env_path = dir.join("encrypted-env");
+        let env_path = dir.join(ENCRYPTED_ENV_FILE);
         let sealed_env = match std::fs::read(&env_path) {
             Ok(bytes) if bytes.iter().all(|b| b.is_ascii_whitespace()) => None,
             Ok(bytes) => Some(
@@ -126,7 +64,7 @@ impl HostShared {
                 ));
             }
         };
-        let sys_path = dir.join("sys-config.json");
+        let sys_path = dir.join(SYS_CONFIG_FILE);
         let sys_config = match std::fs::read(&sys_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 BootError::new(
@@ -166,18 +104,3 @@ fn json_reason(e: &serde_json::Error) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn measurement_is_sha256_of_exact_bytes() {
-        let m = Measurement::of(b"{}");
-        assert_eq!(
-            m.compose_hash,
-            "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-        );
-        assert_eq!(m.app_id, "44136fa355b3678a1146ad16f7e8649e94fb4fc2");
-        assert_ne!(Measurement::of(b"{} ").compose_hash, m.compose_hash);
-    }
-}

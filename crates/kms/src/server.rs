@@ -1,28 +1,91 @@
 //! The KMS's HTTP edge, run as its own process (`berth kms serve`), so the
 //! control plane holds no env private key and links no code that derives one.
 //!
+//! It listens on a **Unix socket** in a folder only its owner can enter
+//! (`STATE/kms/`, mode 0700): other local users and containers cannot
+//! connect at all. The messages are [`contract::kms`]'s:
+//!
 //! - `GET /kms/v1/pubkey`: the KMS public key clients pin.
 //! - `GET /kms/v1/apps/{app_id}/env-pubkey`: the app's env public key with
 //!   dstack's two signatures (legacy and timestamped).
-//! - `POST /kms/v1/env-key` `{app_id, compose_hash, attestation}`: the app's
-//!   env *private* key, released only when the presented `compose_hash`
-//!   measures to that `app_id` (its first 20 bytes). **Simulated TEE**: the
-//!   measurement is taken on trust; with TDX it would come inside a quote the
-//!   KMS verifies. Every release is logged (app id and hash, never the key).
+//! - `POST /kms/v1/boot-tickets` `{app_id, compose_hash}`, **node only**
+//!   (`Authorization: Bearer <node secret>`, a secret `berth up` hands to the
+//!   KMS and to the node on their standard input and to nobody else): a
+//!   one-time boot ticket for that app and its registered compose hash.
+//! - `POST /kms/v1/env-key` `{app_id, compose_hash, ticket, attestation}`:
+//!   the app's env *private* key, released once per ticket, to a caller
+//!   presenting the hash the ticket was issued for, which must measure to the
+//!   app id. The ticket is burnt by its first use, right or wrong.
+//!
+//! **Simulated TEE**: the measurement is computed by the boot agent and taken
+//! on trust; what makes it believable in local mode is that only the node
+//! can mint tickets and it hands each one to the boot agent it starts. With
+//! TDX, the request would carry a quote whose event log holds the compose
+//! hash, and [`Attestation`](contract::kms::Attestation) is where it goes.
+//! Every release and refusal is logged (app id and hash, never a key or a
+//! ticket).
 //!
 //! This module is the only part of the crate that does network I/O or reads
 //! the clock.
 
 use crate::{AppId, KmsRootKey};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::sync::Arc;
+use contract::Measurement;
+use contract::kms::{
+    ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer, ErrorAnswer,
+    KmsPublicKeyAnswer, PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// How long a boot ticket stays redeemable.
+pub const TICKET_LIFETIME: Duration = Duration::from_secs(600);
+
+/// At most this many unredeemed tickets are kept (a node that mints more is
+/// refused until some expire or are redeemed).
+pub const MAX_OPEN_TICKETS: usize = 10_000;
+
+struct Ticket {
+    app_id: String,
+    compose_hash: String,
+    expires: Instant,
+}
+
+/// The KMS's state: the root key, the node's secret, the open tickets.
+pub struct Kms {
+    root: KmsRootKey,
+    node_secret: Option<Zeroizing<String>>,
+    /// Keyed by the sha256 of the ticket, so the map holds no usable ticket.
+    tickets: Mutex<HashMap<[u8; 32], Ticket>>,
+}
+
+impl Kms {
+    /// A KMS over `root`. Tickets can be minted only by a caller presenting
+    /// `node_secret`; with `None`, no ticket can be minted and no env key is
+    /// ever released.
+    pub fn new(root: KmsRootKey, node_secret: Option<Zeroizing<String>>) -> Self {
+        Self {
+            root,
+            node_secret: node_secret.filter(|s| !s.is_empty()),
+            tickets: Mutex::new(HashMap::new()),
+        }
+    }
+}
 
 fn error(status: StatusCode, detail: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "detail": detail.into() }))).into_response()
+    (
+        status,
+        Json(ErrorAnswer {
+            detail: detail.into(),
+        }),
+    )
+        .into_response()
 }
 
 fn now_unix() -> u64 {
@@ -32,85 +95,309 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// The KMS's routes over `root`.
-pub fn router(root: Arc<KmsRootKey>) -> Router {
+fn ticket_id(ticket: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(ticket.trim().as_bytes()).into()
+}
+
+/// The KMS's routes.
+pub fn router(kms: Arc<Kms>) -> Router {
     Router::new()
-        .route("/kms/v1/pubkey", get(pubkey))
+        .route(PUBKEY_PATH, get(pubkey))
         .route("/kms/v1/apps/{app_id}/env-pubkey", get(env_pubkey))
-        .route("/kms/v1/env-key", post(env_key))
-        .with_state(root)
+        .route(TICKET_PATH, post(mint_ticket))
+        .route(ENV_KEY_PATH, post(env_key))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(kms)
 }
 
-async fn pubkey(State(root): State<Arc<KmsRootKey>>) -> Response {
-    Json(serde_json::json!({ "kms_public_key": root.public_key().to_hex() })).into_response()
-}
-
-async fn env_pubkey(State(root): State<Arc<KmsRootKey>>, Path(app_id): Path<String>) -> Response {
-    let Ok(app) = AppId::from_hex(&app_id) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "app_id must be 40 hex characters (20 bytes)",
-        );
-    };
-    let signed = root.signed_env_public_key(&app, now_unix());
-    Json(serde_json::json!({
-        "app_id": app.to_hex(),
-        "public_key": signed.public_key.to_hex(),
-        "timestamp": signed.timestamp,
-        "signature": signed.signature.to_hex(),
-        "signature_v1": signed.signature_v1.to_hex(),
-        "kms_public_key": root.public_key().to_hex(),
-    }))
+async fn pubkey(State(kms): State<Arc<Kms>>) -> Response {
+    Json(KmsPublicKeyAnswer {
+        kms_public_key: kms.root.public_key().to_hex(),
+    })
     .into_response()
 }
 
-#[derive(serde::Deserialize)]
-struct KeyRequest {
-    app_id: String,
-    compose_hash: String,
-}
-
-async fn env_key(State(root): State<Arc<KmsRootKey>>, Json(req): Json<KeyRequest>) -> Response {
-    let Ok(app) = AppId::from_hex(&req.app_id) else {
-        return error(
+fn parse_app(app_id: &str) -> Result<AppId, Response> {
+    AppId::from_hex(app_id).map_err(|_| {
+        error(
             StatusCode::BAD_REQUEST,
             "app_id must be 40 hex characters (20 bytes)",
-        );
+        )
+    })
+}
+
+async fn env_pubkey(State(kms): State<Arc<Kms>>, Path(app_id): Path<String>) -> Response {
+    let app = match parse_app(&app_id) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
-    let hash = req
-        .compose_hash
-        .trim_start_matches("0x")
-        .to_ascii_lowercase();
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "compose_hash must be 64 hex characters (sha256)",
-        );
-    }
-    if hash[..40] != app.to_hex() {
-        eprintln!(
-            "kms: refused the env key of app {} to a CVM measuring compose hash {hash}",
-            app.to_hex()
-        );
+    let signed = kms.root.signed_env_public_key(&app, now_unix());
+    Json(EnvPublicKeyAnswer {
+        app_id: app.to_hex(),
+        public_key: signed.public_key.to_hex(),
+        timestamp: signed.timestamp,
+        signature: signed.signature.to_hex(),
+        signature_v1: signed.signature_v1.to_hex(),
+        kms_public_key: kms.root.public_key().to_hex(),
+    })
+    .into_response()
+}
+
+/// Whether `headers` carry the node's secret (constant-time comparison).
+fn is_node(kms: &Kms, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let Some(secret) = &kms.node_secret else {
+        return false;
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let a = ticket_id(presented);
+    let b = ticket_id(secret);
+    bool::from(a.ct_eq(&b))
+}
+
+async fn mint_ticket(
+    State(kms): State<Arc<Kms>>,
+    headers: HeaderMap,
+    Json(req): Json<TicketRequest>,
+) -> Response {
+    if !is_node(&kms, &headers) {
+        eprintln!("kms: refused to mint a boot ticket to a caller that is not the node");
         return error(
             StatusCode::FORBIDDEN,
-            "the presented compose hash does not belong to this app: the key is released only to a CVM running the app's registered app-compose.json",
+            "only the node that starts CVMs may ask for boot tickets",
+        );
+    }
+    let app = match parse_app(&req.app_id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let hash = contract::app::normalize_hex(&req.compose_hash);
+    if !Measurement::hash_belongs_to(&hash, &app.to_hex()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "compose_hash must be the 64-hex sha256 of the app's app-compose.json, whose first 20 bytes are the app id",
+        );
+    }
+    let ticket = {
+        use rand_core::RngCore as _;
+        let mut b = Zeroizing::new([0u8; 32]);
+        rand_core::OsRng.fill_bytes(b.as_mut());
+        hex::encode(b.as_ref())
+    };
+    let now = Instant::now();
+    {
+        let mut open = kms.tickets.lock().unwrap();
+        open.retain(|_, t| t.expires > now);
+        if open.len() >= MAX_OPEN_TICKETS {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many boot tickets are open; try again when some have been redeemed or expired",
+            );
+        }
+        open.insert(
+            ticket_id(&ticket),
+            Ticket {
+                app_id: app.to_hex(),
+                compose_hash: hash.clone(),
+                expires: now + TICKET_LIFETIME,
+            },
         );
     }
     eprintln!(
-        "kms: released the env key of app {} to a CVM measuring compose hash {hash} (simulated TEE: measurement not hardware-attested)",
+        "kms: boot ticket issued for app {} (compose hash {hash})",
         app.to_hex()
     );
-    let key = root.env_key_for(&app);
-    let hex = key.to_hex();
-    Json(serde_json::json!({ "app_id": app.to_hex(), "env_private_key": hex.as_str() }))
+    Json(TicketAnswer {
+        ticket,
+        expires_in: TICKET_LIFETIME.as_secs(),
+    })
+    .into_response()
+}
+
+async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) -> Response {
+    let req_ticket = Zeroizing::new(req.ticket.clone());
+    let app = match parse_app(&req.app_id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let hash = contract::app::normalize_hex(&req.compose_hash);
+    let refuse = |why: &str| {
+        eprintln!(
+            "kms: refused the env key of app {} to a caller measuring compose hash {}: {why}",
+            app.to_hex(),
+            hash.chars().take(64).collect::<String>()
+        );
+        error(
+            StatusCode::FORBIDDEN,
+            format!("the env key is not released: {why}"),
+        )
+    };
+    if req_ticket.trim().is_empty() {
+        return refuse(
+            "no boot ticket was presented; the key is released only to a boot the node started",
+        );
+    }
+    // Burnt by its first use, right or wrong: a ticket cannot be guessed at twice.
+    let ticket = kms.tickets.lock().unwrap().remove(&ticket_id(&req_ticket));
+    let Some(ticket) = ticket else {
+        return refuse("the boot ticket is unknown, already used or expired");
+    };
+    if ticket.expires <= Instant::now() {
+        return refuse("the boot ticket has expired");
+    }
+    if ticket.app_id != app.to_hex() {
+        return refuse("the boot ticket was issued for another app");
+    }
+    if ticket.compose_hash != hash || !Measurement::hash_belongs_to(&hash, &ticket.app_id) {
+        return refuse("the measured compose hash is not the one registered for this app");
+    }
+    if req.attestation.kind != "simulated" {
+        return refuse("this KMS understands only simulated attestation (local mode)");
+    }
+    eprintln!(
+        "kms: released the env key of app {} to the boot measuring compose hash {hash} (simulated TEE: measurement not hardware-attested)",
+        app.to_hex()
+    );
+    let key = kms.root.env_key_for(&app);
+    let answer = EnvKeyAnswer {
+        app_id: app.to_hex(),
+        env_private_key: key.to_hex().to_string(),
+    };
+    let body = Zeroizing::new(serde_json::to_vec(&answer).expect("json"));
+    let mut answer = answer;
+    zeroize::Zeroize::zeroize(&mut answer.env_private_key);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_vec(),
+    )
         .into_response()
 }
 
+/// Binds the KMS socket at `path`, whose folder must exist, belong to this
+/// user and be closed to everyone else (mode 0700). A stale socket file left
+/// by a killed KMS is replaced; anything else at `path` is an error.
+pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the KMS socket path has no folder"))?;
+    let meta = std::fs::metadata(dir)?;
+    // SAFETY-free: geteuid via the metadata of a file we just created is
+    // overkill; compare with the folder's own owner and mode.
+    if meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is open to other users (mode {:o}); the KMS socket needs a folder only its owner can enter (chmod 700)",
+            dir.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// Serves the KMS on `listener` until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    root: Arc<KmsRootKey>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(root)).await
+pub async fn serve(listener: tokio::net::UnixListener, kms: Arc<Kms>) -> std::io::Result<()> {
+    axum::serve(listener, router(kms)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    fn kms() -> Arc<Kms> {
+        Arc::new(Kms::new(
+            KmsRootKey::from_bytes([7u8; 32]),
+            Some(Zeroizing::new("node-secret".into())),
+        ))
+    }
+
+    async fn post(kms: &Arc<Kms>, path: &str, auth: Option<&str>, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::post(path).header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", format!("Bearer {a}"));
+        }
+        let resp = router(kms.clone())
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    const HASH: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+    const APP: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc2";
+
+    fn key_req(ticket: &str, hash: &str) -> serde_json::Value {
+        serde_json::json!({"app_id": APP, "compose_hash": hash, "ticket": ticket, "attestation": {"type": "simulated"}})
+    }
+
+    #[tokio::test]
+    async fn the_old_trick_yields_nothing() {
+        let k = kms();
+        // app id + any 24 hex: the check that used to pass.
+        let forged = format!("{APP}ffffffffffffffffffffffff");
+        let (s, body) = post(&k, ENV_KEY_PATH, None, key_req("", &forged)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(body["detail"].as_str().unwrap().contains("no boot ticket"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn only_the_node_mints_tickets() {
+        let k = kms();
+        let req = serde_json::json!({"app_id": APP, "compose_hash": HASH});
+        assert_eq!(post(&k, TICKET_PATH, None, req.clone()).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(post(&k, TICKET_PATH, Some("guess"), req.clone()).await.0, StatusCode::FORBIDDEN);
+        let (s, t) = post(&k, TICKET_PATH, Some("node-secret"), req).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(t["ticket"].as_str().unwrap().len(), 64);
+        // A KMS without a node secret mints nothing.
+        let closed = Arc::new(Kms::new(KmsRootKey::from_bytes([7u8; 32]), None));
+        let req = serde_json::json!({"app_id": APP, "compose_hash": HASH});
+        assert_eq!(post(&closed, TICKET_PATH, Some(""), req).await.0, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn a_ticket_opens_once_for_its_hash_only() {
+        let k = kms();
+        let mint = || async {
+            let (_, t) = post(&k, TICKET_PATH, Some("node-secret"), serde_json::json!({"app_id": APP, "compose_hash": HASH})).await;
+            t["ticket"].as_str().unwrap().to_owned()
+        };
+        // Wrong hash (same app id prefix): refused, and the ticket is burnt.
+        let t = mint().await;
+        let other = format!("{APP}ffffffffffffffffffffffff");
+        let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, &other)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("not the one registered"));
+        assert_eq!(post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await.0, StatusCode::FORBIDDEN);
+        // The right hash: the key, once.
+        let t = mint().await;
+        let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await;
+        assert_eq!(s, StatusCode::OK);
+        let want = k.root.env_key_for(&AppId::from_hex(APP).unwrap()).to_hex();
+        assert_eq!(body["env_private_key"].as_str().unwrap(), want.as_str());
+        let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(body["detail"].as_str().unwrap().contains("already used"));
+    }
 }

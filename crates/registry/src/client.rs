@@ -23,6 +23,7 @@ use crate::error::{Category, PullError};
 use crate::events::{EventSink, PullEvent};
 use crate::ratelimit::{RateLimit, parse_retry_after};
 use crate::retry::{Backoff, Next, RetryPolicy};
+use crate::targets::{Refused, TargetGuard, refused_by_resolver, refused_error};
 use base64::Engine;
 use envseal::SecretValue;
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -184,6 +185,15 @@ pub(crate) struct RegistryClient {
     events: EventSink,
     counts: Mutex<RequestCounts>,
     rate_limit: Mutex<Option<RateLimit>>,
+    guard: Arc<TargetGuard>,
+}
+
+/// Why [`RegistryClient::send_following_redirects`] sent nothing (more).
+enum HopError {
+    /// The transport failed.
+    Transport(reqwest::Error),
+    /// The target (`what`: the endpoint or a redirect) is refused.
+    Refused(&'static str, Refused),
 }
 
 impl RegistryClient {
@@ -194,6 +204,7 @@ impl RegistryClient {
         login: Login,
         retry: RetryPolicy,
         events: EventSink,
+        guard: Arc<TargetGuard>,
     ) -> Self {
         Self {
             registry,
@@ -206,6 +217,7 @@ impl RegistryClient {
             events,
             counts: Mutex::new(RequestCounts::default()),
             rate_limit: Mutex::new(None),
+            guard,
         }
     }
 
@@ -266,7 +278,13 @@ impl RegistryClient {
                 .send_following_redirects(method.clone(), self.url(path), &headers, auth)
                 .await;
             let (retry_wait, reason) = match result {
-                Err(err) => {
+                Err(HopError::Refused(what, refused)) => {
+                    return Err(refused_error(&self.registry, what, &refused));
+                }
+                Err(HopError::Transport(err)) => {
+                    if let Some(refused) = refused_by_resolver(&err) {
+                        return Err(refused_error(&self.registry, "a request", &refused));
+                    }
                     let (fatal, reason) = classify_transport_error(&err);
                     if fatal {
                         return Err(self.unreachable(&reason).hint(
@@ -374,9 +392,14 @@ impl RegistryClient {
         mut url: Url,
         headers: &HeaderMap,
         mut auth: Option<HeaderValue>,
-    ) -> Result<Response, reqwest::Error> {
+    ) -> Result<Response, HopError> {
         let origin = url.origin();
+        let mut what = "the endpoint";
         for _ in 0..=MAX_REDIRECTS {
+            self.guard
+                .check(&url)
+                .await
+                .map_err(|r| HopError::Refused(what, r))?;
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
@@ -384,7 +407,7 @@ impl RegistryClient {
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a.clone());
             }
-            let resp = req.send().await?;
+            let resp = req.send().await.map_err(HopError::Transport)?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
@@ -401,13 +424,19 @@ impl RegistryClient {
                 auth = None;
             }
             url = next;
+            what = "a redirect";
         }
         // Too many redirects: hand back what the last one answered.
+        self.guard
+            .check(&url)
+            .await
+            .map_err(|r| HopError::Refused(what, r))?;
         self.http
             .request(method, url)
             .headers(headers.clone())
             .send()
             .await
+            .map_err(HopError::Transport)
     }
 
     /// The `Authorization` header for `scope` and the secret in it, fetching
@@ -502,6 +531,10 @@ impl RegistryClient {
             ))
             .registry(&self.registry));
         }
+        self.guard
+            .check(&url)
+            .await
+            .map_err(|r| refused_error(&self.registry, "the token service", &r))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -527,6 +560,9 @@ impl RegistryClient {
             self.counts.lock().unwrap().token_fetches += 1;
             let (wait, reason) = match req.send().await {
                 Err(err) => {
+                    if let Some(refused) = refused_by_resolver(&err) {
+                        return Err(refused_error(&self.registry, "the token service", &refused));
+                    }
                     let (fatal, reason) = classify_transport_error(&err);
                     if fatal {
                         return Err(
@@ -536,13 +572,27 @@ impl RegistryClient {
                     (None, reason)
                 }
                 Ok(resp) if resp.status().is_success() => {
-                    let bytes = resp.bytes().await.map_err(|e| {
-                        self.unreachable(&format!(
-                            "token service {realm_host}: {}",
-                            classify_transport_error(&e).1
-                        ))
-                    })?;
-                    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+                    let cap = crate::body::AUTH_ANSWER;
+                    let bytes = match crate::body::read_capped(resp, cap).await {
+                        Ok(bytes) => bytes,
+                        Err(e @ crate::body::BodyError::TooLarge(_)) => {
+                            return Err(PullError::new(
+                                Category::RegistryError,
+                                format!(
+                                    "the token service of {} ({realm_host}) answered with {}; Berth stopped reading it",
+                                    self.registry,
+                                    e.reason(cap)
+                                ),
+                            )
+                            .registry(&self.registry));
+                        }
+                        Err(e) => {
+                            return Err(self.unreachable(&format!(
+                                "token service {realm_host}: {}",
+                                e.reason(cap)
+                            )));
+                        }
+                    };
                     return self.parse_token(&bytes, &realm_host);
                 }
                 Ok(resp) => {
@@ -867,7 +917,11 @@ pub(crate) async fn error_codes(resp: Response) -> ErrorBody {
     struct Item {
         code: String,
     }
-    let bytes = resp.bytes().await.unwrap_or_default();
+    // Past the cap (or on a failure) the body is dropped unread: the status
+    // alone then describes the error.
+    let bytes = crate::body::read_capped(resp, crate::body::ERROR_BODY)
+        .await
+        .unwrap_or_default();
     let mut codes: Vec<String> = serde_json::from_slice::<Body>(&bytes)
         .map(|b| b.errors.into_iter().map(|e| e.code).collect())
         .unwrap_or_default();

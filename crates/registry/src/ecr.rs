@@ -14,6 +14,8 @@
 use crate::credentials::EcrLogin;
 use crate::error::{Category, PullError};
 use crate::retry::{Backoff, Next, RetryPolicy};
+use crate::targets::{TargetGuard, refused_by_resolver, refused_error};
+use std::sync::Arc;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
@@ -54,6 +56,7 @@ pub(crate) struct EcrTokenSource {
     endpoint: Url,
     http: reqwest::Client,
     retry: RetryPolicy,
+    guard: Arc<TargetGuard>,
     cached: tokio::sync::Mutex<Option<CachedToken>>,
 }
 
@@ -72,6 +75,7 @@ impl EcrTokenSource {
         endpoint: Option<Url>,
         http: reqwest::Client,
         retry: RetryPolicy,
+        guard: Arc<TargetGuard>,
     ) -> Self {
         let endpoint = endpoint.unwrap_or_else(|| {
             let suffix = if login.registry.ends_with(".amazonaws.com.cn") {
@@ -87,6 +91,7 @@ impl EcrTokenSource {
             endpoint,
             http,
             retry,
+            guard,
             cached: tokio::sync::Mutex::new(None),
         }
     }
@@ -116,11 +121,18 @@ impl EcrTokenSource {
 
     async fn fetch(&self) -> Result<CachedToken, PullError> {
         let host = self.endpoint.host_str().unwrap_or("").to_owned();
+        self.guard
+            .check(&self.endpoint)
+            .await
+            .map_err(|r| refused_error(&self.login.registry, "the ECR API", &r))?;
         let mut backoff = Backoff::new(self.retry);
         loop {
             let req = self.signed_request()?;
             let (wait, reason) = match req.send().await {
                 Err(e) => {
+                    if let Some(refused) = refused_by_resolver(&e) {
+                        return Err(refused_error(&self.login.registry, "the ECR API", &refused));
+                    }
                     let (fatal, reason) = crate::client::classify_transport_error(&e);
                     if fatal {
                         return Err(self.error(
@@ -133,12 +145,30 @@ impl EcrTokenSource {
                 Ok(resp) => {
                     let status = resp.status();
                     let wait = crate::client::retry_after(resp.headers());
-                    let body = zeroize::Zeroizing::new(
-                        resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-                    );
                     if status.is_success() {
+                        let cap = crate::body::AUTH_ANSWER;
+                        let body = crate::body::read_capped(resp, cap).await.map_err(|e| match e {
+                            crate::body::BodyError::TooLarge(_) => self.error(
+                                Category::RegistryError,
+                                format!(
+                                    "the ECR API ({host}) answered GetAuthorizationToken with {}; Berth stopped reading it",
+                                    e.reason(cap)
+                                ),
+                            ),
+                            _ => self.error(
+                                Category::Unreachable,
+                                format!(
+                                    "cannot read the answer of the ECR API at {host}: {}",
+                                    e.reason(cap)
+                                ),
+                            ),
+                        })?;
                         return self.parse(&body, &host);
                     }
+                    // Past the cap the error body is dropped: the status decides.
+                    let body = crate::body::read_capped(resp, crate::body::ERROR_BODY)
+                        .await
+                        .unwrap_or_default();
                     let kind = aws_error_type(&body);
                     match kind.as_str() {
                         "ThrottlingException"

@@ -90,6 +90,13 @@ impl Endpoints {
         Ok(())
     }
 
+    /// Every mapped URL (the operator's: under
+    /// [`crate::PrivateTargets::OnlyMapped`] their `host:port`s are the only
+    /// private addresses a pull reaches).
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        self.map.values()
+    }
+
     /// How to reach `registry`, whose API host is `api_host`.
     pub fn endpoint(&self, registry: &str, api_host: &str) -> Endpoint {
         if let Some(url) = self.map.get(registry) {

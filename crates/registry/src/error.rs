@@ -6,67 +6,9 @@
 //! and what never is, is decided in one place: `client::send` and the
 //! [`crate::retry`] policy, not at call sites.
 
-use std::fmt;
 use std::time::Duration;
 
-/// What kind of failure this is, in words a person can act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Category {
-    /// Berth was configured wrongly: a bad reference, variable or option.
-    Config,
-    /// The registry (or ECR) refused the credentials themselves.
-    CredentialsRejected,
-    /// The credentials are valid but may not pull this image.
-    AccessDenied,
-    /// The image, tag or repository does not exist.
-    NotFound,
-    /// The registry limits pulls and the limit is reached.
-    RateLimited,
-    /// The registry could not be reached (DNS, connection, TLS, timeouts).
-    Unreachable,
-    /// The registry answered with an error Berth cannot act on.
-    RegistryError,
-    /// Content did not match its digest or declared size.
-    Integrity,
-    /// The container runtime or the compose tool failed (boot only).
-    Runtime,
-}
-
-impl Category {
-    /// Every category, in the documented order (the CLI's exit codes 2 to 10).
-    pub const ALL: [Category; 9] = [
-        Category::Config,
-        Category::CredentialsRejected,
-        Category::AccessDenied,
-        Category::NotFound,
-        Category::RateLimited,
-        Category::Unreachable,
-        Category::RegistryError,
-        Category::Integrity,
-        Category::Runtime,
-    ];
-
-    /// The machine-readable name (`credentials_rejected`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Config => "config",
-            Category::CredentialsRejected => "credentials_rejected",
-            Category::AccessDenied => "access_denied",
-            Category::NotFound => "not_found",
-            Category::RateLimited => "rate_limited",
-            Category::Unreachable => "unreachable",
-            Category::RegistryError => "registry_error",
-            Category::Integrity => "integrity",
-            Category::Runtime => "runtime",
-        }
-    }
-}
-
-impl fmt::Display for Category {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use contract::Category;
 
 /// A failed pull or check: the category, where it happened, one sentence and
 /// a hint. Never holds a secret: messages are built from registry names,

@@ -28,9 +28,10 @@
 pub mod credentials;
 pub mod docker_config;
 pub mod ratelimit;
-pub mod reference;
+pub use contract::reference;
 
 // The pull engine.
+mod body;
 pub mod client;
 pub mod ecr;
 pub mod endpoint;
@@ -40,6 +41,7 @@ pub mod manifest;
 pub mod pull;
 pub mod retry;
 pub mod store;
+pub mod targets;
 
 pub use client::RequestCounts;
 pub use credentials::CredentialSet;
@@ -51,3 +53,4 @@ pub use pull::{CheckedImage, PullOptions, PulledImage, Puller};
 pub use reference::{Digest, ImageReference};
 pub use retry::RetryPolicy;
 pub use store::OciStore;
+pub use targets::PrivateTargets;

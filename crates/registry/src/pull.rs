@@ -20,6 +20,7 @@ use crate::ratelimit::RateLimit;
 use crate::reference::{Digest, ImageReference};
 use crate::retry::{Backoff, Next, RetryPolicy};
 use crate::store::{Hasher, OciStore};
+use crate::targets::{GuardedResolver, PrivateTargets, TargetGuard, refused_error};
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -52,6 +53,17 @@ pub struct PullOptions {
     pub docker_config: Option<DockerConfig>,
     /// ECR API endpoint override (`AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL`).
     pub ecr_endpoint: Option<Url>,
+    /// Whether requests may go to loopback and private addresses:
+    /// [`PrivateTargets::Allow`] (the default, a developer machine) or
+    /// [`PrivateTargets::OnlyMapped`] (inside a CVM: only the `host:port` of
+    /// an [`Endpoints`] URL, or of `ecr_endpoint` when
+    /// `ecr_endpoint_mapped`).
+    pub private_targets: PrivateTargets,
+    /// Whether `ecr_endpoint` was given by the operator (sys-config), so
+    /// that [`PrivateTargets::OnlyMapped`] lets its `host:port` through even
+    /// if it is private. Leave `false` when the override came from the
+    /// tenant's env. Default `false`.
+    pub ecr_endpoint_mapped: bool,
 }
 
 impl PullOptions {
@@ -68,6 +80,8 @@ impl PullOptions {
             credentials: CredentialSet::default(),
             docker_config: None,
             ecr_endpoint: None,
+            private_targets: PrivateTargets::Allow,
+            ecr_endpoint_mapped: false,
         }
     }
 }
@@ -121,6 +135,7 @@ pub struct Puller {
     clients: tokio::sync::Mutex<HashMap<String, Arc<RegistryClient>>>,
     jobs: tokio::sync::Semaphore,
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    guard: Arc<TargetGuard>,
 }
 
 impl Puller {
@@ -131,6 +146,14 @@ impl Puller {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        let mapped_ecr = opts.ecr_endpoint.iter().filter(|_| opts.ecr_endpoint_mapped);
+        let guard = Arc::new(TargetGuard::new(
+            opts.private_targets,
+            opts.endpoints.urls().chain(mapped_ecr),
+        ));
+        if guard.enforcing() {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(&guard)));
+        }
         for pem in &opts.ca_certs_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
                 PullError::config("a --ca-cert file is not a PEM certificate")
@@ -158,6 +181,7 @@ impl Puller {
             clients: tokio::sync::Mutex::new(HashMap::new()),
             jobs,
             inflight: Mutex::new(HashMap::new()),
+            guard,
         })
     }
 
@@ -367,11 +391,20 @@ impl Puller {
         if let Some(c) = clients.get(&registry) {
             return Ok(c.clone());
         }
-        let base = match self
+        let endpoint = self
             .opts
             .endpoints
-            .endpoint(&registry, reference.api_host())
-        {
+            .endpoint(&registry, reference.api_host());
+        let first = match &endpoint {
+            Endpoint::Explicit(u) | Endpoint::Https(u) => u,
+            Endpoint::HttpsThenHttp { https, .. } => https,
+        };
+        // Refused before any request (the HTTP fallback has the same host:port).
+        self.guard
+            .check(first)
+            .await
+            .map_err(|r| refused_error(&registry, "the endpoint", &r))?;
+        let base = match endpoint {
             Endpoint::Explicit(u) | Endpoint::Https(u) => u,
             Endpoint::HttpsThenHttp { https, http } => self.probe_https(https, http).await,
         };
@@ -385,6 +418,7 @@ impl Puller {
                 self.opts.ecr_endpoint.clone(),
                 self.http.clone(),
                 self.opts.retry,
+                self.guard.clone(),
             )),
             None => match &self.opts.docker_config {
                 Some(cfg) => match cfg.login_for(&registry) {
@@ -408,6 +442,7 @@ impl Puller {
             login,
             self.opts.retry,
             self.events.clone(),
+            self.guard.clone(),
         ));
         clients.insert(registry, client.clone());
         Ok(client)
@@ -521,29 +556,21 @@ impl Puller {
             }
         }
         let header_dig = header_digest(resp.headers(), &image)?;
-        if let Some(len) = resp.content_length()
-            && len > manifest::MAX_MANIFEST_BYTES
-        {
-            return Err(too_big(&image, len));
-        }
-        let mut bytes = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                PullError::new(
+        let cap = crate::body::MANIFEST;
+        let bytes = match crate::body::read_capped(resp, cap).await {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(crate::body::BodyError::TooLarge(len)) => return Err(too_big(&image, len)),
+            Err(e) => {
+                return Err(PullError::new(
                     Category::Unreachable,
                     format!(
-                        "the connection to {} dropped while reading the manifest of {image}: {}",
+                        "cannot read the manifest of {image} from {}: {}",
                         client.registry,
-                        crate::client::classify_transport_error(&e).1
+                        e.reason(cap)
                     ),
-                )
-            })?;
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() as u64 > manifest::MAX_MANIFEST_BYTES {
-                return Err(too_big(&image, bytes.len() as u64));
+                ));
             }
-        }
+        };
         // Asked by digest: the bytes must hash to it (this is also how a
         // digest pinned in the reference is enforced). Asked by tag: to the
         // digest the registry announced, or else to their own sha256.
@@ -869,12 +896,15 @@ fn digest_mismatch(image: &str, want: &Digest, got: &Digest) -> PullError {
     )
 }
 
+/// A manifest over the cap: `len` bytes declared, or at least `len` seen
+/// when reading stopped.
 fn too_big(image: &str, len: u64) -> PullError {
     PullError::new(
         Category::RegistryError,
         format!(
-            "the manifest of {image} is {len} bytes, more than the {} Berth accepts",
-            manifest::MAX_MANIFEST_BYTES
+            "the manifest of {image} is larger than the {} Berth accepts (at least {len} bytes); \
+             Berth stopped reading it",
+            crate::body::human_bytes(manifest::MAX_MANIFEST_BYTES)
         ),
     )
 }

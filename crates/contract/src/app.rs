@@ -1,0 +1,184 @@
+//! The app manifest (`app-compose.json`), its [`Measurement`], the
+//! platform's [`SysConfig`], and the names of the files in a CVM's
+//! host-shared folder.
+
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+
+/// `app-compose.json`: the app's manifest, measured byte-exact.
+pub const APP_COMPOSE_FILE: &str = "app-compose.json";
+/// The sealed env, raw bytes.
+pub const ENCRYPTED_ENV_FILE: &str = "encrypted-env";
+/// The platform's settings ([`SysConfig`]).
+pub const SYS_CONFIG_FILE: &str = "sys-config.json";
+
+/// The app's identity as measured from the exact bytes of its manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Measurement {
+    /// sha256 of the exact `app-compose.json` bytes, 64 lowercase hex.
+    pub compose_hash: String,
+    /// The app id: the first 20 bytes of the compose hash, 40 lowercase hex.
+    pub app_id: String,
+}
+
+impl Measurement {
+    /// Measures the exact bytes of `app-compose.json`.
+    pub fn of(app_compose_bytes: &[u8]) -> Self {
+        let hash = hex::encode(sha2::Sha256::digest(app_compose_bytes));
+        Self {
+            app_id: hash[..40].to_owned(),
+            compose_hash: hash,
+        }
+    }
+
+    /// Whether `compose_hash` (64 hex) measures to `app_id` (40 hex): the
+    /// app id is the hash's first 20 bytes. Case-insensitive, `0x` allowed.
+    pub fn hash_belongs_to(compose_hash: &str, app_id: &str) -> bool {
+        let h = normalize_hex(compose_hash);
+        let a = normalize_hex(app_id);
+        h.len() == 64
+            && a.len() == 40
+            && h.bytes().all(|b| b.is_ascii_hexdigit())
+            && a.bytes().all(|b| b.is_ascii_hexdigit())
+            && h[..40] == a
+    }
+}
+
+/// Lowercase hex without a `0x` prefix.
+pub fn normalize_hex(s: &str) -> String {
+    s.trim().trim_start_matches("0x").to_ascii_lowercase()
+}
+
+/// `app-compose.json` as read by the boot agent. Unknown fields are kept in
+/// the measured bytes and ignored here.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct AppCompose {
+    /// Manifest version.
+    #[serde(default)]
+    pub manifest_version: Option<serde_json::Value>,
+    /// The app's name.
+    pub name: String,
+    /// `docker-compose` (the only runner Berth supports).
+    pub runner: String,
+    /// The compose YAML, as a string.
+    #[serde(default)]
+    pub docker_compose_file: Option<String>,
+    /// Env keys that survive decryption.
+    #[serde(default)]
+    pub allowed_envs: Vec<String>,
+    /// Whether the env key comes from the KMS.
+    #[serde(default)]
+    pub kms_enabled: bool,
+    /// Whether the app's logs are public.
+    #[serde(default)]
+    pub public_logs: bool,
+}
+
+/// What provisioning puts into a new manifest.
+#[derive(Clone, Debug)]
+pub struct AppComposeInput<'a> {
+    /// The app's name.
+    pub name: &'a str,
+    /// The compose YAML.
+    pub docker_compose_file: &'a str,
+    /// Env keys allowed into the CVM (duplicates are dropped, order kept).
+    pub allowed_envs: &'a [String],
+    /// Whether the app's logs are public.
+    pub public_logs: bool,
+    /// Whether the app's system info is public.
+    pub public_sysinfo: bool,
+}
+
+impl AppComposeInput<'_> {
+    /// The manifest bytes, keys in a fixed (sorted) order so they are stable
+    /// and documented. Validation is the caller's ([`crate::policy`],
+    /// [`crate::env_rules`]).
+    pub fn render(&self) -> Vec<u8> {
+        let mut allowed: Vec<&String> = Vec::new();
+        for k in self.allowed_envs {
+            if !allowed.contains(&k) {
+                allowed.push(k);
+            }
+        }
+        // serde_json's `preserve_order` is off: a `json!` object is a
+        // BTreeMap, so the keys come out sorted.
+        let value = serde_json::json!({
+            "allowed_envs": allowed,
+            "docker_compose_file": self.docker_compose_file,
+            "features": ["kms"],
+            "gateway_enabled": false,
+            "kms_enabled": true,
+            "local_key_provider_enabled": false,
+            "manifest_version": 2,
+            "name": self.name,
+            "no_instance_id": false,
+            "public_logs": self.public_logs,
+            "public_sysinfo": self.public_sysinfo,
+            "public_tcbinfo": false,
+            "runner": "docker-compose",
+            "secure_time": false,
+        });
+        serde_json::to_vec(&value).expect("json")
+    }
+}
+
+/// `sys-config.json`: what the platform (not the app) tells the boot agent.
+/// Written by the node, read by the boot agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SysConfig {
+    /// The KMS to ask for the env key: `unix:/path/to/kms.sock` (local
+    /// mode) or an `http(s)://` URL.
+    pub kms_url: Option<String>,
+    /// Registry name to endpoint URL (mirrors, caches, test registries).
+    /// These are also the only registries a CVM may reach on loopback or
+    /// private addresses.
+    pub registry_endpoints: BTreeMap<String, String>,
+    /// Extra trusted CA certificates, PEM text.
+    pub ca_certs: Vec<String>,
+    /// ECR API endpoint override.
+    pub aws_endpoint_url_ecr: Option<String>,
+    /// The compose project name (the node sets one unique per CVM).
+    pub project_name: Option<String>,
+    /// The CVM's instance id.
+    pub instance_id: Option<String>,
+    /// App id pinned by the platform instead of the measured one.
+    pub app_id: Option<String>,
+}
+
+impl SysConfig {
+    /// The JSON text written to the shared folder.
+    pub fn render(&self) -> String {
+        serde_json::to_string_pretty(self).expect("json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurement_is_sha256_of_exact_bytes() {
+        let m = Measurement::of(b"{}");
+        assert_eq!(
+            m.compose_hash,
+            "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert_eq!(m.app_id, "44136fa355b3678a1146ad16f7e8649e94fb4fc2");
+        assert_ne!(Measurement::of(b"{} ").compose_hash, m.compose_hash);
+        assert!(Measurement::hash_belongs_to(&m.compose_hash, &m.app_id));
+        assert!(!Measurement::hash_belongs_to(&m.app_id, &m.app_id));
+    }
+
+    #[test]
+    fn sys_config_round_trips() {
+        let mut c = SysConfig {
+            kms_url: Some("unix:/x/kms.sock".into()),
+            ..Default::default()
+        };
+        c.registry_endpoints
+            .insert("ghcr.io".into(), "http://127.0.0.1:5000".into());
+        let back: SysConfig = serde_json::from_str(&c.render()).unwrap();
+        assert_eq!(back, c);
+    }
+}

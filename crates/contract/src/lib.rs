@@ -1,0 +1,39 @@
+//! `contract`: what Berth's processes agree on, each as a type with its
+//! parser and its renderer, in one place that every side uses.
+//!
+//! Two processes that agree on a format by each writing it out by hand drift
+//! apart (the control plane and the boot agent once disagreed on which image
+//! references are valid). So every contract that crosses a process boundary
+//! lives here:
+//!
+//! - [`app`]: `app-compose.json` ([`AppCompose`]), its [`Measurement`]
+//!   (compose hash and app id), `sys-config.json` ([`SysConfig`]) and the
+//!   names of the host-shared files;
+//! - [`policy`]: the compose file ([`ComposeFile`]) and the one compose
+//!   policy of the shared-engine mode, checked at provisioning and again in
+//!   the boot agent;
+//! - [`env_rules`]: env variable names (grammar, reserved families);
+//! - [`boot`]: the boot's last serial line ([`BootOutcome`]);
+//! - [`kms`]: the KMS's HTTP messages;
+//! - [`Category`]: the failure taxonomy and its exit codes;
+//! - [`reference`]: image references and digests (Docker's grammar).
+//!
+//! **Invariants.** No I/O, no clock, no cryptography beyond the sha256 of a
+//! measurement: this crate is linked by the control plane, which must not
+//! link anything that can open a sealed env. No error of this crate holds an
+//! env value.
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod boot;
+mod category;
+pub mod env_rules;
+pub mod kms;
+pub mod policy;
+pub mod reference;
+
+pub use app::{AppCompose, AppComposeInput, Measurement, SysConfig};
+pub use boot::BootOutcome;
+pub use category::{Category, UnknownCategory};
+pub use policy::{ComposeError, ComposeFile, ServiceImage};
+pub use reference::{Digest, ImageReference};
