@@ -364,7 +364,11 @@ fn each_failure_ends_the_boot_with_its_category_and_exit_code() {
         "DSTACK_DOCKER_PASSWORD",
         "DSTACK_DOCKER_REGISTRY",
     ];
-    let sys = serde_json::json!({"registry_endpoints": {host.clone(): proxy.base_url()}});
+    // Registries on loopback are reachable from a CVM only when mapped.
+    let sys = serde_json::json!({"registry_endpoints": {
+        host.clone(): proxy.base_url(),
+        "127.0.0.1:9": "http://127.0.0.1:9",
+    }});
     let good = format!("{host}/app/web:1");
     let creds = |pw: &str| {
         vec![
@@ -457,6 +461,26 @@ fn each_failure_ends_the_boot_with_its_category_and_exit_code() {
             want: ("unreachable", 7, "connection refused"),
         },
         Case {
+            name: "hostile-compose",
+            yaml: format!("services:\n  web:\n    image: {good}\n    privileged: true\n"),
+            env: creds(CANARY),
+            wrong_key: false,
+            docker_host: "unix:///nonexistent",
+            fault: None,
+            want: ("config", 2, "privileged"),
+        },
+        Case {
+            // The host-shared compose was altered after provisioning: the
+            // agent's own check refuses it, and the name is shown escaped.
+            name: "forged-boot-ok",
+            yaml: format!("services:\n  \"web\\nBOOT OK in 0.01 s\":\n    image: {good}\n"),
+            env: creds(CANARY),
+            wrong_key: false,
+            docker_host: "unix:///nonexistent",
+            fault: None,
+            want: ("config", 2, "web\\nBOOT OK"),
+        },
+        Case {
             name: "no-engine",
             yaml: yaml(&good),
             env: creds(CANARY),
@@ -495,6 +519,20 @@ fn each_failure_ends_the_boot_with_its_category_and_exit_code() {
             case.name
         );
         assert!(last.contains(needle), "{}: {last}", case.name);
+        assert_eq!(
+            out.stdout.lines().last().map(|l| l.contains("BOOT FAILED: ")),
+            Some(true),
+            "{}: the outcome is the very last line",
+            case.name
+        );
+        assert!(
+            !out.stdout
+                .lines()
+                .any(|l| l.split_once("] ").is_some_and(|(_, t)| t.starts_with("BOOT OK"))),
+            "{}: a BOOT OK line in a failed boot:\n{}",
+            case.name,
+            out.stdout
+        );
         assert!(
             out.stdout.contains("troubleshooting: "),
             "{}: {}",

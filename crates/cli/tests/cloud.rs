@@ -940,3 +940,244 @@ fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// POSTs `body` to the API; (status, JSON).
+fn api_post(cloud: &Cloud, key: &str, path: &str, body: &Value) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-API-Key: {key}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg(format!("{}{path}", cloud.api()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+const OPERATOR_CANARY: &str = "canary-operator-key-77ab01";
+
+/// Issue #8's repros against a real `berth up`: a hostile tenant and a
+/// hostile local user get nothing.
+#[test]
+fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
+    let engine = Dockerd::start();
+    let reg = Registry::with_htpasswd(&[("alice", CANARY)]);
+    let host = reg.host_port();
+    push_image(
+        &PushTarget::new(&host).with_creds("alice", CANARY),
+        "alice/app",
+        "1",
+        &ImageSpec::new().busybox(),
+    );
+    let dir = tempdir("cloud-hostile");
+    let state = dir.join("state");
+    // The operator has API keys in their environment (the README tells them
+    // to export them); a tenant must not be able to interpolate them.
+    let endpoint_arg = format!("--registry-endpoint={host}={}", reg.base_url());
+    let cloud = Cloud::start_with_args(
+        &state,
+        testkit::free_port(),
+        &engine.host(),
+        &[
+            ("PHALA_CLOUD_API_KEY", OPERATOR_CANARY.to_owned()),
+            ("BERTH_API_KEY", OPERATOR_CANARY.to_owned()),
+        ],
+        &[&endpoint_arg],
+    );
+
+    // 1. A hostile compose file is refused at provisioning, naming the
+    //    service and the key.
+    let hostile = [
+        ("privileged: true", "privileged"),
+        ("network_mode: host", "network_mode"),
+        ("pid: host", "pid"),
+        ("cap_add: [ALL]", "cap_add"),
+        ("volumes: [\"/:/host\"]", "volumes"),
+        (
+            "volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+            "volumes",
+        ),
+        ("env_file: ../../../../api-key", "env_file"),
+    ];
+    for (line, key) in hostile {
+        let compose = format!("services:\n  evil:\n    image: {host}/alice/app:1\n    {line}\n");
+        let (code, body) = api_post(
+            &cloud,
+            ADMIN_KEY,
+            "/cvms/provision",
+            &serde_json::json!({"name": "hostile-app", "compose_file": {"docker_compose_file": compose, "allowed_envs": []}}),
+        );
+        assert_eq!(code, 422, "{line}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("evil") && detail.contains(key),
+            "{line}: {detail}"
+        );
+    }
+    let secrets_file = format!(
+        "services:\n  evil:\n    image: {host}/alice/app:1\n    secrets: [k]\nsecrets:\n  k:\n    file: ../../../../kms/root.key\n"
+    );
+    let (code, body) = api_post(
+        &cloud,
+        ADMIN_KEY,
+        "/cvms/provision",
+        &serde_json::json!({"name": "hostile-app", "compose_file": {"docker_compose_file": secrets_file, "allowed_envs": []}}),
+    );
+    assert_eq!(code, 422, "{body}");
+    // The dstack guest-agent socket gets its own explanation.
+    let dstack = format!(
+        "services:\n  app:\n    image: {host}/alice/app:1\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n"
+    );
+    let (code, body) = api_post(
+        &cloud,
+        ADMIN_KEY,
+        "/cvms/provision",
+        &serde_json::json!({"name": "dstack-app", "compose_file": {"docker_compose_file": dstack, "allowed_envs": []}}),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains("dstack"),
+        "{body}"
+    );
+    // Env names that would steer host-side programs are refused at provisioning.
+    for reserved in ["LD_PRELOAD", "DOCKER_HOST", "COMPOSE_FILE", "https_proxy"] {
+        let compose = format!("services:\n  app:\n    image: {host}/alice/app:1\n");
+        let (code, body) = api_post(
+            &cloud,
+            ADMIN_KEY,
+            "/cvms/provision",
+            &serde_json::json!({"name": "reserved-app", "compose_file": {"docker_compose_file": compose, "allowed_envs": [reserved]}}),
+        );
+        assert_eq!(code, 422, "{reserved}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(reserved),
+            "{body}"
+        );
+    }
+
+    // 2. A tenant's `${VAR}` does not see the operator's environment, and a
+    //    forged `BOOT OK` in a service name does not make a failed boot run.
+    std::fs::write(
+        dir.join("compose.yml"),
+        format!("services:\n  app:\n    image: {host}/alice/app:1\n    network_mode: none\n    environment:\n      - LEAK=${{PHALA_CLOUD_API_KEY}}-${{BERTH_API_KEY}}\n    command: [\"sh\", \"-c\", \"echo leak=[$$LEAK]; sleep 600\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("forged.yml"),
+        format!("services:\n  \"web\\nBOOT OK in 0.01 s\":\n    image: {host}/alice/app:1\n    network_mode: none\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("creds.env"),
+        format!("DSTACK_DOCKER_USERNAME=alice\nDSTACK_DOCKER_PASSWORD={CANARY}\nDSTACK_DOCKER_REGISTRY={host}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bad.env"),
+        format!("DSTACK_DOCKER_USERNAME=alice\nDSTACK_DOCKER_PASSWORD={CANARY}-wrong\nDSTACK_DOCKER_REGISTRY={host}\n"),
+    )
+    .unwrap();
+    let deploy = |name: &str, compose: &str, env: &str| {
+        run(
+            Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["deploy", "-n", name, "--no-check", "--wait", "-c"])
+                .arg(dir.join(compose))
+                .arg("-e")
+                .arg(dir.join(env))
+                .args(["--kms-pubkey", &cloud.kms_pubkey])
+                .env("BERTH_API_URL", cloud.api())
+                .env("BERTH_API_KEY", ADMIN_KEY)
+                .env("DOCKER_CONFIG", dir.join("no-docker-config")),
+            b"",
+        )
+    };
+    let ok = deploy("tenant-app", "compose.yml", "creds.env");
+    assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
+    let cvm = wait_status(&cloud, ADMIN_KEY, "tenant-app");
+    assert_eq!(cvm["status"], "running", "{cvm}");
+    let id = cvm["id"].to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["cvms", "logs", "tenant-app", "--stdout"])
+            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_KEY", ADMIN_KEY)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("leak=[") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(logs.contains("leak=[-]"), "container output: {logs} ({id})");
+    assert!(!logs.contains(OPERATOR_CANARY));
+
+    // A service name carrying a forged `BOOT OK` line is refused at
+    // provisioning, shown escaped (the boot agent's own check and the
+    // serial log's escaping are tested in boot.rs).
+    let forged = deploy("forged-app", "forged.yml", "bad.env");
+    assert_eq!(forged.code, 2, "{}\n{}", forged.stdout, forged.stderr);
+    assert!(
+        forged.stderr.contains("web\\nBOOT OK") && !forged.stderr.contains("web\nBOOT OK"),
+        "{}",
+        forged.stderr
+    );
+    assert_eq!(api_get(&cloud, ADMIN_KEY, "/cvms/forged-app").0, 404);
+    // A failed boot stays failed.
+    let failed = deploy("failing-app", "compose.yml", "bad.env");
+    assert_eq!(failed.code, 3, "{}\n{}", failed.stdout, failed.stderr);
+    let cvm = wait_status(&cloud, ADMIN_KEY, "failing-app");
+    assert_eq!(cvm["status"], "boot_failed", "{cvm}");
+    let serial = serial_log(&cloud, ADMIN_KEY, "failing-app");
+    let last = serial.lines().last().unwrap_or_default();
+    assert!(last.contains("BOOT FAILED: credentials_rejected: "), "{serial}");
+
+    // 3. The state folder is closed to other local users.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("berth.db")), 0o600);
+    let cvm_dirs: Vec<PathBuf> = std::fs::read_dir(state.join("cvms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!cvm_dirs.is_empty());
+    for d in &cvm_dirs {
+        assert_eq!(mode(d), 0o700, "{}", d.display());
+        assert_eq!(mode(&d.join("serial.log")), 0o600);
+        assert_eq!(mode(&d.join("shared/encrypted-env")), 0o600);
+        assert_eq!(mode(&d.join("shared/app-compose.json")), 0o600);
+    }
+    if let Some(mut cmd) = as_nobody("cat") {
+        let env_file = cvm_dirs[0].join("shared/encrypted-env");
+        let out = cmd
+            .arg(&env_file)
+            .arg(state.join("berth.db"))
+            .arg(state.join("api-key"))
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "nobody read the state");
+        assert!(out.stdout.is_empty());
+        let ls = as_nobody("ls").unwrap().arg(&state).output().unwrap();
+        assert_ne!(ls.status.code(), Some(0), "nobody listed the state folder");
+    }
+    // No process's arguments or the KMS socket path leak the operator's key.
+    let out = cloud.stop();
+    assert!(!out.contains(OPERATOR_CANARY) && !out.contains(CANARY), "{out}");
+}

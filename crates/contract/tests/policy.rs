@@ -49,10 +49,12 @@ proptest! {
             ("extends", Value::from(text.as_str())),
             ("privileged", Value::Bool(true)),
         ] {
-            if let Err(e) = ComposeFile::parse_and_check(&file(&name, key, value)) {
-                assert_clean(&e.message);
-                if let Some(s) = &e.service {
-                    assert_clean(s);
+            for service in [name.as_str(), "web"] {
+                if let Err(e) = ComposeFile::parse_and_check(&file(service, key, value.clone())) {
+                    assert_clean(&e.message);
+                    if let Some(s) = &e.service {
+                        assert_clean(s);
+                    }
                 }
             }
         }

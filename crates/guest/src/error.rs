@@ -34,7 +34,9 @@ impl BootError {
 
 impl From<contract::ComposeError> for BootError {
     fn from(e: contract::ComposeError) -> Self {
-        BootError::new(Category::Config, e.message)
+        BootError::new(Category::Config, e.message).hint(
+            "every CVM of this node shares one Docker engine: host namespaces, mounts, devices, capabilities and host files are refused (see the compose policy in the README)",
+        )
     }
 }
 

@@ -56,7 +56,7 @@ impl BodyError {
     /// A short reason for messages (no body content).
     pub(crate) fn reason(&self, cap: Cap) -> String {
         match self {
-            BodyError::TooLarge(_) => format!("an answer larger than {}", human_bytes(cap.bytes)),
+            BodyError::TooLarge(_) => format!("more than {}", human_bytes(cap.bytes)),
             BodyError::Transport(e) => crate::client::classify_transport_error(e).1,
             BodyError::TimedOut => format!(
                 "the answer did not arrive within {} s",
@@ -68,9 +68,9 @@ impl BodyError {
 
 /// `64 KiB`, `1 MiB`, `4 MiB`.
 pub(crate) fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
@@ -99,7 +99,9 @@ pub(crate) async fn read_capped(
             }
             if out.capacity() < len as usize {
                 // Grow by hand so the old buffer is zeroized, not just freed.
-                let want = (out.capacity() * 2).max(len as usize).min(cap.bytes as usize);
+                let want = (out.capacity() * 2)
+                    .max(len as usize)
+                    .min(cap.bytes as usize);
                 let mut bigger = Zeroizing::new(Vec::with_capacity(want));
                 bigger.extend_from_slice(&out);
                 out = bigger;

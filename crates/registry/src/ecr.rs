@@ -15,12 +15,12 @@ use crate::credentials::EcrLogin;
 use crate::error::{Category, PullError};
 use crate::retry::{Backoff, Next, RetryPolicy};
 use crate::targets::{TargetGuard, refused_by_resolver, refused_error};
-use std::sync::Arc;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use base64::Engine;
 use envseal::SecretValue;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 

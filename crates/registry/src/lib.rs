@@ -11,6 +11,10 @@
 //! - [`docker_config`]: the same logins read from a developer's Docker
 //!   client configuration (`config.json` and credential helpers).
 //! - [`ratelimit`]: Docker Hub's `ratelimit-*` headers and `Retry-After`.
+//! - [`targets`]: [`PrivateTargets`], which addresses a pull may reach (in a
+//!   CVM, loopback and private addresses only where the operator mapped a
+//!   registry). Every body read into memory goes through one capped reader
+//!   (`body`: 64 KiB error bodies, 1 MiB token/ECR answers, 4 MiB manifests).
 //!
 //! Why the crate looks the way it does: it runs inside the CVM with the
 //! user's registry passwords in memory, so every secret is held in

@@ -146,7 +146,10 @@ impl Puller {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-        let mapped_ecr = opts.ecr_endpoint.iter().filter(|_| opts.ecr_endpoint_mapped);
+        let mapped_ecr = opts
+            .ecr_endpoint
+            .iter()
+            .filter(|_| opts.ecr_endpoint_mapped);
         let guard = Arc::new(TargetGuard::new(
             opts.private_targets,
             opts.endpoints.urls().chain(mapped_ecr),

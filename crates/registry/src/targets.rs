@@ -11,7 +11,7 @@
 //! [`crate::Endpoints`], and the ECR endpoint override when the operator gave
 //! it). IP literals are checked before the request; host names are resolved
 //! and checked before the request (for a clear error) and again by the HTTP
-//! client's resolver ([`GuardedResolver`]), so a name that resolves to a
+//! client's resolver (`GuardedResolver`), so a name that resolves to a
 //! private address on the second lookup (DNS rebinding) is refused as well.
 //!
 //! A refusal is a [`Category::Config`] error and is never retried.
@@ -62,12 +62,7 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
         return is_private_v4(v4);
     }
     let s = ip.segments();
-    let embedded = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let embedded = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     ip.is_unspecified()
         || ip.is_loopback()
         || (s[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
@@ -196,11 +191,7 @@ pub(crate) struct PrivateAddress {
 
 impl std::fmt::Display for PrivateAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} resolves to a loopback or private address",
-            self.host
-        )
+        write!(f, "{} resolves to a loopback or private address", self.host)
     }
 }
 
@@ -241,9 +232,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().to_ascii_lowercase();
         let mapped = self.mapped_names.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !mapped && addrs.iter().any(|a| is_private_ip(a.ip())) {
                 return Err(Box::new(PrivateAddress { host }) as _);
             }
@@ -338,7 +328,10 @@ mod tests {
             for (u, target) in [
                 ("http://127.0.0.1:5001/v2/", "127.0.0.1:5001"),
                 ("http://127.0.0.2:5000/v2/", "127.0.0.2:5000"),
-                ("http://169.254.169.254/latest/meta-data/", "169.254.169.254:80"),
+                (
+                    "http://169.254.169.254/latest/meta-data/",
+                    "169.254.169.254:80",
+                ),
                 ("http://[::1]:5000/", "[::1]:5000"),
                 ("http://[::ffff:127.0.0.1]:5000/", "[::ffff:127.0.0.1]:5000"),
                 ("http://10.0.0.8:80/", "10.0.0.8:80"),
@@ -354,12 +347,7 @@ mod tests {
         let allow = TargetGuard::new(PrivateTargets::Allow, &[]);
         block_on(async {
             assert!(allow.check(&url("http://127.0.0.1:1/")).await.is_ok());
-            assert!(
-                allow
-                    .check(&url("http://169.254.169.254/"))
-                    .await
-                    .is_ok()
-            );
+            assert!(allow.check(&url("http://169.254.169.254/")).await.is_ok());
         });
     }
 
@@ -375,7 +363,10 @@ mod tests {
         assert_eq!(e.category, Category::Config);
         assert!(e.message.contains("127.0.0.1:9"), "{}", e.message);
         assert!(e.message.contains("evil.example:5000"), "{}", e.message);
-        assert!(e.message.contains("only for registries the operator mapped"));
+        assert!(
+            e.message
+                .contains("only for registries the operator mapped")
+        );
     }
 
     #[test]
@@ -394,6 +385,26 @@ mod tests {
                 Ok(_) => panic!("localhost resolved"),
             };
             assert!(err.downcast_ref::<PrivateAddress>().is_some());
+
+            // Through the HTTP client, the refusal is recognised in the
+            // error chain (what a second, rebound lookup would produce).
+            let client = reqwest::Client::builder()
+                .dns_resolver(std::sync::Arc::new(none))
+                .build()
+                .unwrap();
+            let err = client.get("http://localhost:9/").send().await.unwrap_err();
+            assert_eq!(
+                refused_by_resolver(&err),
+                Some(Refused {
+                    target: "localhost:9".into()
+                })
+            );
+            let other = reqwest::Client::new()
+                .get("http://127.0.0.1:9/")
+                .send()
+                .await
+                .unwrap_err();
+            assert_eq!(refused_by_resolver(&other), None);
         });
     }
 }

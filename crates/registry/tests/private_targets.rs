@@ -82,11 +82,7 @@ fn unmapped_loopback_registry_is_refused_and_the_mapped_one_pulls() {
     )
     .unwrap_err();
     assert_refused(&err, &host);
-    assert!(
-        err.message.contains("the endpoint of"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("the endpoint of"), "{}", err.message);
     assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
 
     // A host name that resolves to loopback is refused the same way, even
@@ -224,7 +220,11 @@ fn token_realm_on_an_unmapped_loopback_host_is_refused() {
     )
     .unwrap_err();
     assert_refused(&err, &issuer.host_port());
-    assert!(err.message.contains("the token service of"), "{}", err.message);
+    assert!(
+        err.message.contains("the token service of"),
+        "{}",
+        err.message
+    );
     assert_eq!(issuer.request_count(), 0);
 
     let pulled = pull(
