@@ -48,7 +48,10 @@ PORT="${BERTH_DEMO_PORT:-8000}"
 if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$PORT))!=0)"; then
   PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 fi
-env -u BERTH_ADMIN_API_KEY "$BERTH" up --state "$DEMO/cloud" --listen "127.0.0.1:$PORT" > "$DEMO/berth-up.log" 2>&1 < /dev/null &
+# The demo registry listens on loopback: a CVM reaches a loopback or private
+# address only for a registry the operator mapped.
+env -u BERTH_ADMIN_API_KEY "$BERTH" up --state "$DEMO/cloud" --listen "127.0.0.1:$PORT" \
+  --registry-endpoint "$REGISTRY=http://$REGISTRY" > "$DEMO/berth-up.log" 2>&1 < /dev/null &
 echo "$!" >> "$DEMO/pids"
 for _ in $(seq 1 900); do grep -q 'Stop with Ctrl-C' "$DEMO/berth-up.log" 2>/dev/null && break; sleep 0.1; done
 grep -q 'Stop with Ctrl-C' "$DEMO/berth-up.log" || { echo "berth up did not start:"; cat "$DEMO/berth-up.log"; exit 1; }
@@ -57,6 +60,7 @@ export BERTH_API_URL="http://127.0.0.1:$PORT/api/v1"
 BERTH_API_KEY="$(cat "$DEMO/cloud/api-key")"
 export BERTH_API_KEY
 KMS_PUBKEY="$(cat "$DEMO/cloud/kms-public-key")"
+export BERTH_KMS_PUBKEY="$KMS_PUBKEY"
 
 step "3. Deploy an app whose image is private; the credentials are sealed here"
 cat > "$DEMO/app/docker-compose.yml" <<YAML
@@ -99,7 +103,7 @@ cat <<EOF2
 
 The demo keeps running:
   API:            $BERTH_API_URL   (X-API-Key: the key in $DEMO/cloud/api-key)
-  try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key)
+  try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key) BERTH_KMS_PUBKEY=$KMS_PUBKEY
                   $BERTH cvms list
                   $BERTH cvms logs demo-private-app --serial
   official CLI:   PHALA_CLOUD_API_PREFIX=$BERTH_API_URL PHALA_CLOUD_API_KEY=\$(cat $DEMO/cloud/api-key) \\
