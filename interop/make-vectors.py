@@ -1,5 +1,6 @@
 """Writes crates/envseal/tests/vectors.json with pyca/cryptography, an
 implementation independent of Berth's. Run once; the output is committed.
+Run with .deps/venv/bin/python (scripts/deps.sh installs it there).
 
 Each vector fixes the app key, the ephemeral key and the nonce, so the sealed
 bytes are exact and Berth must reproduce them byte for byte.

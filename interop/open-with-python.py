@@ -1,6 +1,6 @@
 """Opens a sealed env with an independent implementation (pyca/cryptography).
 
-Usage: python3 open-with-python.py KEYFILE < sealed.hex
+Usage: .deps/venv/bin/python interop/open-with-python.py KEYFILE < sealed.hex
 Prints the decrypted JSON exactly as it was inside the ciphertext.
 """
 import sys

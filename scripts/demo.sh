@@ -82,14 +82,18 @@ chmod 600 "$DEMO/app/.env"
 sed 's/^/    /' "$DEMO/app/docker-compose.yml"
 echo "    .env: GREETING, DSTACK_DOCKER_USERNAME, DSTACK_DOCKER_PASSWORD, DSTACK_DOCKER_REGISTRY"
 echo
+# Exactly the command shown: the KMS key it trusts is BERTH_KMS_PUBKEY, exported
+# above, as in the suggestions printed at the end.
 echo "\$ berth deploy -n demo-private-app -c docker-compose.yml -e .env --wait"
-(cd "$DEMO/app" && "$BERTH" deploy -n demo-private-app -c docker-compose.yml -e .env --wait --kms-pubkey "$KMS_PUBKEY")
+(cd "$DEMO/app" && "$BERTH" deploy -n demo-private-app -c docker-compose.yml -e .env --wait)
 
 step "4. The app's output"
 sleep 1
 "$BERTH" cvms logs demo-private-app --stdout | sed 's/^/    /'
 echo
 "$BERTH" cvms list | sed 's/^/    /'
+echo
+"$BERTH" cvms get demo-private-app | sed 's/^/    /'
 
 step "5. What the control plane holds"
 # -f: the password is read from its file, never put on grep's command line.
@@ -105,8 +109,10 @@ The demo keeps running:
   API:            $BERTH_API_URL   (X-API-Key: the key in $DEMO/cloud/api-key)
   try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key) BERTH_KMS_PUBKEY=$KMS_PUBKEY
                   $BERTH cvms list
+                  $BERTH cvms get demo-private-app
                   $BERTH cvms logs demo-private-app --serial
+                  $BERTH deploy -n demo-second-app -c $DEMO/app/docker-compose.yml -e $DEMO/app/.env --wait
   official CLI:   PHALA_CLOUD_API_PREFIX=$BERTH_API_URL PHALA_CLOUD_API_KEY=\$(cat $DEMO/cloud/api-key) \\
-                  interop/node_modules/.bin/phala cvms list
+                  $ROOT/interop/node_modules/.bin/phala cvms list
   stop it all:    make demo-stop
 EOF2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian
 # machine, idempotently: Debian packages with apt-get, npm packages into
-# interop/node_modules, PyPI packages into .deps/py. Nothing else is touched.
+# interop/node_modules, PyPI packages into the venv .deps/venv. Nothing else is
+# touched.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -12,7 +13,7 @@ SUDO=""
 apt_missing=()
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
-command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-venv)
 # The boot agent's tests: a real Docker engine, the compose tool, and a static
 # busybox to build runnable test images; GNU time for the benchmarks.
 command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
@@ -31,16 +32,16 @@ if ! cmp -s interop/package-lock.json interop/node_modules/.berth-installed-lock
   (cd interop && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.berth-installed-lock)
 fi
 
-# Registry fixtures (docker-registry, skopeo, umoci, moto) when present.
-if [ -x scripts/registry-deps.sh ]; then
-  scripts/registry-deps.sh
-fi
+# Registry fixtures (docker-registry, skopeo, umoci, moto); it also creates
+# .deps/venv, the project's own Python environment for test-only tools.
+scripts/registry-deps.sh
 
-# An independent AES-GCM/X25519 implementation for the interop test.
-PY_TARGET=.deps/py
-if ! PYTHONPATH="$PY_TARGET" python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' >/dev/null 2>&1; then
-  echo "deps: pip install cryptography into $PY_TARGET"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$PY_TARGET" 'cryptography>=42'
+# An independent AES-GCM/X25519 implementation for the interop test, in the
+# same venv (the tests run .deps/venv/bin/python).
+VPY=.deps/venv/bin/python
+if ! "$VPY" -c 'import cryptography.hazmat.primitives.ciphers.aead' >/dev/null 2>&1; then
+  echo "deps: pip install cryptography into .deps/venv"
+  "$VPY" -m pip install --quiet --disable-pip-version-check --no-input 'cryptography>=42'
 fi
 
 # The test runner: cargo-nextest is on the machine image; fall back to cargo test.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what crates/testkit needs to start real registry fixtures:
 #   Debian: docker-registry (distribution), skopeo, umoci, openssl, apache2-utils, curl
-#   PyPI:   moto[server] 5.x into <repo>/.deps/py (project-local, used via PYTHONPATH)
-# Idempotent and non-interactive; run as root. Skips whatever is already present.
+#   PyPI:   moto[server] 5.x into the venv <repo>/.deps/venv (tests run its bin/python)
+# Idempotent and non-interactive; run as root. Skips whatever is already present
+# and prints nothing then.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,20 +39,28 @@ if ((${#missing[@]})); then
   echo "registry-deps: installing ${missing[*]}"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-else
-  echo "registry-deps: Debian packages already installed"
 fi
 
-PY="${PYTHON:-python3}"
-PY_TARGET="$REPO_ROOT/.deps/py"
-# Only moto inside .deps/py counts (a system-wide moto could be another version).
-if compgen -G "$PY_TARGET/moto-5.*.dist-info" >/dev/null \
-  && PYTHONPATH="$PY_TARGET" "$PY" -c 'import sys, moto.server; sys.exit(0 if moto.__file__.startswith(sys.argv[1]) else 1)' "$PY_TARGET" >/dev/null 2>&1; then
-  echo "registry-deps: moto[server] already in .deps/py"
-else
-  echo "registry-deps: installing moto[server]==5.* into .deps/py"
-  mkdir -p "$PY_TARGET"
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-input \
-    --upgrade --target "$PY_TARGET" 'moto[server]==5.*'
+# moto[server] 5.x goes into the project's own venv (.deps/venv, shared with
+# scripts/deps.sh), never next to the machine's Python packages: pip then has
+# nothing unrelated to resolve, or to complain about.
+VENV="$REPO_ROOT/.deps/venv"
+VPY="$VENV/bin/python"
+if ! "$VPY" -c 'import sys' >/dev/null 2>&1; then
+  PY="${PYTHON:-python3}"
+  rm -rf "$VENV"
+  if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian splits ensurepip out of python3.
+    echo "registry-deps: installing python3-venv"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+  fi
 fi
-echo "registry-deps: done"
+if ! "$VPY" -c 'import sys, moto.server, importlib.metadata as m; sys.exit(0 if m.version("moto").startswith("5.") else 1)' >/dev/null 2>&1; then
+  echo "registry-deps: installing moto[server]==5.* into .deps/venv"
+  "$VPY" -m pip install --quiet --disable-pip-version-check --no-input 'moto[server]==5.*'
+fi

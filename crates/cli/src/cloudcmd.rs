@@ -26,8 +26,12 @@ pub struct DeployArgs {
     /// The Docker Compose file.
     #[arg(short = 'c', long = "compose", value_name = "FILE")]
     compose: PathBuf,
-    /// A .env file or KEY=VALUE (repeatable; later wins). Sealed on this machine.
-    #[arg(short = 'e', long = "env", value_name = "FILE|KEY=VALUE")]
+    /// A .env file, `-` for standard input, or KEY=VALUE (repeatable; later
+    /// wins). Sealed on this machine. A secret written as KEY=VALUE is in this
+    /// command's own arguments, which every local user can read (ps,
+    /// /proc/PID/cmdline): put secrets in a file (`-e .env`) or pipe them
+    /// (`-e -`).
+    #[arg(short = 'e', long = "env", value_name = "FILE|-|KEY=VALUE")]
     env: Vec<String>,
     /// Follow the boot and exit with its category's exit code.
     #[arg(long)]
@@ -35,7 +39,7 @@ pub struct DeployArgs {
     /// The KMS public key to trust (default: BERTH_KMS_PUBKEY, else the one `berth up` wrote).
     #[arg(long, value_name = "HEX")]
     kms_pubkey: Option<String>,
-    /// Skip the registry pre-flight (`berth check`) on this machine.
+    /// Skip the registry pre-flight (the checks of `berth check`, run here).
     #[arg(long)]
     no_check: bool,
     /// For the pre-flight: reach registry R at URL (repeatable).
@@ -50,7 +54,7 @@ pub struct DeployArgs {
 pub enum CvmsCommand {
     /// List your CVMs.
     List(ListArgs),
-    /// Show one CVM.
+    /// Show one CVM: status (and why a boot failed), app, compose hash, registries.
     Get(IdArgs),
     /// Boot a stopped CVM.
     Start(IdArgs),
@@ -68,7 +72,7 @@ pub enum CvmsCommand {
 pub struct ListArgs {
     #[command(flatten)]
     api: ApiArgs,
-    /// Print one JSON object per CVM, one per line.
+    /// Print one JSON object per CVM, one per line (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -79,7 +83,7 @@ pub struct IdArgs {
     api: ApiArgs,
     /// The CVM: its id, name or app id.
     id: String,
-    /// Print JSON.
+    /// Print the API's answer as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -107,7 +111,7 @@ pub struct LogsArgs {
     tail: Option<usize>,
 }
 
-fn client(args: &ApiArgs) -> Result<ApiClient, Failure> {
+pub(crate) fn client(args: &ApiArgs) -> Result<ApiClient, Failure> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let url = args
         .api_url
@@ -127,7 +131,7 @@ fn client(args: &ApiArgs) -> Result<ApiClient, Failure> {
     Ok(ApiClient::new(&url, &key))
 }
 
-fn api_failure(e: ApiError) -> Failure {
+pub(crate) fn api_failure(e: ApiError) -> Failure {
     let code = if e.status.is_client_error() { 2 } else { 1 };
     Failure {
         message: e.message,
@@ -159,10 +163,20 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     let compose = std::fs::read_to_string(&args.compose)
         .map_err(|e| Failure::io(format!("cannot read {}", args.compose.display()), &e))?;
     let env = envargs::load(&args.env)?;
+    if args.env.iter().any(|a| {
+        a != "-"
+            && !std::path::Path::new(a).is_file()
+            && a.split_once('=')
+                .is_some_and(|(k, _)| k.starts_with("DSTACK_"))
+    }) {
+        eprintln!(
+            "note: -e KEY=VALUE puts the credential in this command's arguments, which other local users can read; prefer -e FILE or -e -"
+        );
+    }
     let keys: Vec<String> = env.keys().map(str::to_owned).collect();
     let trusted = trusted_kms_key(args.kms_pubkey.as_deref())?;
     if !args.no_check && keys.iter().any(|k| k.starts_with("DSTACK_")) {
-        preflight(&args, &compose)?;
+        preflight(&args, &env, &compose)?;
     }
     let rt = crate::runtime();
     rt.block_on(async {
@@ -200,41 +214,36 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     })
 }
 
-fn preflight(args: &DeployArgs, compose: &str) -> Result<(), Failure> {
+/// `berth check` on the compose file's images with the env's credentials,
+/// in this process: the env was read once (`-e -` consumed standard input)
+/// and no value goes on another process's command line.
+fn preflight(args: &DeployArgs, env: &envseal::Env, compose: &str) -> Result<(), Failure> {
     let images = cloud::appcompose::images(compose).map_err(|e| Failure::config(e.message))?;
     if images.is_empty() {
         return Ok(());
     }
     eprintln!(
-        "Pre-flight: checking {} images with the credentials in the env (HEAD only)…",
-        images.len()
+        "Pre-flight: checking {} image{} with the credentials in the env (HEAD only)…",
+        images.len(),
+        if images.len() == 1 { "" } else { "s" }
     );
-    let exe = std::env::current_exe().map_err(|e| Failure::io("cannot find berth", &e))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("check");
-    for e in &args.env {
-        cmd.arg("-e").arg(e);
-    }
-    for m in &args.registry_endpoint {
-        cmd.arg("--registry-endpoint").arg(m);
-    }
-    for c in &args.ca_cert {
-        cmd.arg("--ca-cert").arg(c);
-    }
-    cmd.args(&images);
-    let status = cmd
-        .status()
-        .map_err(|e| Failure::io("cannot run berth check", &e))?;
-    if !status.success() {
-        return Err(Failure {
-            message: "the pre-flight check failed (see above); nothing was deployed".into(),
-            hint: Some(
-                "fix the credentials or image names, or pass --no-check to deploy anyway".into(),
+    crate::pullcmd::preflight(env, &args.registry_endpoint, &args.ca_cert, &images).map_err(|e| {
+        Failure {
+            message: format!(
+                "the pre-flight check failed: {} [{}]; nothing was deployed",
+                e.message, e.category
             ),
-            code: status.code().unwrap_or(1) as u8,
-        });
-    }
-    Ok(())
+            hint: Some(if e.hint.is_empty() {
+                "fix the credentials or image names, or pass --no-check to deploy anyway".into()
+            } else {
+                format!(
+                    "{}; or pass --no-check to deploy anyway",
+                    e.hint.trim_end_matches('.')
+                )
+            }),
+            code: crate::failure::exit_code(e.category),
+        }
+    })
 }
 
 /// Prints the serial log as the CVM boots; exits with the boot's category.
@@ -291,23 +300,154 @@ fn category_code(category: &str) -> u8 {
         .unwrap_or(1)
 }
 
-fn print_cvm(c: &CvmInfo, json: bool) {
+/// The registries a CVM's images come from, in the order of its compose file.
+fn registries(c: &CvmInfo) -> Vec<String> {
+    let images = c
+        .compose_file
+        .as_deref()
+        .and_then(|yaml| cloud::appcompose::images(yaml).ok())
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for image in images {
+        if let Ok(r) = contract::reference::ImageReference::parse(&image)
+            && !out.iter().any(|x| x == r.registry())
+        {
+            out.push(r.registry().to_owned());
+        }
+    }
+    out
+}
+
+/// `2026-05-01T12:00:00Z` as `2026-05-01 12:00:00 UTC`.
+fn when(rfc3339: &str) -> String {
+    match rfc3339.strip_suffix('Z') {
+        Some(t) => format!("{} UTC", t.replacen('T', " ", 1)),
+        None => rfc3339.replacen('T', " ", 1),
+    }
+}
+
+/// The status, with the boot's category when it failed.
+fn status_cell(c: &CvmInfo) -> String {
+    match &c.boot_category {
+        Some(cat) if c.status != "running" => format!("{} ({cat})", c.status),
+        _ => c.status.clone(),
+    }
+}
+
+/// One JSON object per CVM for `berth cvms list --json`, with stable names.
+fn list_json(c: &CvmInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": c.id, "name": c.name, "status": c.status, "app_id": c.app_id,
+        "compose_hash": c.compose_hash, "registries": registries(c),
+        "boot_category": c.boot_category, "boot_error": c.boot_error, "created_at": c.created_at,
+    })
+}
+
+/// The table of `berth cvms list`: a header row, then one row per CVM.
+fn list_table(cvms: &[CvmInfo]) -> String {
+    let header = ["NAME", "STATUS", "APP ID", "CREATED", "ID"];
+    let rows: Vec<[String; 5]> = cvms
+        .iter()
+        .map(|c| {
+            [
+                c.name.clone(),
+                status_cell(c),
+                format!("app_{}", c.app_id),
+                when(&c.created_at),
+                c.id.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        l.push('\n');
+        l
+    };
+    let mut out = line(header);
+    for row in &rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+/// The view of `berth cvms get` (and of start/stop/restart).
+fn detail(c: &CvmInfo) -> String {
+    let none = "-".to_string();
+    let mut status = c.status.clone();
+    if c.status != "running"
+        && let Some(cat) = &c.boot_category
+    {
+        status.push_str(&format!(" ({cat})"));
+        // The boot's last serial line repeats the category: say it once.
+        if let Some(msg) = c.boot_error.as_deref() {
+            let msg = msg.strip_prefix("BOOT FAILED: ").unwrap_or(msg);
+            let msg = msg
+                .strip_prefix(cat.as_str())
+                .and_then(|m| m.strip_prefix(": "))
+                .unwrap_or(msg);
+            if !msg.is_empty() {
+                status.push_str(&format!(": {msg}"));
+            }
+        }
+    }
+    let regs = registries(c);
+    let fields = [
+        ("Name", c.name.clone()),
+        ("ID", c.id.clone()),
+        ("Status", status),
+        ("App ID", format!("app_{}", c.app_id)),
+        (
+            "Compose hash",
+            c.compose_hash.clone().unwrap_or_else(|| none.clone()),
+        ),
+        ("Created", when(&c.created_at)),
+        (
+            "Registries",
+            if regs.is_empty() {
+                none.clone()
+            } else {
+                regs.join(", ")
+            },
+        ),
+        (
+            "Boot category",
+            c.boot_category.clone().unwrap_or_else(|| {
+                if c.status == "running" {
+                    "ok".into()
+                } else {
+                    none.clone()
+                }
+            }),
+        ),
+    ];
+    let mut out = String::new();
+    for (k, v) in fields {
+        out.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
+    }
+    out
+}
+
+fn print_one(c: &CvmInfo, json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "app_id": c.app_id,
-                               "boot_category": c.boot_category, "boot_error": c.boot_error, "created_at": c.created_at})
+            serde_json::to_string_pretty(&c.raw).unwrap_or_default()
         );
     } else {
-        let failure = c
-            .boot_category
-            .as_deref()
-            .map(|cat| format!("  ({cat})"))
-            .unwrap_or_default();
-        println!(
-            "{}  {:<24} {:<12} app_{}{failure}",
-            c.id, c.name, c.status, c.app_id
-        );
+        print!("{}", detail(c));
     }
 }
 
@@ -323,14 +463,19 @@ pub fn cvms(cmd: CvmsCommand) -> Result<(), Failure> {
         match cmd {
             CvmsCommand::List(a) => {
                 let api = client(&a.api)?;
-                for c in api.list().await.map_err(api_failure)? {
-                    print_cvm(&c, a.json);
+                let cvms = api.list().await.map_err(api_failure)?;
+                if a.json {
+                    for c in &cvms {
+                        println!("{}", list_json(c));
+                    }
+                } else {
+                    print!("{}", list_table(&cvms));
                 }
                 Ok(())
             }
             CvmsCommand::Get(a) => {
                 let c = client(&a.api)?.get(&a.id).await.map_err(api_failure)?;
-                print_cvm(&c, a.json);
+                print_one(&c, a.json);
                 Ok(())
             }
             CvmsCommand::Start(_) | CvmsCommand::Stop(_) | CvmsCommand::Restart(_) => Ok(()),
@@ -371,7 +516,7 @@ pub fn action(a: IdArgs, action: &str) -> Result<(), Failure> {
             .action(&a.id, action)
             .await
             .map_err(api_failure)?;
-        print_cvm(&c, a.json);
+        print_one(&c, a.json);
         Ok(())
     })
 }

@@ -9,6 +9,7 @@ mod failure;
 mod guestcmd;
 mod pullcmd;
 mod upcmd;
+mod userscmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -50,6 +51,9 @@ enum Command {
     /// Manage your CVMs.
     #[command(subcommand)]
     Cvms(cloudcmd::CvmsCommand),
+    /// Manage the API's users and their keys.
+    #[command(subcommand)]
+    Users(userscmd::UsersCommand),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Node(NodeCommand::Serve(args)) => upcmd::node_serve(args),
         Command::Deploy(args) => cloudcmd::deploy(args),
         Command::Cvms(cmd) => cloudcmd::cvms(cmd),
+        Command::Users(cmd) => userscmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

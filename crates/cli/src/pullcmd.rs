@@ -3,14 +3,14 @@
 use crate::envargs;
 use crate::failure::Failure;
 use clap::Args;
-use envseal::SecretValue;
+use envseal::{Env, SecretValue};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use registry::docker_config::DockerConfig;
 use registry::{
     CredentialSet, Endpoints, ImageReference, Platform, PullError, PullEvent, PullOptions, Puller,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -97,6 +97,17 @@ fn pull_failure(e: PullError, json: bool) -> Failure {
 /// The pull options that `pull` and `check` share, from arguments, the
 /// process environment and the config file.
 fn options(args: &RegistryArgs, store: PathBuf) -> Result<PullOptions, PullError> {
+    let env = envargs::load(&args.env).map_err(|f| PullError::config(f.message))?;
+    options_with_env(args, store, &env)
+}
+
+/// [`options`] with the `-e` env already loaded (by `berth deploy`, whose
+/// standard input can be read only once).
+fn options_with_env(
+    args: &RegistryArgs,
+    store: PathBuf,
+    env: &Env,
+) -> Result<PullOptions, PullError> {
     let mut opts = PullOptions::new(store);
     opts.retry.budget = std::time::Duration::from_secs(args.max_retry_time);
     // Credentials: DSTACK_* from the process environment, overridden by -e.
@@ -104,7 +115,6 @@ fn options(args: &RegistryArgs, store: PathBuf) -> Result<PullOptions, PullError
         .filter(|(k, _)| k.starts_with("DSTACK_") || k.starts_with("AWS_ENDPOINT_URL"))
         .map(|(k, v)| (k, SecretValue::new(v)))
         .collect();
-    let env = envargs::load(&args.env).map_err(|f| PullError::config(f.message))?;
     for v in env.vars() {
         vars.insert(v.key.clone(), v.value.clone());
     }
@@ -238,11 +248,50 @@ pub fn check(args: CheckArgs) -> Result<(), Failure> {
 fn run_check(args: CheckArgs) -> Result<(), PullError> {
     let refs = parse_refs(&args.images)?;
     // Nothing is written: the store is a throwaway directory.
-    let scratch = std::env::temp_dir().join(format!("berth-check-{}", std::process::id()));
+    let scratch = scratch_store();
     let opts = options(&args.registry, scratch.clone())?;
+    check_refs(opts, &refs, args.registry.json, &mut std::io::stdout())
+}
+
+/// `berth check` as a function, for `berth deploy`'s pre-flight: the same
+/// checks in this process, with the env the caller already loaded (so
+/// `-e -` is read once, and no value is put on another process's command
+/// line). Progress rows go to standard error.
+pub fn preflight(
+    env: &Env,
+    registry_endpoint: &[String],
+    ca_cert: &[PathBuf],
+    images: &[String],
+) -> Result<(), PullError> {
+    let refs = parse_refs(images)?;
+    let args = RegistryArgs {
+        env: Vec::new(),
+        registry_endpoint: registry_endpoint.to_vec(),
+        ca_cert: ca_cert.to_vec(),
+        config: std::env::var_os("BERTH_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+        json: false,
+        max_retry_time: 120,
+    };
+    let opts = options_with_env(&args, scratch_store(), env)?;
+    check_refs(opts, &refs, false, &mut std::io::stderr())
+}
+
+fn scratch_store() -> PathBuf {
+    std::env::temp_dir().join(format!("berth-check-{}", std::process::id()))
+}
+
+fn check_refs(
+    opts: PullOptions,
+    refs: &[ImageReference],
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), PullError> {
+    let scratch = opts.store.clone();
     let puller = Puller::new(opts, registry::no_events())?;
     let rt = crate::runtime();
-    let results: Vec<_> = rt.block_on(futures_join(&puller, &refs));
+    let results: Vec<_> = rt.block_on(futures_join(&puller, refs));
     let limits = rt.block_on(puller.rate_limits());
     let _ = std::fs::remove_dir_all(&scratch);
     let mut first_err = None;
@@ -250,8 +299,9 @@ fn run_check(args: CheckArgs) -> Result<(), PullError> {
     for (r, res) in refs.iter().zip(results) {
         match res {
             Ok(c) => {
-                if !args.registry.json {
-                    println!(
+                if !json {
+                    let _ = writeln!(
+                        out,
                         "ok      {}  {}  ({})",
                         c.reference,
                         c.digest
@@ -264,30 +314,30 @@ fn run_check(args: CheckArgs) -> Result<(), PullError> {
                 rows.push(serde_json::json!({"image": c.reference, "ok": true, "digest": c.digest, "auth": c.auth}));
             }
             Err(e) => {
-                if !args.registry.json {
-                    println!("FAILED  {r}  {}: {}", e.category, e.message);
+                if !json {
+                    let _ = writeln!(out, "FAILED  {r}  {}: {}", e.category, e.message);
                 }
                 rows.push(serde_json::json!({"image": r.to_string(), "ok": false, "category": e.category.as_str(), "message": e.message}));
                 first_err.get_or_insert(e);
             }
         }
     }
-    if !args.registry.json {
+    if !json {
         for (r, l) in &limits {
-            println!("{r}: {l}");
+            let _ = writeln!(out, "{r}: {l}");
         }
     }
     match first_err {
         Some(e) => Err(e),
         None => {
-            if args.registry.json {
-                let out = serde_json::json!({
+            if json {
+                let obj = serde_json::json!({
                     "images": rows,
                     "rate_limits": limits.iter().map(|(r, l)| serde_json::json!({
                         "registry": r, "limit": l.limit, "remaining": l.remaining, "window_secs": l.window_secs,
                     })).collect::<Vec<_>>(),
                 });
-                println!("{out}");
+                let _ = writeln!(out, "{obj}");
             }
             Ok(())
         }

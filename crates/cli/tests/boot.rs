@@ -243,6 +243,15 @@ fn boot_pulls_two_registries_runs_the_app_and_restarts_for_free() {
         first.stdout
     );
     assert!(container_logs(&engine, "bootmain", "api").contains("api up"));
+    // Every service runs the image ID this boot pulled, never a name another
+    // tenant of the shared engine could have tagged.
+    let handed = std::fs::read_to_string(app.state.join("compose/docker-compose.yml")).unwrap();
+    let images: Vec<&str> = handed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert_eq!(images.len(), 2, "{handed}");
+    assert!(images.iter().all(|i| i.starts_with("sha256:")), "{handed}");
 
     // The canary is nowhere: docker inspect, files outside the key material.
     let ids = engine.docker_out(&["ps", "-aq"]);
@@ -520,15 +529,18 @@ fn each_failure_ends_the_boot_with_its_category_and_exit_code() {
         );
         assert!(last.contains(needle), "{}: {last}", case.name);
         assert_eq!(
-            out.stdout.lines().last().map(|l| l.contains("BOOT FAILED: ")),
+            out.stdout
+                .lines()
+                .last()
+                .map(|l| l.contains("BOOT FAILED: ")),
             Some(true),
             "{}: the outcome is the very last line",
             case.name
         );
         assert!(
-            !out.stdout
-                .lines()
-                .any(|l| l.split_once("] ").is_some_and(|(_, t)| t.starts_with("BOOT OK"))),
+            !out.stdout.lines().any(|l| l
+                .split_once("] ")
+                .is_some_and(|(_, t)| t.starts_with("BOOT OK"))),
             "{}: a BOOT OK line in a failed boot:\n{}",
             case.name,
             out.stdout

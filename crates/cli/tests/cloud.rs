@@ -27,10 +27,6 @@ struct Cloud {
 }
 
 impl Cloud {
-    fn start(state: &Path, port: u16, docker_host: &str, extra_env: &[(&str, String)]) -> Cloud {
-        Self::start_with_args(state, port, docker_host, extra_env, &[])
-    }
-
     fn start_with_args(
         state: &Path,
         port: u16,
@@ -222,12 +218,14 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
     // The ECR host name is mapped to the local registry through the endpoint
     // mapping `berth up` passes to every CVM; moto answers GetAuthorizationToken.
     let endpoint_arg = format!("--registry-endpoint={ecr_host}={}", ecr.base_url());
+    // The GHCR-style registry listens on loopback: the operator maps it.
+    let ghcr_arg = format!("--registry-endpoint={host}={}", reg.base_url());
     let cloud = Cloud::start_with_args(
         &state,
         port,
         &engine.host(),
         &[("AWS_ENDPOINT_URL_ECR", moto.endpoint())],
-        &[&endpoint_arg],
+        &[&endpoint_arg, &ghcr_arg],
     );
 
     let work = dir.join("app");
@@ -355,6 +353,15 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
         serial
             .stdout
             .contains(&format!("service api: {ecr_host}/team/api:2")),
+        "{}",
+        serial.stdout
+    );
+    // The registry user name `octocat` is a credential, but inside the
+    // image reference it is public text and stays readable.
+    assert!(
+        serial
+            .stdout
+            .contains(&format!("service web: {host}/octocat/web:1")),
         "{}",
         serial.stdout
     );
@@ -506,7 +513,7 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
         port,
         &engine.host(),
         &[("AWS_ENDPOINT_URL_ECR", moto.endpoint())],
-        &[&endpoint_arg],
+        &[&endpoint_arg, &ghcr_arg],
     );
     let again = wait_status(&cloud, ADMIN_KEY, "my-private-app");
     assert_eq!(again["status"], "running");
@@ -609,11 +616,13 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
         &ImageSpec::new().busybox(),
     );
     let dir = tempdir("cloud-berth-deploy");
-    let cloud = Cloud::start(
+    let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
+    let cloud = Cloud::start_with_args(
         &dir.join("state"),
         testkit::free_port(),
         &engine.host(),
         &[],
+        &[&mapped],
     );
     // The state folder's secrets are readable by their owner only.
     for secret in ["api-key", "log-secret", "kms/root.key"] {
@@ -891,7 +900,10 @@ fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
     assert_eq!(code, 403, "{refused}");
     assert!(refused.get("env_private_key").is_none());
     let (code, _) = post("/kms/v1/env-key", None, &key_req(&compose_hash, ""));
-    assert_eq!(code, 403, "the registered hash without a ticket opens nothing");
+    assert_eq!(
+        code, 403,
+        "the registered hash without a ticket opens nothing"
+    );
     // Tickets are minted for the node only.
     let ticket_req = format!(r#"{{"app_id":"{app_id}","compose_hash":"{compose_hash}"}}"#);
     assert_eq!(post("/kms/v1/boot-tickets", None, &ticket_req).0, 403);
@@ -906,7 +918,10 @@ fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
     };
     // A ticket presented with another hash: refused, and burnt.
     let ticket = mint();
-    assert_eq!(post("/kms/v1/env-key", None, &key_req(&forged, &ticket)).0, 403);
+    assert_eq!(
+        post("/kms/v1/env-key", None, &key_req(&forged, &ticket)).0,
+        403
+    );
     assert_eq!(
         post("/kms/v1/env-key", None, &key_req(&compose_hash, &ticket)).0,
         403
@@ -926,7 +941,15 @@ fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
     // Another local user cannot even connect.
     if let Some(mut cmd) = as_nobody("curl") {
         let out = cmd
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", &sock])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+                &sock,
+            ])
             .arg("http://kms/kms/v1/pubkey")
             .output()
             .unwrap();
@@ -1050,7 +1073,10 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
     );
     assert_eq!(code, 422, "{body}");
     assert!(
-        body["detail"].as_str().unwrap_or_default().contains("dstack"),
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("dstack"),
         "{body}"
     );
     // Env names that would steer host-side programs are refused at provisioning.
@@ -1064,7 +1090,10 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
         );
         assert_eq!(code, 422, "{reserved}: {body}");
         assert!(
-            body["detail"].as_str().unwrap_or_default().contains(reserved),
+            body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(reserved),
             "{body}"
         );
     }
@@ -1145,7 +1174,10 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
     assert_eq!(cvm["status"], "boot_failed", "{cvm}");
     let serial = serial_log(&cloud, ADMIN_KEY, "failing-app");
     let last = serial.lines().last().unwrap_or_default();
-    assert!(last.contains("BOOT FAILED: credentials_rejected: "), "{serial}");
+    assert!(
+        last.contains("BOOT FAILED: credentials_rejected: "),
+        "{serial}"
+    );
 
     // 3. The state folder is closed to other local users.
     use std::os::unix::fs::PermissionsExt;
@@ -1179,5 +1211,8 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
     }
     // No process's arguments or the KMS socket path leak the operator's key.
     let out = cloud.stop();
-    assert!(!out.contains(OPERATOR_CANARY) && !out.contains(CANARY), "{out}");
+    assert!(
+        !out.contains(OPERATOR_CANARY) && !out.contains(CANARY),
+        "{out}"
+    );
 }

@@ -109,12 +109,9 @@ fn env_sealed_by_berth_opens_with_python_cryptography() {
         b"",
     );
     assert_eq!(sealed.code, 0, "{}", sealed.stderr);
-    let mut py = Command::new("python3");
+    // pyca/cryptography is in the project's venv (scripts/deps.sh).
+    let mut py = Command::new(root.join(".deps/venv/bin/python"));
     py.arg(root.join("interop/open-with-python.py")).arg(&key);
-    let deps = root.join(".deps/py");
-    if deps.exists() {
-        py.env("PYTHONPATH", deps);
-    }
     let opened = run(&mut py, sealed.stdout.as_bytes());
     assert_eq!(opened.code, 0, "python: {}", opened.stderr);
     let got: serde_json::Value = serde_json::from_str(&opened.stdout).unwrap();

@@ -9,10 +9,9 @@
 //! URLs hold a token), status and body length, never a body.
 
 use crate::appcompose::{self, AppComposeInput};
-use crate::db::{App, Cvm, Db, User};
+use crate::db::{App, Cvm, Db, Limits, NewCvm, User};
 use crate::error::ApiError;
 use crate::nodeapi::NodeClient;
-use contract::kms::KmsEndpoint;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use contract::kms::KmsEndpoint;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// The secret log URL tokens are derived from.
     pub log_secret: [u8; 32],
+    /// The operator's caps (CVMs per user, boots in flight).
+    pub limits: Limits,
 }
 
 type Shared = Arc<AppState>;
@@ -49,6 +51,8 @@ pub fn router(state: Shared) -> Router {
     let authed = Router::new()
         .route("/auth/me", get(me))
         .route("/users", post(create_user))
+        .route("/users/{name}/rotate-key", post(rotate_key))
+        .route("/users/{name}/revoke", post(revoke_user))
         .route("/cvms/provision", post(provision))
         .route("/cvms", post(commit).get(list_cvms))
         .route(
@@ -120,7 +124,7 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
         return ApiError::unauthorized("missing API key: send it in the X-API-Key header")
             .into_response();
     };
-    match state.db.user_by_key(&key) {
+    match state.db.user_by_key(&key).await {
         Ok(Some(user)) => {
             req.extensions_mut().insert(user);
             next.run(req).await
@@ -180,9 +184,62 @@ async fn create_user(
         ));
     }
     let key = crate::new_api_key();
-    let created = state.db.create_user(&body.username, &key, false)?;
+    let created = state.db.create_user(&body.username, &key, false).await?;
     // The key is shown once, here; the database keeps only its hash.
     Ok(Json(json!({"username": created.username, "api_key": key})))
+}
+
+/// `POST /users/{name}/rotate-key` (Berth extension): a new key for the
+/// user, shown once; the old key stops working at once. The admin may rotate
+/// anyone's key (which also gives a revoked user a key again), a user their own.
+async fn rotate_key(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !user.is_admin && user.username != name {
+        return Err(ApiError::forbidden(
+            "only the admin may rotate another user's key",
+        ));
+    }
+    let target = state
+        .db
+        .user_by_name(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let key = crate::new_api_key();
+    state.db.set_api_key(&target.username, &key).await?;
+    Ok(Json(json!({"username": target.username, "api_key": key})))
+}
+
+/// `POST /users/{name}/revoke` (Berth extension, admin only): the user's key
+/// stops working at once (it is replaced by a random key nobody is told).
+/// The user's CVMs keep running; `rotate-key` gives the user a key again.
+async fn revoke_user(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !user.is_admin {
+        return Err(ApiError::forbidden(
+            "only the admin may revoke a user's key",
+        ));
+    }
+    let target = state
+        .db
+        .user_by_name(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    if target.is_admin {
+        return Err(ApiError::invalid(
+            "the admin's key cannot be revoked (nobody could manage users then): rotate it instead",
+        ));
+    }
+    state
+        .db
+        .set_api_key(&target.username, &crate::new_api_key())
+        .await?;
+    Ok(Json(json!({"username": target.username, "revoked": true})))
 }
 
 // ---------------------------------------------------------------- deploy
@@ -234,15 +291,12 @@ pub struct KmsEnvKey {
 }
 
 async fn kms_env_key(state: &AppState, app_id: &str) -> Result<KmsEnvKey, ApiError> {
-    let url = state
-        .kms
-        .url(&contract::kms::env_pubkey_path(app_id));
-    let resp = state
-        .http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|_| ApiError::unavailable("the KMS is not answering: env public keys cannot be handed out until it is back"))?;
+    let url = state.kms.url(&contract::kms::env_pubkey_path(app_id));
+    let resp = state.http.get(&url).send().await.map_err(|_| {
+        ApiError::unavailable(
+            "the KMS is not answering: env public keys cannot be handed out until it is back",
+        )
+    })?;
     if !resp.status().is_success() {
         return Err(ApiError::upstream(format!(
             "the KMS answered {}",
@@ -270,30 +324,37 @@ async fn provision(
             "a pre-launch script (Berth's boot agent replaces it)",
         ));
     }
+    name_is_free(&state, &user, &body.name).await?;
+    // The user's salt is in the manifest (`berth_owner`): the same compose
+    // file from two users is two apps with two env keys, and a user learns
+    // nothing about what others deployed.
     let built = appcompose::build(&AppComposeInput {
         name: &body.name,
         docker_compose_file: &body.compose_file.docker_compose_file,
         allowed_envs: &body.compose_file.allowed_envs,
         public_logs: body.compose_file.public_logs,
         public_sysinfo: body.compose_file.public_sysinfo,
+        owner: Some(&user.app_salt),
     })?;
-    if let Some(existing) = state.db.app(&built.app_id)?
-        && existing.user_id != user.id
-    {
-        return Err(ApiError::conflict(
-            "another user owns an app with this exact manifest; change the name",
+    let key = kms_env_key(&state, &built.app_id).await?;
+    let stored = state
+        .db
+        .upsert_app(&App {
+            app_id: built.app_id.clone(),
+            user_id: user.id,
+            name: body.name.clone(),
+            app_compose: built.bytes,
+            compose_hash: built.compose_hash.clone(),
+            env_pubkey: key.public_key.clone(),
+            env_pubkey_signature: key.signature.clone(),
+        })
+        .await?;
+    if stored.user_id != user.id {
+        // Only a sha256 collision of two salted manifests gets here.
+        return Err(ApiError::internal(
+            "this manifest's app id is already taken; change the name",
         ));
     }
-    let key = kms_env_key(&state, &built.app_id).await?;
-    state.db.upsert_app(&App {
-        app_id: built.app_id.clone(),
-        user_id: user.id,
-        name: body.name.clone(),
-        app_compose: built.bytes,
-        compose_hash: built.compose_hash.clone(),
-        env_pubkey: key.public_key.clone(),
-        env_pubkey_signature: key.signature.clone(),
-    })?;
     let (vcpu, memory, disk) = resources(&body);
     Ok(Json(json!({
         "app_id": built.app_id,
@@ -308,6 +369,32 @@ async fn provision(
         "app_env_encrypt_pubkey_timestamp": key.timestamp,
         "kms_public_key": key.kms_public_key,
     })))
+}
+
+/// 409 when the user already has a live CVM named `name`.
+async fn name_is_free(state: &AppState, user: &User, name: &str) -> Result<(), ApiError> {
+    if state
+        .db
+        .cvms_of(user.id)
+        .await?
+        .iter()
+        .any(|c| c.name == name)
+    {
+        return Err(ApiError::conflict(format!(
+            "you already have a CVM named `{name}`: delete it first, or choose another name"
+        )));
+    }
+    Ok(())
+}
+
+/// 429 when a new boot would pass the cap on boots in flight.
+async fn boot_slot(state: &AppState, cvm: &Cvm) -> Result<(), ApiError> {
+    let booting = state.db.boots_in_flight().await?;
+    // A CVM already booting holds its slot.
+    if !cvm.status.in_progress() && booting >= state.limits.max_boots_in_flight {
+        return Err(state.limits.too_many_boots(booting));
+    }
+    Ok(())
 }
 
 fn resources(body: &ProvisionBody) -> (i64, i64, i64) {
@@ -356,7 +443,8 @@ async fn commit(
 ) -> Result<Json<Value>, ApiError> {
     let app = state
         .db
-        .app(&body.app_id)?
+        .app(&body.app_id)
+        .await?
         .filter(|a| a.user_id == user.id)
         .ok_or_else(|| {
             ApiError::not_found(
@@ -381,35 +469,32 @@ async fn commit(
             .unwrap_or_default()
     });
     let name = body.name.clone().unwrap_or_else(|| app.name.clone());
-    let cvm = state.db.create_cvm(
-        &name,
-        user.id,
-        &app.app_id,
-        env.as_deref(),
-        &keys,
-        1,
-        2048,
-        20,
-    )?;
+    appcompose::validate_name(&name)?;
+    // Name uniqueness and the caps are checked in the insert's transaction.
+    let cvm = state
+        .db
+        .create_cvm(
+            NewCvm {
+                name,
+                user_id: user.id,
+                app_id: app.app_id.clone(),
+                encrypted_env: env,
+                env_keys: keys,
+                vcpu: 1,
+                memory: 2048,
+                disk_size: 20,
+            },
+            state.limits,
+        )
+        .await?;
     state.node.start(&cvm.id).await?;
-    lifecycle_answer(&state, cvm, &app)
+    lifecycle_answer(&state, cvm, &app).await
 }
 
 // ---------------------------------------------------------------- CVM views
 
 fn uuid_compact(id: &str) -> String {
     id.replace('-', "")
-}
-
-fn log_token(state: &AppState, cvm: &Cvm) -> String {
-    // A capability for this CVM's logs only: a keyed hash of its id with the
-    // installation's secret, checked on every log request.
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"berth-log-token\0");
-    h.update(state.log_secret);
-    h.update(cvm.id.as_bytes());
-    hex::encode(&h.finalize()[..16])
 }
 
 fn syslog_endpoint(state: &AppState, cvm: &Cvm) -> String {
@@ -422,7 +507,7 @@ fn syslog_endpoint(state: &AppState, cvm: &Cvm) -> String {
 }
 
 fn in_progress(cvm: &Cvm) -> bool {
-    matches!(cvm.status.as_str(), "provisioning" | "starting")
+    cvm.status.in_progress()
 }
 
 /// The `2025-10-28` shape (deploy, start/stop/restart answers).
@@ -485,8 +570,8 @@ fn cvm_current(state: &AppState, cvm: &Cvm, app: &App) -> Value {
 /// Finds the user's CVM from any of the forms the clients send: the UUID
 /// with or without dashes, `app_<app_id>`, the bare app id, the name, or
 /// the numeric id.
-fn find_cvm(state: &AppState, user: &User, id: &str) -> Result<(Cvm, App), ApiError> {
-    let mine = state.db.cvms_of(user.id)?;
+async fn find_cvm(state: &AppState, user: &User, id: &str) -> Result<(Cvm, App), ApiError> {
+    let mine = state.db.cvms_of(user.id).await?;
     let compact = uuid_compact(id).to_ascii_lowercase();
     let app_id = id.strip_prefix("app_").unwrap_or(id).to_ascii_lowercase();
     let found = mine
@@ -505,7 +590,8 @@ fn find_cvm(state: &AppState, user: &User, id: &str) -> Result<(Cvm, App), ApiEr
         })?;
     let app = state
         .db
-        .app(&found.app_id)?
+        .app(&found.app_id)
+        .await?
         .ok_or_else(|| ApiError::internal("the CVM's app is missing"))?;
     Ok((found, app))
 }
@@ -516,7 +602,7 @@ async fn get_cvm(
     axum::Extension(user): axum::Extension<User>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id)?;
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
     Ok(Json(if legacy(&headers) {
         cvm_legacy(&state, &cvm, &app)
     } else {
@@ -529,8 +615,8 @@ async fn list_cvms(
     axum::Extension(user): axum::Extension<User>,
 ) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
-    for cvm in state.db.cvms_of(user.id)? {
-        if let Some(app) = state.db.app(&cvm.app_id)? {
+    for cvm in state.db.cvms_of(user.id).await? {
+        if let Some(app) = state.db.app(&cvm.app_id).await? {
             out.push(cvm_legacy(&state, &cvm, &app));
         }
     }
@@ -551,8 +637,8 @@ async fn list_apps(
     let page_no = page.page.unwrap_or(1).max(1);
     let size = page.page_size.unwrap_or(50).clamp(1, 100);
     let mut items = Vec::new();
-    for cvm in state.db.cvms_of(user.id)? {
-        if let Some(app) = state.db.app(&cvm.app_id)? {
+    for cvm in state.db.cvms_of(user.id).await? {
+        if let Some(app) = state.db.app(&cvm.app_id).await? {
             items.push(json!({
                 "id": cvm.id, "name": cvm.name, "app_id": cvm.app_id, "created_at": cvm.created_at,
                 "kms_type": "phala", "cvm_count": 1, "current_cvm": cvm_current(&state, &cvm, &app),
@@ -582,7 +668,7 @@ async fn status_batch(
     Json(batch): Json<Batch>,
 ) -> Result<Json<Value>, ApiError> {
     let mut out = serde_json::Map::new();
-    for cvm in state.db.cvms_of(user.id)? {
+    for cvm in state.db.cvms_of(user.id).await? {
         if batch
             .vm_uuids
             .iter()
@@ -601,8 +687,8 @@ async fn status_batch(
 // ---------------------------------------------------------------- lifecycle
 
 /// The answer of start/stop/restart: the CVM as it is now.
-fn lifecycle_answer(state: &AppState, cvm: Cvm, app: &App) -> Result<Json<Value>, ApiError> {
-    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
+async fn lifecycle_answer(state: &AppState, cvm: Cvm, app: &App) -> Result<Json<Value>, ApiError> {
+    let cvm = state.db.cvm(&cvm.id).await?.unwrap_or(cvm);
     Ok(Json(cvm_legacy(state, &cvm, app)))
 }
 
@@ -611,9 +697,10 @@ async fn start_cvm(
     axum::Extension(user): axum::Extension<User>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id)?;
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
+    boot_slot(&state, &cvm).await?;
     state.node.start(&cvm.id).await?;
-    lifecycle_answer(&state, cvm, &app)
+    lifecycle_answer(&state, cvm, &app).await
 }
 
 async fn stop_cvm(
@@ -621,9 +708,9 @@ async fn stop_cvm(
     axum::Extension(user): axum::Extension<User>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id)?;
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
     state.node.stop(&cvm.id).await?;
-    lifecycle_answer(&state, cvm, &app)
+    lifecycle_answer(&state, cvm, &app).await
 }
 
 async fn restart_cvm(
@@ -631,9 +718,10 @@ async fn restart_cvm(
     axum::Extension(user): axum::Extension<User>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id)?;
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
+    boot_slot(&state, &cvm).await?;
     state.node.restart(&cvm.id).await?;
-    lifecycle_answer(&state, cvm, &app)
+    lifecycle_answer(&state, cvm, &app).await
 }
 
 async fn delete_cvm(
@@ -641,7 +729,7 @@ async fn delete_cvm(
     axum::Extension(user): axum::Extension<User>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (cvm, _) = find_cvm(&state, &user, &id)?;
+    let (cvm, _) = find_cvm(&state, &user, &id).await?;
     state.node.delete(&cvm.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -659,7 +747,7 @@ async fn update_envs(
     Path(id): Path<String>,
     Json(body): Json<EnvsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id)?;
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
     let env = decode_env(&body.encrypted_env)?;
     let keys = body
         .env_keys
@@ -671,8 +759,9 @@ async fn update_envs(
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
     let changed = keys.iter().any(|k| !allowed.contains(&k.as_str()));
-    state.db.set_env(&cvm.id, &env, &keys)?;
-    let cvm = state.db.cvm(&cvm.id)?.unwrap_or(cvm);
+    boot_slot(&state, &cvm).await?;
+    state.db.set_env(&cvm.id, &env, &keys).await?;
+    let cvm = state.db.cvm(&cvm.id).await?.unwrap_or(cvm);
     // The new env takes effect at the next boot, which starts now.
     state.node.restart(&cvm.id).await?;
     Ok(Json(json!({
@@ -693,17 +782,71 @@ struct LogQuery {
     follow: Option<String>,
 }
 
+type LogMac = hmac::Hmac<sha2::Sha256>;
+
+/// The log token's bytes kept (128 bits of the HMAC).
+const LOG_TOKEN_BYTES: usize = 16;
+
+/// HMAC-SHA256 of the CVM id under the installation's log secret.
+fn log_mac(state: &AppState, cvm_id: &str) -> LogMac {
+    use hmac::Mac as _;
+    let mut mac = LogMac::new_from_slice(&state.log_secret).expect("HMAC takes any key length");
+    mac.update(b"berth-log-token\0");
+    mac.update(cvm_id.as_bytes());
+    mac
+}
+
+/// A capability for this CVM's logs only. Rotating the log secret
+/// (`berth up --rotate-log-secret`) makes every log URL handed out before
+/// stop working.
+fn log_token(state: &AppState, cvm: &Cvm) -> String {
+    use hmac::Mac as _;
+    hex::encode(&log_mac(state, &cvm.id).finalize().into_bytes()[..LOG_TOKEN_BYTES])
+}
+
+/// 401 without a token, 403 with a wrong one (compared in constant time).
 fn check_token(state: &AppState, cvm: &Cvm, q: &LogQuery) -> Result<(), ApiError> {
-    match &q.token {
-        Some(t) if *t == log_token(state, cvm) => Ok(()),
-        _ => Err(ApiError::unauthorized(
-            "this log URL's token is missing or wrong: take the URL from GET /cvms/{id}",
-        )),
+    use hmac::Mac as _;
+    let Some(token) = q.token.as_deref() else {
+        return Err(ApiError::unauthorized(
+            "this log URL has no token: take the URL from GET /cvms/{id}",
+        ));
+    };
+    let ok = hex::decode(token).is_ok_and(|t| {
+        t.len() == LOG_TOKEN_BYTES && log_mac(state, &cvm.id).verify_truncated_left(&t).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "this log URL's token is wrong or was revoked: take the URL from GET /cvms/{id} again",
+        ))
     }
 }
 
-fn tail_of(q: &LogQuery) -> Option<usize> {
-    q.tail.as_deref().and_then(|t| t.parse().ok())
+/// The CVM a log URL names, when it is not deleted and the token is right.
+async fn log_cvm(state: &AppState, id: &str, q: &LogQuery) -> Result<Cvm, ApiError> {
+    let cvm = state
+        .db
+        .cvm(id)
+        .await?
+        .filter(|c| c.status != contract::CvmStatus::Deleted)
+        .ok_or_else(|| ApiError::not_found("no such CVM"))?;
+    check_token(state, &cvm, q)?;
+    Ok(cvm)
+}
+
+/// The last lines of a file within the byte cap, read on the blocking pool.
+async fn read_tail(
+    path: std::path::PathBuf,
+    lines: Option<usize>,
+) -> Result<crate::logs::Tail, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        crate::logs::tail(&path, lines, crate::logs::MAX_ANSWER_BYTES)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the log reader stopped"))?
+    .map_err(|e| ApiError::internal(format!("cannot read the serial log: {}", e.kind())))
 }
 
 async fn syslog(
@@ -711,34 +854,21 @@ async fn syslog(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let cvm = state
-        .db
-        .cvm(&id)?
-        .filter(|c| c.status != "deleted")
-        .ok_or_else(|| ApiError::not_found("no such CVM"))?;
-    check_token(&state, &cvm, &q)?;
+    let cvm = log_cvm(&state, &id, &q).await?;
     let channel = q.ch.clone().unwrap_or_else(|| "serial".into());
     let follow = q.follow.is_some();
-    let tail = tail_of(&q);
+    let tail = crate::logs::parse_tail(q.tail.as_deref());
     match channel.as_str() {
         "serial" => {
             let path = state.cvms_root.join(&cvm.id).join("serial.log");
+            let first = read_tail(path.clone(), tail).await?;
             if !follow {
-                return Ok(text(crate::node::Node::tail_file(&path, tail)));
+                return Ok(text(first.bytes));
             }
-            // Follow: what is there, then new lines as they are written,
-            // until the boot has ended and nothing new came for a while.
-            let first = crate::node::Node::tail_file(&path, tail);
-            let state2 = state.clone();
-            let id2 = cvm.id.clone();
-            let stream = async_stream(first, path, move || {
-                state2
-                    .db
-                    .cvm(&id2)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|c| matches!(c.status.as_str(), "provisioning" | "starting"))
-            });
+            // Follow: the tail, then new lines as they are written, until
+            // the boot has ended and nothing new came for a while.
+            let follower = crate::logs::Follower::after(path, &first);
+            let stream = async_stream(first.bytes, follower, state.clone(), cvm.id.clone());
             Ok(Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(Body::from_stream(stream))
@@ -756,39 +886,71 @@ async fn syslog(
     }
 }
 
-fn text(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+fn text(body: impl Into<Body>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
 }
 
-/// A body stream that sends `first`, then whatever is appended to `path`,
-/// until `active()` turns false and nothing new arrived for a second (or
-/// 30 minutes passed, or the client went away).
+/// A body stream that sends `first`, then whatever is appended to the
+/// followed file (read from the follower's offset, on the blocking pool),
+/// until the CVM is no longer booting and nothing new arrived for a second
+/// (or 30 minutes passed, or [`crate::logs::MAX_FOLLOW_BYTES`] were sent,
+/// or the client went away).
 fn async_stream(
-    first: String,
-    path: std::path::PathBuf,
-    active: impl Fn() -> bool + Send + 'static,
+    first: Vec<u8>,
+    follower: crate::logs::Follower,
+    state: Shared,
+    cvm_id: String,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
-    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
         if tx.send(Ok(bytes::Bytes::from(first))).await.is_err() {
             return;
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30 * 60);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30 * 60);
+        let mut follower = Some(follower);
+        let mut sent = 0u64;
         let mut quiet = 0;
-        while std::time::Instant::now() < deadline && !tx.is_closed() {
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if len > pos {
-                let data = std::fs::read(&path).unwrap_or_default();
-                let chunk = data.get(pos as usize..).unwrap_or_default().to_vec();
-                pos = len;
-                quiet = 0;
-                if tx.send(Ok(bytes::Bytes::from(chunk))).await.is_err() {
+        while tokio::time::Instant::now() < deadline && !tx.is_closed() {
+            let mut f = follower.take().expect("the follower is put back");
+            let (f, chunk) = match tokio::task::spawn_blocking(move || {
+                let chunk = f.next(64 << 10);
+                (f, chunk)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            follower = Some(f);
+            match chunk {
+                Ok(chunk) if !chunk.is_empty() => {
+                    sent += chunk.len() as u64;
+                    quiet = 0;
+                    if tx.send(Ok(bytes::Bytes::from(chunk))).await.is_err()
+                        || sent >= crate::logs::MAX_FOLLOW_BYTES
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
                     return;
                 }
-                continue;
             }
-            if !active() {
+            let booting = state
+                .db
+                .cvm(&cvm_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.status.in_progress());
+            if !booting {
                 quiet += 1;
                 if quiet > 4 {
                     return;
@@ -805,7 +967,7 @@ async fn composition(
     axum::Extension(user): axum::Extension<User>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (cvm, _) = find_cvm(&state, &user, &id)?;
+    let (cvm, _) = find_cvm(&state, &user, &id).await?;
     let token = log_token(&state, &cvm);
     let names = state.node.container_names(&cvm.id).await?;
     let containers: Vec<Value> = names
@@ -820,26 +982,30 @@ async fn composition(
     Ok(Json(json!({"containers": containers})))
 }
 
+/// One container's output: the last `tail` lines (default
+/// [`crate::logs::DEFAULT_TAIL`]), at most [`crate::logs::MAX_ANSWER_BYTES`].
 async fn container_logs(
     State(state): State<Shared>,
     Path((id, cid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let cvm = state
-        .db
-        .cvm(&id)?
-        .filter(|c| c.status != "deleted")
-        .ok_or_else(|| ApiError::not_found("no such CVM"))?;
     let lq = LogQuery {
         token: q.get("token").cloned(),
         tail: q.get("tail").cloned(),
         ..Default::default()
     };
-    check_token(&state, &cvm, &lq)?;
-    let out = state
-        .node
-        .one_container_logs(&cvm.id, &cid, tail_of(&lq))
-        .await?;
+    let cvm = log_cvm(&state, &id, &lq).await?;
+    let tail = crate::logs::parse_tail(lq.tail.as_deref());
+    let mut out = state.node.one_container_logs(&cvm.id, &cid, tail).await?;
+    let cap = crate::logs::MAX_ANSWER_BYTES as usize;
+    if out.len() > cap {
+        // The end is what matters: cut the front, at a character boundary.
+        let mut cut = out.len() - cap;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out.drain(..cut);
+    }
     Ok(text(out))
 }
 

@@ -88,6 +88,7 @@ mod tests {
             allowed_envs: &envs,
             public_logs: true,
             public_sysinfo: true,
+            owner: None,
         };
         let a = build(&input).unwrap();
         assert_eq!(a, build(&input).unwrap());

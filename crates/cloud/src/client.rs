@@ -58,6 +58,12 @@ pub struct CvmInfo {
     pub syslog_endpoint: Option<String>,
     /// When it was created.
     pub created_at: String,
+    /// Its app's compose hash (sha256 of `app-compose.json`, hex).
+    pub compose_hash: Option<String>,
+    /// Its Docker Compose file, as deployed.
+    pub compose_file: Option<String>,
+    /// The API's answer, unchanged (for `--json`).
+    pub raw: Value,
 }
 
 impl CvmInfo {
@@ -72,6 +78,9 @@ impl CvmInfo {
             boot_error: s("boot_error"),
             syslog_endpoint: s("syslog_endpoint"),
             created_at: s("created_at").unwrap_or_default(),
+            compose_hash: s("compose_hash"),
+            compose_file: s("docker_compose_file"),
+            raw: v.clone(),
         }
     }
 
@@ -204,6 +213,49 @@ impl ApiClient {
                 .call(reqwest::Method::POST, &format!("/cvms/{id}/{action}"), body)
                 .await?,
         ))
+    }
+
+    /// `POST /users` (admin): a new user; returns its API key (shown once).
+    pub async fn create_user(&self, name: &str) -> Result<String, ApiError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/users",
+                Some(json!({"username": name})),
+            )
+            .await?;
+        Self::api_key_of(&v)
+    }
+
+    /// `POST /users/{name}/rotate-key`: a new key for the user (the old one
+    /// stops working); returns it.
+    pub async fn rotate_key(&self, name: &str) -> Result<String, ApiError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/users/{name}/rotate-key"),
+                None,
+            )
+            .await?;
+        Self::api_key_of(&v)
+    }
+
+    /// `POST /users/{name}/revoke` (admin): the user's key stops working.
+    pub async fn revoke_user(&self, name: &str) -> Result<(), ApiError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/users/{name}/revoke"),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    fn api_key_of(v: &Value) -> Result<String, ApiError> {
+        v["api_key"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::upstream("the API answered without an api_key"))
     }
 
     /// `DELETE /cvms/{id}`.

@@ -52,6 +52,14 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
+    /// 403: the user is at one of the operator's caps.
+    pub fn quota(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "quota_exceeded", message)
+    }
+    /// 429: the control plane is at one of its caps for now.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+    }
     /// 501: a call of the Phala API that Berth does not implement.
     pub fn unsupported(what: &str) -> Self {
         Self::new(
@@ -84,6 +92,8 @@ impl ApiError {
             "forbidden",
             "not_found",
             "conflict",
+            "quota_exceeded",
+            "too_many_requests",
             "unsupported",
             "upstream_error",
             "unavailable",

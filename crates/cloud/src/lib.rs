@@ -11,6 +11,8 @@
 //!   run in the node's own process; [`nodeapi`]: the narrow interface the
 //!   API uses to tell it what to do.
 //! - [`appcompose`]: provisioning checks and the byte-exact `app-compose.json`.
+//! - [`serve`]: the API's listener (header timeout, connection cap, TLS);
+//!   [`logs`]: log files read from disk with a tail, a byte cap and an offset.
 //!
 //! Why it looks like this: the control plane is on the wrong side of the
 //! trust boundary. It stores the sealed env as opaque bytes and asks the KMS
@@ -23,8 +25,10 @@ pub mod appcompose;
 pub mod client;
 pub mod db;
 pub mod error;
+pub mod logs;
 pub mod node;
 pub mod nodeapi;
+pub mod serve;
 
 pub use api::{AppState, router};
 pub use client::{ApiClient, CvmInfo, Provisioned};

@@ -19,15 +19,29 @@
 //! Every CVM folder is 0700 and every file in it 0600; the boot agent starts
 //! with a cleared environment plus an allowlist, so nothing of the
 //! operator's environment reaches a tenant.
+//!
+//! **Process lifecycle.** Each boot agent runs in its own process group
+//! (with the compose tool it starts) and dies with the node
+//! (`PR_SET_PDEATHSIG`). Stop, restart and delete end the whole group
+//! (SIGTERM, a grace period, SIGKILL) before they touch the engine, and
+//! always record their terminal status; a boot that ends afterwards never
+//! overwrites it (its final write is a conditional transition from
+//! `starting`). Before it starts an agent, the node takes an exclusive
+//! `flock` on the CVM's `state/.boot.lock`, which the agent inherits: as
+//! long as any process of that boot lives, no other node process on the
+//! same state boots the CVM again.
 
 use crate::db::{App, Cvm, Db};
 use crate::error::ApiError;
 use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
 use contract::kms::{KmsEndpoint, TICKET_PATH, TicketAnswer, TicketRequest};
-use contract::{BootOutcome, Category, SysConfig};
-use std::collections::{BTreeMap, HashMap};
+use contract::{BootOutcome, Category, CvmStatus, SysConfig};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// The secret that lets the node (and nobody else) ask the KMS for boot
@@ -44,6 +58,16 @@ impl std::fmt::Debug for NodeSecret {
 /// Variables of the node's own environment that a boot agent inherits;
 /// everything else is cleared.
 const BOOT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "TZ"];
+
+/// How long a boot agent's process group has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(4);
+
+/// The serial log is rotated past this size (`serial.log` →
+/// `serial.log.1`, one old file kept).
+pub const SERIAL_LOG_MAX_BYTES: u64 = 8 << 20;
+
+/// The lock file in a CVM's state folder, held while a boot of it runs.
+pub const BOOT_LOCK_FILE: &str = ".boot.lock";
 
 /// How the node runs CVMs.
 #[derive(Clone, Debug)]
@@ -66,11 +90,29 @@ pub struct NodeConfig {
     pub aws_endpoint_url_ecr: Option<String>,
 }
 
+/// A boot in flight on this node.
+struct Boot {
+    generation: u64,
+    cancel: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
 /// The node.
 pub struct Node {
     cfg: NodeConfig,
     db: Arc<Db>,
-    boots: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    boots: Mutex<HashMap<String, Boot>>,
+    generation: AtomicU64,
+    /// Boots hold it shared; removing a deleted CVM's images takes it
+    /// exclusively, so no image goes while a boot may be about to run it.
+    images: tokio::sync::RwLock<()>,
+}
+
+/// What [`Node::start`] found.
+enum Started {
+    Booting,
+    /// Another process holds the CVM's boot lock.
+    AlreadyBooting,
 }
 
 /// The compose project of a CVM.
@@ -88,6 +130,8 @@ impl Node {
             cfg,
             db,
             boots: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            images: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -111,7 +155,20 @@ impl Node {
     }
 
     /// Writes the CVM's host-shared folder and boots it in the background.
-    pub fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), ApiError> {
+    /// A boot of it already in flight on this node is ended first; one
+    /// that another process runs (its state lock is held) is a conflict.
+    pub async fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), ApiError> {
+        match self.try_start(cvm, app).await? {
+            Started::Booting => Ok(()),
+            Started::AlreadyBooting => Err(ApiError::conflict(format!(
+                "CVM {} is already booting: another node process holds its state lock; wait for that boot to end",
+                cvm.id
+            ))),
+        }
+    }
+
+    async fn try_start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<Started, ApiError> {
+        self.end_boot(&cvm.id).await;
         let dir = self.dir(&cvm.id);
         let shared = dir.join("shared");
         let io =
@@ -119,6 +176,10 @@ impl Node {
         for d in [&dir, &shared, &dir.join("state")] {
             private_dir(d).map_err(io)?;
         }
+        let Some(lock) = BootLock::try_take(&dir.join("state").join(BOOT_LOCK_FILE)).map_err(io)?
+        else {
+            return Ok(Started::AlreadyBooting);
+        };
         write_private(&shared.join(APP_COMPOSE_FILE), &app.app_compose).map_err(io)?;
         let env_path = shared.join(ENCRYPTED_ENV_FILE);
         match &cvm.encrypted_env {
@@ -135,48 +196,118 @@ impl Node {
             project_name: Some(project_of(&cvm.id)),
             instance_id: Some(cvm.id.clone()),
             app_id: None,
+            cpu_millis: u64::try_from(cvm.vcpu)
+                .ok()
+                .filter(|v| *v > 0)
+                .map(|v| v.saturating_mul(1000)),
+            memory_mb: u64::try_from(cvm.memory).ok().filter(|m| *m > 0),
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
-        self.db.set_status(&cvm.id, "starting", None, None)?;
+        self.db
+            .set_status(&cvm.id, CvmStatus::Starting, None, None)
+            .await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
         let me = self.clone();
         let id = cvm.id.clone();
         let (app_id, compose_hash) = (app.app_id.clone(), app.compose_hash.clone());
+        // The task waits for this record before it can finish.
+        let mut boots = self.boots.lock().unwrap();
         let handle = tokio::spawn(async move {
-            let result = match me.mint_ticket(&app_id, &compose_hash).await {
-                Ok(ticket) => me.run_boot(&id, ticket).await,
-                Err(e) => Err(e),
-            };
-            let (status, cat, msg) = match result {
-                Ok(BootOutcome::Ok { .. }) => ("running", None, None),
-                Ok(outcome @ BootOutcome::Failed { category, .. }) => (
-                    "boot_failed",
-                    Some(category.as_str().to_owned()),
-                    Some(outcome.render()),
-                ),
-                Err((category, e)) => {
-                    me.append_serial(&id, &e).await;
-                    let line = BootOutcome::Failed {
-                        category,
-                        message: e,
-                    }
-                    .render();
-                    ("boot_failed", Some(category.as_str().to_owned()), Some(line))
-                }
-            };
-            // A CVM stopped or deleted meanwhile keeps that status.
-            if let Ok(Some(c)) = me.db.cvm(&id)
-                && c.status == "starting"
-            {
-                let _ = me
-                    .db
-                    .set_status(&id, status, cat.as_deref(), msg.as_deref());
-            }
-            me.boots.lock().unwrap().remove(&id);
+            me.boot_task(id, generation, app_id, compose_hash, lock, cancel_rx)
+                .await;
         });
-        if let Some(old) = self.boots.lock().unwrap().insert(cvm.id.clone(), handle) {
-            old.abort();
+        boots.insert(
+            cvm.id.clone(),
+            Boot {
+                generation,
+                cancel,
+                handle,
+            },
+        );
+        Ok(Started::Booting)
+    }
+
+    async fn boot_task(
+        self: Arc<Self>,
+        id: String,
+        generation: u64,
+        app_id: String,
+        compose_hash: String,
+        lock: BootLock,
+        mut cancel: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let _images = self.images.read().await;
+        let result = tokio::select! {
+            ticket = self.mint_ticket(&app_id, &compose_hash) => match ticket {
+                Ok(ticket) => self.run_boot(&id, ticket, &lock, &mut cancel).await,
+                Err(e) => Err(e),
+            },
+            _ = cancelled(&mut cancel) => Ok(None),
+        };
+        drop(lock);
+        let (status, cat, msg) = match result {
+            // Ended by stop, restart or delete, which record the status.
+            Ok(None) => return,
+            Ok(Some(BootOutcome::Ok { .. })) => (CvmStatus::Running, None, None),
+            Ok(Some(outcome @ BootOutcome::Failed { category, .. })) => (
+                CvmStatus::BootFailed,
+                Some(category.as_str().to_owned()),
+                Some(outcome.render()),
+            ),
+            Err((category, e)) => {
+                self.append_serial(&id, &e).await;
+                let line = BootOutcome::Failed {
+                    category,
+                    message: e,
+                }
+                .render();
+                (
+                    CvmStatus::BootFailed,
+                    Some(category.as_str().to_owned()),
+                    Some(line),
+                )
+            }
+        };
+        let current = |boots: &HashMap<String, Boot>| {
+            boots.get(&id).is_some_and(|b| b.generation == generation)
+        };
+        // Only the current boot of a CVM still `starting` records its end:
+        // a stop, restart or delete meanwhile keeps its own status.
+        if current(&self.boots.lock().unwrap()) {
+            let _ = self
+                .db
+                .transition(
+                    &id,
+                    &[CvmStatus::Starting],
+                    status,
+                    cat.as_deref(),
+                    msg.as_deref(),
+                )
+                .await;
         }
-        Ok(())
+        let mut boots = self.boots.lock().unwrap();
+        if current(&boots) {
+            boots.remove(&id);
+        }
+    }
+
+    /// Ends the boot of `id` in flight on this node, if any: its agent's
+    /// whole process group gets SIGTERM, then SIGKILL after a grace period,
+    /// and the boot records nothing.
+    async fn end_boot(&self, id: &str) {
+        let boot = self.boots.lock().unwrap().remove(id);
+        if let Some(boot) = boot {
+            let _ = boot.cancel.send(true);
+            let mut handle = boot.handle;
+            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(3), &mut handle)
+                .await
+                .is_err()
+            {
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
     }
 
     /// A one-time boot ticket for the app's registered compose hash.
@@ -233,14 +364,18 @@ impl Node {
         Ok(zeroize::Zeroizing::new(answer.ticket))
     }
 
+    /// Runs one boot agent to its end: its outcome, or `None` when
+    /// `cancel` ended it.
     async fn run_boot(
         &self,
         id: &str,
         ticket: zeroize::Zeroizing<String>,
-    ) -> Result<BootOutcome, (Category, String)> {
+        lock: &BootLock,
+        cancel: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<BootOutcome>, (Category, String)> {
         let dir = self.dir(id);
         let runtime = |m: String| (Category::Runtime, m);
-        let mut log = open_log(&dir.join("serial.log"))
+        let mut log = SerialFile::open(&dir.join("serial.log"), SERIAL_LOG_MAX_BYTES)
             .await
             .map_err(|e| runtime(format!("cannot open the serial log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.berth_bin);
@@ -259,18 +394,27 @@ impl Node {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
+            // Its own process group: stop ends the agent and its compose tool together.
+            .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the agent
-        // ends with the node instead of booting on unsupervised.
+        let lock_fd = lock.fd();
+        // SAFETY: prctl and fcntl are async-signal-safe. PR_SET_PDEATHSIG:
+        // the agent ends with the node instead of booting on unsupervised.
+        // The boot lock's descriptor stays open in the agent (and the
+        // compose tool), so the lock lives exactly as long as the boot.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
         let mut child = cmd
             .spawn()
             .map_err(|e| runtime(format!("cannot start the boot agent: {e}")))?;
+        let group = ProcessGroup(child.id().and_then(|p| i32::try_from(p).ok()));
         // The ticket goes to the agent on its standard input, then the pipe closes.
         if let Some(mut stdin) = child.stdin.take() {
             let mut line = zeroize::Zeroizing::new(ticket.as_bytes().to_vec());
@@ -301,66 +445,209 @@ impl Node {
         }
         drop(tx);
         let mut last = None;
-        while let Some((is_stdout, line)) = rx.recv().await {
-            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-            if is_stdout {
-                last = Some(line);
+        let mut stopped = loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some((is_stdout, line)) => {
+                        let _ = log.write_line(&line).await;
+                        if is_stdout {
+                            last = Some(line);
+                        }
+                    }
+                    None => break false,
+                },
+                _ = cancelled(cancel) => break true,
+            }
+        };
+        if !stopped {
+            // Its output closed: the agent is ending.
+            tokio::select! {
+                _ = group.leader_exited() => {}
+                _ = cancelled(cancel) => stopped = true,
             }
         }
+        if stopped {
+            group.signal(libc::SIGTERM);
+            let _ = tokio::time::timeout(STOP_GRACE, group.leader_exited()).await;
+        }
+        // Whatever ended the agent, nothing of its group outlives it (a
+        // compose tool it left running). The leader is not reaped yet, so
+        // the group id cannot name anyone else.
+        group.signal(libc::SIGKILL);
         let _ = log.flush().await;
         let status = child
             .wait()
             .await
             .map_err(|e| runtime(format!("the boot agent vanished: {e}")))?;
+        if stopped {
+            return Ok(None);
+        }
         // Only the agent's own final line, confirmed by its exit code.
         let text = last
             .as_deref()
             .map(|l| l.split_once("] ").map(|(_, t)| t).unwrap_or(l));
-        BootOutcome::confirmed(text, status.code()).ok_or_else(|| {
-            runtime(format!(
-                "the boot agent ended ({status}) without a final line that matches its exit code"
-            ))
-        })
+        BootOutcome::confirmed(text, status.code())
+            .map(Some)
+            .ok_or_else(|| {
+                runtime(format!(
+                    "the boot agent ended ({status}) without a final line that matches its exit code"
+                ))
+            })
     }
 
-    /// Stops the CVM: its boot (if running) and its containers.
+    /// Stops the CVM: its boot (the agent's whole process group) and its
+    /// containers, and records `stopped`, also when the engine cannot be
+    /// reached (the serial log says what was left running).
     pub async fn stop(&self, cvm: &Cvm) -> Result<(), ApiError> {
-        if let Some(h) = self.boots.lock().unwrap().remove(&cvm.id) {
-            h.abort();
+        self.end_boot(&cvm.id).await;
+        let engine = self.stop_containers(&cvm.id).await;
+        self.db
+            .set_status(&cvm.id, CvmStatus::Stopped, None, None)
+            .await?;
+        match engine {
+            Ok(()) => self.append_serial(&cvm.id, "CVM stopped by the node").await,
+            Err(e) => {
+                self.append_serial(
+                    &cvm.id,
+                    &format!(
+                        "CVM stopped by the node; its containers could not be stopped: {}",
+                        e.message
+                    ),
+                )
+                .await
+            }
         }
+        Ok(())
+    }
+
+    async fn stop_containers(&self, id: &str) -> Result<(), ApiError> {
         let docker = self.docker()?;
-        for id in self.containers(&docker, &cvm.id).await? {
+        for c in self.containers(&docker, id).await? {
             let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
                 .t(5)
                 .build();
-            let _ = docker.stop_container(&id, Some(opts)).await;
+            let _ = docker.stop_container(&c, Some(opts)).await;
         }
-        self.db.set_status(&cvm.id, "stopped", None, None)?;
-        self.append_serial(&cvm.id, "CVM stopped by the node").await;
         Ok(())
     }
 
     /// Stops the CVM and boots it again (its state folder makes that cheap).
     pub async fn restart(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), ApiError> {
         self.stop(cvm).await?;
-        self.start(cvm, app)
+        self.start(cvm, app).await
     }
 
-    /// Deletes the CVM: stops it, removes its containers and its folders.
-    pub async fn delete(&self, cvm: &Cvm) -> Result<(), ApiError> {
-        if let Some(h) = self.boots.lock().unwrap().remove(&cvm.id) {
-            h.abort();
+    /// Deletes the CVM: ends its boot, removes what it made in the engine
+    /// (containers, compose networks and named volumes, and, in the
+    /// background, the images it loaded that no other CVM runs) and its
+    /// folders, and records `deleted`, also when the engine cannot be
+    /// reached.
+    pub async fn delete(self: &Arc<Self>, cvm: &Cvm) -> Result<(), ApiError> {
+        self.end_boot(&cvm.id).await;
+        let dir = self.dir(&cvm.id);
+        let images = images_of(&dir);
+        let engine = self.remove_engine_objects(&cvm.id).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        self.db
+            .set_status(&cvm.id, CvmStatus::Deleted, None, None)
+            .await?;
+        if let Err(e) = engine {
+            eprintln!(
+                "node: CVM {} deleted, but the engine kept some of its objects: {}",
+                cvm.id, e.message
+            );
         }
+        self.spawn_image_cleanup(cvm.id.clone(), images);
+        Ok(())
+    }
+
+    /// Removes the CVM's containers (with their anonymous volumes), then
+    /// its compose project's networks and named volumes.
+    async fn remove_engine_objects(&self, id: &str) -> Result<(), ApiError> {
         let docker = self.docker()?;
-        for id in self.containers(&docker, &cvm.id).await? {
+        let engine = |what: &str, e: bollard::errors::Error| {
+            ApiError::upstream(format!("the node's Docker engine cannot {what}: {e}"))
+        };
+        for c in self.containers(&docker, id).await? {
             let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
                 .force(true)
+                .v(true)
                 .build();
-            let _ = docker.remove_container(&id, Some(opts)).await;
+            let _ = docker.remove_container(&c, Some(opts)).await;
         }
-        let _ = std::fs::remove_dir_all(self.dir(&cvm.id));
-        self.db.set_status(&cvm.id, "deleted", None, None)?;
-        Ok(())
+        let label = HashMap::from([("label", vec![project_label(id)])]);
+        let networks = docker
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::new()
+                    .filters(&label)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine("list networks", e))?;
+        let mut first_error = None;
+        for n in networks {
+            if let Some(nid) = n.id
+                && let Err(e) = docker.remove_network(&nid).await
+            {
+                first_error.get_or_insert(engine("remove a network", e));
+            }
+        }
+        let volumes = docker
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::new()
+                    .filters(&label)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine("list volumes", e))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            let opts = bollard::query_parameters::RemoveVolumeOptionsBuilder::new()
+                .force(true)
+                .build();
+            if let Err(e) = docker.remove_volume(&v.name, Some(opts)).await {
+                first_error.get_or_insert(engine("remove a volume", e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes, in the background, the `images` (IDs) of a deleted CVM that
+    /// no other CVM's compose file names, once no boot is in flight on this
+    /// node (a boot may have loaded one and not yet written its file).
+    fn spawn_image_cleanup(self: &Arc<Self>, deleted: String, images: BTreeSet<String>) {
+        if images.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+            let _quiet = loop {
+                if let Ok(g) = me.images.try_write() {
+                    break g;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    eprintln!(
+                        "node: the images of deleted CVM {deleted} stay in the engine: boots never stopped for 10 minutes"
+                    );
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            let mut in_use = BTreeSet::new();
+            for e in std::fs::read_dir(&me.cfg.root)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_str() != Some(&deleted) {
+                    in_use.extend(images_of(&e.path()));
+                }
+            }
+            let Ok(docker) = me.docker() else { return };
+            for image in images.difference(&in_use) {
+                remove_image(&docker, image).await;
+            }
+        });
     }
 
     /// Every container of the CVM's compose project, running or not.
@@ -369,11 +656,7 @@ impl Node {
         docker: &bollard::Docker,
         cvm_id: &str,
     ) -> Result<Vec<bollard::models::ContainerSummary>, ApiError> {
-        let mut filters = HashMap::new();
-        filters.insert(
-            "label",
-            vec![format!("com.docker.compose.project={}", project_of(cvm_id))],
-        );
+        let filters = HashMap::from([("label", vec![project_label(cvm_id)])]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -415,27 +698,43 @@ impl Node {
     }
 
     async fn append_serial(&self, id: &str, text: &str) {
-        if let Ok(mut f) = open_log(&self.serial_log_path(id)).await {
-            let _ = f.write_all(format!("[node] {text}\n").as_bytes()).await;
+        if let Ok(mut f) = SerialFile::open(&self.serial_log_path(id), SERIAL_LOG_MAX_BYTES).await {
+            let _ = f.write_line(&format!("[node] {text}")).await;
         }
     }
 
     /// After a restart of `berth up`: CVMs that were running and still are
     /// stay as they are; CVMs that were booting, or were running but whose
-    /// containers are gone, boot again (their state folder makes that cheap).
+    /// containers are gone, boot again (their state folder makes that
+    /// cheap), unless a boot of theirs is still alive (its state lock is
+    /// held): those are reported and left alone, so no CVM boots twice.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, ApiError> {
         let mut resumed = 0;
-        for cvm in self.db.live_cvms()? {
-            let again = match cvm.status.as_str() {
-                "provisioning" | "starting" => true,
-                "running" => !self.containers_running(&cvm.id).await,
+        for cvm in self.db.live_cvms().await? {
+            let again = match cvm.status {
+                CvmStatus::Provisioning | CvmStatus::Starting => true,
+                CvmStatus::Running => !self.containers_running(&cvm.id).await,
                 _ => false,
             };
-            if again && let Some(app) = self.db.app(&cvm.app_id)? {
-                self.append_serial(&cvm.id, "node restarted: booting the CVM again")
-                    .await;
-                self.start(&cvm, &app)?;
-                resumed += 1;
+            let Some(app) = (if again {
+                self.db.app(&cvm.app_id).await?
+            } else {
+                None
+            }) else {
+                continue;
+            };
+            match self.try_start(&cvm, &app).await? {
+                Started::Booting => {
+                    self.append_serial(&cvm.id, "node restarted: booting the CVM again")
+                        .await;
+                    resumed += 1;
+                }
+                Started::AlreadyBooting => {
+                    eprintln!(
+                        "node: CVM {} is already booting (another process holds its state lock); not booting it again",
+                        cvm.id
+                    );
+                }
             }
         }
         Ok(resumed)
@@ -457,7 +756,6 @@ impl Node {
             }
         }
     }
-
     /// The CVM's containers: (id, compose service name).
     pub async fn container_names(&self, cvm_id: &str) -> Result<Vec<(String, String)>, ApiError> {
         let docker = self.docker()?;
@@ -562,6 +860,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Opens a log for appending, mode 0600.
+/// Opens a log for appending, mode 0600.
 async fn open_log(path: &Path) -> std::io::Result<tokio::fs::File> {
     let f = tokio::fs::OpenOptions::new()
         .create(true)
@@ -573,4 +872,277 @@ async fn open_log(path: &Path) -> std::io::Result<tokio::fs::File> {
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .await?;
     Ok(f)
+}
+
+/// A serial log that rotates itself: past `max` bytes, `serial.log` becomes
+/// `serial.log.1` (replacing the older one) and a new `serial.log` starts.
+/// Both stay 0600.
+pub struct SerialFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    size: u64,
+    max: u64,
+}
+
+impl SerialFile {
+    /// Opens (creating) the log at `path` for appending.
+    pub async fn open(path: &Path, max: u64) -> std::io::Result<Self> {
+        let file = open_log(path).await?;
+        let size = file.metadata().await?.len();
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            size,
+            max,
+        })
+    }
+
+    /// Appends one line (a newline is added), rotating first if the line
+    /// would take the file past its size.
+    pub async fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.size > 0 && self.size + len > self.max {
+            self.file.flush().await?;
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            tokio::fs::rename(&self.path, &old).await?;
+            self.file = open_log(&self.path).await?;
+            self.size = 0;
+        }
+        self.file.write_all(format!("{line}\n").as_bytes()).await?;
+        self.size += len;
+        Ok(())
+    }
+
+    /// Flushes what was written.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().await
+    }
+}
+
+/// Resolves once `cancel` holds `true` (never, if its sender is gone
+/// without saying so).
+async fn cancelled(cancel: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A boot agent's process group (its id is the agent's pid). Dropped
+/// before the agent is reaped (the node shutting down, a boot task
+/// aborted), it kills the whole group.
+struct ProcessGroup(Option<i32>);
+
+impl ProcessGroup {
+    fn signal(&self, signal: i32) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: killpg has no memory-safety preconditions; the
+            // leader is not reaped, so `pgid` is still this group's.
+            unsafe {
+                libc::killpg(pgid, signal);
+            }
+        }
+    }
+
+    /// Resolves when the group's leader (the agent) has exited, without
+    /// reaping it: until it is reaped, its pid (the group id) is not reused.
+    async fn leader_exited(&self) {
+        let Some(pid) = self.0 else { return };
+        while !exited_unreaped(pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether the child `pid` has exited (true also when it is not a child
+/// of this process any more), without reaping it.
+fn exited_unreaped(pid: i32) -> bool {
+    // SAFETY: an all-zero siginfo_t is valid; waitid writes only into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is set (or left zero) by a successful waitid.
+    rc != 0 || unsafe { info.si_pid() } != 0
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// An exclusive `flock` on a CVM's `state/.boot.lock`.
+struct BootLock(std::fs::File);
+
+impl BootLock {
+    /// The lock, or `None` when another open file holds it.
+    fn try_take(path: &Path) -> std::io::Result<Option<Self>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(Self(f)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+fn project_label(cvm_id: &str) -> String {
+    format!("com.docker.compose.project={}", project_of(cvm_id))
+}
+
+/// The image IDs (`sha256:…`) the CVM in `dir` last ran: its compose file
+/// as handed to the compose tool names every service's image by ID.
+fn images_of(dir: &Path) -> BTreeSet<String> {
+    let path = dir.join("state/compose/docker-compose.yml");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return BTreeSet::new();
+    };
+    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) else {
+        return BTreeSet::new();
+    };
+    doc.get("services")
+        .and_then(|s| s.as_mapping())
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, svc)| svc.get("image")?.as_str())
+        .filter(|i| i.starts_with("sha256:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes an image: its tags one by one, then the image, never by force,
+/// so the engine keeps it if any container still uses it.
+async fn remove_image(docker: &bollard::Docker, id: &str) {
+    let opts = || {
+        Some(
+            bollard::query_parameters::RemoveImageOptionsBuilder::new()
+                .force(false)
+                .build(),
+        )
+    };
+    if let Ok(info) = docker.inspect_image(id).await {
+        for tag in info.repo_tags.unwrap_or_default() {
+            let _ = docker.remove_image(&tag, opts(), None).await;
+        }
+    }
+    let _ = docker.remove_image(id, opts(), None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("berth-node-{name}-{}", uuid::Uuid::new_v4()));
+        private_dir(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn serial_log_rotates_past_its_size_and_stays_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = temp("serial");
+        let path = d.join("serial.log");
+        let mut log = SerialFile::open(&path, 1000).await.unwrap();
+        for i in 0..100 {
+            log.write_line(&format!("line {i:04} {}", "x".repeat(20)))
+                .await
+                .unwrap();
+        }
+        log.flush().await.unwrap();
+        let old = d.join("serial.log.1");
+        let (now, before) = (
+            std::fs::read_to_string(&path).unwrap(),
+            std::fs::read_to_string(&old).unwrap(),
+        );
+        assert!(
+            now.len() <= 1000 && before.len() <= 1000,
+            "{} {}",
+            now.len(),
+            before.len()
+        );
+        assert!(now.ends_with(&format!("line 0099 {}\n", "x".repeat(20))));
+        // The two files hold the newest lines, in order, none cut.
+        let all: Vec<&str> = before.lines().chain(now.lines()).collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert!(all.iter().all(|l| l.len() == 30));
+        assert!(!std::fs::exists(d.join("serial.log.2")).unwrap());
+        for p in [&path, &old] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+        }
+        // Reopened, it keeps counting from the file's size.
+        let mut again = SerialFile::open(&path, 1000).await.unwrap();
+        for _ in 0..40 {
+            again.write_line(&"y".repeat(29)).await.unwrap();
+        }
+        again.flush().await.unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() <= 1000);
+        assert!(std::fs::read_to_string(&old).unwrap().contains("line 0099"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn boot_lock_is_exclusive_until_released() {
+        let d = temp("lock");
+        let path = d.join(BOOT_LOCK_FILE);
+        let held = BootLock::try_take(&path).unwrap().expect("free");
+        assert!(BootLock::try_take(&path).unwrap().is_none());
+        // Another process (flock(1)) sees it held too.
+        let other = std::process::Command::new("flock")
+            .args(["--nonblock", "--conflict-exit-code", "7"])
+            .arg(&path)
+            .arg("true")
+            .status()
+            .unwrap();
+        assert_eq!(other.code(), Some(7));
+        drop(held);
+        assert!(BootLock::try_take(&path).unwrap().is_some());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn images_named_by_a_cvm_compose_file() {
+        let d = temp("images");
+        assert!(images_of(&d).is_empty());
+        std::fs::create_dir_all(d.join("state/compose")).unwrap();
+        std::fs::write(
+            d.join("state/compose/docker-compose.yml"),
+            "services:\n  a:\n    image: sha256:aaa\n  b:\n    image: sha256:bbb\n  c:\n    image: busybox\n",
+        )
+        .unwrap();
+        assert_eq!(
+            images_of(&d).into_iter().collect::<Vec<_>>(),
+            ["sha256:aaa", "sha256:bbb"]
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }

@@ -49,30 +49,30 @@ pub fn router(node: Arc<Node>, db: Arc<Db>) -> Router {
         .with_state(NodeState { node, db })
 }
 
-fn cvm_and_app(
+async fn cvm_and_app(
     s: &NodeState,
     id: &str,
 ) -> Result<(crate::db::Cvm, crate::db::App), ApiError> {
-    let cvm = s
-        .db
-        .cvm(id)?
-        .filter(|c| c.status != "deleted")
-        .ok_or_else(|| ApiError::not_found("no such CVM"))?;
-    let app = s
-        .db
-        .app(&cvm.app_id)?
-        .ok_or_else(|| ApiError::not_found("the CVM's app is gone"))?;
+    let cvm =
+        s.db.cvm(id)
+            .await?
+            .filter(|c| c.status != contract::CvmStatus::Deleted)
+            .ok_or_else(|| ApiError::not_found("no such CVM"))?;
+    let app =
+        s.db.app(&cvm.app_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("the CVM's app is gone"))?;
     Ok((cvm, app))
 }
 
 async fn start(State(s): State<NodeState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let (cvm, app) = cvm_and_app(&s, &id)?;
-    s.node.start(&cvm, &app)?;
+    let (cvm, app) = cvm_and_app(&s, &id).await?;
+    s.node.start(&cvm, &app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn stop(State(s): State<NodeState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let (cvm, _) = cvm_and_app(&s, &id)?;
+    let (cvm, _) = cvm_and_app(&s, &id).await?;
     s.node.stop(&cvm).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -81,7 +81,7 @@ async fn restart(
     State(s): State<NodeState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (cvm, app) = cvm_and_app(&s, &id)?;
+    let (cvm, app) = cvm_and_app(&s, &id).await?;
     s.node.restart(&cvm, &app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -90,7 +90,7 @@ async fn delete(
     State(s): State<NodeState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (cvm, _) = cvm_and_app(&s, &id)?;
+    let (cvm, _) = cvm_and_app(&s, &id).await?;
     s.node.delete(&cvm).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -99,7 +99,7 @@ async fn containers(
     State(s): State<NodeState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
-    let (cvm, _) = cvm_and_app(&s, &id)?;
+    let (cvm, _) = cvm_and_app(&s, &id).await?;
     Ok(Json(
         s.node
             .container_names(&cvm.id)
@@ -115,7 +115,7 @@ async fn logs(
     Path((id, cid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<String, ApiError> {
-    let (cvm, _) = cvm_and_app(&s, &id)?;
+    let (cvm, _) = cvm_and_app(&s, &id).await?;
     let tail = q.get("tail").and_then(|t| t.parse().ok());
     s.node.one_container_logs(&cvm.id, &cid, tail).await
 }
@@ -125,7 +125,7 @@ async fn output(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<String, ApiError> {
-    let (cvm, _) = cvm_and_app(&s, &id)?;
+    let (cvm, _) = cvm_and_app(&s, &id).await?;
     let tail = q.get("tail").and_then(|t| t.parse().ok());
     let stderr = q.get("stderr").is_some_and(|v| v == "true");
     s.node.container_logs(&cvm.id, stderr, tail).await
@@ -194,27 +194,37 @@ impl NodeClient {
 
     /// Boots the CVM (writes its shared folder, starts its boot agent).
     pub async fn start(&self, id: &str) -> Result<(), ApiError> {
-        self.call(self.http.post(Self::url(id, "start"))).await.map(drop)
+        self.call(self.http.post(Self::url(id, "start")))
+            .await
+            .map(drop)
     }
 
     /// Stops the CVM's boot and containers.
     pub async fn stop(&self, id: &str) -> Result<(), ApiError> {
-        self.call(self.http.post(Self::url(id, "stop"))).await.map(drop)
+        self.call(self.http.post(Self::url(id, "stop")))
+            .await
+            .map(drop)
     }
 
     /// Stops and boots again.
     pub async fn restart(&self, id: &str) -> Result<(), ApiError> {
-        self.call(self.http.post(Self::url(id, "restart"))).await.map(drop)
+        self.call(self.http.post(Self::url(id, "restart")))
+            .await
+            .map(drop)
     }
 
     /// Removes the CVM's containers and folders.
     pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
-        self.call(self.http.post(Self::url(id, "delete"))).await.map(drop)
+        self.call(self.http.post(Self::url(id, "delete")))
+            .await
+            .map(drop)
     }
 
     /// The CVM's containers: (id, service).
     pub async fn container_names(&self, id: &str) -> Result<Vec<(String, String)>, ApiError> {
-        let text = self.call(self.http.get(Self::url(id, "containers"))).await?;
+        let text = self
+            .call(self.http.get(Self::url(id, "containers")))
+            .await?;
         let list: Vec<ContainerView> = serde_json::from_str(&text)
             .map_err(|_| ApiError::unavailable("the node answered nonsense"))?;
         Ok(list.into_iter().map(|c| (c.id, c.service)).collect())

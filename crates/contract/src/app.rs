@@ -87,6 +87,11 @@ pub struct AppComposeInput<'a> {
     pub public_logs: bool,
     /// Whether the app's system info is public.
     pub public_sysinfo: bool,
+    /// The owner's random per-user salt (hex), rendered as `berth_owner`:
+    /// the same compose file from two users measures to two app ids (and
+    /// two env keys), from one user always to the same. `None` renders no
+    /// such field.
+    pub owner: Option<&'a str>,
 }
 
 impl AppComposeInput<'_> {
@@ -102,7 +107,7 @@ impl AppComposeInput<'_> {
         }
         // serde_json's `preserve_order` is off: a `json!` object is a
         // BTreeMap, so the keys come out sorted.
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "allowed_envs": allowed,
             "docker_compose_file": self.docker_compose_file,
             "features": ["kms"],
@@ -118,6 +123,9 @@ impl AppComposeInput<'_> {
             "runner": "docker-compose",
             "secure_time": false,
         });
+        if let Some(owner) = self.owner {
+            value["berth_owner"] = serde_json::Value::from(owner);
+        }
         serde_json::to_vec(&value).expect("json")
     }
 }
@@ -144,6 +152,25 @@ pub struct SysConfig {
     pub instance_id: Option<String>,
     /// App id pinned by the platform instead of the measured one.
     pub app_id: Option<String>,
+    /// The CVM's vCPUs in thousandths (1000 = one CPU): the CPU limit of
+    /// each of its containers. `None`: no limit.
+    pub cpu_millis: Option<u64>,
+    /// The CVM's memory in MiB: the memory limit of each of its
+    /// containers. `None`: no limit.
+    pub memory_mb: Option<u64>,
+}
+
+impl SysConfig {
+    /// The limits every service of the CVM runs with.
+    pub fn limits(&self) -> crate::policy::ServiceLimits {
+        crate::policy::ServiceLimits {
+            cpu_millis: self.cpu_millis.filter(|c| *c > 0),
+            memory_bytes: self
+                .memory_mb
+                .filter(|m| *m > 0)
+                .map(|m| m.saturating_mul(1 << 20)),
+        }
+    }
 }
 
 impl SysConfig {
@@ -168,6 +195,31 @@ mod tests {
         assert_ne!(Measurement::of(b"{} ").compose_hash, m.compose_hash);
         assert!(Measurement::hash_belongs_to(&m.compose_hash, &m.app_id));
         assert!(!Measurement::hash_belongs_to(&m.app_id, &m.app_id));
+    }
+
+    #[test]
+    fn owner_salt_changes_the_app_id() {
+        let envs = vec!["A".to_string()];
+        let input = |owner| AppComposeInput {
+            name: "my-app",
+            docker_compose_file: "services: {}\n",
+            allowed_envs: &envs,
+            public_logs: true,
+            public_sysinfo: true,
+            owner,
+        };
+        let none = input(None).render();
+        assert!(!String::from_utf8_lossy(&none).contains("berth_owner"));
+        let a = Measurement::of(&input(Some("aa11")).render());
+        let b = Measurement::of(&input(Some("bb22")).render());
+        assert_ne!(a.app_id, b.app_id);
+        assert_eq!(a, Measurement::of(&input(Some("aa11")).render()));
+        let v: serde_json::Value = serde_json::from_slice(&input(Some("aa11")).render()).unwrap();
+        assert_eq!(v["berth_owner"], "aa11");
+        // Keys stay sorted: the field lands between allowed_envs and docker_compose_file.
+        let text = String::from_utf8(input(Some("aa11")).render()).unwrap();
+        assert!(text.find("\"allowed_envs\"") < text.find("\"berth_owner\""));
+        assert!(text.find("\"berth_owner\"") < text.find("\"docker_compose_file\""));
     }
 
     #[test]

@@ -82,7 +82,10 @@ mod tests {
             elapsed: Duration::from_millis(1230),
         };
         assert_eq!(ok.render(), "BOOT OK in 1.23 s");
-        assert!(matches!(BootOutcome::parse(&ok.render()), Some(BootOutcome::Ok { .. })));
+        assert!(matches!(
+            BootOutcome::parse(&ok.render()),
+            Some(BootOutcome::Ok { .. })
+        ));
         let f = BootOutcome::Failed {
             category: Category::CredentialsRejected,
             message: "the registry refused: a: b".into(),
@@ -98,8 +101,6 @@ mod tests {
         assert!(BootOutcome::confirmed(Some("BOOT OK in 0.50 s"), Some(0)).is_some());
         assert!(BootOutcome::confirmed(Some("BOOT OK in 0.50 s"), Some(3)).is_none());
         assert!(BootOutcome::confirmed(Some("BOOT OK in 0.50 s"), None).is_none());
-        assert!(
-            BootOutcome::confirmed(Some("BOOT FAILED: runtime: x"), Some(10)).is_some()
-        );
+        assert!(BootOutcome::confirmed(Some("BOOT FAILED: runtime: x"), Some(10)).is_some());
     }
 }

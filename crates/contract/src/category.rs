@@ -67,7 +67,6 @@ impl fmt::Display for Category {
     }
 }
 
-
 impl Category {
     /// The process exit code of a run that failed with this category
     /// (`berth pull`, `berth check`, `berth guest boot`): 2 to 10 in the

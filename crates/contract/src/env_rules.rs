@@ -43,9 +43,15 @@ const RESERVED_NAMES: &[&str] = &[
 /// Name prefixes reserved for the platform, and why.
 const RESERVED_PREFIXES: &[(&str, &str)] = &[
     ("LD_", "it steers the dynamic loader of host-side programs"),
-    ("DOCKER_", "it steers the Docker client and engine connection"),
+    (
+        "DOCKER_",
+        "it steers the Docker client and engine connection",
+    ),
     ("COMPOSE_", "it steers the compose tool"),
-    ("PYTHON", "it steers the Python interpreter of the compose tool"),
+    (
+        "PYTHON",
+        "it steers the Python interpreter of the compose tool",
+    ),
     ("BERTH_", "it is Berth's own configuration"),
     ("MALLOC_", "it steers the C library's allocator"),
 ];
@@ -112,11 +118,20 @@ mod tests {
 
     #[test]
     fn keys() {
-        for ok in ["A", "_x", "DSTACK_DOCKER_PASSWORD", "GREETING", "PROXY_HOST"] {
+        for ok in [
+            "A",
+            "_x",
+            "DSTACK_DOCKER_PASSWORD",
+            "GREETING",
+            "PROXY_HOST",
+        ] {
             check_tenant_key(ok).unwrap();
         }
         for bad in ["1A", "A-B", "", "A B", "X\nBOOT_OK"] {
-            assert!(matches!(check_tenant_key(bad), Err(EnvKeyError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(check_tenant_key(bad), Err(EnvKeyError::Invalid(_))),
+                "{bad}"
+            );
         }
         for reserved in [
             "LD_PRELOAD",
@@ -130,10 +145,18 @@ mod tests {
             "BERTH_API_KEY",
         ] {
             assert!(
-                matches!(check_tenant_key(reserved), Err(EnvKeyError::Reserved { .. })),
+                matches!(
+                    check_tenant_key(reserved),
+                    Err(EnvKeyError::Reserved { .. })
+                ),
                 "{reserved}"
             );
         }
-        assert!(!check_tenant_key("X\nBOOT OK").unwrap_err().to_string().contains('\n'));
+        assert!(
+            !check_tenant_key("X\nBOOT OK")
+                .unwrap_err()
+                .to_string()
+                .contains('\n')
+        );
     }
 }

@@ -176,7 +176,9 @@ mod tests {
         assert_eq!(u.url(PUBKEY_PATH), "http://kms/kms/v1/pubkey");
         assert_eq!(KmsEndpoint::parse(&u.render()), Some(u));
         assert_eq!(
-            KmsEndpoint::parse("http://127.0.0.1:9/").unwrap().url(PUBKEY_PATH),
+            KmsEndpoint::parse("http://127.0.0.1:9/")
+                .unwrap()
+                .url(PUBKEY_PATH),
             "http://127.0.0.1:9/kms/v1/pubkey"
         );
         assert!(KmsEndpoint::parse("unix:relative").is_none());

@@ -16,7 +16,9 @@
 //! - [`boot`]: the boot's last serial line ([`BootOutcome`]);
 //! - [`kms`]: the KMS's HTTP messages;
 //! - [`Category`]: the failure taxonomy and its exit codes;
-//! - [`reference`]: image references and digests (Docker's grammar).
+//! - [`reference`]: image references and digests (Docker's grammar);
+//! - [`status`]: a CVM's status ([`CvmStatus`]), as the API and the
+//!   database write it.
 //!
 //! **Invariants.** No I/O, no clock, no cryptography beyond the sha256 of a
 //! measurement: this crate is linked by the control plane, which must not
@@ -31,9 +33,11 @@ pub mod env_rules;
 pub mod kms;
 pub mod policy;
 pub mod reference;
+pub mod status;
 
 pub use app::{AppCompose, AppComposeInput, Measurement, SysConfig};
 pub use boot::BootOutcome;
 pub use category::{Category, UnknownCategory};
 pub use policy::{ComposeError, ComposeFile, ServiceImage};
 pub use reference::{Digest, ImageReference};
+pub use status::{CvmStatus, UnknownStatus};

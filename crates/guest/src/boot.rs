@@ -1,13 +1,13 @@
 //! The boot, step by step. Each step is a line in the serial log with its
 //! duration; the last line is `BOOT OK` or `BOOT FAILED: <category>: …`.
 
-use contract::ComposeFile;
 use crate::error::BootError;
 use crate::keys::{EnvKeyProvider, Kms};
 use crate::redact::Redactor;
 use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
 use crate::serial::SerialLog;
 use crate::shared::HostShared;
+use contract::ComposeFile;
 use contract::{BootOutcome, Measurement};
 use envseal::{Env, Limits};
 use registry::{Category, CredentialSet, Endpoints, PullEvent, PullOptions, Puller};
@@ -108,8 +108,12 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
             // The manifest may have been altered on the host: the env-name
             // rules hold again here, whatever the control plane checked.
             for key in &shared.app_compose.allowed_envs {
-                contract::env_rules::check_tenant_key(key)
-                    .map_err(|e| BootError::new(Category::Config, format!("app-compose.json allowed_envs: {e}")))?;
+                contract::env_rules::check_tenant_key(key).map_err(|e| {
+                    BootError::new(
+                        Category::Config,
+                        format!("app-compose.json allowed_envs: {e}"),
+                    )
+                })?;
             }
             serial.line(&format!(
                 "app {}: compose_hash {}",
@@ -216,6 +220,15 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
             // The policy again, inside the CVM: the host-shared compose may
             // have been altered after the control plane checked it.
             let compose = ComposeFile::parse_and_check(yaml)?;
+            // Image references are public (measured) text: a registry user
+            // name inside one stays readable, and is redacted elsewhere.
+            serial.set_public(
+                compose
+                    .images
+                    .iter()
+                    .flat_map(|i| [i.written.clone(), i.reference.to_string()])
+                    .collect(),
+            );
             for i in &compose.images {
                 serial.line(&format!("service {}: {}", i.service, i.reference));
             }
@@ -245,6 +258,15 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 env.get(k).map(|v| v.expose().to_owned())
             };
             popts.ecr_endpoint = registry::ecr::endpoint_override(ecr_from_env)?;
+            // A CVM's network is the host's: loopback and private addresses
+            // only for what the operator mapped (sys-config), never for what
+            // a tenant's image reference, registry answer or env names.
+            popts.private_targets = registry::PrivateTargets::OnlyMapped;
+            popts.ecr_endpoint_mapped = shared
+                .sys_config
+                .aws_endpoint_url_ecr
+                .as_deref()
+                .is_some_and(|v| !v.is_empty());
             let puller = Puller::new(popts, pull_log(serial))?;
             let refs: Vec<_> = compose.images.iter().map(|i| i.reference.clone()).collect();
             let pulled = puller.pull_all(&refs).await?;
@@ -306,7 +328,20 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                     format!("cannot create {}: {e}", dir.display()),
                 )
             })?;
-            let rendered = compose.render(&replacements);
+            // The CVM's vCPUs and memory bound every container.
+            let limits = shared.sys_config.limits();
+            let rendered = compose.render_with_limits(&replacements, &limits);
+            if limits != Default::default() {
+                serial.line(&format!(
+                    "limits per container: {} CPUs, {} MiB",
+                    limits
+                        .cpu_millis
+                        .map_or("no limit".into(), |m| format!("{:.3}", m as f64 / 1000.0)),
+                    limits
+                        .memory_bytes
+                        .map_or("no limit".into(), |b| (b >> 20).to_string())
+                ));
+            }
             let fingerprint = fingerprint(
                 key_material.as_deref().map(|k| k.as_str()),
                 &project,

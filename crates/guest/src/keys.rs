@@ -8,13 +8,15 @@
 
 use crate::error::BootError;
 use contract::Measurement;
-use contract::kms::{Attestation, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, ErrorAnswer, KmsEndpoint};
-use zeroize::Zeroizing;
+use contract::kms::{
+    Attestation, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, ErrorAnswer, KmsEndpoint,
+};
 use envseal::EnvPrivateKey;
 use registry::Category;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use zeroize::Zeroizing;
 
 /// A boxed future returned by [`EnvKeyProvider::env_key`].
 pub type KeyFuture<'a> =
@@ -99,14 +101,16 @@ impl EnvKeyProvider for Kms {
                 })
                 .expect("json"),
             );
-            let unreachable = |e: reqwest::Error| {
-                BootError::new(
+            let unreachable =
+                |e: reqwest::Error| {
+                    BootError::new(
                     Category::Unreachable,
                     format!("cannot reach the KMS at {}: {}", self.url, registry_free(&e)),
                 )
                 .hint("check that the KMS is running (berth up) and that sys-config.json names it")
-            };
-            let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+                };
+            let mut builder =
+                reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
             if let KmsEndpoint::Unix(path) = &endpoint {
                 builder = builder.unix_socket(path.clone());
             }

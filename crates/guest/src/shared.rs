@@ -2,9 +2,9 @@
 //! `encrypted-env`, `sys-config.json`, and what is measured from them.
 
 use crate::error::BootError;
+use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
 use envseal::SealedEnv;
 use registry::Category;
-use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
 use std::path::Path;
 
 pub use contract::{AppCompose, Measurement, SysConfig};
@@ -103,4 +103,3 @@ fn json_reason(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Io => "it could not be read",
     }
 }
-

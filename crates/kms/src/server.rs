@@ -36,8 +36,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use contract::Measurement;
 use contract::kms::{
-    ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer, ErrorAnswer,
-    KmsPublicKeyAnswer, PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
+    ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer, ErrorAnswer, KmsPublicKeyAnswer,
+    PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -330,7 +330,12 @@ mod tests {
         ))
     }
 
-    async fn post(kms: &Arc<Kms>, path: &str, auth: Option<&str>, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    async fn post(
+        kms: &Arc<Kms>,
+        path: &str,
+        auth: Option<&str>,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
         let mut req = Request::post(path).header("content-type", "application/json");
         if let Some(a) = auth {
             req = req.header("authorization", format!("Bearer {a}"));
@@ -340,7 +345,9 @@ mod tests {
             .await
             .unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
@@ -358,29 +365,47 @@ mod tests {
         let forged = format!("{APP}ffffffffffffffffffffffff");
         let (s, body) = post(&k, ENV_KEY_PATH, None, key_req("", &forged)).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
-        assert!(body["detail"].as_str().unwrap().contains("no boot ticket"), "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("no boot ticket"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
     async fn only_the_node_mints_tickets() {
         let k = kms();
         let req = serde_json::json!({"app_id": APP, "compose_hash": HASH});
-        assert_eq!(post(&k, TICKET_PATH, None, req.clone()).await.0, StatusCode::FORBIDDEN);
-        assert_eq!(post(&k, TICKET_PATH, Some("guess"), req.clone()).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            post(&k, TICKET_PATH, None, req.clone()).await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            post(&k, TICKET_PATH, Some("guess"), req.clone()).await.0,
+            StatusCode::FORBIDDEN
+        );
         let (s, t) = post(&k, TICKET_PATH, Some("node-secret"), req).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(t["ticket"].as_str().unwrap().len(), 64);
         // A KMS without a node secret mints nothing.
         let closed = Arc::new(Kms::new(KmsRootKey::from_bytes([7u8; 32]), None));
         let req = serde_json::json!({"app_id": APP, "compose_hash": HASH});
-        assert_eq!(post(&closed, TICKET_PATH, Some(""), req).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            post(&closed, TICKET_PATH, Some(""), req).await.0,
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[tokio::test]
     async fn a_ticket_opens_once_for_its_hash_only() {
         let k = kms();
         let mint = || async {
-            let (_, t) = post(&k, TICKET_PATH, Some("node-secret"), serde_json::json!({"app_id": APP, "compose_hash": HASH})).await;
+            let (_, t) = post(
+                &k,
+                TICKET_PATH,
+                Some("node-secret"),
+                serde_json::json!({"app_id": APP, "compose_hash": HASH}),
+            )
+            .await;
             t["ticket"].as_str().unwrap().to_owned()
         };
         // Wrong hash (same app id prefix): refused, and the ticket is burnt.
@@ -388,8 +413,16 @@ mod tests {
         let other = format!("{APP}ffffffffffffffffffffffff");
         let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, &other)).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
-        assert!(body["detail"].as_str().unwrap().contains("not the one registered"));
-        assert_eq!(post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await.0, StatusCode::FORBIDDEN);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("not the one registered")
+        );
+        assert_eq!(
+            post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await.0,
+            StatusCode::FORBIDDEN
+        );
         // The right hash: the key, once.
         let t = mint().await;
         let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await;

@@ -104,6 +104,19 @@ pub(crate) fn parse_challenge(value: &str) -> Option<(Challenge, HashMap<String,
     }
 }
 
+/// `parse_challenge` for the fuzz targets and property tests (`fuzz/`):
+/// `None` if the value is refused, else the Bearer realm (`None` for Basic)
+/// and every parameter. Not part of the crate's API.
+#[doc(hidden)]
+pub fn parse_challenge_for_fuzzing(
+    value: &str,
+) -> Option<(Option<String>, HashMap<String, String>)> {
+    parse_challenge(value).map(|(challenge, params)| match challenge {
+        Challenge::Basic => (None, params),
+        Challenge::Bearer { realm, .. } => (Some(realm), params),
+    })
+}
+
 fn parse_auth_params(s: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = s.trim();
@@ -274,9 +287,17 @@ impl RegistryClient {
             } else if method == Method::HEAD {
                 self.counts.lock().unwrap().manifest_heads += 1;
             }
-            let result = self
-                .send_following_redirects(method.clone(), self.url(path), &headers, auth)
-                .await;
+            // A server that accepts and then sends nothing must not outlast
+            // the budget: the attempt gets what is left of it.
+            let result = match tokio::time::timeout(
+                backoff.remaining(),
+                self.send_following_redirects(method.clone(), self.url(path), &headers, auth),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => return Err(self.silent(backoff.budget(), backoff.attempt())),
+            };
             let (retry_wait, reason) = match result {
                 Err(HopError::Refused(what, refused)) => {
                     return Err(refused_error(&self.registry, what, &refused));
@@ -558,7 +579,16 @@ impl RegistryClient {
                 }
             }
             self.counts.lock().unwrap().token_fetches += 1;
-            let (wait, reason) = match req.send().await {
+            let sent = match tokio::time::timeout(backoff.remaining(), req.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Err(self.unreachable(&format!(
+                        "token service {realm_host} sent no answer within the retry budget of {}",
+                        human_duration(backoff.budget())
+                    )));
+                }
+            };
+            let (wait, reason) = match sent {
                 Err(err) => {
                     if let Some(refused) = refused_by_resolver(&err) {
                         return Err(refused_error(&self.registry, "the token service", &refused));
@@ -728,6 +758,19 @@ impl RegistryClient {
             Login::Anonymous => " without credentials".into(),
             _ => format!(" with {}", self.login.describe()),
         }
+    }
+
+    /// The budget ran out while waiting for an answer (a stalled server).
+    pub(crate) fn silent(&self, budget: Duration, attempts: u32) -> PullError {
+        self.unreachable(&format!(
+            "no answer within the retry budget of {} (after {attempts} attempts; the server accepted \
+             the connection and then sent nothing)",
+            human_duration(budget)
+        ))
+        .hint(
+            "the registry (or something in front of it) is stalled or overloaded: retry later, or \
+             raise the retry budget (--max-retry-time); check the registry address and the network",
+        )
     }
 
     fn unreachable(&self, reason: &str) -> PullError {

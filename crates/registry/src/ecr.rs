@@ -128,7 +128,20 @@ impl EcrTokenSource {
         let mut backoff = Backoff::new(self.retry);
         loop {
             let req = self.signed_request()?;
-            let (wait, reason) = match req.send().await {
+            // Bounded by what is left of the budget (a stalled API).
+            let sent = match tokio::time::timeout(backoff.remaining(), req.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Err(self.error(
+                        Category::Unreachable,
+                        format!(
+                            "the ECR API at {host} sent no answer within the retry budget of {}",
+                            crate::client::human_duration(backoff.budget())
+                        ),
+                    ));
+                }
+            };
+            let (wait, reason) = match sent {
                 Err(e) => {
                     if let Some(refused) = refused_by_resolver(&e) {
                         return Err(refused_error(&self.login.registry, "the ECR API", &refused));

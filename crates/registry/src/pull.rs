@@ -323,9 +323,17 @@ impl Puller {
                 cached: self.store.has_blob(&b.digest, Some(b.size)),
             });
         }
-        let results =
-            futures_util::future::join_all(blobs.iter().map(|b| self.fetch_blob(&client, repo, b)))
-                .await;
+        // Stage: check the disk has room before downloading anything.
+        let needed = self
+            .store
+            .bytes_needed(blobs.iter().map(|b| (&b.digest, b.size)));
+        self.store.check_room(needed, blobs.len())?;
+        let results = futures_util::future::join_all(
+            blobs
+                .iter()
+                .map(|b| self.fetch_blob(&client, repo, b, needed)),
+        )
+        .await;
         let mut downloaded = 0;
         let mut reused = 0;
         for r in results {
@@ -591,12 +599,14 @@ impl Puller {
     }
 
     /// Downloads one blob into the store unless it is there. Returns
-    /// `(bytes downloaded, bytes reused)`.
+    /// `(bytes downloaded, bytes reused)`. `image_needs` is what the whole
+    /// image needs on disk, for the message if the disk fills up.
     async fn fetch_blob(
         &self,
         client: &RegistryClient,
         repo: &str,
         desc: &Descriptor,
+        image_needs: u64,
     ) -> Result<(u64, u64), PullError> {
         let _permit = self.jobs.acquire().await.expect("semaphore never closed");
         let lock = self
@@ -614,6 +624,11 @@ impl Puller {
         let size = desc.size;
         let partial = self.store.partial_path(digest);
         let io = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                // Something else filled the disk during the download. What
+                // was written stays in ingest/ and is resumed next time.
+                return self.store.disk_full(image_needs, self.store.free_space());
+            }
             PullError::config(format!("cannot write {}: {e}", partial.display()))
                 .hint("check that the store directory (--store) is writable and the disk has room")
         };
@@ -721,7 +736,23 @@ impl Puller {
                 let mut writeback_from = offset;
                 let mut dropped = None;
                 let mut last_report = offset;
-                while let Some(chunk) = stream.next().await {
+                loop {
+                    // A registry that stops sending mid-body is given the
+                    // budget (at most BODY_IDLE), then the connection is
+                    // dropped; with no byte since the last progress, the
+                    // budget is spent and the retry below gives up.
+                    let idle = BODY_IDLE.min(backoff.budget());
+                    let chunk = match tokio::time::timeout(idle, stream.next()).await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => break,
+                        Err(_) => {
+                            dropped = Some(format!(
+                                "the registry sent nothing for {}",
+                                crate::client::human_duration(idle)
+                            ));
+                            break;
+                        }
+                    };
                     match chunk {
                         Ok(bytes) => {
                             if offset + bytes.len() as u64 > size {
@@ -748,6 +779,9 @@ impl Puller {
                                 writeback_from = offset;
                             }
                             downloaded += bytes.len() as u64;
+                            if !bytes.is_empty() {
+                                backoff.progressed();
+                            }
                             if offset - last_report >= 1 << 20 || offset == size {
                                 last_report = offset;
                                 (self.events)(&PullEvent::BlobProgress {
@@ -911,6 +945,10 @@ fn too_big(image: &str, len: u64) -> PullError {
         ),
     )
 }
+
+/// Longest silence within a blob body before the connection is dropped and
+/// the download resumed (never more than the retry budget).
+const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// Bytes written between two writeback kicks.
 const WRITEBACK_CHUNK: u64 = 8 << 20;

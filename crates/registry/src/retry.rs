@@ -17,7 +17,9 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest single delay (a `Retry-After` may ask for more, within budget).
     pub max_delay: Duration,
-    /// Total time one request may spend waiting and retrying.
+    /// Total time one request may spend waiting and retrying, the attempts
+    /// included (each attempt is cut off at what is left of it). A blob
+    /// download gets the whole budget again whenever it receives bytes.
     pub budget: Duration,
 }
 
@@ -62,6 +64,25 @@ impl Backoff {
     /// Attempts made so far.
     pub(crate) fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// What is left of the budget. Every attempt is bounded by it (a server
+    /// that accepts and then sends nothing must not outlast the budget).
+    pub(crate) fn remaining(&self) -> Duration {
+        self.policy.budget.saturating_sub(self.started.elapsed())
+    }
+
+    /// The budget this backoff runs under.
+    pub(crate) fn budget(&self) -> Duration {
+        self.policy.budget
+    }
+
+    /// The last attempt made progress (a download received bytes): start
+    /// over, with the whole budget and all attempts. The budget bounds the
+    /// time spent without progress, not the length of a large download.
+    pub(crate) fn progressed(&mut self) {
+        self.started = Instant::now();
+        self.attempt = 1;
     }
 
     /// Decides the next step after a failed attempt; `server_wait` is a
@@ -126,5 +147,20 @@ mod tests {
             Next::RetryAfter(Duration::from_secs(3))
         );
         assert_eq!(b.next(Some(Duration::from_secs(60))), Next::GiveUp);
+    }
+
+    #[test]
+    fn progress_restores_the_budget() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            budget: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        let mut b = Backoff::new(policy);
+        assert!(matches!(b.next(None), Next::RetryAfter(_)));
+        assert_eq!(b.next(None), Next::GiveUp);
+        b.progressed();
+        assert!(b.remaining() > Duration::from_secs(4));
+        assert!(matches!(b.next(None), Next::RetryAfter(_)));
     }
 }

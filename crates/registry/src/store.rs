@@ -70,9 +70,61 @@ pub struct OciStore {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> PullError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return PullError::config(format!(
+            "cannot {what} {}: the disk is full{}",
+            path.display(),
+            free_space(path)
+                .map(|f| format!(" ({} free)", human_size(f)))
+                .unwrap_or_default()
+        ))
+        .hint(FREE_SPACE_HINT);
+    }
     PullError::config(format!("cannot {what} {}: {e}", path.display()))
         .hint("check that the store directory (--store) is writable and the disk has room")
 }
+
+const FREE_SPACE_HINT: &str = "free space on that disk (or pull into a store on a larger disk \
+     with --store), then pull again: downloads already in the store's ingest/ folder are resumed";
+
+/// Bytes available to this user on the file system holding `path`.
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a writable
+    // statvfs that the call fills in on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    // Both are 64-bit on 64-bit Linux; the conversion keeps 32-bit targets building.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Some(blocks.saturating_mul(block_size))
+}
+
+/// `812 KiB`, `24.0 MiB`, `1.50 GiB`.
+pub(crate) fn human_size(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let f = n as f64;
+    if f >= KIB * KIB * KIB {
+        format!("{:.2} GiB", f / (KIB * KIB * KIB))
+    } else if f >= KIB * KIB {
+        format!("{:.1} MiB", f / (KIB * KIB))
+    } else if f >= KIB {
+        format!("{:.0} KiB", f / KIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// What a blob occupies on disk beyond its bytes, at most (block rounding).
+const PER_BLOB_SLACK: u64 = 4096;
+/// Room kept for `index.json` and the like.
+const METADATA_SLACK: u64 = 64 << 10;
 
 impl OciStore {
     /// Opens (creating if needed) the layout at `root`.
@@ -154,6 +206,62 @@ impl OciStore {
             ));
         }
         write_atomic(&self.blob_path(digest), bytes)
+    }
+
+    /// Bytes of `digest` already downloaded into `ingest/` by an earlier,
+    /// interrupted run.
+    pub(crate) fn partial_len(&self, digest: &Digest) -> u64 {
+        fs::metadata(self.partial_path(digest))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Bytes free on the disk holding the store.
+    pub fn free_space(&self) -> Option<u64> {
+        free_space(&self.root)
+    }
+
+    /// How many more bytes the blobs `(digest, size)` need on disk: those
+    /// not in `blobs/`, less what `ingest/` already holds of them.
+    pub(crate) fn bytes_needed<'a>(
+        &self,
+        blobs: impl IntoIterator<Item = (&'a Digest, u64)>,
+    ) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        blobs
+            .into_iter()
+            .filter(|(d, _)| seen.insert(*d))
+            .filter(|(d, size)| !self.has_blob(d, Some(*size)))
+            .map(|(d, size)| size.saturating_sub(self.partial_len(d)))
+            .sum()
+    }
+
+    /// Fails with a `config` error naming the store's folder and the space
+    /// needed if the disk holding it has less than `needed` bytes free (plus
+    /// a little for file system rounding and `index.json`).
+    pub(crate) fn check_room(&self, needed: u64, blobs: usize) -> Result<(), PullError> {
+        if needed == 0 {
+            return Ok(());
+        }
+        let Some(free) = self.free_space() else {
+            return Ok(());
+        };
+        let want = needed + PER_BLOB_SLACK * blobs as u64 + METADATA_SLACK;
+        if free < want {
+            return Err(self.disk_full(needed, Some(free)));
+        }
+        Ok(())
+    }
+
+    /// The disk holding the store has no room for `needed` more bytes.
+    pub(crate) fn disk_full(&self, needed: u64, free: Option<u64>) -> PullError {
+        PullError::config(format!(
+            "not enough space for the pull in {}: the image needs {} and the disk has {} free",
+            self.root.display(),
+            human_size(needed),
+            free.map(human_size).unwrap_or_else(|| "no space".into()),
+        ))
+        .hint(FREE_SPACE_HINT)
     }
 
     /// Moves a verified partial download into place.

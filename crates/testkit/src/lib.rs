@@ -9,14 +9,16 @@
 //!   style) issuing ES256 JWTs that distribution verifies.
 //! - [`FaultProxy`]: a reverse proxy in front of a registry that records
 //!   requests and injects faults (dropped connections, corrupted bytes, 429,
-//!   503, cross-host blob redirects, rate-limit headers).
+//!   503, cross-host blob redirects, rate-limit headers, stalls, slow links,
+//!   AWS `ThrottlingException`). [`Registry::stop`]/[`Registry::start_again`]
+//!   kill and restart the registry on the same port and storage.
 //! - [`Moto`]: moto's server (AWS mock) for ECR `GetAuthorizationToken`.
 //! - [`Dockerd`]: a private Docker engine (own socket, data and exec root).
 //! - [`images`]: builds random OCI images in Rust and pushes them with
 //!   `skopeo`, single-arch or multi-arch.
 //!
 //! The external tools come from `scripts/registry-deps.sh` (Debian packages
-//! plus moto in `<repo>/.deps/py`). In-process servers run on their own
+//! plus moto in the venv `<repo>/.deps/venv`). In-process servers run on their own
 //! background thread, so fixtures work from sync tests and from
 //! `#[tokio::test]` of any flavour. Set `BERTH_TESTKIT_KEEP=1` to keep the
 //! fixtures' working directories (logs, configs) after the test.
@@ -42,7 +44,7 @@ pub use moto::Moto;
 pub use pki::{IssuedCert, TestCa};
 pub use proxy::{
     Corrupt, DropAfter, FaultProxy, Faults, Listener, RateLimit, Redirect, RequestKind,
-    RequestRecord, Target, TimesFault, TooManyRequests,
+    RequestRecord, Stall, Target, Throttle, TimesFault, TooManyRequests,
 };
 pub use registry::{Registry, RegistryBuilder};
 pub use token::{Grant, TokenField, TokenIssuer, TokenIssuerBuilder, TokenRequest};

@@ -1,6 +1,6 @@
 //! moto's standalone server (an AWS API mock), for ECR `GetAuthorizationToken`.
 //!
-//! What moto 5.x answers (read in `.deps/py/moto/ecr/responses.py`,
+//! What moto 5.x answers (read in moto's `moto/ecr/responses.py`,
 //! `get_authorization_token`): the token is **deterministic**, not random:
 //! for each registry id (default: the caller's account) the password is
 //! `"<registry_id>-auth-token"`, `authorizationToken` is
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::util::{self, ManagedChild, Startup};
 
-/// A running `python3 -m moto.server`, killed on drop.
+/// A running `.deps/venv/bin/python -m moto.server`, killed on drop.
 pub struct Moto {
     _child: ManagedChild,
     addr: SocketAddr,
@@ -42,14 +42,9 @@ impl Moto {
     }
 
     fn start_inner(account: Option<&str>) -> Moto {
-        let py_path = crate::repo_root().join(".deps/py");
-        if !py_path.join("moto").is_dir() {
-            panic!(
-                "testkit: moto not found in {}; run scripts/registry-deps.sh",
-                py_path.display()
-            );
-        }
-        let python = util::tool("BERTH_PYTHON", "python3");
+        // moto lives in the project's venv (scripts/registry-deps.sh).
+        let venv_python = crate::repo_root().join(".deps/venv/bin/python");
+        let python = util::tool("BERTH_PYTHON", &venv_python.to_string_lossy());
         let workdir = crate::workdir("moto");
         let log_path = workdir.path().join("moto.log");
         let mut last = String::new();
@@ -70,7 +65,6 @@ impl Moto {
                 "-p",
                 &port.to_string(),
             ])
-            .env("PYTHONPATH", &py_path)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env_remove("MOTO_ACCOUNT_ID")
             .current_dir(workdir.path())

@@ -80,7 +80,8 @@ pub struct RequestRecord {
     /// Response body bytes handed to the client.
     pub body_bytes: u64,
     /// The fault applied, if any (`"drop"`, `"corrupt"`, `"429"`, `"503"`,
-    /// `"redirect"`, `"rate-limit"`, `"reject-auth"`).
+    /// `"redirect"`, `"rate-limit"`, `"reject-auth"`, `"stall"`,
+    /// `"throttle"`, `"aws-throttling"`).
     pub fault: Option<&'static str>,
 }
 
@@ -140,6 +141,32 @@ impl TimesFault {
     }
 }
 
+/// Send nothing: hold the request without answering (`after_bytes: None`,
+/// a registry that accepts the connection and then goes silent), or send
+/// the headers and the first `after_bytes` body bytes of a GET response,
+/// then nothing more, keeping the connection open, for the next
+/// `remaining` matching requests. The connection is held until the client
+/// gives up (or the proxy is dropped).
+#[derive(Clone, Debug)]
+pub struct Stall {
+    /// Matching requests.
+    pub target: Target,
+    /// `None`: no status line at all; `Some(n)`: stall after `n` body bytes.
+    pub after_bytes: Option<u64>,
+    /// How many more requests to stall.
+    pub remaining: usize,
+}
+
+/// Limit matching GET response bodies to `bytes_per_sec` (a slow link), so
+/// a test can act while a download is in progress.
+#[derive(Clone, Debug)]
+pub struct Throttle {
+    /// Matching requests.
+    pub target: Target,
+    /// Body bytes per second, per response.
+    pub bytes_per_sec: u64,
+}
+
 /// Redirect blob GETs (307) to the redirect listener, on another loopback
 /// host, as registries do to S3/CDN storage.
 #[derive(Clone, Debug)]
@@ -185,6 +212,16 @@ pub struct Faults {
     pub redirect: Option<Redirect>,
     /// See [`RateLimit`].
     pub rate_limit: Option<RateLimit>,
+    /// See [`Stall`].
+    pub stall: Option<Stall>,
+    /// See [`Throttle`].
+    pub throttle: Option<Throttle>,
+    /// A mock of AWS API throttling: `400` with the JSON body
+    /// `{"__type":"ThrottlingException","message":"Rate exceeded"}` (what
+    /// ECR's `GetAuthorizationToken` answers past its per-account rate), for
+    /// the next matching requests. For a proxy in front of [`crate::Moto`],
+    /// which never throttles.
+    pub aws_throttling: Option<TimesFault>,
 }
 
 impl Target {
@@ -303,6 +340,18 @@ fn registry_error(status: StatusCode, code: &str, message: &str) -> Response<Res
         .unwrap()
 }
 
+/// AWS's JSON-protocol throttling answer (as ECR's API sends it).
+fn aws_throttling() -> Response<RespBody> {
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-requestid", util::random_hex16())
+        .body(util::full(
+            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        ))
+        .unwrap()
+}
+
 fn too_many(retry_after: u64, limit: u64, window: u64) -> Response<RespBody> {
     let mut r = registry_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -338,19 +387,65 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// What [`pump`] does to one response body.
+#[derive(Clone, Copy, Default)]
+struct BodyFaults {
+    drop_at: Option<u64>,
+    corrupt_at: Option<u64>,
+    stall_at: Option<u64>,
+    bytes_per_sec: Option<u64>,
+}
+
+/// Sends `data` in pieces no faster than `rate` bytes per second since
+/// `started` (counting `sent` bytes already sent). Returns false if the
+/// client went away.
+async fn send_throttled(
+    st: &State,
+    idx: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    data: Bytes,
+    sent: &mut u64,
+    rate: u64,
+    started: tokio::time::Instant,
+) -> bool {
+    const PIECE: usize = 16 << 10;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let piece = rest.split_to(rest.len().min(PIECE));
+        let due = started + Duration::from_secs_f64(*sent as f64 / rate.max(1) as f64);
+        tokio::time::sleep_until(due).await;
+        *sent += piece.len() as u64;
+        st.add_bytes(idx, piece.len() as u64);
+        if tx.send(Ok(Frame::data(piece))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 async fn pump(
     st: Arc<State>,
     idx: usize,
     mut body: Incoming,
     tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-    drop_at: Option<u64>,
-    corrupt_at: Option<u64>,
+    faults: BodyFaults,
 ) {
+    let BodyFaults {
+        drop_at,
+        corrupt_at,
+        stall_at,
+        bytes_per_sec,
+    } = faults;
+    let started = tokio::time::Instant::now();
     let mut sent = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
+                // The upstream broke mid-body (e.g. the registry was killed):
+                // let hyper flush what was sent, then break the client's
+                // connection too.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let _ = tx.send(Err(Box::new(e))).await;
                 return;
             }
@@ -373,6 +468,19 @@ async fn pump(
             v[(off - sent) as usize] ^= 0xFF;
             data = Bytes::from(v);
         }
+        if let Some(limit) = stall_at
+            && sent + len > limit
+        {
+            let take = (limit - sent) as usize;
+            if take > 0 {
+                st.add_bytes(idx, take as u64);
+                let _ = tx.send(Ok(Frame::data(data.slice(..take)))).await;
+            }
+            // Hold the connection open, sending nothing, until the client
+            // goes away.
+            tx.closed().await;
+            return;
+        }
         if let Some(limit) = drop_at
             && sent + len > limit
         {
@@ -387,6 +495,12 @@ async fn pump(
                 .send(Err("testkit fault: connection dropped".into()))
                 .await;
             return;
+        }
+        if let Some(rate) = bytes_per_sec {
+            if !send_throttled(&st, idx, &tx, data, &mut sent, rate, started).await {
+                return;
+            }
+            continue;
         }
         sent += len;
         st.add_bytes(idx, len);
@@ -440,11 +554,27 @@ fn finish(
         out.headers_mut().insert(k, v);
     }
 
-    let (mut drop_at, mut corrupt_at) = (None, None);
+    let (mut drop_at, mut corrupt_at, mut stall_at, mut bytes_per_sec) = (None, None, None, None);
     if *method == Method::GET && (status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT)
     {
         let len = content_length(&parts.headers);
         let mut f = st.faults.lock().unwrap();
+        if let Some(s) = f.stall.as_mut()
+            && let Some(after) = s.after_bytes
+            && s.remaining > 0
+            && s.target.matches(kind, path)
+            && len.is_none_or(|l| l > after)
+        {
+            s.remaining -= 1;
+            stall_at = Some(after);
+            fault = Some("stall");
+        }
+        if let Some(t) = f.throttle.as_ref()
+            && t.target.matches(kind, path)
+        {
+            bytes_per_sec = Some(t.bytes_per_sec);
+            fault = fault.or(Some("throttle"));
+        }
         if let Some(d) = f.drop_after.as_mut()
             && d.remaining > 0
             && d.target.matches(kind, path)
@@ -466,7 +596,13 @@ fn finish(
     }
     st.set_status(idx, status.as_u16(), fault);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(pump(st.clone(), idx, body, tx, drop_at, corrupt_at));
+    let faults = BodyFaults {
+        drop_at,
+        corrupt_at,
+        stall_at,
+        bytes_per_sec,
+    };
+    tokio::spawn(pump(st.clone(), idx, body, tx, faults));
     *out.body_mut() = ChannelBody { rx }.boxed();
     out
 }
@@ -514,6 +650,21 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
         fault: None,
     });
 
+    let stall_headers = st.faults.lock().unwrap().stall.as_mut().is_some_and(|s| {
+        let hit = s.after_bytes.is_none() && s.remaining > 0 && s.target.matches(kind, &path);
+        if hit {
+            s.remaining -= 1;
+        }
+        hit
+    });
+    if stall_headers {
+        st.set_status(idx, 0, Some("stall"));
+        // Accepted, request read, and then nothing: no status line. The
+        // task ends when the proxy stops.
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        return registry_error(StatusCode::GATEWAY_TIMEOUT, "UNKNOWN", "stalled");
+    }
+
     let mut extra = Vec::new();
     let mut redirect_to = None;
     {
@@ -521,6 +672,14 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
         // Plain error answers. ECR's expired-token 403 only hits requests
         // that carry credentials.
         let authorized = headers.contains_key("authorization");
+        if f.aws_throttling
+            .as_mut()
+            .is_some_and(|t| t.take(kind, &path))
+        {
+            drop(f);
+            st.set_status(idx, 400, Some("aws-throttling"));
+            return aws_throttling();
+        }
         let hit = if authorized && f.forbidden.as_mut().is_some_and(|u| u.take(kind, &path)) {
             Some((
                 StatusCode::FORBIDDEN,
@@ -919,6 +1078,60 @@ impl FaultProxy {
                 remaining,
                 window_secs: 21600,
                 enforce,
+            })
+        });
+    }
+
+    /// Holds the next `times` requests matching `target` without answering
+    /// (no status line; the connection stays open).
+    pub fn stall_headers(&self, target: Target, times: usize) {
+        self.update_faults(|f| {
+            f.stall = Some(Stall {
+                target,
+                after_bytes: None,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Sends the headers and the first `after_bytes` body bytes of the next
+    /// `times` GET responses matching `target`, then nothing more (the
+    /// connection stays open).
+    pub fn stall_body_after(&self, target: Target, after_bytes: u64, times: usize) {
+        self.update_faults(|f| {
+            f.stall = Some(Stall {
+                target,
+                after_bytes: Some(after_bytes),
+                remaining: times,
+            })
+        });
+    }
+
+    /// Limits GET response bodies matching `target` to `bytes_per_sec`
+    /// each, until cleared (`clear_throttle` or `clear_faults`). Applies to
+    /// responses that start after the call.
+    pub fn throttle(&self, target: Target, bytes_per_sec: u64) {
+        self.update_faults(|f| {
+            f.throttle = Some(Throttle {
+                target,
+                bytes_per_sec,
+            })
+        });
+    }
+
+    /// Removes the [`Throttle`] (responses already throttled stay so).
+    pub fn clear_throttle(&self) {
+        self.update_faults(|f| f.throttle = None);
+    }
+
+    /// A mock of AWS API throttling: answers the next `times` requests
+    /// matching `target` with `400` `ThrottlingException` (see
+    /// [`Faults::aws_throttling`]).
+    pub fn aws_throttling(&self, target: Target, times: usize) {
+        self.update_faults(|f| {
+            f.aws_throttling = Some(TimesFault {
+                target,
+                remaining: times,
             })
         });
     }

@@ -75,7 +75,11 @@ impl RegistryBuilder {
 
 /// A running `docker-registry serve` process, killed on drop.
 pub struct Registry {
-    child: ManagedChild,
+    /// `None` while stopped (see [`Registry::stop`]).
+    child: Option<ManagedChild>,
+    /// The binary and config it runs with, for [`Registry::start_again`].
+    bin: PathBuf,
+    config_path: PathBuf,
     addr: SocketAddr,
     tls: bool,
     workdir: tempfile::TempDir,
@@ -104,6 +108,29 @@ fn write_htpasswd(path: &Path, users: &[(String, String)]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, out).expect("write htpasswd");
     std::fs::rename(&tmp, path).expect("rename htpasswd");
+}
+
+/// Spawns `docker-registry serve CONFIG`, logging to `log_path`.
+fn spawn(bin: &Path, config_path: &Path, dir: &Path, log_path: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open registry log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg(config_path)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log);
+    // REGISTRY_* variables would override the generated config.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("REGISTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.spawn().expect("spawn docker-registry")
 }
 
 impl Registry {
@@ -206,30 +233,14 @@ impl Registry {
             );
             let config_path = dir.join("config.yml");
             std::fs::write(&config_path, config).expect("write config.yml");
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .expect("open registry log");
-            let mut cmd = Command::new(&bin);
-            cmd.arg("serve")
-                .arg(&config_path)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log);
-            // REGISTRY_* variables would override the generated config.
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("REGISTRY_") {
-                    cmd.env_remove(k);
-                }
-            }
-            let mut child = cmd.spawn().expect("spawn docker-registry");
+            let mut child = spawn(&bin, &config_path, &dir, &log_path);
             let probe = if b.tls { None } else { Some("/v2/") };
             match util::wait_ready(&mut child, addr, probe, Duration::from_secs(15)) {
                 Startup::Ready => {
                     return Registry {
-                        child: ManagedChild { child },
+                        child: Some(ManagedChild { child }),
+                        bin,
+                        config_path,
                         addr,
                         tls: b.tls,
                         workdir,
@@ -342,9 +353,81 @@ impl Registry {
         self.workdir.path().join("storage")
     }
 
-    /// The process id of `docker-registry`.
+    /// The process id of `docker-registry`. Panics while stopped.
     pub fn pid(&self) -> u32 {
-        self.child.child.id()
+        self.child
+            .as_ref()
+            .expect("the registry is stopped")
+            .child
+            .id()
+    }
+
+    /// Kills the `docker-registry` process (SIGKILL, as a crash or an
+    /// abrupt restart would): open connections break mid-response and new
+    /// ones are refused until [`Registry::start_again`]. Storage, port,
+    /// config and log are kept. Does nothing if already stopped.
+    pub fn stop(&mut self) {
+        // Dropping the ManagedChild kills and reaps it.
+        self.child = None;
+    }
+
+    /// Whether the process is running (not [`Registry::stop`]ped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts `docker-registry` again after [`Registry::stop`], on the same
+    /// port with the same storage and config, and waits until it answers.
+    /// Panics if the port was taken meanwhile or it does not come up in 15 s.
+    pub fn start_again(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let log_before = self.log_contents().len();
+            let mut child = spawn(
+                &self.bin,
+                &self.config_path,
+                self.workdir.path(),
+                &self.log_path,
+            );
+            let probe = if self.tls { None } else { Some("/v2/") };
+            match util::wait_ready(&mut child, self.addr, probe, Duration::from_secs(15)) {
+                Startup::Ready => {
+                    self.child = Some(ManagedChild { child });
+                    return;
+                }
+                // The killed process's socket may linger for a moment.
+                Startup::Exited(_)
+                    if std::time::Instant::now() < deadline
+                        && self
+                            .log_contents()
+                            .get(log_before..)
+                            .is_some_and(|new| new.contains("address already in use")) =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Startup::Exited(status) => panic!(
+                    "testkit: docker-registry did not start again ({status}):\n{}",
+                    self.log_contents()
+                ),
+                Startup::TimedOut => {
+                    drop(ManagedChild { child });
+                    panic!(
+                        "testkit: docker-registry did not answer again within 15 s:\n{}",
+                        self.log_contents()
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`Registry::stop`], wait `down_for`, [`Registry::start_again`].
+    pub fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.start_again();
     }
 
     /// A push target for [`crate::images`], using the first htpasswd user if
