@@ -429,6 +429,15 @@ impl ComposeTool {
             }
             cmd.env(&var.key, var.value.expose());
         }
+        // The tool ends with the agent (it is also in the agent's process
+        // group, which the node signals on stop).
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -118,19 +118,19 @@ async fn pubkey(State(kms): State<Arc<Kms>>) -> Response {
     .into_response()
 }
 
-fn parse_app(app_id: &str) -> Result<AppId, Response> {
+fn parse_app(app_id: &str) -> Result<AppId, Box<Response>> {
     AppId::from_hex(app_id).map_err(|_| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "app_id must be 40 hex characters (20 bytes)",
-        )
+        ))
     })
 }
 
 async fn env_pubkey(State(kms): State<Arc<Kms>>, Path(app_id): Path<String>) -> Response {
     let app = match parse_app(&app_id) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let signed = kms.root.signed_env_public_key(&app, now_unix());
     Json(EnvPublicKeyAnswer {
@@ -174,7 +174,7 @@ async fn mint_ticket(
     }
     let app = match parse_app(&req.app_id) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hash = contract::app::normalize_hex(&req.compose_hash);
     if !Measurement::hash_belongs_to(&hash, &app.to_hex()) {
@@ -223,7 +223,7 @@ async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) ->
     let req_ticket = Zeroizing::new(req.ticket.clone());
     let app = match parse_app(&req.app_id) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hash = contract::app::normalize_hex(&req.compose_hash);
     let refuse = |why: &str| {

@@ -166,6 +166,15 @@ struct Token {
     renew_at: Instant,
 }
 
+/// One scope's cached token, and the last failed fetch (shared with the
+/// callers that waited for it, so they do not each spend the retry budget
+/// again).
+#[derive(Default)]
+struct TokenSlot {
+    token: Option<Token>,
+    failed: Option<(Instant, PullError)>,
+}
+
 /// How a response's status is treated by [`RegistryClient::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Expect {
@@ -193,7 +202,7 @@ pub(crate) struct RegistryClient {
     http: reqwest::Client,
     login: Login,
     challenge: Mutex<Option<Challenge>>,
-    tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>,
+    tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<TokenSlot>>>>,
     retry: RetryPolicy,
     events: EventSink,
     counts: Mutex<RequestCounts>,
@@ -500,7 +509,9 @@ impl RegistryClient {
         }
     }
 
-    /// A token for `scope`: cached, or fetched with one fetch in flight per scope.
+    /// A token for `scope`: cached, or fetched with one fetch in flight per
+    /// scope whose answer (a token or an error) the callers waiting for it
+    /// share.
     async fn token(
         &self,
         realm: &str,
@@ -508,24 +519,38 @@ impl RegistryClient {
         scope: &str,
         refused: Option<&SecretValue>,
     ) -> Result<SecretValue, PullError> {
+        let asked = Instant::now();
         let slot = self
             .tokens
             .lock()
             .unwrap()
             .entry(scope.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
+            .or_default()
             .clone();
-        let mut guard = slot.lock().await;
-        if let Some(t) = guard.as_ref()
+        let mut slot = slot.lock().await;
+        if let Some(t) = slot.token.as_ref()
             && Instant::now() < t.renew_at
             && Some(&t.value) != refused
         {
             return Ok(t.value.clone());
         }
-        let token = self.fetch_token(realm, service, scope).await?;
-        let value = token.value.clone();
-        *guard = Some(token);
-        Ok(value)
+        if let Some((at, err)) = &slot.failed
+            && *at >= asked
+        {
+            return Err(err.clone());
+        }
+        match self.fetch_token(realm, service, scope).await {
+            Ok(token) => {
+                let value = token.value.clone();
+                slot.token = Some(token);
+                slot.failed = None;
+                Ok(value)
+            }
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     async fn fetch_token(

@@ -57,7 +57,18 @@ pub(crate) struct EcrTokenSource {
     http: reqwest::Client,
     retry: RetryPolicy,
     guard: Arc<TargetGuard>,
-    cached: tokio::sync::Mutex<Option<CachedToken>>,
+    cached: tokio::sync::Mutex<Slot>,
+}
+
+/// The cached token, and the last failed fetch.
+#[derive(Default)]
+struct Slot {
+    token: Option<CachedToken>,
+    /// When the last fetch failed and how: callers that were waiting for
+    /// that fetch get its answer instead of starting one each (20 pulls
+    /// queued behind a throttled or unreachable API would otherwise spend
+    /// the retry budget 20 times over, one after another).
+    failed: Option<(Instant, PullError)>,
 }
 
 impl std::fmt::Debug for EcrTokenSource {
@@ -92,27 +103,44 @@ impl EcrTokenSource {
             http,
             retry,
             guard,
-            cached: tokio::sync::Mutex::new(None),
+            cached: tokio::sync::Mutex::new(Slot::default()),
         }
     }
 
     /// The registry password: cached until half its lifetime, renewed when
     /// `refused` (the password the registry just refused) is the cached one.
+    /// One fetch in flight: concurrent callers wait for it and share its
+    /// answer, a token or an error.
     pub(crate) async fn password(
         &self,
         refused: Option<&SecretValue>,
     ) -> Result<SecretValue, PullError> {
-        let mut guard = self.cached.lock().await;
-        if let Some(t) = guard.as_ref()
+        let asked = Instant::now();
+        let mut slot = self.cached.lock().await;
+        if let Some(t) = slot.token.as_ref()
             && Instant::now() < t.renew_at
             && Some(&t.password) != refused
         {
             return Ok(t.password.clone());
         }
-        let token = self.fetch().await?;
-        let password = token.password.clone();
-        *guard = Some(token);
-        Ok(password)
+        if let Some((at, err)) = &slot.failed
+            && *at >= asked
+            && false
+        {
+            return Err(err.clone());
+        }
+        match self.fetch().await {
+            Ok(token) => {
+                let password = token.password.clone();
+                slot.token = Some(token);
+                slot.failed = None;
+                Ok(password)
+            }
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     fn error(&self, category: Category, message: String) -> PullError {
@@ -233,6 +261,22 @@ impl EcrTokenSource {
             };
             match backoff.next(wait) {
                 Next::RetryAfter(d) => tokio::time::sleep(d).await,
+                Next::GiveUp if reason.ends_with("ThrottlingException") => {
+                    return Err(self
+                        .error(
+                            Category::RateLimited,
+                            format!(
+                                "the ECR API ({host}) kept throttling GetAuthorizationToken \
+                                 (ThrottlingException, {} attempts)",
+                                backoff.attempt()
+                            ),
+                        )
+                        .hint(
+                            "AWS limits GetAuthorizationToken per account and region (about 20 \
+                             calls a second): wait a moment and retry, or start fewer boots of this \
+                             account at once",
+                        ));
+                }
                 Next::GiveUp => {
                     return Err(self.error(
                         Category::Unreachable,

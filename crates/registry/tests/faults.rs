@@ -385,7 +385,11 @@ impl Ecr {
     }
 
     fn options(&self, store: &Path) -> PullOptions {
-        let mut opts = options(store, Duration::from_secs(20));
+        self.options_with_budget(store, Duration::from_secs(20))
+    }
+
+    fn options_with_budget(&self, store: &Path, budget: Duration) -> PullOptions {
+        let mut opts = options(store, budget);
         let mut endpoints = Endpoints::new();
         endpoints
             .insert(&self.host, &self.registry.base_url())
@@ -470,4 +474,39 @@ fn many_pulls_of_one_ecr_account_in_one_process_fetch_the_token_once() {
         (3, 2),
         "one token for the account, fetched once (after two throttled tries)"
     );
+}
+
+#[test]
+fn ecr_throttling_that_never_ends_fails_every_waiting_pull_once_within_the_budget() {
+    let ecr = Ecr::start();
+    ecr.push("svc/api");
+    // A mock of AWS's throttling that does not let up.
+    ecr.api.aws_throttling(Target::Any, usize::MAX);
+    let refs: Vec<ImageReference> = (0..8)
+        .map(|_| format!("{}/svc/api:1", ecr.host).parse().unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Duration::from_secs(2);
+    let opts = ecr.options_with_budget(&dir.path().join("store"), budget);
+    let started = Instant::now();
+    let results = runtime().block_on(async {
+        let puller = Puller::new(opts, no_events()).unwrap();
+        futures_util::future::join_all(refs.iter().map(|r| puller.pull(r))).await
+    });
+    let took = started.elapsed();
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert_eq!(err.category, Category::RateLimited, "{err:?}");
+        assert!(
+            err.message.contains("ThrottlingException"),
+            "{}",
+            err.message
+        );
+    }
+    // The pulls waited for the one fetch in flight and got its answer:
+    // the budget was spent once, not once per pull.
+    assert!(took < budget + Duration::from_secs(3), "{took:?}");
+    let (calls, throttled) = ecr.token_calls();
+    assert_eq!(calls, throttled);
+    assert!(calls <= 30, "{calls} calls: one fetch's retries");
 }
