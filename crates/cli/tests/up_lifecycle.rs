@@ -502,7 +502,12 @@ fn slow_clients_are_cut_off_connections_are_capped_and_log_tokens_are_macs() {
     let url = cvm["syslog_endpoint"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&cloud.api), "{url}");
     let serial = state.join("cvms").join(&id).join("serial.log");
-    eventually(20, "the boot wrote its serial log", || serial.exists());
+    // The boot must be over, or its own lines interleave with ours.
+    eventually(60, "the boot wrote its last serial line", || {
+        std::fs::read_to_string(&serial)
+            .map(|t| t.contains("BOOT OK") || t.contains("BOOT FAILED"))
+            .unwrap_or(false)
+    });
     // 3000 lines more: a request without `tail` gets the last 1000.
     let mut f = std::fs::OpenOptions::new()
         .append(true)

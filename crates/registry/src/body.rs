@@ -40,6 +40,17 @@ pub(crate) const MANIFEST: Cap = Cap {
     deadline: Duration::from_secs(60),
 };
 
+impl Cap {
+    /// The same cap with its deadline no longer than `budget` (the retry
+    /// budget: a body that stalls must not outlast it).
+    pub(crate) fn within(self, budget: Duration) -> Cap {
+        Cap {
+            deadline: self.deadline.min(budget),
+            ..self
+        }
+    }
+}
+
 /// Why a body could not be read.
 #[derive(Debug)]
 pub(crate) enum BodyError {
@@ -59,8 +70,8 @@ impl BodyError {
             BodyError::TooLarge(_) => format!("more than {}", human_bytes(cap.bytes)),
             BodyError::Transport(e) => crate::client::classify_transport_error(e).1,
             BodyError::TimedOut => format!(
-                "the answer did not arrive within {} s",
-                cap.deadline.as_secs()
+                "the answer did not arrive within {}",
+                crate::client::human_duration(cap.deadline)
             ),
         }
     }

@@ -627,7 +627,7 @@ impl RegistryClient {
                     (None, reason)
                 }
                 Ok(resp) if resp.status().is_success() => {
-                    let cap = crate::body::AUTH_ANSWER;
+                    let cap = crate::body::AUTH_ANSWER.within(self.retry.budget);
                     let bytes = match crate::body::read_capped(resp, cap).await {
                         Ok(bytes) => bytes,
                         Err(e @ crate::body::BodyError::TooLarge(_)) => {

@@ -125,7 +125,6 @@ impl EcrTokenSource {
         }
         if let Some((at, err)) = &slot.failed
             && *at >= asked
-            && false
         {
             return Err(err.clone());
         }
@@ -187,7 +186,7 @@ impl EcrTokenSource {
                     let status = resp.status();
                     let wait = crate::client::retry_after(resp.headers());
                     if status.is_success() {
-                        let cap = crate::body::AUTH_ANSWER;
+                        let cap = crate::body::AUTH_ANSWER.within(self.retry.budget);
                         let body = crate::body::read_capped(resp, cap).await.map_err(|e| match e {
                             crate::body::BodyError::TooLarge(_) => self.error(
                                 Category::RegistryError,

@@ -567,7 +567,7 @@ impl Puller {
             }
         }
         let header_dig = header_digest(resp.headers(), &image)?;
-        let cap = crate::body::MANIFEST;
+        let cap = crate::body::MANIFEST.within(self.opts.retry.budget);
         let bytes = match crate::body::read_capped(resp, cap).await {
             Ok(mut b) => std::mem::take(&mut *b),
             Err(crate::body::BodyError::TooLarge(len)) => return Err(too_big(&image, len)),

@@ -214,6 +214,35 @@ fn registry_that_stalls_mid_blob_is_given_up_within_the_budget() {
     assert_store_consistent(&store);
 }
 
+#[test]
+fn registry_that_stalls_mid_manifest_is_given_up_within_the_budget() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(&reg);
+    push_image(
+        &reg.push_target(),
+        "lib/app",
+        "1",
+        &ImageSpec::with_layers(&[50_000]),
+    );
+    // Headers and 10 bytes of the manifest, then silence.
+    proxy.stall_body_after(Target::Manifests, 10, usize::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Duration::from_secs(3);
+    let started = Instant::now();
+    let err = pull(
+        options(&dir.path().join("store"), budget),
+        &format!("{}/lib/app:1", proxy.host_port()),
+    )
+    .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.category, Category::Unreachable, "{err:?}");
+    assert!(err.message.contains("within 3 s"), "{}", err.message);
+    assert!(
+        took >= budget && took < budget + Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
 /// A tmpfs of `size` mounted on `dir`, unmounted on drop. `None` (with a
 /// printed note) when not root or mounting is not allowed here.
 struct Tmpfs(std::path::PathBuf);
