@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo demo-stop deps lint unit bench
+.PHONY: test demo demo-stop deps lint unit bench fuzz
 
 deps:
 	@scripts/deps.sh
@@ -33,3 +33,17 @@ demo-stop:
 
 bench: deps
 	@scripts/bench.sh
+
+# Fuzzing (not part of `make test`): coverage-guided cargo-fuzz targets in
+# fuzz/ (stable toolchain with RUSTC_BOOTSTRAP=1; cargo-fuzz is installed
+# into .deps/cargo), FUZZ_SECONDS per target, after the same checks as
+# proptest properties with BERTH_FUZZ_CASES cases each (`make test` runs
+# them with a few hundred, and replays every input saved in fuzz/regressions
+# and fuzz/seeds). See scripts/fuzz.sh.
+FUZZ_SECONDS ?= 30
+FUZZ_CASES ?= 10000
+fuzz:
+	BERTH_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test -p envseal -p contract -p registry -p guest \
+	  --test fuzz_dotenv --test fuzz_sealed_env --test fuzz_image_reference --test fuzz_compose \
+	  --test fuzz_manifest --test fuzz_www_authenticate --test fuzz_serial_log
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

@@ -20,6 +20,8 @@ command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || apt_missing+=(docker-compose)
 dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
 [ -x /usr/bin/time ] || apt_missing+=(time)
+# The API load benchmark (`make bench`): a well-known HTTP load generator.
+command -v wrk >/dev/null 2>&1 || apt_missing+=(wrk)
 if ((${#apt_missing[@]})); then
   echo "deps: installing ${apt_missing[*]}"
   $SUDO apt-get update -qq

@@ -19,7 +19,6 @@ CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 ALL="dotenv sealed_env image_reference manifest www_authenticate compose serial_log"
 FUZZ_TARGETS=${FUZZ_TARGETS:-$ALL}
-JOBS=${FUZZ_JOBS:-1}
 
 CF=.deps/cargo/bin/cargo-fuzz
 if ! "$CF" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
@@ -41,7 +40,7 @@ for t in $FUZZ_TARGETS; do
   echo "fuzz: $t for ${FUZZ_SECONDS}s"
   if ! "../$CF" run -O "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-      -jobs="$JOBS" -workers="$JOBS" -print_final_stats=1 "${dict[@]}" \
+      -print_final_stats=1 "${dict[@]}" \
       -artifact_prefix="artifacts/$t/" >"artifacts/$t.log" 2>&1; then
     failed+=("$t")
     echo "fuzz: $t FAILED; input in fuzz/artifacts/$t/, log in fuzz/artifacts/$t.log" >&2

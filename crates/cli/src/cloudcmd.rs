@@ -4,7 +4,6 @@ use crate::envargs;
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
 use cloud::{ApiClient, ApiError, CvmInfo};
-use envseal::EnvPublicKey;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -158,6 +157,23 @@ fn trusted_kms_key(arg: Option<&str>) -> Result<kms::KmsPublicKey, Failure> {
         .map_err(|e| Failure::config(format!("the trusted KMS public key: {e}")))
 }
 
+/// Why `berth deploy` sealed nothing, in its own terms.
+fn trust_failure(e: kms::trust::TrustError) -> Failure {
+    use kms::trust::TrustError;
+    match e {
+        TrustError::Unsigned => Failure::config(
+            "the API returned the env public key without a KMS signature; refusing to seal",
+        )
+        .hint("is this a Berth server? the official Phala Cloud does not sign keys of its default KMS"),
+        e if e.is_verification_failure() => Failure::config(format!(
+            "the env public key is not signed by the trusted KMS: {e}"
+        ))
+        .hint("nothing was sealed or sent; check --kms-pubkey / BERTH_KMS_PUBKEY against `berth up`'s output"),
+        e => Failure::config(format!("the API's answer cannot be sealed to: {e}"))
+            .hint("nothing was sealed or sent"),
+    }
+}
+
 pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     let api = client(&args.api)?;
     let compose = std::fs::read_to_string(&args.compose)
@@ -183,28 +199,20 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
         eprintln!("Provisioning {}…", args.name);
         let p = api.provision(&args.name, &compose, &keys).await.map_err(api_failure)?;
         // A control plane must not be able to swap in a key of its own.
-        let pubkey = EnvPublicKey::from_hex(&p.env_pubkey)
-            .map_err(|e| Failure::config(format!("the API returned a bad env public key: {e}")))?;
-        let (Some(sig), Some(sig_v1), Some(ts)) = (&p.signature, &p.signature_v1, p.timestamp) else {
-            return Err(Failure::config("the API returned the env public key without a KMS signature; refusing to seal")
-                .hint("is this a Berth server? the official Phala Cloud does not sign keys of its default KMS"));
+        let offer = kms::trust::EnvKeyOffer {
+            app_id: &p.app_id,
+            env_pubkey: &p.env_pubkey,
+            signature: p.signature.as_deref(),
+            signature_v1: p.signature_v1.as_deref(),
+            timestamp: p.timestamp,
         };
-        let bad_sig = |e: kms::ParseError| Failure::config(format!("KMS signature: {e}"));
-        // `verify` checks the timestamped signature (the legacy one is replayable).
-        let signed = kms::SignedEnvPublicKey {
-            public_key: pubkey,
-            timestamp: ts,
-            signature: kms::EnvKeySignature::from_hex(sig).map_err(bad_sig)?,
-            signature_v1: kms::EnvKeySignature::from_hex(sig_v1).map_err(bad_sig)?,
-        };
-        let app = kms::AppId::from_hex(&p.app_id).map_err(|e| Failure::config(format!("app id: {e}")))?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        signed.verify(&app, &trusted, now).map_err(|e| {
-            Failure::config(format!("the env public key is not signed by the trusted KMS: {e}"))
-                .hint("nothing was sealed or sent; check --kms-pubkey / BERTH_KMS_PUBKEY against `berth up`'s output")
-        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let sealed = kms::trust::seal_env(&offer, &trusted, &env, now).map_err(trust_failure)?;
         eprintln!("Env public key verified against KMS {}", trusted.to_hex());
-        let sealed = (!env.is_empty()).then(|| pubkey.seal(&env).to_hex());
+        let sealed = sealed.map(|s| s.to_hex());
         let cvm = api.commit(&p.app_id, &p.compose_hash, sealed.as_deref(), &keys).await.map_err(api_failure)?;
         println!("CVM ID: {}", cvm.id);
         println!("Name:   {}", cvm.name);
@@ -233,14 +241,10 @@ fn preflight(args: &DeployArgs, env: &envseal::Env, compose: &str) -> Result<(),
                 "the pre-flight check failed: {} [{}]; nothing was deployed",
                 e.message, e.category
             ),
-            hint: Some(if e.hint.is_empty() {
-                "fix the credentials or image names, or pass --no-check to deploy anyway".into()
-            } else {
-                format!(
-                    "{}; or pass --no-check to deploy anyway",
-                    e.hint.trim_end_matches('.')
-                )
-            }),
+            hint: Some(format!(
+                "{}; or pass --no-check to deploy anyway",
+                crate::failure::pull_hint(&e.hint).trim_end_matches('.')
+            )),
             code: crate::failure::exit_code(e.category),
         }
     })
@@ -293,10 +297,9 @@ async fn follow_boot(api: &ApiClient, id: &str) -> Result<(), Failure> {
 }
 
 fn category_code(category: &str) -> u8 {
-    registry::Category::ALL
-        .iter()
-        .find(|c| c.as_str() == category)
-        .map(|c| crate::failure::exit_code(*c))
+    category
+        .parse::<contract::Category>()
+        .map(crate::failure::exit_code)
         .unwrap_or(1)
 }
 

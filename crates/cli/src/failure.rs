@@ -17,6 +17,38 @@ pub fn exit_code(category: registry::Category) -> u8 {
     category.exit_code()
 }
 
+/// The pull engine's hint in the `berth` CLI's terms (its flags).
+pub fn pull_hint(hint: &registry::Hint) -> String {
+    use registry::Hint as H;
+    match hint {
+        H::Text(t) => t.clone(),
+        H::CheckNetwork => "check the registry address, the network and DNS; for a mirror or test \
+             registry use --registry-endpoint, for a private CA --ca-cert"
+            .into(),
+        H::MapRegistry => "only the operator can map a registry to a loopback or private address \
+             (--registry-endpoint REGISTRY=URL, or registry_endpoints in the sys-config); \
+             use a registry on a public address"
+            .into(),
+        H::TrustCa => "the registry's TLS certificate is not trusted: pass its CA with --ca-cert \
+             (or the sys-config CA list), or check the registry address"
+            .into(),
+        H::RaiseRetryBudget => "the registry (or something in front of it) is stalled or \
+             overloaded: retry later, or raise the retry budget (--max-retry-time); check the \
+             registry address and the network"
+            .into(),
+        H::FreeSpace => "free space on that disk (or pull into a store on a larger disk with \
+             --store), then pull again: downloads already in the store's ingest/ folder are resumed"
+            .into(),
+        H::StoreWritable => {
+            "check that the store directory (--store) is writable and the disk has room".into()
+        }
+        H::PickPlatform => {
+            "pick a platform the image has with --platform, or push one for this platform".into()
+        }
+        _ => "check the registry, the image reference and the credentials".into(),
+    }
+}
+
 /// One sentence saying what is wrong, a hint saying what to do, an exit code.
 #[derive(Debug)]
 pub struct Failure {

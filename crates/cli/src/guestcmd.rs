@@ -71,11 +71,22 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
     };
     let rt = crate::runtime();
     let result = rt.block_on(guest::boot(opts, &serial));
-    for line in guest::final_lines(&result, started.elapsed()) {
+    for line in guest::final_lines(&result, started.elapsed(), &hint_words) {
         serial.line(&line);
     }
     match result {
         Ok(_) => Ok(()),
         Err(e) => Err(Failure::silent(crate::failure::exit_code(e.category))),
+    }
+}
+
+/// A boot hint in `berth guest boot`'s terms: where the fix is one of its
+/// options, the option is named.
+fn hint_words(hint: &guest::Hint) -> String {
+    match hint {
+        guest::Hint::EnvKeySource => {
+            "pass --env-key-file, or let the node write kms_url into sys-config.json".into()
+        }
+        other => other.to_string(),
     }
 }

@@ -82,14 +82,14 @@ fn pull_failure(e: PullError, json: bool) -> Failure {
             "registry": e.registry,
             "image": e.image,
             "message": e.message,
-            "hint": e.hint,
+            "hint": crate::failure::pull_hint(&e.hint),
         }});
         println!("{obj}");
         return Failure::silent(crate::failure::exit_code(e.category));
     }
     Failure {
         message: format!("{} [{}]", e.message, e.category),
-        hint: Some(e.hint),
+        hint: Some(crate::failure::pull_hint(&e.hint)),
         code: crate::failure::exit_code(e.category),
     }
 }
@@ -344,15 +344,13 @@ fn check_refs(
     }
 }
 
+/// Checks every image at once (the puller shares one client per registry,
+/// with one token fetch in flight); the results in the order of `refs`.
 async fn futures_join(
     puller: &Puller,
     refs: &[ImageReference],
 ) -> Vec<Result<registry::CheckedImage, PullError>> {
-    let mut out = Vec::new();
-    for r in refs {
-        out.push(puller.check(r).await);
-    }
-    out
+    futures_util::future::join_all(refs.iter().map(|r| puller.check(r))).await
 }
 
 fn human_bytes(n: u64) -> String {

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use testkit::images::{ImageSpec, PushTarget, push_image};
 use testkit::{Dockerd, FaultProxy, Moto, Registry, Target};
@@ -12,7 +12,7 @@ const CANARY: &str = "canary-boot-pw-93b7e1";
 const ECR_SECRET: &str = "canary-aws-secret-0a1b";
 
 struct App {
-    dir: PathBuf,
+    dir: TestDir,
     shared: PathBuf,
     state: PathBuf,
     key: PathBuf,
@@ -25,15 +25,13 @@ impl App {
         let shared = dir.join("shared");
         let state = dir.join("state");
         std::fs::create_dir_all(&shared).unwrap();
-        let key = dir.join("app.key");
-        let out = berth(&["keygen", "--out", key.to_str().unwrap()], b"");
-        assert_eq!(out.code, 0);
+        let (key, pubkey) = keygen(&dir);
         App {
             dir,
             shared,
             state,
             key,
-            pubkey: out.stdout.trim().to_owned(),
+            pubkey,
         }
     }
 
@@ -104,26 +102,6 @@ fn last_line(out: &Run) -> String {
     line.split_once("] ")
         .map(|(_, l)| l.to_owned())
         .unwrap_or_default()
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 fn container_logs(engine: &Dockerd, project: &str, service: &str) -> String {

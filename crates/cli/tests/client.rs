@@ -21,91 +21,14 @@ use testkit::{Dockerd, Registry};
 const PASSWORD: &str = "canary-client-pw-8c41d2a7";
 const ADMIN_KEY: &str = "berth_client_test_admin_key_0123";
 
-/// A running `berth up`, its output collected.
-struct Cloud {
-    child: Child,
-    port: u16,
-    output: Arc<Mutex<String>>,
-    kms_pubkey: String,
-}
-
-impl Cloud {
-    fn start(state: &Path, docker_host: &str, args: &[&str]) -> Cloud {
-        let port = testkit::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["up", "--state"])
-            .arg(state)
-            .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("DOCKER_HOST", docker_host)
-            .env("BERTH_ADMIN_API_KEY", ADMIN_KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("berth up");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = output.lock().unwrap().clone();
-            if text.contains("Stop with Ctrl-C") {
-                // The key `berth up` wrote is the one a user exports.
-                let kms_pubkey = std::fs::read_to_string(state.join("kms-public-key"))
-                    .expect("berth up writes STATE/kms-public-key")
-                    .trim()
-                    .to_owned();
-                return Cloud {
-                    child,
-                    port,
-                    output,
-                    kms_pubkey,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("berth up exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth up did not come up:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn api(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1", self.port)
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("berth up's output:\n{}", self.output.lock().unwrap());
-        }
-    }
+/// `berth up` with the test's admin key. The KMS key it printed is the one
+/// it wrote to STATE/kms-public-key, which a user exports.
+fn up(state: &Path, docker_host: &str, args: &[&str]) -> Cloud {
+    let cloud = Cloud::start(state, docker_host, Some(ADMIN_KEY), args);
+    let written = std::fs::read_to_string(state.join("kms-public-key"))
+        .expect("berth up writes STATE/kms-public-key");
+    assert_eq!(written.trim(), cloud.kms_pubkey);
+    cloud
 }
 
 /// `berth ARGS` as a user with the suggested exports: API URL, API key and
@@ -114,7 +37,7 @@ impl Drop for Cloud {
 fn user_cmd(cloud: &Cloud, home: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
     cmd.args(args)
-        .env("BERTH_API_URL", cloud.api())
+        .env("BERTH_API_URL", &cloud.api)
         .env("BERTH_API_KEY", ADMIN_KEY)
         .env("BERTH_KMS_PUBKEY", &cloud.kms_pubkey)
         .env("HOME", home)
@@ -181,7 +104,7 @@ fn deploy_preflight_in_process_and_cvms_list_get_as_a_new_user_meets_them() {
     let home = dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
-    let cloud = Cloud::start(&dir.join("state"), &engine.host(), &[&mapped]);
+    let cloud = up(&dir.join("state"), &engine.host(), &[&mapped]);
     let compose: PathBuf = dir.join("compose.yml");
     std::fs::write(
         &compose,

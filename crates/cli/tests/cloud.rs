@@ -7,7 +7,7 @@ use common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::images::{ImageSpec, PushTarget, push_image};
@@ -17,103 +17,13 @@ const CANARY: &str = "canary-cloud-pw-5e2f77";
 const AWS_CANARY: &str = "canary-cloud-aws-9d0c";
 const ADMIN_KEY: &str = "berth_test_admin_key_0123456789";
 
-/// A running `berth up`, its output collected.
-struct Cloud {
-    child: Child,
-
-    port: u16,
-    output: Arc<Mutex<String>>,
-    kms_pubkey: String,
-}
-
-impl Cloud {
-    fn start_with_args(
-        state: &Path,
-        port: u16,
-        docker_host: &str,
-        extra_env: &[(&str, String)],
-        args: &[&str],
-    ) -> Cloud {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["up", "--state"])
-            .arg(state)
-            .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("DOCKER_HOST", docker_host)
-            .env("BERTH_ADMIN_API_KEY", ADMIN_KEY)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("berth up");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = output.lock().unwrap().clone();
-            if let Some(line) = text.lines().find(|l| l.starts_with("KMS public key: "))
-                && text.contains("Stop with Ctrl-C")
-            {
-                let kms_pubkey = line["KMS public key: ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                return Cloud {
-                    child,
-                    port,
-                    output,
-                    kms_pubkey,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("berth up exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth up did not come up:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+/// `berth up` with the test's admin key and `env` added to its environment.
+fn up(state: &Path, docker_host: &str, env: &[(&str, String)], args: &[&str]) -> Cloud {
+    let mut cmd = Cloud::command(state, docker_host, Some(ADMIN_KEY), args);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    fn api(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1", self.port)
-    }
-
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "berth up did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.output.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Cloud::spawn(cmd).unwrap_or_else(|out| panic!("berth up exited before it was up:\n{out}"))
 }
 
 /// The official `phala` CLI, hermetic: its own HOME, no update check.
@@ -133,7 +43,7 @@ fn phala(cloud: &Cloud, key: &str, cwd: &Path, args: &[&str]) -> Run {
             .env("HOME", &home)
             .env("PHALA_CLOUD_DIR", home.join(".phala-cloud"))
             .env("PHALA_DISABLE_UPDATE_CHECK", "1")
-            .env("PHALA_CLOUD_API_PREFIX", cloud.api())
+            .env("PHALA_CLOUD_API_PREFIX", &cloud.api)
             .env("PHALA_CLOUD_API_KEY", key)
             .env("NO_COLOR", "1"),
         b"",
@@ -146,26 +56,9 @@ fn phala(cloud: &Cloud, key: &str, cwd: &Path, args: &[&str]) -> Run {
 }
 
 fn api_get(cloud: &Cloud, key: &str, path: &str) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("X-API-Key: {key}"),
-            "-H",
-            "X-Phala-Version: 2025-10-28",
-        ])
-        .arg(format!("{}{path}", cloud.api()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, text) = cloud.request(key, Some(LEGACY_SHAPE), "GET", path, None);
     assert!(!text.contains(CANARY), "canary in an API response");
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 fn wait_status(cloud: &Cloud, key: &str, name: &str) -> Value {
@@ -214,15 +107,13 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
 
     let dir = tempdir("cloud-e2e");
     let state = dir.join("state");
-    let port = testkit::free_port();
     // The ECR host name is mapped to the local registry through the endpoint
     // mapping `berth up` passes to every CVM; moto answers GetAuthorizationToken.
     let endpoint_arg = format!("--registry-endpoint={ecr_host}={}", ecr.base_url());
     // The GHCR-style registry listens on loopback: the operator maps it.
     let ghcr_arg = format!("--registry-endpoint={host}={}", reg.base_url());
-    let cloud = Cloud::start_with_args(
+    let cloud = up(
         &state,
-        port,
         &engine.host(),
         &[("AWS_ENDPOINT_URL_ECR", moto.endpoint())],
         &[&endpoint_arg, &ghcr_arg],
@@ -286,7 +177,7 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
         "phala deploy:\n{}\n{}\nberth up:\n{}",
         out.stdout,
         out.stderr,
-        cloud.output.lock().unwrap()
+        cloud.output()
     );
     let cvm = wait_status(&cloud, ADMIN_KEY, "my-private-app");
     assert_eq!(
@@ -476,7 +367,7 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
             "Content-Type: application/json",
         ])
         .args(["-d", r#"{"username":"bob"}"#])
-        .arg(format!("{}/users", cloud.api()))
+        .arg(format!("{}/users", cloud.api))
         .output()
         .unwrap();
     let bob: Value = serde_json::from_slice(&created.stdout).unwrap();
@@ -508,9 +399,8 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
 
     // Restart `berth up`: nothing lost, the running CVM picked up again.
     let first_output = cloud.stop();
-    let cloud = Cloud::start_with_args(
+    let cloud = up(
         &state,
-        port,
         &engine.host(),
         &[("AWS_ENDPOINT_URL_ECR", moto.endpoint())],
         &[&endpoint_arg, &ghcr_arg],
@@ -573,7 +463,7 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
         !db_text.contains(CANARY) && !db_text.contains(AWS_CANARY),
         "the database holds a secret"
     );
-    for f in walk(&state) {
+    for f in files_under(&state) {
         if f.ends_with("kms/root.key")
             || f.starts_with(state.join("cvms")) && f.to_string_lossy().contains("/state/")
         {
@@ -586,22 +476,6 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
             f.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() => out.push(p),
-                _ => {}
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -617,13 +491,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
     );
     let dir = tempdir("cloud-berth-deploy");
     let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
-    let cloud = Cloud::start_with_args(
-        &dir.join("state"),
-        testkit::free_port(),
-        &engine.host(),
-        &[],
-        &[&mapped],
-    );
+    let cloud = up(&dir.join("state"), &engine.host(), &[], &[&mapped]);
     // The state folder's secrets are readable by their owner only.
     for secret in ["api-key", "log-secret", "kms/root.key"] {
         use std::os::unix::fs::PermissionsExt;
@@ -651,7 +519,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
                 .arg("-e")
                 .arg(dir.join(env))
                 .args(["--wait", "--kms-pubkey", kms])
-                .env("BERTH_API_URL", cloud.api())
+                .env("BERTH_API_URL", &cloud.api)
                 .env("BERTH_API_KEY", ADMIN_KEY)
                 .env("DOCKER_CONFIG", dir.join("no-docker-config")),
             b"",
@@ -711,7 +579,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
             .arg(dir.join("compose.yml"))
             .arg("-e")
             .arg(dir.join("bad.env"))
-            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_URL", &cloud.api)
             .env("BERTH_API_KEY", ADMIN_KEY),
         b"",
     );
@@ -728,7 +596,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
     let list = run(
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["cvms", "list"])
-            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_URL", &cloud.api)
             .env("BERTH_API_KEY", ADMIN_KEY),
         b"",
     );
@@ -745,7 +613,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
     let logs = run(
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["cvms", "logs", "berth-deployed", "--stdout"])
-            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_URL", &cloud.api)
             .env("BERTH_API_KEY", ADMIN_KEY),
         b"",
     );
@@ -764,7 +632,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
                 "--serial",
                 "-f",
             ])
-            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_URL", &cloud.api)
             .env("BERTH_API_KEY", ADMIN_KEY),
         b"",
     );
@@ -781,8 +649,8 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
 /// A command run as the unprivileged user `nobody` (`setpriv`), or `None`
 /// when this test does not run as root and cannot switch users.
 pub fn as_nobody(program: &str) -> Option<Command> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let euid = Command::new("id").arg("-u").output().unwrap().stdout;
+    if euid.trim_ascii() != b"0" {
         eprintln!("note: not root; the as-another-user checks are skipped");
         return None;
     }
@@ -966,29 +834,8 @@ fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
 
 /// POSTs `body` to the API; (status, JSON).
 fn api_post(cloud: &Cloud, key: &str, path: &str, body: &Value) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-            "-H",
-            &format!("X-API-Key: {key}"),
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body.to_string(),
-        ])
-        .arg(format!("{}{path}", cloud.api()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    let (code, text) = cloud.request(key, None, "POST", path, Some(body));
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 const OPERATOR_CANARY: &str = "canary-operator-key-77ab01";
@@ -1011,9 +858,8 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
     // The operator has API keys in their environment (the README tells them
     // to export them); a tenant must not be able to interpolate them.
     let endpoint_arg = format!("--registry-endpoint={host}={}", reg.base_url());
-    let cloud = Cloud::start_with_args(
+    let cloud = up(
         &state,
-        testkit::free_port(),
         &engine.host(),
         &[
             ("PHALA_CLOUD_API_KEY", OPERATOR_CANARY.to_owned()),
@@ -1128,7 +974,7 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
                 .arg("-e")
                 .arg(dir.join(env))
                 .args(["--kms-pubkey", &cloud.kms_pubkey])
-                .env("BERTH_API_URL", cloud.api())
+                .env("BERTH_API_URL", &cloud.api)
                 .env("BERTH_API_KEY", ADMIN_KEY)
                 .env("DOCKER_CONFIG", dir.join("no-docker-config")),
             b"",
@@ -1143,7 +989,7 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
     let logs = loop {
         let out = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["cvms", "logs", "tenant-app", "--stdout"])
-            .env("BERTH_API_URL", cloud.api())
+            .env("BERTH_API_URL", &cloud.api)
             .env("BERTH_API_KEY", ADMIN_KEY)
             .output()
             .unwrap();

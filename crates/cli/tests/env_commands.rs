@@ -6,13 +6,6 @@ use std::os::unix::fs::PermissionsExt;
 
 const CANARY: &str = "canary-s3cr3t-7f1e";
 
-fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let key = dir.join("app.key");
-    let out = berth(&["keygen", "--out", key.to_str().unwrap()], b"");
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    (key, out.stdout.trim().to_owned())
-}
-
 #[test]
 fn keygen_writes_private_key_0600_and_never_overwrites() {
     let dir = tempdir("keygen");
@@ -104,18 +97,8 @@ fn seal_then_unseal_round_trips_tricky_values() {
         b"",
     );
     assert_eq!(dotenv.code, 0, "{}", dotenv.stderr);
-    let again = dir.join("again.env");
-    std::fs::write(&again, &dotenv.stdout).unwrap();
-    let resealed = berth(
-        &["seal", "--pubkey", &pubkey, "-e", again.to_str().unwrap()],
-        b"",
-    );
-    let back = berth(
-        &["unseal", "--key-file", key.to_str().unwrap(), "--json", "-"],
-        resealed.stdout.as_bytes(),
-    );
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&back.stdout).unwrap(),
+        reseal_to_json(&dir, "again.env", &key, &pubkey, &dotenv.stdout),
         want
     );
 }

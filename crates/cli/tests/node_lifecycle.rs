@@ -7,121 +7,37 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::images::{ImageSpec, PushTarget, push_image};
 use testkit::{Dockerd, Registry};
 
 const ADMIN_KEY: &str = "berth_test_admin_key_0123456789";
 
-/// A running `berth up`, its output collected (as in tests/cloud.rs).
-struct Cloud {
-    child: Child,
-    port: u16,
-    output: Arc<Mutex<String>>,
+fn up(state: &Path, docker_host: &str, args: &[&str]) -> Cloud {
+    Cloud::start(state, docker_host, Some(ADMIN_KEY), args)
 }
 
 impl Cloud {
-    fn start(state: &Path, docker_host: &str, args: &[&str]) -> Cloud {
-        let port = testkit::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["up", "--state"])
-            .arg(state)
-            .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("DOCKER_HOST", docker_host)
-            .env("BERTH_ADMIN_API_KEY", ADMIN_KEY)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("berth up");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = output.lock().unwrap().clone();
-            if text.contains("Stop with Ctrl-C") {
-                return Cloud {
-                    child,
-                    port,
-                    output,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("berth up exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth up did not come up:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn api(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1", self.port)
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "berth up did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.output()
-    }
-
-    /// `METHOD /api/v1{path}` with the admin key: (status, JSON body).
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-w", "\n%{http_code}", "-X", method])
-            .args(["-H", &format!("X-API-Key: {ADMIN_KEY}")])
-            .args(["-H", "Content-Type: application/json"]);
-        if let Some(b) = body {
-            cmd.args(["-d", &b.to_string()]);
-        }
-        let out = cmd.arg(format!("{}{path}", self.api())).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (
-            code.trim().parse().unwrap(),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+    /// `METHOD /api/v1{path}` with the admin key, in the current shape:
+    /// (status, JSON body).
+    fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (code, text) = self.request(ADMIN_KEY, None, method, path, body);
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Provisions and commits `name` (no env: public images), returning
     /// the CVM's id without waiting for its boot.
     fn deploy(&self, name: &str, compose: &str) -> String {
-        let (code, p) = self.call(
+        let (code, p) = self.admin(
             "POST",
             "/cvms/provision",
             Some(&serde_json::json!({"name": name, "compose_file": {"docker_compose_file": compose, "allowed_envs": []}})),
         );
         assert_eq!(code, 200, "provision {name}: {p}");
-        let (code, c) = self.call(
+        let (code, c) = self.admin(
             "POST",
             "/cvms",
             Some(&serde_json::json!({"app_id": p["app_id"], "compose_hash": p["compose_hash"], "name": name})),
@@ -131,7 +47,7 @@ impl Cloud {
     }
 
     fn cvm(&self, id: &str) -> Value {
-        let (code, v) = self.call("GET", &format!("/cvms/{id}"), None);
+        let (code, v) = self.admin("GET", &format!("/cvms/{id}"), None);
         assert_eq!(code, 200, "{v}");
         v
     }
@@ -147,13 +63,6 @@ impl Cloud {
             assert!(Instant::now() < deadline, "CVM {id} still booting: {v}");
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -206,14 +115,6 @@ fn lines(engine: &Dockerd, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Docker's default address pools hold about 30 networks: without the
 /// cleanup, the 31st deploy of an app with a compose network fails.
 #[test]
@@ -221,7 +122,7 @@ fn deploy_delete_cycles_leave_nothing_in_the_engine() {
     let engine = Dockerd::start();
     let (_reg, host, endpoint) = registry_with_busybox();
     let dir = tempdir("node-cycles");
-    let cloud = Cloud::start(&dir.join("state"), &engine.host(), &[&endpoint]);
+    let cloud = up(&dir.join("state"), &engine.host(), &[&endpoint]);
     let builtin_networks = lines(&engine, &["network", "ls", "-q"]).len();
     // A compose network (the default one) and a named volume.
     let compose = format!(
@@ -244,9 +145,9 @@ fn deploy_delete_cycles_leave_nothing_in_the_engine() {
                 1
             );
         }
-        let (code, body) = cloud.call("DELETE", &format!("/cvms/{id}"), None);
+        let (code, body) = cloud.admin("DELETE", &format!("/cvms/{id}"), None);
         assert!(code == 204 || code == 200, "delete {i}: {code} {body}");
-        assert_eq!(cloud.call("GET", &format!("/cvms/{id}"), None).0, 404);
+        assert_eq!(cloud.admin("GET", &format!("/cvms/{id}"), None).0, 404);
     }
     let elapsed = started.elapsed();
     eprintln!("35 deploy/delete cycles in {:.1} s", elapsed.as_secs_f64());
@@ -259,7 +160,7 @@ fn deploy_delete_cycles_leave_nothing_in_the_engine() {
     );
     assert!(lines(&engine, &["volume", "ls", "-q"]).is_empty());
     // The image went with the last CVM that ran it...
-    wait_until("the image to be removed", 30, || {
+    eventually(30, "the image to be removed", || {
         lines(&engine, &["images", "-q"]).is_empty()
     });
     // ...but stays while another CVM runs it.
@@ -267,10 +168,10 @@ fn deploy_delete_cycles_leave_nothing_in_the_engine() {
     let b = cloud.deploy("goner", &compose);
     assert_eq!(cloud.wait_booted(&a)["status"], "running");
     assert_eq!(cloud.wait_booted(&b)["status"], "running");
-    assert_eq!(cloud.call("DELETE", &format!("/cvms/{b}"), None).0, 204);
+    assert_eq!(cloud.admin("DELETE", &format!("/cvms/{b}"), None).0, 204);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lines(&engine, &["images", "-q"]).len(), 1);
-    let (code, v) = cloud.call("POST", &format!("/cvms/{a}/restart"), None);
+    let (code, v) = cloud.admin("POST", &format!("/cvms/{a}/restart"), None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(cloud.wait_booted(&a)["status"], "running");
     let _ = cloud.stop();
@@ -283,7 +184,7 @@ fn vcpu_and_memory_bound_every_container() {
     let engine = Dockerd::start();
     let (_reg, host, endpoint) = registry_with_busybox();
     let dir = tempdir("node-limits");
-    let cloud = Cloud::start(&dir.join("state"), &engine.host(), &[&endpoint]);
+    let cloud = up(&dir.join("state"), &engine.host(), &[&endpoint]);
     let compose = format!(
         "services:\n  plain:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n  greedy:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n    cpus: 64\n    mem_limit: 100g\n  modest:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n    mem_limit: 64m\n"
     );
@@ -330,14 +231,14 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     let (_reg, host, endpoint) = registry_with_busybox();
     let dir = tempdir("node-stop");
     let state = dir.join("state");
-    let cloud = Cloud::start(&state, &engine.host(), &[&endpoint]);
+    let cloud = up(&state, &engine.host(), &[&endpoint]);
     // The compose tool waits for a health check that takes an hour.
     let slow = format!(
         "services:\n  db:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"3600\"]\n    healthcheck:\n      test: [\"CMD\", \"sleep\", \"3600\"]\n      interval: 1s\n      timeout: 3600s\n  web:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n    depends_on:\n      db:\n        condition: service_healthy\n"
     );
     let id = cloud.deploy("slow-app", &slow);
     let project = project_of(&id);
-    wait_until("the compose tool to run", 60, || {
+    eventually(60, "the compose tool to run", || {
         !processes_with(&format!("--project-name {project}")).is_empty()
     });
     let agents = processes_with(&format!("cvms/{id}/shared"));
@@ -395,7 +296,7 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
 
     // Stop: the whole group ends, the status is `stopped` and stays so.
     let t = Instant::now();
-    let (code, v) = cloud.call("POST", &format!("/cvms/{id}/stop"), None);
+    let (code, v) = cloud.admin("POST", &format!("/cvms/{id}/stop"), None);
     assert_eq!(code, 200, "{v}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert!(processes_with(&format!("--project-name {project}")).is_empty());
@@ -416,12 +317,12 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     let pid = std::fs::read_to_string(engine.dir().join("docker.pid")).unwrap();
     let _ = Command::new("kill").args(["-9", pid.trim()]).status();
     std::thread::sleep(Duration::from_millis(500));
-    let (code, v) = cloud.call("POST", &format!("/cvms/{ok}/stop"), None);
+    let (code, v) = cloud.admin("POST", &format!("/cvms/{ok}/stop"), None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(cloud.cvm(&ok)["status"], "stopped");
-    let (code, v) = cloud.call("DELETE", &format!("/cvms/{id}"), None);
+    let (code, v) = cloud.admin("DELETE", &format!("/cvms/{id}"), None);
     assert_eq!(code, 204, "{v}");
-    assert_eq!(cloud.call("GET", &format!("/cvms/{id}"), None).0, 404);
+    assert_eq!(cloud.admin("GET", &format!("/cvms/{id}"), None).0, 404);
     assert!(!state.join("cvms").join(&id).exists());
     let _ = cloud.stop();
 }
@@ -434,7 +335,7 @@ fn resume_skips_a_cvm_whose_boot_lock_is_held() {
     let (_reg, host, endpoint) = registry_with_busybox();
     let dir = tempdir("node-resume");
     let state = dir.join("state");
-    let cloud = Cloud::start(&state, &engine.host(), &[&endpoint]);
+    let cloud = up(&state, &engine.host(), &[&endpoint]);
     let id = cloud.deploy(
         "resumable",
         &format!("services:\n  app:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n"),
@@ -454,7 +355,7 @@ fn resume_skips_a_cvm_whose_boot_lock_is_held() {
         .args(["sleep", "120"])
         .spawn()
         .unwrap();
-    wait_until("flock to hold the lock", 10, || {
+    eventually(10, "flock to hold the lock", || {
         Command::new("flock")
             .args(["--nonblock", "--conflict-exit-code", "7"])
             .arg(&lock)
@@ -464,7 +365,7 @@ fn resume_skips_a_cvm_whose_boot_lock_is_held() {
             .code()
             == Some(7)
     });
-    let cloud = Cloud::start(&state, &engine.host(), &[&endpoint]);
+    let cloud = up(&state, &engine.host(), &[&endpoint]);
     std::thread::sleep(Duration::from_secs(2));
     let out = cloud.output();
     assert!(out.contains("already booting"), "{out}");
@@ -474,7 +375,7 @@ fn resume_skips_a_cvm_whose_boot_lock_is_held() {
     let _ = holder.kill();
     let _ = holder.wait();
     // Lock released: the next start boots it again, once.
-    let cloud = Cloud::start(&state, &engine.host(), &[&endpoint]);
+    let cloud = up(&state, &engine.host(), &[&endpoint]);
     assert!(
         cloud.output().contains("Resumed 1 CVMs"),
         "{}",

@@ -7,114 +7,27 @@
 mod common;
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// No engine: the control plane runs, boots fail (fast) at the engine.
 const NO_ENGINE: &str = "unix:///nonexistent/docker.sock";
 
-/// A running `berth up` on `--listen 127.0.0.1:0`, its output collected.
-struct Cloud {
-    child: Child,
-    api: String,
-    output: Arc<Mutex<String>>,
+/// `berth up` on no engine, with no admin key handed in.
+fn up(state: &Path, args: &[&str]) -> Cloud {
+    up(state, NO_ENGINE, None, args)
 }
 
 impl Cloud {
-    fn start(state: &Path, args: &[&str]) -> Cloud {
-        Self::try_start(state, args).unwrap_or_else(|text| panic!("berth up failed:\n{text}"))
-    }
-
-    /// Starts `berth up`; `Err(output)` when it exits before it is up.
-    fn try_start(state: &Path, args: &[&str]) -> Result<Cloud, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["up", "--state"])
-            .arg(state)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("DOCKER_HOST", NO_ENGINE)
-            .env_remove("BERTH_ADMIN_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("berth up");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = output.lock().unwrap().clone();
-            if text.contains("Stop with Ctrl-C") {
-                let api = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("API:"))
-                    .expect("the API line")
-                    .trim()
-                    .to_owned();
-                return Ok(Cloud { child, api, output });
-            }
-            if let Ok(Some(_)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(output.lock().unwrap().clone());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth up did not come up:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn port(&self) -> u16 {
-        let rest = self.api.rsplit_once(':').unwrap().1;
-        rest.split('/').next().unwrap().parse().unwrap()
-    }
-
-    /// The children of `berth up` whose command line contains `what`.
+    /// The child of `berth up` whose command line contains `what`.
     fn child_pid(&self, what: &str) -> u32 {
-        children_of(self.child.id())
+        children_of(self.pid())
             .into_iter()
             .find(|(_, cmdline)| cmdline.contains(what))
             .unwrap_or_else(|| panic!("no child `{what}` of berth up"))
             .0
-    }
-
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "berth up did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.output()
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -157,41 +70,6 @@ fn kill9(pid: u32) {
     assert!(st.success());
 }
 
-/// curl: (status, body). `extra` goes before the URL.
-fn curl(extra: &[&str], url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "20", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn call(cloud: &Cloud, key: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut args = vec![
-        "-X".to_owned(),
-        method.to_owned(),
-        "-H".to_owned(),
-        format!("X-API-Key: {key}"),
-        "-H".to_owned(),
-        "X-Phala-Version: 2025-10-28".to_owned(),
-    ];
-    if let Some(b) = body {
-        args.extend([
-            "-H".to_owned(),
-            "Content-Type: application/json".to_owned(),
-            "-d".to_owned(),
-            b.to_string(),
-        ]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, text) = curl(&args, &format!("{}{path}", cloud.api));
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn admin_key(state: &Path) -> String {
     std::fs::read_to_string(state.join("api-key"))
         .unwrap()
@@ -202,16 +80,14 @@ fn admin_key(state: &Path) -> String {
 /// Provisions and commits a CVM named `name` (its boot fails: no engine).
 fn deploy(cloud: &Cloud, key: &str, name: &str) -> Value {
     let compose = "services:\n  web:\n    image: 127.0.0.1:9/nothing:latest\n";
-    let (code, p) = call(
-        cloud,
+    let (code, p) = cloud.call(
         key,
         "POST",
         "/cvms/provision",
         Some(&json!({"name": name, "compose_file": {"docker_compose_file": compose}})),
     );
     assert_eq!(code, 200, "provision: {p}\n{}", cloud.output());
-    let (code, c) = call(
-        cloud,
+    let (code, c) = cloud.call(
         key,
         "POST",
         "/cvms",
@@ -221,20 +97,11 @@ fn deploy(cloud: &Cloud, key: &str, name: &str) -> Value {
     c
 }
 
-/// Retries `f` until it returns true, for at most `secs`.
-fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn one_berth_up_per_state_and_its_children_die_with_it() {
     let dir = tempdir("up-lock");
     let state = dir.join("state");
-    let cloud = Cloud::start(&state, &[]);
+    let cloud = up(&state, &[]);
     let first = cloud.output();
     let key = admin_key(&state);
     assert!(
@@ -263,18 +130,18 @@ fn one_berth_up_per_state_and_its_children_die_with_it() {
     assert!(
         second.stderr.contains(&format!(
             "another `berth up` (PID {}) is running",
-            cloud.child.id()
+            cloud.pid()
         )),
         "{}",
         second.stderr
     );
     // The first one is unharmed.
-    assert_eq!(call(&cloud, &key, "GET", "/auth/me", None).0, 200);
+    assert_eq!(cloud.call(&key, "GET", "/auth/me", None).0, 200);
 
     // kill -9 of `berth up`: its KMS and node go with it.
     let kms = cloud.child_pid("kms serve");
     let node = cloud.child_pid("node serve");
-    let up_pid = cloud.child.id();
+    let up_pid = cloud.pid();
     kill9(up_pid);
     eventually(5, "the KMS and the node end with berth up", || {
         !alive(kms) && !alive(node)
@@ -282,7 +149,7 @@ fn one_berth_up_per_state_and_its_children_die_with_it() {
     drop(cloud);
 
     // A new `berth up` on the same state takes over; the key is not shown again.
-    let cloud = Cloud::start(&state, &[]);
+    let cloud = up(&state, &[]);
     let again = cloud.output();
     assert!(
         !again.contains(&key),
@@ -295,12 +162,12 @@ fn one_berth_up_per_state_and_its_children_die_with_it() {
         )),
         "{again}"
     );
-    assert_eq!(call(&cloud, &key, "GET", "/auth/me", None).0, 200);
+    assert_eq!(cloud.call(&key, "GET", "/auth/me", None).0, 200);
     assert_eq!(
         std::fs::read_to_string(state.join("berth.lock"))
             .unwrap()
             .trim(),
-        cloud.child.id().to_string()
+        cloud.pid().to_string()
     );
     cloud.stop();
 }
@@ -309,16 +176,16 @@ fn one_berth_up_per_state_and_its_children_die_with_it() {
 fn a_dead_node_or_kms_is_restarted_and_the_api_answers_503_meanwhile() {
     let dir = tempdir("up-supervise");
     let state = dir.join("state");
-    let cloud = Cloud::start(&state, &[]);
+    let cloud = up(&state, &[]);
     let key = admin_key(&state);
     let cvm = deploy(&cloud, &key, "supervised");
     let stop = format!("/cvms/{}/stop", cvm["vm_uuid"].as_str().unwrap());
-    assert_eq!(call(&cloud, &key, "POST", &stop, None).0, 200);
+    assert_eq!(cloud.call(&key, "POST", &stop, None).0, 200);
 
     // The node.
     let node = cloud.child_pid("node serve");
     kill9(node);
-    let (code, v) = call(&cloud, &key, "POST", &stop, None);
+    let (code, v) = cloud.call(&key, "POST", &stop, None);
     assert_eq!(code, 503, "{v}");
     assert!(
         v["detail"]
@@ -328,7 +195,7 @@ fn a_dead_node_or_kms_is_restarted_and_the_api_answers_503_meanwhile() {
         "{v}"
     );
     eventually(20, "the node answers again", || {
-        call(&cloud, &key, "POST", &stop, None).0 == 200
+        cloud.call(&key, "POST", &stop, None).0 == 200
     });
     let new_node = cloud.child_pid("node serve");
     assert_ne!(new_node, node);
@@ -343,11 +210,11 @@ fn a_dead_node_or_kms_is_restarted_and_the_api_answers_503_meanwhile() {
     // The KMS.
     let app_id = cvm["app_id"].as_str().unwrap();
     let pubkey = format!("/kms/phala/pubkey/{app_id}");
-    let (code, before) = call(&cloud, &key, "GET", &pubkey, None);
+    let (code, before) = cloud.call(&key, "GET", &pubkey, None);
     assert_eq!(code, 200, "{before}");
     let kms = cloud.child_pid("kms serve");
     kill9(kms);
-    let (code, v) = call(&cloud, &key, "GET", &pubkey, None);
+    let (code, v) = cloud.call(&key, "GET", &pubkey, None);
     assert_eq!(code, 503, "{v}");
     assert!(
         v["detail"]
@@ -358,7 +225,7 @@ fn a_dead_node_or_kms_is_restarted_and_the_api_answers_503_meanwhile() {
     );
     let mut after = Value::Null;
     eventually(20, "the KMS answers again", || {
-        let (code, v) = call(&cloud, &key, "GET", &pubkey, None);
+        let (code, v) = cloud.call(&key, "GET", &pubkey, None);
         after = v;
         code == 200
     });
@@ -383,7 +250,7 @@ fn a_dead_node_or_kms_is_restarted_and_the_api_answers_503_meanwhile() {
 fn admin_creates_rotates_and_revokes_keys() {
     let dir = tempdir("up-users");
     let state = dir.join("state");
-    let cloud = Cloud::start(&state, &[]);
+    let cloud = up(&state, &[]);
     let admin = admin_key(&state);
     let users = |key: &str, args: &[&str]| {
         run(
@@ -399,15 +266,15 @@ fn admin_creates_rotates_and_revokes_keys() {
     assert_eq!(created.code, 0, "{}", created.stderr);
     let bob1 = created.stdout.trim().to_owned();
     assert!(bob1.starts_with("berth_"), "{}", created.stdout);
-    assert_eq!(call(&cloud, &bob1, "GET", "/auth/me", None).0, 200);
+    assert_eq!(cloud.call(&bob1, "GET", "/auth/me", None).0, 200);
 
     // Bob rotates his own key: the old one stops working at once.
     let rotated = users(&bob1, &["rotate", "bob"]);
     assert_eq!(rotated.code, 0, "{}", rotated.stderr);
     let bob2 = rotated.stdout.trim().to_owned();
     assert_ne!(bob1, bob2);
-    assert_eq!(call(&cloud, &bob1, "GET", "/auth/me", None).0, 401);
-    assert_eq!(call(&cloud, &bob2, "GET", "/auth/me", None).0, 200);
+    assert_eq!(cloud.call(&bob1, "GET", "/auth/me", None).0, 401);
+    assert_eq!(cloud.call(&bob2, "GET", "/auth/me", None).0, 200);
 
     // Bob may not revoke or rotate others.
     let denied = users(&bob2, &["revoke", "admin"]);
@@ -422,7 +289,7 @@ fn admin_creates_rotates_and_revokes_keys() {
     // The admin revokes Bob; the admin cannot revoke itself.
     let revoked = users(&admin, &["revoke", "bob"]);
     assert_eq!(revoked.code, 0, "{}", revoked.stderr);
-    assert_eq!(call(&cloud, &bob2, "GET", "/auth/me", None).0, 401);
+    assert_eq!(cloud.call(&bob2, "GET", "/auth/me", None).0, 401);
     let own = users(&admin, &["revoke", "admin"]);
     assert_ne!(own.code, 0);
     assert!(own.stderr.contains("rotate it instead"), "{}", own.stderr);
@@ -430,11 +297,11 @@ fn admin_creates_rotates_and_revokes_keys() {
 
     // Rotating the admin's key: the file's key is stale, the next start says so.
     let new_admin = users(&admin, &["rotate", "admin"]).stdout.trim().to_owned();
-    assert_eq!(call(&cloud, &admin, "GET", "/auth/me", None).0, 401);
-    assert_eq!(call(&cloud, &new_admin, "GET", "/auth/me", None).0, 200);
+    assert_eq!(cloud.call(&admin, "GET", "/auth/me", None).0, 401);
+    assert_eq!(cloud.call(&new_admin, "GET", "/auth/me", None).0, 200);
     let out = cloud.stop();
     assert!(!out.contains(&bob1) && !out.contains(&bob2) && !out.contains(&new_admin));
-    let cloud = Cloud::start(&state, &[]);
+    let cloud = up(&state, &[]);
     assert!(
         cloud.output().contains("Admin API key:  rotated since"),
         "{}",
@@ -464,7 +331,7 @@ fn open_for(s: &mut std::net::TcpStream, limit: Duration) -> Duration {
 fn slow_clients_are_cut_off_connections_are_capped_and_log_tokens_are_macs() {
     let dir = tempdir("up-edge");
     let state = dir.join("state");
-    let cloud = Cloud::start(&state, &["--header-timeout", "2", "--max-connections", "3"]);
+    let cloud = up(&state, &["--header-timeout", "2", "--max-connections", "3"]);
     let key = admin_key(&state);
     let addr = format!("127.0.0.1:{}", cloud.port());
 
@@ -549,7 +416,7 @@ fn slow_clients_are_cut_off_connections_are_capped_and_log_tokens_are_macs() {
     cloud.stop();
 
     // Rotating the log secret: old URLs stop working, new ones work.
-    let cloud = Cloud::start(&state, &["--rotate-log-secret"]);
+    let cloud = up(&state, &["--rotate-log-secret"]);
     assert!(
         cloud.output().contains("Log secret rotated"),
         "{}",
@@ -560,7 +427,7 @@ fn slow_clients_are_cut_off_connections_are_capped_and_log_tokens_are_macs() {
         &format!("127.0.0.1:{}", cloud.port()),
     );
     assert_eq!(curl(&[], &old).0, 403);
-    let (_, v) = call(&cloud, &key, "GET", &format!("/cvms/{id}"), None);
+    let (_, v) = cloud.call(&key, "GET", &format!("/cvms/{id}"), None);
     let fresh = v["syslog_endpoint"].as_str().unwrap();
     assert_ne!(fresh.rsplit_once("token=").unwrap().1, token);
     assert_eq!(curl(&[], fresh).0, 200);
@@ -576,7 +443,7 @@ fn url_port(url: &str) -> u16 {
 fn other_machines_get_tls_or_an_explicit_insecure_and_the_public_url() {
     let dir = tempdir("up-tls");
     let state = dir.join("state");
-    let up = |args: &[&str]| {
+    let up_alone = |args: &[&str]| {
         let mut all = vec!["up", "--state", state.to_str().unwrap()];
         all.extend_from_slice(args);
         run(
@@ -587,29 +454,29 @@ fn other_machines_get_tls_or_an_explicit_insecure_and_the_public_url() {
         )
     };
     // Refused before anything starts (nothing is bound).
-    let plain = up(&["--listen", "0.0.0.0:0"]);
+    let plain = up_alone(&["--listen", "0.0.0.0:0"]);
     assert_eq!(plain.code, 2, "{}", plain.stderr);
     assert!(plain.stderr.contains("without TLS"), "{}", plain.stderr);
     assert!(plain.stderr.contains("--tls-cert"), "{}", plain.stderr);
-    let unnamed = up(&["--listen", "0.0.0.0:0", "--insecure"]);
+    let unnamed = up_alone(&["--listen", "0.0.0.0:0", "--insecure"]);
     assert_eq!(unnamed.code, 2, "{}", unnamed.stderr);
     assert!(
         unnamed.stderr.contains("--public-url"),
         "{}",
         unnamed.stderr
     );
-    let half = up(&["--listen", "0.0.0.0:0", "--tls-cert", "/nonexistent"]);
+    let half = up_alone(&["--listen", "0.0.0.0:0", "--tls-cert", "/nonexistent"]);
     assert_ne!(half.code, 0);
 
     // --public-url names the URLs the API hands out.
-    let mut cloud = Cloud::start(
+    let mut cloud = up(
         &state,
         &["--public-url", "https://berth.example.test:8443/"],
     );
     assert_eq!(cloud.api, "https://berth.example.test:8443/api/v1");
     let key = admin_key(&state);
     // Calls go to the listener itself; the URLs handed out name the public one.
-    cloud.api = format!("http://127.0.0.1:{}/api/v1", listening_port(&cloud));
+    cloud.api = format!("http://127.0.0.1:{}/api/v1", cloud.port());
     let cvm = deploy(&cloud, &key, "public-app");
     assert!(
         cvm["syslog_endpoint"]
@@ -628,7 +495,7 @@ fn other_machines_get_tls_or_an_explicit_insecure_and_the_public_url() {
     let key_file = dir.join("api.key");
     std::fs::write(&cert_file, &cert.cert_pem).unwrap();
     std::fs::write(&key_file, &cert.key_pem).unwrap();
-    let cloud = Cloud::start(
+    let cloud = up(
         &state,
         &[
             "--tls-cert",
@@ -656,14 +523,4 @@ fn other_machines_get_tls_or_an_explicit_insecure_and_the_public_url() {
         200
     );
     cloud.stop();
-}
-
-/// The port `berth up` listens on, from its "Listening on:" line.
-fn listening_port(cloud: &Cloud) -> u16 {
-    let out = cloud.output();
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Listening on:"))
-        .unwrap_or_else(|| panic!("no Listening on: line\n{out}"));
-    line.trim().rsplit_once(':').unwrap().1.parse().unwrap()
 }

@@ -23,7 +23,6 @@
 //! which says whether it applied: a stop that lands while a boot ends
 //! cannot be overwritten by the boot's result, and nothing leaves `deleted`.
 
-use crate::error::ApiError;
 use contract::CvmStatus;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 use sha2::Digest as _;
@@ -183,21 +182,76 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The 403 of a user at the CVM cap.
-    pub fn too_many_cvms(&self, have: usize) -> ApiError {
-        ApiError::quota(format!(
-            "you have {have} CVMs, the most one user may have (the operator's cap, berth up --max-cvms-per-user {}): delete a CVM you no longer need, or ask the operator to raise the cap",
-            self.max_cvms_per_user
-        ))
+    /// A user with `have` CVMs is at the CVM cap.
+    pub fn too_many_cvms(&self, have: usize) -> DbError {
+        DbError::TooManyCvms {
+            have,
+            max: self.max_cvms_per_user,
+        }
     }
 
-    /// The 429 of a boot past the in-flight cap.
-    pub fn too_many_boots(&self, booting: usize) -> ApiError {
-        ApiError::too_many(format!(
-            "{booting} CVMs are booting, the most this control plane boots at once (berth up --max-boots {}): try again when one of them is running",
-            self.max_boots_in_flight
-        ))
+    /// `booting` boots in flight: a new one would pass the cap.
+    pub fn too_many_boots(&self, booting: usize) -> DbError {
+        DbError::TooManyBoots {
+            booting,
+            max: self.max_boots_in_flight,
+        }
     }
+}
+
+/// Why a database call failed: a rule a write keeps, a database busy for
+/// longer than the call's patience, or SQLite itself. The API maps these
+/// to HTTP statuses (`crate::error`); this module knows none. No variant
+/// holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Another process held the database's lock for the call's whole patience.
+    #[error(
+        "the database is busy (another process has held its lock for over {:.1} s): try again in a moment",
+        .waited.as_secs_f64()
+    )]
+    Busy {
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// `create_user` with a name already taken.
+    #[error("a user named {username} already exists")]
+    UserExists {
+        /// The name.
+        username: String,
+    },
+    /// The user already has a live CVM with this name.
+    #[error("you already have a CVM named `{name}`: delete it first, or choose another name")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// The user is at the operator's cap on CVMs per user.
+    #[error(
+        "you have {have} CVMs, the most one user may have (the operator's cap, berth up --max-cvms-per-user {max}): delete a CVM you no longer need, or ask the operator to raise the cap"
+    )]
+    TooManyCvms {
+        /// The user's live CVMs.
+        have: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The control plane is at its cap on boots in flight.
+    #[error(
+        "{booting} CVMs are booting, the most this control plane boots at once (berth up --max-boots {max}): try again when one of them is running"
+    )]
+    TooManyBoots {
+        /// Boots in flight.
+        booting: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The pool or a blocking task failed.
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 /// How long calls wait for a busy database before they give up.
@@ -259,10 +313,10 @@ enum Access {
 }
 
 /// Why one attempt of a call failed: SQLite (maybe busy: retried), or a
-/// rule of the API (final).
+/// rule the write keeps (final).
 enum Fail {
     Sql(rusqlite::Error),
-    Api(ApiError),
+    Rule(DbError),
 }
 
 impl From<rusqlite::Error> for Fail {
@@ -271,9 +325,9 @@ impl From<rusqlite::Error> for Fail {
     }
 }
 
-impl From<ApiError> for Fail {
-    fn from(e: ApiError) -> Self {
-        Fail::Api(e)
+impl From<DbError> for Fail {
+    fn from(e: DbError) -> Self {
+        Fail::Rule(e)
     }
 }
 
@@ -285,15 +339,12 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn busy_error(waited: Duration) -> ApiError {
-    ApiError::unavailable(format!(
-        "the database is busy (another process has held its lock for over {:.1} s): try again in a moment",
-        waited.as_secs_f64()
-    ))
+fn busy_error(waited: Duration) -> DbError {
+    DbError::Busy { waited }
 }
 
-fn db_err(e: rusqlite::Error) -> ApiError {
-    ApiError::internal(format!("database error: {e}"))
+fn db_err(e: rusqlite::Error) -> DbError {
+    DbError::Sql(e)
 }
 
 /// sha256 of an API key, hex: what the database keeps.
@@ -310,26 +361,8 @@ fn new_salt() -> String {
 
 /// Now, RFC 3339 UTC.
 pub fn now() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let now = std::time::SystemTime::now().max(std::time::UNIX_EPOCH);
+    humantime::format_rfc3339_seconds(now).to_string()
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -417,12 +450,12 @@ fn placeholders(first: usize, n: usize) -> String {
 
 impl Db {
     /// Opens (creating and migrating) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, ApiError> {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
         Self::open_with(path, DbOptions::default())
     }
 
     /// [`Db::open`] with explicit patience and pool size.
-    pub fn open_with(path: &Path, opts: DbOptions) -> Result<Self, ApiError> {
+    pub fn open_with(path: &Path, opts: DbOptions) -> Result<Self, DbError> {
         let mut conn = connect(path).map_err(db_err)?;
         // At start-up the other process may be migrating or writing: wait
         // longer than a request would.
@@ -486,7 +519,7 @@ impl Db {
 
     /// Runs `op` on a pooled connection on the blocking pool, retrying a
     /// busy database until `patience` has passed.
-    async fn call<T, F>(&self, access: Access, patience: Duration, mut op: F) -> Result<T, ApiError>
+    async fn call<T, F>(&self, access: Access, patience: Duration, mut op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnMut(&mut Connection) -> Result<T, Fail> + Send + 'static,
@@ -500,7 +533,7 @@ impl Db {
         let permit = tokio::time::timeout(patience, pool.slots.clone().acquire_owned())
             .await
             .map_err(|_| busy_error(patience))?
-            .map_err(|_| ApiError::internal("the database pool is closed"))?;
+            .map_err(|_| DbError::Internal("the database pool is closed"))?;
         let inner = self.inner.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -527,15 +560,15 @@ impl Db {
             out
         })
         .await
-        .map_err(|_| ApiError::internal("a database call panicked"))?;
+        .map_err(|_| DbError::Internal("a database call panicked"))?;
         joined.map_err(|f| match f {
             Fail::Sql(e) if is_busy(&e) => busy_error(started.elapsed()),
             Fail::Sql(e) => db_err(e),
-            Fail::Api(e) => e,
+            Fail::Rule(e) => e,
         })
     }
 
-    async fn read<T, F>(&self, op: F) -> Result<T, ApiError>
+    async fn read<T, F>(&self, op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnMut(&mut Connection) -> Result<T, Fail> + Send + 'static,
@@ -545,7 +578,7 @@ impl Db {
     }
 
     /// A write in one `BEGIN IMMEDIATE` transaction.
-    async fn write<T, F>(&self, patience: Duration, mut op: F) -> Result<T, ApiError>
+    async fn write<T, F>(&self, patience: Duration, mut op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnMut(&rusqlite::Transaction<'_>) -> Result<T, Fail> + Send + 'static,
@@ -565,7 +598,7 @@ impl Db {
         username: &str,
         api_key: &str,
         is_admin: bool,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, DbError> {
         let (username, key_hash) = (username.to_owned(), hash_api_key(api_key));
         self.write(self.inner.opts.request_patience, move |tx| {
             let salt = new_salt();
@@ -575,7 +608,7 @@ impl Db {
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Fail::Api(ApiError::conflict(format!("a user named {username} already exists")))
+                    Fail::Rule(DbError::UserExists { username: username.clone() })
                 }
                 e => Fail::Sql(e),
             })?;
@@ -590,7 +623,7 @@ impl Db {
     }
 
     /// Replaces a user's API key (for `BERTH_ADMIN_API_KEY`).
-    pub async fn set_api_key(&self, username: &str, api_key: &str) -> Result<(), ApiError> {
+    pub async fn set_api_key(&self, username: &str, api_key: &str) -> Result<(), DbError> {
         let (username, key_hash) = (username.to_owned(), hash_api_key(api_key));
         self.write(self.inner.opts.request_patience, move |tx| {
             tx.execute(
@@ -607,7 +640,7 @@ impl Db {
         &self,
         column: &'static str,
         value: String,
-    ) -> Result<Option<User>, ApiError> {
+    ) -> Result<Option<User>, DbError> {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
@@ -620,17 +653,17 @@ impl Db {
     }
 
     /// The user named `username`.
-    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, ApiError> {
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, DbError> {
         self.user_where("username", username.to_owned()).await
     }
 
     /// The user whose API key is `api_key`.
-    pub async fn user_by_key(&self, api_key: &str) -> Result<Option<User>, ApiError> {
+    pub async fn user_by_key(&self, api_key: &str) -> Result<Option<User>, DbError> {
         self.user_where("api_key_hash", hash_api_key(api_key)).await
     }
 
     /// Stores an app, or returns the existing one with the same id.
-    pub async fn upsert_app(&self, app: &App) -> Result<App, ApiError> {
+    pub async fn upsert_app(&self, app: &App) -> Result<App, DbError> {
         let app = app.clone();
         self.write(self.inner.opts.request_patience, move |tx| {
             tx.execute(
@@ -648,7 +681,7 @@ impl Db {
     }
 
     /// The app `app_id`.
-    pub async fn app(&self, app_id: &str) -> Result<Option<App>, ApiError> {
+    pub async fn app(&self, app_id: &str) -> Result<Option<App>, DbError> {
         let app_id = app_id.to_owned();
         self.read(move |conn| {
             Ok(conn
@@ -663,7 +696,7 @@ impl Db {
     /// rules a commit keeps: its name is not taken among the user's live
     /// CVMs (409), the user is under `limits.max_cvms_per_user` (403), and
     /// fewer than `limits.max_boots_in_flight` CVMs are booting (429).
-    pub async fn create_cvm(&self, new: NewCvm, limits: Limits) -> Result<Cvm, ApiError> {
+    pub async fn create_cvm(&self, new: NewCvm, limits: Limits) -> Result<Cvm, DbError> {
         let id = uuid::Uuid::new_v4().to_string();
         self.write(self.inner.opts.request_patience, move |tx| {
             let deleted = text(CvmStatus::Deleted.as_str());
@@ -674,10 +707,9 @@ impl Db {
                 &[user.clone(), text(&new.name), deleted.clone()],
             )?;
             if taken > 0 {
-                return Err(ApiError::conflict(format!(
-                    "you already have a CVM named `{}`: delete it first, or choose another name",
-                    new.name
-                ))
+                return Err(DbError::NameTaken {
+                    name: new.name.clone(),
+                }
                 .into());
             }
             let have = count(
@@ -706,20 +738,20 @@ impl Db {
             )?;
             query_cvms(tx, "id = ?1", &[text(&id)])?
                 .pop()
-                .ok_or_else(|| ApiError::internal("the new CVM vanished").into())
+                .ok_or_else(|| DbError::Internal("the new CVM vanished").into())
         })
         .await
     }
 
     /// The CVM `id` (uuid).
-    pub async fn cvm(&self, id: &str) -> Result<Option<Cvm>, ApiError> {
+    pub async fn cvm(&self, id: &str) -> Result<Option<Cvm>, DbError> {
         let id = text(id);
         self.read(move |conn| Ok(query_cvms(conn, "id = ?1", std::slice::from_ref(&id))?.pop()))
             .await
     }
 
     /// The user's CVMs that are not deleted.
-    pub async fn cvms_of(&self, user_id: i64) -> Result<Vec<Cvm>, ApiError> {
+    pub async fn cvms_of(&self, user_id: i64) -> Result<Vec<Cvm>, DbError> {
         self.read(move |conn| {
             Ok(query_cvms(
                 conn,
@@ -734,7 +766,7 @@ impl Db {
     }
 
     /// Every CVM that is not deleted (for the node at start-up).
-    pub async fn live_cvms(&self) -> Result<Vec<Cvm>, ApiError> {
+    pub async fn live_cvms(&self) -> Result<Vec<Cvm>, DbError> {
         self.read(|conn| {
             Ok(query_cvms(
                 conn,
@@ -746,7 +778,7 @@ impl Db {
     }
 
     /// How many CVMs are booting (`provisioning` or `starting`), all users.
-    pub async fn boots_in_flight(&self) -> Result<usize, ApiError> {
+    pub async fn boots_in_flight(&self) -> Result<usize, DbError> {
         self.read(|conn| Ok(boots_in_flight(conn)?)).await
     }
 
@@ -761,7 +793,7 @@ impl Db {
         to: CvmStatus,
         category: Option<&str>,
         message: Option<&str>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, DbError> {
         let mut args = vec![
             text(to.as_str()),
             category.map(text).unwrap_or(rusqlite::types::Value::Null),
@@ -783,10 +815,7 @@ impl Db {
             })
             .await;
         if let Err(e) = &result {
-            eprintln!(
-                "db: could not record status {to} for CVM {id}: {}",
-                e.message
-            );
+            eprintln!("db: could not record status {to} for CVM {id}: {e}");
         }
         result
     }
@@ -800,7 +829,7 @@ impl Db {
         status: CvmStatus,
         category: Option<&str>,
         message: Option<&str>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, DbError> {
         self.transition(id, &CvmStatus::LIVE, status, category, message)
             .await
     }
@@ -811,7 +840,7 @@ impl Db {
         id: &str,
         encrypted_env: &[u8],
         env_keys: &[String],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), DbError> {
         let (id, env) = (id.to_owned(), encrypted_env.to_vec());
         let keys = serde_json::to_string(env_keys).expect("json");
         self.write(self.inner.opts.request_patience, move |tx| {
@@ -877,7 +906,10 @@ mod tests {
         let db = Db::open(&path).unwrap();
         let alice = db.create_user("alice", "key-a", true).await.unwrap();
         let again = db.create_user("alice", "key-b", false).await.unwrap_err();
-        assert_eq!(again.status, axum::http::StatusCode::CONFLICT);
+        assert!(
+            matches!(&again, DbError::UserExists { username } if username == "alice"),
+            "{again:?}"
+        );
         assert_eq!(db.user_by_key("key-a").await.unwrap().unwrap(), alice);
         assert!(db.user_by_key("nope").await.unwrap().is_none());
         let app = app_of(alice.id, 'a');
@@ -1018,8 +1050,11 @@ mod tests {
             .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
             .await
             .unwrap_err();
-        assert_eq!(dup.status, axum::http::StatusCode::CONFLICT);
-        assert!(dup.message.contains("`same-name`"), "{}", dup.message);
+        assert!(
+            matches!(&dup, DbError::NameTaken { name } if name == "same-name"),
+            "{dup:?}"
+        );
+        assert!(dup.to_string().contains("`same-name`"), "{dup}");
         // Another user may use the name; a deleted CVM frees it.
         db.create_cvm(new_cvm("same-name", b.id, &app_b.app_id), wide)
             .await
@@ -1043,17 +1078,13 @@ mod tests {
             .create_cvm(new_cvm("third", a.id, &app_a.app_id), two)
             .await
             .unwrap_err();
-        assert_eq!(capped.status, axum::http::StatusCode::FORBIDDEN);
         assert!(
-            capped.message.contains("--max-cvms-per-user 2"),
-            "{}",
-            capped.message
+            matches!(capped, DbError::TooManyCvms { have: 2, max: 2 }),
+            "{capped:?}"
         );
-        assert!(
-            capped.message.contains("delete a CVM"),
-            "{}",
-            capped.message
-        );
+        let said = capped.to_string();
+        assert!(said.contains("--max-cvms-per-user 2"), "{said}");
+        assert!(said.contains("delete a CVM"), "{said}");
         // b is not affected by a's cap.
         db.create_cvm(new_cvm("b-second", b.id, &app_b.app_id), two)
             .await
@@ -1069,8 +1100,11 @@ mod tests {
             .create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
             .await
             .unwrap_err();
-        assert_eq!(busy.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(busy.message.contains("--max-boots 4"), "{}", busy.message);
+        assert!(
+            matches!(busy, DbError::TooManyBoots { booting: 4, max: 4 }),
+            "{busy:?}"
+        );
+        assert!(busy.to_string().contains("--max-boots 4"), "{busy}");
         for c in db.cvms_of(a.id).await.unwrap() {
             db.set_status(&c.id, CvmStatus::Running, None, None)
                 .await
@@ -1109,7 +1143,7 @@ mod tests {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(_) => ok += 1,
-                Err(e) => assert_eq!(e.status, axum::http::StatusCode::CONFLICT, "{}", e.message),
+                Err(e) => assert!(matches!(e, DbError::NameTaken { .. }), "{e:?}"),
             }
         }
         assert_eq!(ok, 1);
@@ -1162,8 +1196,8 @@ mod tests {
         for w in writers {
             let (result, took) = w.await.unwrap();
             let e = result.unwrap_err();
-            assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
-            assert!(e.message.contains("the database is busy"), "{}", e.message);
+            assert!(matches!(e, DbError::Busy { .. }), "{e:?}");
+            assert!(e.to_string().contains("the database is busy"), "{e}");
             assert!(took < Duration::from_millis(1500), "{took:?}");
         }
         // A status write waits longer, and lands once the lock is released.

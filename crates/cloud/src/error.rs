@@ -1,7 +1,28 @@
-//! [`ApiError`]: an HTTP status and one sentence, as JSON.
+//! [`ApiError`]: an HTTP status and one sentence, as JSON. The HTTP edge
+//! of the API (and of the node's socket): the only place where the typed
+//! errors of the database ([`DbError`]) and the node ([`NodeError`]) become
+//! status codes.
 
+use crate::db::DbError;
+use crate::node::NodeError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+
+/// Every `error_code` an [`ApiError`] may carry.
+const CODES: &[&str] = &[
+    "invalid_request",
+    "validation_error",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "quota_exceeded",
+    "too_many_requests",
+    "unsupported",
+    "upstream_error",
+    "unavailable",
+    "internal_error",
+];
 
 /// An API failure. Rendered as `{"detail": message, "error_code": code}`
 /// (the FastAPI-style body the Phala clients print). Never holds a secret.
@@ -76,49 +97,72 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
-    /// The error another Berth process answered with (its JSON body), kept
-    /// as it was; a body that is not one becomes a 502.
-    pub fn from_body(status: StatusCode, body: &str) -> Self {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            detail: String,
-            #[serde(default)]
-            error_code: Option<String>,
-        }
-        const CODES: &[&str] = &[
-            "invalid_request",
-            "validation_error",
-            "unauthorized",
-            "forbidden",
-            "not_found",
-            "conflict",
-            "quota_exceeded",
-            "too_many_requests",
-            "unsupported",
-            "upstream_error",
-            "unavailable",
-            "internal_error",
-        ];
-        match serde_json::from_str::<Body>(body) {
-            Ok(b) => {
-                let code = b
-                    .error_code
-                    .and_then(|c| CODES.iter().find(|k| **k == c).copied())
-                    .unwrap_or("upstream_error");
-                Self::new(status, code, b.detail)
-            }
-            Err(_) => Self::upstream(format!("the node answered {status}")),
-        }
-    }
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 }
 
+/// The body of an error answer (FastAPI's shape, which the Phala clients
+/// print).
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    detail: &'a str,
+    error_code: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "detail": self.message, "error_code": self.code });
+        let body = ErrorBody {
+            detail: &self.message,
+            error_code: self.code,
+        };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        let message = e.to_string();
+        match e {
+            DbError::Busy { .. } => Self::unavailable(message),
+            DbError::UserExists { .. } | DbError::NameTaken { .. } => Self::conflict(message),
+            DbError::TooManyCvms { .. } => Self::quota(message),
+            DbError::TooManyBoots { .. } => Self::too_many(message),
+            DbError::Sql(_) | DbError::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let message = e.to_string();
+        match e {
+            NodeError::Db(e) => e.into(),
+            NodeError::EngineUnreachable(_)
+            | NodeError::Engine { .. }
+            | NodeError::Unexplained { .. } => Self::upstream(message),
+            NodeError::AlreadyBooting { .. } => Self::conflict(message),
+            NodeError::Folder(_) => Self::internal(message),
+            NodeError::NoSuchCvm | NodeError::AppGone | NodeError::NoSuchContainer => {
+                Self::not_found(message)
+            }
+            NodeError::NotRunning
+            | NodeError::Timeout
+            | NodeError::BrokeOff
+            | NodeError::Nonsense => Self::unavailable(message),
+            // The node's own answer, passed on as it was.
+            NodeError::Refused {
+                status,
+                code,
+                detail,
+            } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let code = code
+                    .and_then(|c| CODES.iter().find(|k| **k == c).copied())
+                    .unwrap_or("upstream_error");
+                Self::new(status, code, detail)
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`appcompose`]: provisioning checks and the byte-exact `app-compose.json`.
 //! - [`serve`]: the API's listener (header timeout, connection cap, TLS);
 //!   [`logs`]: log files read from disk with a tail, a byte cap and an offset.
+//! - [`up`]: the whole local cloud (`berth up`) as one call, and the node
+//!   process's entry point, for every front end.
 //!
 //! Why it looks like this: the control plane is on the wrong side of the
 //! trust boundary. It stores the sealed env as opaque bytes and asks the KMS
@@ -29,6 +31,7 @@ pub mod logs;
 pub mod node;
 pub mod nodeapi;
 pub mod serve;
+pub mod up;
 
 pub use api::{AppState, router};
 pub use client::{ApiClient, CvmInfo, Provisioned};

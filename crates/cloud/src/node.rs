@@ -31,8 +31,7 @@
 //! long as any process of that boot lives, no other node process on the
 //! same state boots the CVM again.
 
-use crate::db::{App, Cvm, Db};
-use crate::error::ApiError;
+use crate::db::{App, Cvm, Db, DbError};
 use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
 use contract::kms::{KmsEndpoint, TICKET_PATH, TicketAnswer, TicketRequest};
 use contract::{BootOutcome, Category, CvmStatus, SysConfig};
@@ -68,6 +67,78 @@ pub const SERIAL_LOG_MAX_BYTES: u64 = 8 << 20;
 
 /// The lock file in a CVM's state folder, held while a boot of it runs.
 pub const BOOT_LOCK_FILE: &str = ".boot.lock";
+
+/// Why the node could not do what it was asked, on either side of
+/// [`crate::nodeapi`]. The API maps these to HTTP statuses
+/// (`crate::error`); the node's own socket answers with the same mapping,
+/// and [`NodeError::Refused`] carries such an answer back.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node's Docker engine cannot be reached.
+    #[error("cannot reach the node's Docker engine: {0}")]
+    EngineUnreachable(#[source] bollard::errors::Error),
+    /// The engine refused or failed an operation.
+    #[error("the node's Docker engine cannot {what}: {source}")]
+    Engine {
+        /// What the node asked (`list containers`, `remove a network`, …).
+        what: &'static str,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// Another node process holds the CVM's boot lock.
+    #[error(
+        "CVM {id} is already booting: another node process holds its state lock; wait for that boot to end"
+    )]
+    AlreadyBooting {
+        /// The CVM.
+        id: String,
+    },
+    /// The CVM's folders could not be written.
+    #[error("cannot prepare the CVM folder: {0}")]
+    Folder(#[source] std::io::Error),
+    /// The CVM does not exist or is deleted.
+    #[error("no such CVM")]
+    NoSuchCvm,
+    /// The CVM's app row is gone.
+    #[error("the CVM's app is gone")]
+    AppGone,
+    /// The container named is not one of the CVM's.
+    #[error("no such container in this CVM")]
+    NoSuchContainer,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// (API side) nobody listens on the node's socket.
+    #[error(
+        "the node is not running: CVMs cannot be started, stopped or inspected until it is back"
+    )]
+    NotRunning,
+    /// (API side) the node did not answer in time.
+    #[error("the node did not answer in time")]
+    Timeout,
+    /// (API side) the node's answer ended early.
+    #[error("the node's answer broke off")]
+    BrokeOff,
+    /// (API side) the node's answer is not what the interface says.
+    #[error("the node answered nonsense")]
+    Nonsense,
+    /// (API side) the node answered with an error body, kept as it was.
+    #[error("{detail}")]
+    Refused {
+        /// Its HTTP status.
+        status: u16,
+        /// Its machine-readable code.
+        code: Option<String>,
+        /// Its sentence.
+        detail: String,
+    },
+    /// (API side) the node answered an error without a body that says why.
+    #[error("the node answered {status}")]
+    Unexplained {
+        /// Its HTTP status.
+        status: u16,
+    },
+}
 
 /// How the node runs CVMs.
 #[derive(Clone, Debug)]
@@ -149,30 +220,26 @@ impl Node {
         self.dir(id).join("serial.log")
     }
 
-    fn docker(&self) -> Result<bollard::Docker, ApiError> {
+    fn docker(&self) -> Result<bollard::Docker, NodeError> {
         bollard::Docker::connect_with_host(&self.cfg.docker_host)
-            .map_err(|e| ApiError::upstream(format!("cannot reach the node's Docker engine: {e}")))
+            .map_err(NodeError::EngineUnreachable)
     }
 
     /// Writes the CVM's host-shared folder and boots it in the background.
     /// A boot of it already in flight on this node is ended first; one
     /// that another process runs (its state lock is held) is a conflict.
-    pub async fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), ApiError> {
+    pub async fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
         match self.try_start(cvm, app).await? {
             Started::Booting => Ok(()),
-            Started::AlreadyBooting => Err(ApiError::conflict(format!(
-                "CVM {} is already booting: another node process holds its state lock; wait for that boot to end",
-                cvm.id
-            ))),
+            Started::AlreadyBooting => Err(NodeError::AlreadyBooting { id: cvm.id.clone() }),
         }
     }
 
-    async fn try_start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<Started, ApiError> {
+    async fn try_start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<Started, NodeError> {
         self.end_boot(&cvm.id).await;
         let dir = self.dir(&cvm.id);
         let shared = dir.join("shared");
-        let io =
-            |e: std::io::Error| ApiError::internal(format!("cannot prepare the CVM folder: {e}"));
+        let io = NodeError::Folder;
         for d in [&dir, &shared, &dir.join("state")] {
             private_dir(d).map_err(io)?;
         }
@@ -498,7 +565,7 @@ impl Node {
     /// Stops the CVM: its boot (the agent's whole process group) and its
     /// containers, and records `stopped`, also when the engine cannot be
     /// reached (the serial log says what was left running).
-    pub async fn stop(&self, cvm: &Cvm) -> Result<(), ApiError> {
+    pub async fn stop(&self, cvm: &Cvm) -> Result<(), NodeError> {
         self.end_boot(&cvm.id).await;
         let engine = self.stop_containers(&cvm.id).await;
         self.db
@@ -509,10 +576,7 @@ impl Node {
             Err(e) => {
                 self.append_serial(
                     &cvm.id,
-                    &format!(
-                        "CVM stopped by the node; its containers could not be stopped: {}",
-                        e.message
-                    ),
+                    &format!("CVM stopped by the node; its containers could not be stopped: {e}"),
                 )
                 .await
             }
@@ -520,7 +584,7 @@ impl Node {
         Ok(())
     }
 
-    async fn stop_containers(&self, id: &str) -> Result<(), ApiError> {
+    async fn stop_containers(&self, id: &str) -> Result<(), NodeError> {
         let docker = self.docker()?;
         for c in self.containers(&docker, id).await? {
             let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
@@ -532,7 +596,7 @@ impl Node {
     }
 
     /// Stops the CVM and boots it again (its state folder makes that cheap).
-    pub async fn restart(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), ApiError> {
+    pub async fn restart(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
         self.stop(cvm).await?;
         self.start(cvm, app).await
     }
@@ -542,7 +606,7 @@ impl Node {
     /// background, the images it loaded that no other CVM runs) and its
     /// folders, and records `deleted`, also when the engine cannot be
     /// reached.
-    pub async fn delete(self: &Arc<Self>, cvm: &Cvm) -> Result<(), ApiError> {
+    pub async fn delete(self: &Arc<Self>, cvm: &Cvm) -> Result<(), NodeError> {
         self.end_boot(&cvm.id).await;
         let dir = self.dir(&cvm.id);
         let images = images_of(&dir);
@@ -553,8 +617,8 @@ impl Node {
             .await?;
         if let Err(e) = engine {
             eprintln!(
-                "node: CVM {} deleted, but the engine kept some of its objects: {}",
-                cvm.id, e.message
+                "node: CVM {} deleted, but the engine kept some of its objects: {e}",
+                cvm.id
             );
         }
         self.spawn_image_cleanup(cvm.id.clone(), images);
@@ -563,11 +627,9 @@ impl Node {
 
     /// Removes the CVM's containers (with their anonymous volumes), then
     /// its compose project's networks and named volumes.
-    async fn remove_engine_objects(&self, id: &str) -> Result<(), ApiError> {
+    async fn remove_engine_objects(&self, id: &str) -> Result<(), NodeError> {
         let docker = self.docker()?;
-        let engine = |what: &str, e: bollard::errors::Error| {
-            ApiError::upstream(format!("the node's Docker engine cannot {what}: {e}"))
-        };
+        let engine = |what: &'static str, source: bollard::errors::Error| NodeError::Engine { what, source };
         for c in self.containers(&docker, id).await? {
             let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
                 .force(true)
@@ -655,24 +717,26 @@ impl Node {
         &self,
         docker: &bollard::Docker,
         cvm_id: &str,
-    ) -> Result<Vec<bollard::models::ContainerSummary>, ApiError> {
+    ) -> Result<Vec<bollard::models::ContainerSummary>, NodeError> {
         let filters = HashMap::from([("label", vec![project_label(cvm_id)])]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
-        docker.list_containers(Some(opts)).await.map_err(|e| {
-            ApiError::upstream(format!(
-                "the node's Docker engine cannot list containers: {e}"
-            ))
-        })
+        docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|source| NodeError::Engine {
+                what: "list containers",
+                source,
+            })
     }
 
     async fn containers(
         &self,
         docker: &bollard::Docker,
         cvm_id: &str,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, NodeError> {
         Ok(self
             .project_containers(docker, cvm_id)
             .await?
@@ -708,7 +772,7 @@ impl Node {
     /// containers are gone, boot again (their state folder makes that
     /// cheap), unless a boot of theirs is still alive (its state lock is
     /// held): those are reported and left alone, so no CVM boots twice.
-    pub async fn resume(self: &Arc<Self>) -> Result<usize, ApiError> {
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, NodeError> {
         let mut resumed = 0;
         for cvm in self.db.live_cvms().await? {
             let again = match cvm.status {
@@ -757,7 +821,7 @@ impl Node {
         }
     }
     /// The CVM's containers: (id, compose service name).
-    pub async fn container_names(&self, cvm_id: &str) -> Result<Vec<(String, String)>, ApiError> {
+    pub async fn container_names(&self, cvm_id: &str) -> Result<Vec<(String, String)>, NodeError> {
         let docker = self.docker()?;
         Ok(self
             .project_containers(&docker, cvm_id)
@@ -780,14 +844,14 @@ impl Node {
         cvm_id: &str,
         container: &str,
         tail: Option<usize>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, NodeError> {
         use futures_util::StreamExt;
         let mine = self.container_names(cvm_id).await?;
         let Some((id, _)) = mine
             .into_iter()
             .find(|(id, name)| id.starts_with(container) || name == container)
         else {
-            return Err(ApiError::not_found("no such container in this CVM"));
+            return Err(NodeError::NoSuchContainer);
         };
         let docker = self.docker()?;
         let mut b = bollard::query_parameters::LogsOptionsBuilder::new()
@@ -810,7 +874,7 @@ impl Node {
         cvm_id: &str,
         stderr: bool,
         tail: Option<usize>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, NodeError> {
         use futures_util::StreamExt;
         let docker = self.docker()?;
         let mut out = String::new();

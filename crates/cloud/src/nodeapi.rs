@@ -6,14 +6,16 @@
 //! its app from the database itself) and to list a CVM's containers and
 //! read their output. Nothing else: in particular no call mints a KMS boot
 //! ticket or returns anything secret, so the API process has no path to an
-//! env key. Errors cross the socket as the API's own JSON error bodies.
+//! env key. Errors cross the socket as the API's own JSON error bodies
+//! (a [`NodeError`] rendered by [`ApiError`]), and come back to the API
+//! process as [`NodeError::Refused`].
 //!
 //! This is also the seam for many nodes per control plane: the same calls
 //! over TLS to a node on another machine.
 
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -52,16 +54,13 @@ pub fn router(node: Arc<Node>, db: Arc<Db>) -> Router {
 async fn cvm_and_app(
     s: &NodeState,
     id: &str,
-) -> Result<(crate::db::Cvm, crate::db::App), ApiError> {
+) -> Result<(crate::db::Cvm, crate::db::App), NodeError> {
     let cvm =
         s.db.cvm(id)
             .await?
-            .filter(|c| c.status != contract::CvmStatus::Deleted)
-            .ok_or_else(|| ApiError::not_found("no such CVM"))?;
-    let app =
-        s.db.app(&cvm.app_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("the CVM's app is gone"))?;
+            .filter(|c| c.status.is_live())
+            .ok_or(NodeError::NoSuchCvm)?;
+    let app = s.db.app(&cvm.app_id).await?.ok_or(NodeError::AppGone)?;
     Ok((cvm, app))
 }
 
@@ -117,7 +116,7 @@ async fn logs(
 ) -> Result<String, ApiError> {
     let (cvm, _) = cvm_and_app(&s, &id).await?;
     let tail = q.get("tail").and_then(|t| t.parse().ok());
-    s.node.one_container_logs(&cvm.id, &cid, tail).await
+    Ok(s.node.one_container_logs(&cvm.id, &cid, tail).await?)
 }
 
 async fn output(
@@ -128,7 +127,7 @@ async fn output(
     let (cvm, _) = cvm_and_app(&s, &id).await?;
     let tail = q.get("tail").and_then(|t| t.parse().ok());
     let stderr = q.get("stderr").is_some_and(|v| v == "true");
-    s.node.container_logs(&cvm.id, stderr, tail).await
+    Ok(s.node.container_logs(&cvm.id, stderr, tail).await?)
 }
 
 /// Serves the node on `listener` until the process ends.
@@ -160,12 +159,12 @@ impl NodeClient {
         Self { http }
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<String, ApiError> {
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<String, NodeError> {
         let mut resp = req.send().await.map_err(|e| {
             if e.is_connect() {
-                ApiError::unavailable("the node is not running: CVMs cannot be started, stopped or inspected until it is back")
+                NodeError::NotRunning
             } else {
-                ApiError::unavailable("the node did not answer in time")
+                NodeError::Timeout
             }
         })?;
         let status = resp.status();
@@ -173,7 +172,7 @@ impl NodeClient {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|_| ApiError::unavailable("the node's answer broke off"))?
+            .map_err(|_| NodeError::BrokeOff)?
         {
             if body.len() + chunk.len() > MAX_NODE_ANSWER {
                 break;
@@ -184,7 +183,7 @@ impl NodeClient {
         if status.is_success() {
             Ok(text)
         } else {
-            Err(ApiError::from_body(status, &text))
+            Err(refused(status.as_u16(), &text))
         }
     }
 
@@ -193,40 +192,40 @@ impl NodeClient {
     }
 
     /// Boots the CVM (writes its shared folder, starts its boot agent).
-    pub async fn start(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn start(&self, id: &str) -> Result<(), NodeError> {
         self.call(self.http.post(Self::url(id, "start")))
             .await
             .map(drop)
     }
 
     /// Stops the CVM's boot and containers.
-    pub async fn stop(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
         self.call(self.http.post(Self::url(id, "stop")))
             .await
             .map(drop)
     }
 
     /// Stops and boots again.
-    pub async fn restart(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn restart(&self, id: &str) -> Result<(), NodeError> {
         self.call(self.http.post(Self::url(id, "restart")))
             .await
             .map(drop)
     }
 
     /// Removes the CVM's containers and folders.
-    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, id: &str) -> Result<(), NodeError> {
         self.call(self.http.post(Self::url(id, "delete")))
             .await
             .map(drop)
     }
 
     /// The CVM's containers: (id, service).
-    pub async fn container_names(&self, id: &str) -> Result<Vec<(String, String)>, ApiError> {
+    pub async fn container_names(&self, id: &str) -> Result<Vec<(String, String)>, NodeError> {
         let text = self
             .call(self.http.get(Self::url(id, "containers")))
             .await?;
         let list: Vec<ContainerView> = serde_json::from_str(&text)
-            .map_err(|_| ApiError::unavailable("the node answered nonsense"))?;
+            .map_err(|_| NodeError::Nonsense)?;
         Ok(list.into_iter().map(|c| (c.id, c.service)).collect())
     }
 
@@ -236,7 +235,7 @@ impl NodeClient {
         id: &str,
         stderr: bool,
         tail: Option<usize>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, NodeError> {
         let mut req = self
             .http
             .get(Self::url(id, "output"))
@@ -253,7 +252,7 @@ impl NodeClient {
         id: &str,
         container: &str,
         tail: Option<usize>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, NodeError> {
         let mut req = self.http.get(Self::url(
             id,
             &format!("containers/{}/logs", urlencode(container)),
@@ -262,6 +261,24 @@ impl NodeClient {
             req = req.query(&[("tail", t)]);
         }
         self.call(req).await
+    }
+}
+
+/// The node's error answer (`{"detail": …, "error_code": …}`), as it was.
+fn refused(status: u16, body: &str) -> NodeError {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        detail: String,
+        #[serde(default)]
+        error_code: Option<String>,
+    }
+    match serde_json::from_str::<Body>(body) {
+        Ok(b) => NodeError::Refused {
+            status,
+            code: b.error_code,
+            detail: b.detail,
+        },
+        Err(_) => NodeError::Unexplained { status },
     }
 }
 

@@ -111,6 +111,9 @@ mod tests {
             assert_eq!(c.as_str().parse::<Category>().unwrap(), c);
             assert_eq!(c.exit_code() as usize, i + 2);
         }
-        assert!("nope".parse::<Category>().is_err());
+        assert_eq!(
+            "nope".parse::<Category>(),
+            Err(UnknownCategory("nope".into()))
+        );
     }
 }

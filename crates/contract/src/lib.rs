@@ -14,11 +14,15 @@
 //!   the boot agent;
 //! - [`env_rules`]: env variable names (grammar, reserved families);
 //! - [`boot`]: the boot's last serial line ([`BootOutcome`]);
+//! - [`announce`]: what the KMS process tells `berth up` once it serves;
 //! - [`kms`]: the KMS's HTTP messages;
 //! - [`Category`]: the failure taxonomy and its exit codes;
 //! - [`reference`]: image references and digests (Docker's grammar);
 //! - [`status`]: a CVM's status ([`CvmStatus`]), as the API and the
-//!   database write it.
+//!   database write it;
+//! - [`SecretValue`]: the one type that holds a plaintext secret (an env
+//!   value, a registry password), redacted in `Debug`/`Display` and wiped
+//!   on drop.
 //!
 //! **Invariants.** No I/O, no clock, no cryptography beyond the sha256 of a
 //! measurement: this crate is linked by the control plane, which must not
@@ -26,6 +30,7 @@
 //! env value.
 #![deny(missing_docs)]
 
+pub mod announce;
 pub mod app;
 pub mod boot;
 mod category;
@@ -33,6 +38,7 @@ pub mod env_rules;
 pub mod kms;
 pub mod policy;
 pub mod reference;
+mod secret;
 pub mod status;
 
 pub use app::{AppCompose, AppComposeInput, Measurement, SysConfig};
@@ -40,4 +46,5 @@ pub use boot::BootOutcome;
 pub use category::{Category, UnknownCategory};
 pub use policy::{ComposeError, ComposeFile, ServiceImage};
 pub use reference::{Digest, ImageReference};
+pub use secret::SecretValue;
 pub use status::{CvmStatus, UnknownStatus};

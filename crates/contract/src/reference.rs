@@ -934,14 +934,41 @@ mod tests {
         let d512: Digest = format!("sha512:{hex128}").parse().unwrap();
         assert_eq!(d512.algorithm(), DigestAlgorithm::Sha512);
         assert_eq!(d512.hex(), hex128);
-        assert!(format!("sha512:{HEX64}").parse::<Digest>().is_err());
-        assert!(format!("sha384:{HEX64}").parse::<Digest>().is_err());
-        assert!(format!("SHA256:{HEX64}").parse::<Digest>().is_err());
-        assert!(HEX64.parse::<Digest>().is_err());
+        assert_eq!(
+            format!("sha512:{HEX64}").parse::<Digest>(),
+            Err(DigestError::WrongLength {
+                algorithm: DigestAlgorithm::Sha512,
+                expected: 128,
+                found: 64
+            })
+        );
+        assert_eq!(
+            format!("sha384:{HEX64}").parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm {
+                algorithm: "sha384".into()
+            })
+        );
+        assert_eq!(
+            format!("SHA256:{HEX64}").parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm {
+                algorithm: "SHA256".into()
+            })
+        );
+        assert_eq!(
+            format!("sha256:{}", HEX64.to_uppercase()).parse::<Digest>(),
+            Err(DigestError::NotLowercaseHex {
+                algorithm: DigestAlgorithm::Sha256
+            })
+        );
+        assert_eq!(HEX64.parse::<Digest>(), Err(DigestError::MissingAlgorithm));
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(json, format!("\"sha256:{HEX64}\""));
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
-        assert!(serde_json::from_str::<Digest>("\"sha256:00\"").is_err());
+        let short = serde_json::from_str::<Digest>("\"sha256:00\"").unwrap_err();
+        assert!(
+            short.to_string().contains("has 64 hex characters, this one has 2"),
+            "{short}"
+        );
         assert_eq!(format!("{d:?}"), format!("Digest(sha256:{HEX64})"));
     }
 

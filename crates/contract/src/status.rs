@@ -133,7 +133,11 @@ mod tests {
         }
         let err = "Running".parse::<CvmStatus>().unwrap_err();
         assert!(err.to_string().contains("`Running` is not a CVM status"));
-        assert!(serde_json::from_str::<CvmStatus>("\"paused\"").is_err());
+        let err = serde_json::from_str::<CvmStatus>("\"paused\"").unwrap_err();
+        assert!(
+            err.to_string().contains("`paused` is not a CVM status"),
+            "{err}"
+        );
     }
 
     #[test]

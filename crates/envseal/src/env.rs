@@ -71,7 +71,7 @@ impl Limits {
     pub const GUEST: Limits = Limits {
         max_vars: 1024,
         max_total_bytes: 1024 * 1024,
-        max_key_bytes: 255,
+        max_key_bytes: MAX_KEY_LEN,
         max_value_bytes: 128 * 1024,
     };
 }
@@ -154,15 +154,10 @@ pub enum ValidationError {
     },
 }
 
-/// Whether `key` is a valid variable name: `^[A-Za-z_][A-Za-z0-9_]*$`.
-pub fn is_valid_key(key: &str) -> bool {
-    let mut bytes = key.bytes();
-    match bytes.next() {
-        Some(b) if b.is_ascii_alphabetic() || b == b'_' => {}
-        _ => return false,
-    }
-    bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
+use contract::env_rules::MAX_KEY_LEN;
+/// Whether `key` is a valid variable name: `^[A-Za-z_][A-Za-z0-9_]*$`, at
+/// most [`MAX_KEY_LEN`] bytes. The one rule, shared with the control plane.
+pub use contract::env_rules::is_valid_key;
 
 /// Shortens a key for an error message so a huge key cannot flood the output.
 fn printable_key(key: &str) -> String {

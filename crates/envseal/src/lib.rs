@@ -21,9 +21,10 @@
 mod dotenv;
 mod env;
 mod seal;
-mod secret;
 
+/// Re-exported from [`contract`], where every crate that handles a secret
+/// (the registry client too) finds it without linking the sealing code.
+pub use contract::SecretValue;
 pub use dotenv::{ParseError, ParseErrorKind, parse_dotenv, render_dotenv};
 pub use env::{Env, EnvVar, Limits, Origin, ValidationError, is_valid_key};
 pub use seal::{EnvPrivateKey, EnvPublicKey, KeyError, MIN_SEALED_LEN, OpenError, SealedEnv};
-pub use secret::SecretValue;

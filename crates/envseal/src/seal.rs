@@ -11,8 +11,10 @@ use zeroize::Zeroizing;
 const PUB_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-/// The shortest possible sealed env: ephemeral key, nonce and tag.
-pub const MIN_SEALED_LEN: usize = PUB_LEN + NONCE_LEN + TAG_LEN;
+/// The shortest possible sealed env: ephemeral key, nonce and tag (the
+/// control plane refuses shorter uploads with the same constant).
+pub use contract::env_rules::MIN_SEALED_LEN;
+const _: () = assert!(MIN_SEALED_LEN == PUB_LEN + NONCE_LEN + TAG_LEN);
 
 /// A key could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -520,7 +522,14 @@ mod tests {
             let mut bytes = key.public_key().seal(&e).as_bytes().to_vec();
             let i = pos.index(bytes.len());
             bytes[i] ^= 1 << bit;
-            prop_assert!(key.open(&SealedEnv::from_bytes(bytes)).is_err());
+            // Any flipped bit fails the tag (a key whose low-order bits changed
+            // may also be caught earlier, as a weak shared secret).
+            let err = key.open(&SealedEnv::from_bytes(bytes)).unwrap_err();
+            prop_assert!(
+                matches!(err, OpenError::Authentication | OpenError::WeakSharedSecret),
+                "{:?}",
+                err
+            );
         }
     }
 }

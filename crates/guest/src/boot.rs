@@ -1,7 +1,7 @@
 //! The boot, step by step. Each step is a line in the serial log with its
 //! duration; the last line is `BOOT OK` or `BOOT FAILED: <category>: …`.
 
-use crate::error::BootError;
+use crate::error::{BootError, Hint};
 use crate::keys::{EnvKeyProvider, Kms};
 use crate::redact::Redactor;
 use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
@@ -153,7 +153,7 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                         Category::Config,
                         "no env key provider: sys-config.json names no kms_url and no key file was given",
                     )
-                    .hint("pass --env-key-file, or let the node write kms_url into sys-config.json"));
+                    .with_hint(Hint::EnvKeySource));
                 }
             };
             serial.line(&format!("env key from {}", provider.describe()));
@@ -461,13 +461,18 @@ pub fn outcome(result: &Result<BootReport, BootError>, elapsed: Duration) -> Boo
 }
 
 /// The last lines of the serial log for `result`: the troubleshooting
-/// lines, then the [`BootOutcome`] line, which is the very last, so the
-/// node finds it there.
-pub fn final_lines(result: &Result<BootReport, BootError>, elapsed: Duration) -> Vec<String> {
+/// lines, each hint worded by `word` (`Hint::to_string` words them for a
+/// CVM's serial log), then the [`BootOutcome`] line, which is the very
+/// last, so the node finds it there.
+pub fn final_lines(
+    result: &Result<BootReport, BootError>,
+    elapsed: Duration,
+    word: &dyn Fn(&Hint) -> String,
+) -> Vec<String> {
     let mut lines = Vec::new();
     if let Err(e) = result {
         for h in &e.hints {
-            lines.push(format!("  troubleshooting: {h}"));
+            lines.push(format!("  troubleshooting: {}", word(h)));
         }
     }
     lines.push(outcome(result, elapsed).render());

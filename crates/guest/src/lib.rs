@@ -29,6 +29,6 @@ pub mod serial;
 pub mod shared;
 
 pub use boot::{BootOptions, BootReport, boot, final_lines, outcome};
-pub use error::BootError;
+pub use error::{BootError, Hint};
 pub use keys::{EnvKeyProvider, KeyFile, Kms};
 pub use serial::SerialLog;

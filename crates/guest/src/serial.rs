@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the boot writes its lines (stdout in a CVM; a buffer in tests).
 /// Every line passes through the [`Redactor`] first.
@@ -122,33 +122,10 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
-/// `2026-11-27T07:40:01.123Z`.
+/// `2026-11-27T07:40:01.123Z` (RFC 3339, UTC, milliseconds); a clock set
+/// before 1970 reads as the epoch.
 pub fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    humantime::format_rfc3339_millis(t.max(UNIX_EPOCH)).to_string()
 }
 
 #[cfg(test)]
@@ -285,7 +262,16 @@ mod tests {
 
     #[test]
     fn timestamps() {
+        use std::time::Duration;
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_millis(951_782_400_007)),
+            "2000-02-29T00:00:00.007Z"
+        );
         assert_eq!(
             timestamp(UNIX_EPOCH + Duration::from_millis(1_795_764_001_123)),
             "2026-11-27T07:20:01.123Z"

@@ -57,6 +57,7 @@ mod error;
 mod root;
 pub mod server;
 mod signature;
+pub mod trust;
 
 pub use app_id::AppId;
 pub use error::{ParseError, RootKeyError, VerifyError};

@@ -316,6 +316,66 @@ pub async fn serve(listener: tokio::net::UnixListener, kms: Arc<Kms>) -> std::io
     axum::serve(listener, router(kms)).await
 }
 
+/// How `berth kms serve` runs: the process entry point [`run`].
+#[derive(Debug)]
+pub struct KmsServeConfig {
+    /// The root key file (created, mode 0600, if missing).
+    pub root_key: std::path::PathBuf,
+    /// The Unix socket to listen on (its folder must be mode 0700).
+    pub socket: std::path::PathBuf,
+    /// The node's secret (it lets the node mint boot tickets); without it
+    /// no env key is ever released.
+    pub node_secret: Option<Zeroizing<String>>,
+}
+
+/// Why the KMS process could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The root key file could not be read or created.
+    #[error(transparent)]
+    RootKey(#[from] crate::RootKeyError),
+    /// The socket could not be bound.
+    #[error("cannot listen on {}: {source}", socket.display())]
+    Bind {
+        /// The socket path.
+        socket: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Serving stopped with an error.
+    #[error("the KMS stopped: {0}")]
+    Stopped(std::io::Error),
+}
+
+/// The KMS process: makes new files of this process private (umask 077),
+/// loads or creates the root key, binds the socket, hands `ready` what
+/// `berth up` waits for ([`contract::announce::KmsReady`], to be written on
+/// standard output), and serves until the process ends.
+pub async fn run(
+    config: KmsServeConfig,
+    ready: impl FnOnce(&contract::announce::KmsReady),
+) -> Result<(), ServeError> {
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let root = KmsRootKey::load_or_create(&config.root_key)?;
+    let listener = bind_socket(&config.socket).map_err(|source| ServeError::Bind {
+        socket: config.socket.clone(),
+        source,
+    })?;
+    ready(&contract::announce::KmsReady {
+        url: format!(
+            "{}{}",
+            contract::kms::KMS_SOCKET_URL_SCHEME,
+            config.socket.display()
+        ),
+        public_key: root.public_key().to_hex(),
+    });
+    let kms = Arc::new(Kms::new(root, config.node_secret));
+    serve(listener, kms).await.map_err(ServeError::Stopped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,7 @@ impl BodyError {
     pub(crate) fn reason(&self, cap: Cap) -> String {
         match self {
             BodyError::TooLarge(_) => format!("more than {}", human_bytes(cap.bytes)),
-            BodyError::Transport(e) => crate::client::classify_transport_error(e).1,
+            BodyError::Transport(e) => crate::transport::classify(e).1,
             BodyError::TimedOut => format!(
                 "the answer did not arrive within {}",
                 crate::client::human_duration(cap.deadline)

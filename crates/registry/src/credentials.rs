@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use envseal::SecretValue;
+use contract::SecretValue;
 
 use crate::reference::{DOCKER_HUB, normalize_registry, same_registry};
 

@@ -22,17 +22,24 @@
 //! stores after a browser login). Using one needs an OAuth token exchange
 //! with the registry, which is the pull engine's business; for now such an
 //! entry yields no login, and a user can run `docker login` with a password
-//! or access token instead. Helpers get no timeout: one that waits for a
-//! user prompt blocks the caller, as it does the Docker CLI.
+//! or access token instead.
+//!
+//! A helper runs as a child process of the async runtime (`tokio::process`,
+//! killed when dropped) with [`HELPER_TIMEOUT`]: one that hangs (waiting for
+//! a user prompt or an unlocked keychain) fails by name instead of blocking
+//! the pull. No lock is held while it runs.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 use base64::Engine;
-use envseal::SecretValue;
+use contract::SecretValue;
 use serde::{Deserialize, Deserializer};
 use zeroize::Zeroizing;
 
@@ -41,6 +48,9 @@ use crate::reference::{DOCKER_HUB, normalize_registry, same_registry};
 
 /// The server URL under which `docker login` stores Docker Hub logins.
 const DOCKER_HUB_SERVER_URL: &str = "https://index.docker.io/v1/";
+
+/// Longest a credential helper may take to answer.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a credential helper prints when it has no login for the URL.
 const HELPER_NOT_FOUND: &str = "credentials not found in native keychain";
@@ -160,8 +170,11 @@ impl DockerConfig {
 
     /// The login for `registry` (a normalised registry name such as
     /// `docker.io` or `ghcr.io`), or `None` if the configuration has none.
-    /// May run a credential helper.
-    pub fn login_for(&self, registry: &str) -> Result<Option<DockerLogin>, DockerConfigError> {
+    /// May run a credential helper (at most [`HELPER_TIMEOUT`]).
+    pub async fn login_for(
+        &self,
+        registry: &str,
+    ) -> Result<Option<DockerLogin>, DockerConfigError> {
         let registry = normalize_registry(registry).unwrap_or_else(|| registry.to_owned());
         let helper = self
             .cred_helpers
@@ -170,7 +183,7 @@ impl DockerConfig {
             .map(|(_, helper)| helper)
             .or(self.creds_store.as_ref());
         if let Some(helper) = helper {
-            return self.login_from_helper(helper, &registry);
+            return self.login_from_helper(helper, &registry).await;
         }
         // An exact key (as `docker login` writes it) wins over other
         // spellings of the same registry.
@@ -229,7 +242,7 @@ impl DockerConfig {
         }
     }
 
-    fn login_from_helper(
+    async fn login_from_helper(
         &self,
         helper: &str,
         registry: &str,
@@ -239,7 +252,13 @@ impl DockerConfig {
         } else {
             registry
         };
-        let Some(answer) = run_helper(helper, server_url, self.helper_search_path.as_deref())?
+        let Some(answer) = run_helper(
+            helper,
+            server_url,
+            self.helper_search_path.as_deref(),
+            HELPER_TIMEOUT,
+        )
+        .await?
         else {
             return Ok(None);
         };
@@ -274,12 +293,13 @@ fn key_matches(key: &str, registry: &str) -> bool {
     normalize_registry(key).is_some_and(|key| same_registry(&key, registry))
 }
 
-/// Runs `docker-credential-<helper> get` with `server_url` on stdin.
-/// `Ok(None)` when the helper has no login for the URL.
-fn run_helper(
+/// Runs `docker-credential-<helper> get` with `server_url` on stdin, for at
+/// most `timeout`. `Ok(None)` when the helper has no login for the URL.
+async fn run_helper(
     helper: &str,
     server_url: &str,
     search_path: Option<&std::ffi::OsStr>,
+    timeout: Duration,
 ) -> Result<Option<HelperAnswer>, DockerConfigError> {
     let program = format!("docker-credential-{helper}");
     // The name comes from a file: do not let it become a path.
@@ -291,41 +311,46 @@ fn run_helper(
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     if let Some(path) = search_path {
         // std resolves the program with the child's PATH when it is set.
         command.env("PATH", path);
     }
+    let io_error = |source| DockerConfigError::HelperIo {
+        program: program.clone(),
+        source,
+    };
     let mut child = command.spawn().map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
             DockerConfigError::HelperNotFound {
                 program: program.clone(),
             }
         } else {
-            DockerConfigError::HelperIo {
-                program: program.clone(),
-                source,
-            }
+            io_error(source)
         }
     })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A helper that exits without reading closes the pipe; its exit
-        // status then tells what happened.
-        match stdin.write_all(server_url.as_bytes()) {
-            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(DockerConfigError::HelperIo { program, source: e });
+    let talk = async {
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper that exits without reading closes the pipe; its exit
+            // status then tells what happened.
+            match stdin.write_all(server_url.as_bytes()).await {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(e),
+                _ => {}
             }
-            _ => {}
         }
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|source| DockerConfigError::HelperIo {
-            program: program.clone(),
-            source,
-        })?;
+        child.wait_with_output().await
+    };
+    // On a timeout the child is dropped, and so killed (kill_on_drop).
+    let output = match tokio::time::timeout(timeout, talk).await {
+        Ok(output) => output.map_err(io_error)?,
+        Err(_) => {
+            return Err(DockerConfigError::HelperTimedOut {
+                program,
+                after_secs: timeout.as_secs(),
+            });
+        }
+    };
     let stdout = Zeroizing::new(output.stdout);
     let stderr = Zeroizing::new(output.stderr);
     if !output.status.success() {
@@ -407,6 +432,16 @@ pub enum DockerConfigError {
         /// Its exit status, e.g. `exit status: 1`.
         status: String,
     },
+    /// The helper did not answer in time (it was killed).
+    #[error(
+        "credential helper `{program}` did not answer within {after_secs} s (waiting for a prompt or a locked keychain?); run `{program} get` by hand to see why"
+    )]
+    HelperTimedOut {
+        /// `docker-credential-NAME`.
+        program: String,
+        /// The timeout, in seconds.
+        after_secs: u64,
+    },
     /// The helper succeeded but did not print the expected JSON.
     #[error("credential helper `{program}` answered with something other than the credential JSON")]
     HelperBadAnswer {
@@ -436,6 +471,7 @@ case "$url" in
   token.example) printf '{"ServerURL":"token.example","Username":"<token>","Secret":"canary-pw-7Hq!x"}\n' ;;
   broken.example) echo "failure mentioning canary-pw-7Hq!x"; echo "canary-pw-7Hq!x" >&2; exit 2 ;;
   garbage.example) echo "not json canary-pw-7Hq!x" ;;
+  hang.example) exec /bin/sleep 60 ;;
   *) echo "credentials not found in native keychain"; exit 1 ;;
 esac
 "#;
@@ -503,9 +539,20 @@ esac
         base64::engine::general_purpose::STANDARD.encode(s)
     }
 
+    /// `login_for`, run to completion.
+    fn lookup(
+        config: &DockerConfig,
+        registry: &str,
+    ) -> Result<Option<DockerLogin>, DockerConfigError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(config.login_for(registry))
+    }
+
     fn login(config: &DockerConfig, registry: &str) -> Option<(String, String, String)> {
-        config
-            .login_for(registry)
+        lookup(config, registry)
             .unwrap()
             .map(|l| (l.registry, l.username, l.password.expose().to_owned()))
     }
@@ -592,7 +639,7 @@ esac
             let dir = ConfigDir::with(&format!(
                 r#"{{"auths": {{"ghcr.io": {{"auth": "{bad}"}}}}}}"#
             ));
-            let err = dir.load().login_for("ghcr.io").unwrap_err();
+            let err = lookup(&dir.load(), "ghcr.io").unwrap_err();
             assert!(matches!(&err, DockerConfigError::InvalidAuth { key, .. } if key == "ghcr.io"));
             let msg = err.to_string();
             assert!(!msg.contains(bad) && msg.contains("`ghcr.io`"), "{msg}");
@@ -655,7 +702,7 @@ esac
     fn helper_failures_name_the_helper_never_its_output() {
         let dir = ConfigDir::with(r#"{"credsStore": "testhelper"}"#);
         let config = dir.load();
-        let err = config.login_for("broken.example").unwrap_err();
+        let err = lookup(&config, "broken.example").unwrap_err();
         assert!(
             matches!(&err, DockerConfigError::HelperFailed { program, .. } if program == "docker-credential-testhelper")
         );
@@ -666,7 +713,7 @@ esac
         );
         assert!(!format!("{err:?}").contains(CANARY));
 
-        let err = config.login_for("garbage.example").unwrap_err();
+        let err = lookup(&config, "garbage.example").unwrap_err();
         assert!(matches!(err, DockerConfigError::HelperBadAnswer { .. }));
         assert!(!err.to_string().contains(CANARY));
     }
@@ -674,13 +721,13 @@ esac
     #[test]
     fn missing_and_invalid_helpers() {
         let dir = ConfigDir::with(r#"{"credsStore": "nosuchhelper"}"#);
-        let err = dir.load().login_for("ghcr.io").unwrap_err();
+        let err = lookup(&dir.load(), "ghcr.io").unwrap_err();
         assert!(
             matches!(&err, DockerConfigError::HelperNotFound { program } if program == "docker-credential-nosuchhelper")
         );
 
         let dir = ConfigDir::with(r#"{"credHelpers": {"ghcr.io": "../../bin/sh"}}"#);
-        let err = dir.load().login_for("ghcr.io").unwrap_err();
+        let err = lookup(&dir.load(), "ghcr.io").unwrap_err();
         assert!(matches!(err, DockerConfigError::InvalidHelperName { .. }));
     }
 
@@ -696,7 +743,7 @@ esac
             !shown.contains(CANARY) && !shown.contains(&b64(&format!("u:{CANARY}"))),
             "{shown}"
         );
-        let login = config.login_for("ghcr.io").unwrap().unwrap();
+        let login = lookup(&config, "ghcr.io").unwrap().unwrap();
         assert!(!format!("{login:?}").contains(CANARY));
     }
 
@@ -711,5 +758,28 @@ esac
                 Some(Path::new(&home).join(".docker"))
             );
         }
+    }
+
+    #[test]
+    fn a_helper_that_hangs_is_killed_at_the_timeout_and_named() {
+        let started = std::time::Instant::now();
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_helper(
+                "testhelper",
+                "hang.example",
+                Some(helper_dir().as_os_str()),
+                Duration::from_millis(500),
+            ));
+        let Err(err) = result else {
+            panic!("a hanging helper answered");
+        };
+        assert!(
+            matches!(&err, DockerConfigError::HelperTimedOut { program, .. } if program == "docker-credential-testhelper"),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

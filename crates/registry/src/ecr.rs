@@ -5,7 +5,8 @@
 //! `AWS:password`). The request is signed with the AWS-maintained `aws-sigv4`
 //! crate; no AWS CLI or SDK runtime is involved. The token lives in memory
 //! only and is renewed at half its lifetime, or when the registry refuses it
-//! (an expired ECR token gets `403`, not `401`).
+//! (an expired ECR token gets `403`, not `401`): both in
+//! [`EcrTokenSource::password`]; the `403` is recognised in `client::send`.
 //!
 //! The API endpoint is `https://api.ecr.REGION.amazonaws.com/`, or the
 //! override the AWS SDKs read from `AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL`
@@ -13,14 +14,14 @@
 
 use crate::credentials::EcrLogin;
 use crate::error::{Category, PullError};
-use crate::retry::{Backoff, Next, RetryPolicy};
-use crate::targets::{TargetGuard, refused_by_resolver, refused_error};
+use crate::retry::Budget;
+use crate::targets::{refused_by_resolver, refused_error};
+use crate::transport::{Transport, classify};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use base64::Engine;
-use envseal::SecretValue;
-use std::sync::Arc;
+use contract::SecretValue;
 use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 
@@ -54,9 +55,7 @@ struct CachedToken {
 pub(crate) struct EcrTokenSource {
     login: EcrLogin,
     endpoint: Url,
-    http: reqwest::Client,
-    retry: RetryPolicy,
-    guard: Arc<TargetGuard>,
+    transport: Transport,
     cached: tokio::sync::Mutex<Slot>,
 }
 
@@ -81,13 +80,7 @@ impl std::fmt::Debug for EcrTokenSource {
 }
 
 impl EcrTokenSource {
-    pub(crate) fn new(
-        login: EcrLogin,
-        endpoint: Option<Url>,
-        http: reqwest::Client,
-        retry: RetryPolicy,
-        guard: Arc<TargetGuard>,
-    ) -> Self {
+    pub(crate) fn new(login: EcrLogin, endpoint: Option<Url>, transport: Transport) -> Self {
         let endpoint = endpoint.unwrap_or_else(|| {
             let suffix = if login.registry.ends_with(".amazonaws.com.cn") {
                 "amazonaws.com.cn"
@@ -100,9 +93,7 @@ impl EcrTokenSource {
         Self {
             login,
             endpoint,
-            http,
-            retry,
-            guard,
+            transport,
             cached: tokio::sync::Mutex::new(Slot::default()),
         }
     }
@@ -110,10 +101,14 @@ impl EcrTokenSource {
     /// The registry password: cached until half its lifetime, renewed when
     /// `refused` (the password the registry just refused) is the cached one.
     /// One fetch in flight: concurrent callers wait for it and share its
-    /// answer, a token or an error.
+    /// answer, a token or an error. The fetch runs within `budget`, the
+    /// budget of the request that needs the token.
+    ///
+    /// This is where the ECR token is renewed.
     pub(crate) async fn password(
         &self,
         refused: Option<&SecretValue>,
+        budget: &Budget,
     ) -> Result<SecretValue, PullError> {
         let asked = Instant::now();
         let mut slot = self.cached.lock().await;
@@ -128,7 +123,7 @@ impl EcrTokenSource {
         {
             return Err(err.clone());
         }
-        match self.fetch().await {
+        match self.fetch(budget).await {
             Ok(token) => {
                 let password = token.password.clone();
                 slot.token = Some(token);
@@ -146,47 +141,44 @@ impl EcrTokenSource {
         PullError::new(category, message).registry(&self.login.registry)
     }
 
-    async fn fetch(&self) -> Result<CachedToken, PullError> {
+    async fn fetch(&self, budget: &Budget) -> Result<CachedToken, PullError> {
         let host = self.endpoint.host_str().unwrap_or("").to_owned();
-        self.guard
+        self.transport
+            .guard
             .check(&self.endpoint)
             .await
             .map_err(|r| refused_error(&self.login.registry, "the ECR API", &r))?;
-        let mut backoff = Backoff::new(self.retry);
         loop {
             let req = self.signed_request()?;
             // Bounded by what is left of the budget (a stalled API).
-            let sent = match tokio::time::timeout(backoff.remaining(), req.send()).await {
-                Ok(sent) => sent,
-                Err(_) => {
-                    return Err(self.error(
-                        Category::Unreachable,
-                        format!(
-                            "the ECR API at {host} sent no answer within the retry budget of {}",
-                            crate::client::human_duration(backoff.budget())
-                        ),
-                    ));
-                }
+            let Some(sent) = budget.bounded(req.send()).await else {
+                return Err(self.error(
+                    Category::Unreachable,
+                    format!(
+                        "the ECR API at {host} sent no answer within the retry budget of {}",
+                        crate::client::human_duration(budget.total())
+                    ),
+                ));
             };
             let (wait, reason) = match sent {
                 Err(e) => {
                     if let Some(refused) = refused_by_resolver(&e) {
                         return Err(refused_error(&self.login.registry, "the ECR API", &refused));
                     }
-                    let (fatal, reason) = crate::client::classify_transport_error(&e);
-                    if fatal {
+                    let (failure, reason) = classify(&e);
+                    if failure.is_fatal() {
                         return Err(self.error(
                             Category::Unreachable,
                             format!("cannot reach the ECR API at {host}: {reason}"),
                         ));
                     }
-                    (None, reason)
+                    (None, Reason::other(reason))
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     let wait = crate::client::retry_after(resp.headers());
                     if status.is_success() {
-                        let cap = crate::body::AUTH_ANSWER.within(self.retry.budget);
+                        let cap = crate::body::AUTH_ANSWER.within(budget.total());
                         let body = crate::body::read_capped(resp, cap).await.map_err(|e| match e {
                             crate::body::BodyError::TooLarge(_) => self.error(
                                 Category::RegistryError,
@@ -213,9 +205,15 @@ impl EcrTokenSource {
                     match kind.as_str() {
                         "ThrottlingException"
                         | "ServiceUnavailableException"
-                        | "InternalFailure" => (wait, format!("ECR API answered {kind}")),
+                        | "InternalFailure" => (
+                            wait,
+                            Reason {
+                                text: format!("ECR API answered {kind}"),
+                                throttled: kind == "ThrottlingException",
+                            },
+                        ),
                         _ if status.is_server_error() => {
-                            (wait, format!("ECR API answered {status}"))
+                            (wait, Reason::other(format!("ECR API answered {status}")))
                         }
                         "UnrecognizedClientException"
                         | "InvalidClientTokenId"
@@ -258,30 +256,27 @@ impl EcrTokenSource {
                     }
                 }
             };
-            match backoff.next(wait) {
-                Next::RetryAfter(d) => tokio::time::sleep(d).await,
-                Next::GiveUp if reason.ends_with("ThrottlingException") => {
-                    return Err(self
-                        .error(
-                            Category::RateLimited,
-                            format!(
-                                "the ECR API ({host}) kept throttling GetAuthorizationToken \
-                                 (ThrottlingException, {} attempts)",
-                                backoff.attempt()
-                            ),
-                        )
-                        .hint(
-                            "AWS limits GetAuthorizationToken per account and region (about 20 \
-                             calls a second): wait a moment and retry, or start fewer boots of this \
-                             account at once",
-                        ));
-                }
-                Next::GiveUp => {
-                    return Err(self.error(
+            if let Err(gave_up) = budget.retry(wait, |_, _| {}).await {
+                return Err(if reason.throttled {
+                    self.error(
+                        Category::RateLimited,
+                        format!(
+                            "the ECR API ({host}) kept throttling GetAuthorizationToken \
+                             (ThrottlingException, {} attempts)",
+                            gave_up.attempts
+                        ),
+                    )
+                    .hint(
+                        "AWS limits GetAuthorizationToken per account and region (about 20 \
+                         calls a second): wait a moment and retry, or start fewer boots of this \
+                         account at once",
+                    )
+                } else {
+                    self.error(
                         Category::Unreachable,
-                        format!("cannot get an ECR token from {host}: {reason}"),
-                    ));
-                }
+                        format!("cannot get an ECR token from {host}: {}", reason.text),
+                    )
+                });
             }
         }
     }
@@ -323,6 +318,7 @@ impl EcrTokenSource {
             .map_err(|_| PullError::config("cannot sign the ECR request"))?
             .into_parts();
         let mut req = self
+            .transport
             .http
             .post(self.endpoint.clone())
             .header("content-type", CONTENT_TYPE)
@@ -392,6 +388,23 @@ impl EcrTokenSource {
             password: SecretValue::from(password),
             renew_at: Instant::now() + lifetime / 2,
         })
+    }
+}
+
+/// Why a `GetAuthorizationToken` attempt failed, transiently.
+struct Reason {
+    text: String,
+    /// AWS throttled the call: reported as rate limiting when the budget
+    /// runs out.
+    throttled: bool,
+}
+
+impl Reason {
+    fn other(text: String) -> Self {
+        Self {
+            text,
+            throttled: false,
+        }
     }
 }
 

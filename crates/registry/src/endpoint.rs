@@ -64,9 +64,9 @@ impl Endpoints {
     pub fn add_mapping(&mut self, mapping: &str) -> Result<(), PullError> {
         let (name, url) = mapping.split_once('=').ok_or_else(|| {
             PullError::config(format!(
-                "--registry-endpoint {mapping}: expected REGISTRY=URL"
+                "registry mapping `{mapping}`: expected REGISTRY=URL"
             ))
-            .hint("for example --registry-endpoint docker.io=https://mirror.example.com")
+            .hint("for example docker.io=https://mirror.example.com")
         })?;
         self.insert(name, url)
     }

@@ -24,10 +24,63 @@ pub struct PullError {
     pub image: Option<String>,
     /// One sentence saying what happened.
     pub message: String,
-    /// What to do next.
-    pub hint: String,
+    /// What to do next, for the front end to word in its own terms.
+    pub hint: Hint,
     /// How long the registry asked us to wait, for [`Category::RateLimited`].
     pub retry_after: Option<Duration>,
+}
+
+/// What to do about a [`PullError`]. The library names no front end's flags
+/// or settings: where the fix is a setting (a registry mapping, a CA, the
+/// retry budget, the store), the hint says which, and each front end words
+/// it in its own terms (the `berth` CLI names its flags; the boot agent
+/// tells the tenant or the node's operator what to change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Hint {
+    /// Advice in plain words that holds in every front end.
+    Text(String),
+    /// Check the registry's address, the network and DNS; a mirror or test
+    /// registry needs a registry mapping, a private CA needs trusting. The
+    /// default for [`Category::Unreachable`].
+    CheckNetwork,
+    /// Only whoever configures the pull (the operator, in a CVM) may map a
+    /// registry to a loopback or private address; otherwise use a registry
+    /// on a public address.
+    MapRegistry,
+    /// The registry's TLS certificate is not trusted: trust its CA, or check
+    /// the registry address.
+    TrustCa,
+    /// The registry (or something in front of it) accepted and then said
+    /// nothing: retry later, or raise the retry budget; check the address
+    /// and the network.
+    RaiseRetryBudget,
+    /// The disk holding the store is full: free space, or use a store on a
+    /// larger disk, then pull again (downloads in `ingest/` are resumed).
+    FreeSpace,
+    /// The store directory must be writable and its disk have room.
+    StoreWritable,
+    /// The image has no image for the platform asked for: ask for one it
+    /// has, or push one for this platform.
+    PickPlatform,
+}
+
+impl Hint {
+    /// The documented troubleshooting step for each category.
+    pub fn for_category(category: Category) -> Hint {
+        match category {
+            Category::Unreachable => Hint::CheckNetwork,
+            c => Hint::Text(default_hint(c).to_owned()),
+        }
+    }
+
+    /// The advice, if it is plain text (no setting to word).
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Hint::Text(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 impl PullError {
@@ -38,7 +91,7 @@ impl PullError {
             registry: None,
             image: None,
             message: message.into(),
-            hint: default_hint(category).to_owned(),
+            hint: Hint::for_category(category),
             retry_after: None,
         }
     }
@@ -60,9 +113,15 @@ impl PullError {
         self
     }
 
-    /// Replaces the hint.
+    /// Replaces the hint with plain advice (no flag or setting named).
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = hint.into();
+        self.hint = Hint::Text(hint.into());
+        self
+    }
+
+    /// Replaces the hint with a structured one.
+    pub fn with_hint(mut self, hint: Hint) -> Self {
+        self.hint = hint;
         self
     }
 
@@ -78,7 +137,8 @@ impl PullError {
     }
 }
 
-/// The documented troubleshooting step for each category.
+/// The documented troubleshooting step for each category, in plain words
+/// (for [`Category::Unreachable`], see [`Hint::CheckNetwork`]).
 pub fn default_hint(category: Category) -> &'static str {
     match category {
         Category::Config => "fix the configuration named above",
@@ -94,10 +154,7 @@ pub fn default_hint(category: Category) -> &'static str {
         }
         Category::NotFound => "check that the image path and tag exist in the registry",
         Category::RateLimited => "wait for the limit to reset, then retry",
-        Category::Unreachable => {
-            "check the registry address, the network and DNS; for a mirror or test registry \
-             use --registry-endpoint, for a private CA --ca-cert"
-        }
+        Category::Unreachable => "check the registry address, the network and DNS",
         Category::RegistryError => "the registry failed; retry later or contact its operator",
         Category::Integrity => {
             "the content did not match its digest: something between Berth and the registry \

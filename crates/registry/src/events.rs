@@ -85,3 +85,22 @@ pub enum PullEvent {
         digest: Digest,
     },
 }
+
+/// Sends [`PullEvent::Retrying`] to `events`: the one place retries are
+/// reported, for every loop that retries.
+pub(crate) fn retrying(
+    events: &EventSink,
+    registry: &str,
+    what: impl Into<String>,
+    attempt: u32,
+    delay: Duration,
+    reason: &str,
+) {
+    events(&PullEvent::Retrying {
+        registry: registry.to_owned(),
+        what: what.into(),
+        attempt,
+        delay,
+        reason: reason.to_owned(),
+    });
+}

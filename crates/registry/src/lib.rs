@@ -18,7 +18,7 @@
 //!
 //! Why the crate looks the way it does: it runs inside the CVM with the
 //! user's registry passwords in memory, so every secret is held in
-//! [`envseal::SecretValue`] (redacting `Debug`/`Display`, zeroized on drop)
+//! [`contract::SecretValue`] (redacting `Debug`/`Display`, zeroized on drop)
 //! from the moment it is read, and no error message in this crate ever
 //! carries a secret value; errors name the variable, file entry or helper
 //! at fault instead. Parsing is hand-written and dependency-light because
@@ -35,8 +35,11 @@ pub mod ratelimit;
 pub use contract::reference;
 
 // The pull engine.
+mod auth;
 mod body;
+mod challenge;
 pub mod client;
+mod download;
 pub mod ecr;
 pub mod endpoint;
 pub mod error;
@@ -46,11 +49,12 @@ pub mod pull;
 pub mod retry;
 pub mod store;
 pub mod targets;
+mod transport;
 
 pub use client::RequestCounts;
 pub use credentials::CredentialSet;
 pub use endpoint::Endpoints;
-pub use error::{Category, PullError};
+pub use error::{Category, Hint, PullError};
 pub use events::{EventSink, PullEvent, no_events};
 pub use manifest::Platform;
 pub use pull::{CheckedImage, PullOptions, PulledImage, Puller};

@@ -169,7 +169,7 @@ impl Platform {
                 variant: Some(variant.to_string()),
             }),
             _ => Err(PullError::config(format!(
-                "--platform {s}: expected os/arch or os/arch/variant"
+                "platform `{s}`: expected os/arch or os/arch/variant"
             ))
             .hint("for example linux/amd64 or linux/arm64/v8")),
         }

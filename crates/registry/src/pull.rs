@@ -8,24 +8,26 @@
 //! verified, then renamed into place), and record the reference in the
 //! layout's `index.json`.
 
-use crate::client::{Expect, Login, RegistryClient, RequestCounts, error_codes};
+use crate::auth::Login;
+use crate::client::{Expect, RegistryClient, RequestCounts, error_codes};
 use crate::credentials::{Credential, CredentialSet};
 use crate::docker_config::DockerConfig;
+use crate::download::{Answer, BlobDownload, CommitError, Finished, WriteError};
 use crate::ecr::EcrTokenSource;
 use crate::endpoint::{Endpoint, Endpoints};
-use crate::error::{Category, PullError};
-use crate::events::{EventSink, PullEvent};
+use crate::error::{Category, Hint, PullError};
+use crate::events::{EventSink, PullEvent, retrying};
 use crate::manifest::{self, Descriptor, ImageManifest, Manifest, Platform};
 use crate::ratelimit::RateLimit;
 use crate::reference::{Digest, ImageReference};
-use crate::retry::{Backoff, Next, RetryPolicy};
-use crate::store::{Hasher, OciStore};
+use crate::retry::{Budget, RetryPolicy};
+use crate::store::OciStore;
 use crate::targets::{GuardedResolver, PrivateTargets, TargetGuard, refused_error};
+use crate::transport::{Transport, classify};
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use std::collections::HashMap;
-use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,13 +131,14 @@ pub struct CheckedImage {
 /// Pulls images. Cheap to share: one per process or boot.
 pub struct Puller {
     opts: PullOptions,
-    http: reqwest::Client,
+    transport: Transport,
     store: OciStore,
     events: EventSink,
-    clients: tokio::sync::Mutex<HashMap<String, Arc<RegistryClient>>>,
+    /// One client per registry, created once (its login may run a
+    /// credential helper; no lock is held meanwhile but that registry's).
+    clients: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<RegistryClient>>>>>,
     jobs: tokio::sync::Semaphore,
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    guard: Arc<TargetGuard>,
 }
 
 impl Puller {
@@ -154,18 +157,19 @@ impl Puller {
             opts.private_targets,
             opts.endpoints.urls().chain(mapped_ecr),
         ));
-        if guard.enforcing() {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(&guard)));
-        }
+        // Always: it refuses private addresses when enforcing, and types
+        // the failure to resolve a name.
+        builder = builder.dns_resolver(Arc::new(GuardedResolver::new(&guard)));
         for pem in &opts.ca_certs_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
-                PullError::config("a --ca-cert file is not a PEM certificate")
-                    .hint("pass a PEM file with -----BEGIN CERTIFICATE-----")
+                PullError::config("a trusted CA certificate given is not a PEM certificate")
+                    .hint("give a PEM file with -----BEGIN CERTIFICATE-----")
             })?;
             if certs.is_empty() {
                 return Err(PullError::config(
-                    "a --ca-cert file holds no PEM certificate",
-                ));
+                    "a trusted CA certificate file given holds no PEM certificate",
+                )
+                .hint("give a PEM file with -----BEGIN CERTIFICATE-----"));
             }
             for c in certs {
                 builder = builder.add_root_certificate(c);
@@ -178,13 +182,12 @@ impl Puller {
         let jobs = tokio::sync::Semaphore::new(opts.jobs.max(1));
         Ok(Self {
             opts,
-            http,
+            transport: Transport { http, guard },
             store,
             events,
-            clients: tokio::sync::Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
             jobs,
             inflight: Mutex::new(HashMap::new()),
-            guard,
         })
     }
 
@@ -195,9 +198,9 @@ impl Puller {
 
     /// The last rate limit each registry reported.
     pub async fn rate_limits(&self) -> Vec<(String, RateLimit)> {
-        let clients = self.clients.lock().await;
-        let mut out: Vec<_> = clients
-            .values()
+        let mut out: Vec<_> = self
+            .ready_clients()
+            .iter()
             .filter_map(|c| c.rate_limit().map(|rl| (c.registry.clone(), rl)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -206,9 +209,8 @@ impl Puller {
 
     /// Requests sent so far, all registries together.
     pub async fn request_counts(&self) -> RequestCounts {
-        let clients = self.clients.lock().await;
-        clients
-            .values()
+        self.ready_clients()
+            .iter()
             .fold(RequestCounts::default(), |mut acc, c| {
                 let n = c.counts();
                 acc.manifest_heads += n.manifest_heads;
@@ -250,60 +252,63 @@ impl Puller {
         let (top_digest, top_bytes, cached) =
             self.manifest_bytes(&client, reference, top_digest).await?;
         all_cached &= cached;
-        let (manifest_desc, image_manifest, index_digest, platform) = match Manifest::parse(
-            &top_bytes, None,
-        )? {
-            Manifest::Image(m) => (
-                Descriptor {
-                    media_type: media_type_of(&top_bytes, manifest::OCI_MANIFEST),
-                    digest: top_digest.clone(),
-                    size: top_bytes.len() as u64,
-                    platform: None,
-                },
-                m,
-                None,
-                None,
-            ),
-            Manifest::Index(index) => {
-                // Stage: select the platform.
-                let want = &self.opts.platform;
-                let chosen = want.select(&index).cloned().ok_or_else(|| {
-                    let have: Vec<String> = index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                        .filter(|p| !p.starts_with("unknown"))
-                        .collect();
-                    PullError::new(
-                        Category::NotFound,
-                        format!("{image} has no image for platform {want} (it has: {})", have.join(", ")),
-                    )
-                    .hint("pick a platform the image has with --platform, or push one for this platform")
-                })?;
-                let (digest, bytes, cached) = self
-                    .manifest_bytes(&client, reference, Some(chosen.digest.clone()))
-                    .await?;
-                all_cached &= cached;
-                let Manifest::Image(m) = Manifest::parse(&bytes, Some(&chosen.media_type))? else {
-                    return Err(PullError::new(
-                        Category::RegistryError,
-                        format!("{image}: the index entry for {want} is itself an index"),
-                    ));
-                };
-                let platform = chosen.platform.clone();
-                (
+        let (manifest_desc, image_manifest, index_digest, platform) =
+            match Manifest::parse(&top_bytes, None)? {
+                Manifest::Image(m) => (
                     Descriptor {
-                        media_type: media_type_of(&bytes, &chosen.media_type),
-                        digest,
-                        size: bytes.len() as u64,
-                        platform: platform.clone(),
+                        media_type: media_type_of(&top_bytes, manifest::OCI_MANIFEST),
+                        digest: top_digest.clone(),
+                        size: top_bytes.len() as u64,
+                        platform: None,
                     },
                     m,
-                    Some(top_digest.clone()),
-                    platform,
-                )
-            }
-        };
+                    None,
+                    None,
+                ),
+                Manifest::Index(index) => {
+                    // Stage: select the platform.
+                    let want = &self.opts.platform;
+                    let chosen = want.select(&index).cloned().ok_or_else(|| {
+                        let have: Vec<String> = index
+                            .manifests
+                            .iter()
+                            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                            .filter(|p| !p.starts_with("unknown"))
+                            .collect();
+                        PullError::new(
+                            Category::NotFound,
+                            format!(
+                                "{image} has no image for platform {want} (it has: {})",
+                                have.join(", ")
+                            ),
+                        )
+                        .with_hint(Hint::PickPlatform)
+                    })?;
+                    let (digest, bytes, cached) = self
+                        .manifest_bytes(&client, reference, Some(chosen.digest.clone()))
+                        .await?;
+                    all_cached &= cached;
+                    let Manifest::Image(m) = Manifest::parse(&bytes, Some(&chosen.media_type))?
+                    else {
+                        return Err(PullError::new(
+                            Category::RegistryError,
+                            format!("{image}: the index entry for {want} is itself an index"),
+                        ));
+                    };
+                    let platform = chosen.platform.clone();
+                    (
+                        Descriptor {
+                            media_type: media_type_of(&bytes, &chosen.media_type),
+                            digest,
+                            size: bytes.len() as u64,
+                            platform: platform.clone(),
+                        },
+                        m,
+                        Some(top_digest.clone()),
+                        platform,
+                    )
+                }
+            };
         (self.events)(&PullEvent::Resolved {
             image: image.to_owned(),
             digest: manifest_desc.digest.clone(),
@@ -392,16 +397,40 @@ impl Puller {
         result.map_err(|e| e.context(reference.registry(), &image))
     }
 
-    /// The client for the reference's registry, created on first use.
+    /// The clients created so far.
+    fn ready_clients(&self) -> Vec<Arc<RegistryClient>> {
+        self.clients
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|cell| cell.get().cloned())
+            .collect()
+    }
+
+    /// The client for the reference's registry, created on first use (once:
+    /// pulls from the same registry wait for it, others do not).
     async fn client_for(
         &self,
         reference: &ImageReference,
     ) -> Result<Arc<RegistryClient>, PullError> {
+        let registry = reference.registry();
+        let cell = self
+            .clients
+            .lock()
+            .unwrap()
+            .entry(registry.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.new_client(reference))
+            .await
+            .cloned()
+    }
+
+    async fn new_client(
+        &self,
+        reference: &ImageReference,
+    ) -> Result<Arc<RegistryClient>, PullError> {
         let registry = reference.registry().to_owned();
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&registry) {
-            return Ok(c.clone());
-        }
         let endpoint = self
             .opts
             .endpoints
@@ -411,13 +440,16 @@ impl Puller {
             Endpoint::HttpsThenHttp { https, .. } => https,
         };
         // Refused before any request (the HTTP fallback has the same host:port).
-        self.guard
+        self.transport
+            .guard
             .check(first)
             .await
             .map_err(|r| refused_error(&registry, "the endpoint", &r))?;
         let base = match endpoint {
             Endpoint::Explicit(u) | Endpoint::Https(u) => u,
-            Endpoint::HttpsThenHttp { https, http } => self.probe_https(https, http).await,
+            Endpoint::HttpsThenHttp { https, http } => {
+                self.transport.probe_https(https, http).await
+            }
         };
         let login = match self.opts.credentials.for_registry(&registry) {
             Some(Credential::Docker(d)) => Login::from_docker(
@@ -427,12 +459,10 @@ impl Puller {
             Some(Credential::Ecr(e)) => Login::from_ecr(EcrTokenSource::new(
                 e.clone(),
                 self.opts.ecr_endpoint.clone(),
-                self.http.clone(),
-                self.opts.retry,
-                self.guard.clone(),
+                self.transport.clone(),
             )),
             None => match &self.opts.docker_config {
-                Some(cfg) => match cfg.login_for(&registry) {
+                Some(cfg) => match cfg.login_for(&registry).await {
                     Ok(Some(d)) => {
                         Login::from_docker(&d, "the login from the Docker client's config.json")
                     }
@@ -446,32 +476,13 @@ impl Puller {
                 None => Login::Anonymous,
             },
         };
-        let client = Arc::new(RegistryClient::new(
-            registry.clone(),
+        Ok(Arc::new(RegistryClient::new(
+            registry,
             base,
-            self.http.clone(),
+            self.transport.clone(),
             login,
-            self.opts.retry,
             self.events.clone(),
-            self.guard.clone(),
-        ));
-        clients.insert(registry, client.clone());
-        Ok(client)
-    }
-
-    /// Docker's rule for loopback registries: HTTPS if it answers, else HTTP.
-    async fn probe_https(&self, https: Url, http: Url) -> Url {
-        let probe = self
-            .http
-            .get(https.join("v2/").expect("static path"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        match probe {
-            Ok(_) => https,
-            Err(e) if crate::client::classify_transport_error(&e).0 => https, // TLS, untrusted: report it later
-            Err(_) => http,
-        }
+        )))
     }
 
     async fn head(
@@ -488,6 +499,7 @@ impl Puller {
                 repo,
                 accept_manifests(),
                 Expect::Manifest,
+                &Budget::new(self.opts.retry),
             )
             .await?;
         match resp.status() {
@@ -549,6 +561,7 @@ impl Puller {
                 repo,
                 accept_manifests(),
                 Expect::Manifest,
+                &Budget::new(self.opts.retry),
             )
             .await?;
         match resp.status() {
@@ -601,6 +614,9 @@ impl Puller {
     /// Downloads one blob into the store unless it is there. Returns
     /// `(bytes downloaded, bytes reused)`. `image_needs` is what the whole
     /// image needs on disk, for the message if the disk fills up.
+    ///
+    /// The blob loop: one [`Budget`] for the whole download, shared with the
+    /// requests it sends; bytes arriving restore it.
     async fn fetch_blob(
         &self,
         client: &RegistryClient,
@@ -622,80 +638,43 @@ impl Puller {
         }
         let digest = &desc.digest;
         let size = desc.size;
-        let partial = self.store.partial_path(digest);
         let io = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::StorageFull {
                 // Something else filled the disk during the download. What
                 // was written stays in ingest/ and is resumed next time.
                 return self.store.disk_full(image_needs, self.store.free_space());
             }
-            PullError::config(format!("cannot write {}: {e}", partial.display()))
-                .hint("check that the store directory (--store) is writable and the disk has room")
+            PullError::config(format!(
+                "cannot write {}: {e}",
+                self.store.partial_path(digest).display()
+            ))
+            .with_hint(Hint::StoreWritable)
         };
-
-        // Resume a partial download left by an earlier run: hash what is there.
-        let mut hasher = Hasher::for_digest(digest);
-        let mut offset = 0u64;
-        if let Ok(mut f) = std::fs::File::open(&partial) {
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                offset += n as u64;
-            }
-            if offset > size {
-                hasher = Hasher::for_digest(digest);
-                offset = 0;
-            }
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&partial)
-            .map_err(io)?;
-        file.set_len(offset).map_err(io)?;
-        let mut out = BufWriter::with_capacity(64 << 10, file);
-        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(offset)).map_err(io)?;
-        let resumed_from = offset;
+        let mut download = BlobDownload::open(&self.store, digest, size).map_err(io)?;
+        let resumed_from = download.resumed_from();
         let mut downloaded = 0u64;
-        let mut backoff = Backoff::new(self.opts.retry);
+        let budget = Budget::new(self.opts.retry);
         let mut integrity_failures = 0;
         let path = format!("/v2/{repo}/blobs/{digest}");
         loop {
-            if offset < size {
+            while !download.is_complete() {
                 let mut headers = HeaderMap::new();
-                if offset > 0 {
-                    headers.insert(
-                        header::RANGE,
-                        HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
-                    );
+                if let Some(range) = download.range() {
+                    headers.insert(header::RANGE, range);
                 }
                 let resp = client
-                    .send(Method::GET, &path, repo, headers, Expect::Blob)
+                    .send(Method::GET, &path, repo, headers, Expect::Blob, &budget)
                     .await?;
-                match resp.status() {
-                    StatusCode::OK => {
-                        if offset > 0 {
-                            // The server ignored the range: start over.
-                            out.flush().map_err(io)?;
-                            out.get_ref().set_len(0).map_err(io)?;
-                            std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0))
-                                .map_err(io)?;
-                            hasher = Hasher::for_digest(digest);
-                            offset = 0;
-                        }
-                    }
-                    StatusCode::PARTIAL_CONTENT => {
-                        let start = resp
-                            .headers()
-                            .get(header::CONTENT_RANGE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(content_range_start);
-                        if start != Some(offset) {
+                let status = resp.status();
+                if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
+                    let content_range = resp
+                        .headers()
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok());
+                    match download.accept(status, content_range).map_err(io)? {
+                        Ok(Answer::Body | Answer::Restarted) => {}
+                        Ok(Answer::AskAgain) => continue,
+                        Err(_wrong_range) => {
                             return Err(PullError::new(
                                 Category::RegistryError,
                                 format!(
@@ -705,152 +684,84 @@ impl Puller {
                             ));
                         }
                     }
-                    StatusCode::RANGE_NOT_SATISFIABLE => {
-                        out.flush().map_err(io)?;
-                        out.get_ref().set_len(0).map_err(io)?;
-                        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0)).map_err(io)?;
-                        hasher = Hasher::for_digest(digest);
-                        offset = 0;
-                        continue;
-                    }
-                    StatusCode::NOT_FOUND => {
+                } else if status == StatusCode::NOT_FOUND {
+                    return Err(PullError::new(
+                        Category::RegistryError,
+                        format!("{} lists blob {digest} in the manifest of {repo} but does not have it (BLOB_UNKNOWN)", client.registry),
+                    )
+                    .hint("the image in the registry is incomplete: push it again"));
+                } else {
+                    let body = error_codes(resp).await;
+                    return Err(PullError::new(
+                        Category::RegistryError,
+                        format!(
+                            "{} answered {} to the download of blob {digest}",
+                            client.registry,
+                            body.summary(status.as_str())
+                        ),
+                    ));
+                }
+                let dropped = match self
+                    .read_body(&mut download, resp, &budget, &mut downloaded)
+                    .await
+                {
+                    Ok(dropped) => dropped,
+                    Err(WriteError::Io(e)) => return Err(io(e)),
+                    Err(WriteError::TooLarge) => {
+                        download.discard();
                         return Err(PullError::new(
-                            Category::RegistryError,
-                            format!("{} lists blob {digest} in the manifest of {repo} but does not have it (BLOB_UNKNOWN)", client.registry),
-                        )
-                        .hint("the image in the registry is incomplete: push it again"));
-                    }
-                    s => {
-                        let body = error_codes(resp).await;
-                        return Err(PullError::new(
-                            Category::RegistryError,
+                            Category::Integrity,
                             format!(
-                                "{} answered {} to the download of blob {digest}",
-                                client.registry,
-                                body.summary(s.as_str())
+                                "blob {digest} from {} is larger than the {size} bytes its manifest declares",
+                                client.registry
+                            ),
+                        ));
+                    }
+                };
+                if !download.is_complete() {
+                    let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
+                    let offset = download.offset();
+                    let on_retry = |attempt, delay| {
+                        let what = format!("blob {digest} from byte {offset}");
+                        retrying(
+                            &self.events,
+                            &client.registry,
+                            what,
+                            attempt,
+                            delay,
+                            &reason,
+                        )
+                    };
+                    if budget.retry(None, on_retry).await.is_err() {
+                        download.flush().map_err(io)?;
+                        return Err(PullError::new(
+                            Category::Unreachable,
+                            format!(
+                                "the download of blob {digest} from {} kept failing ({reason}); {offset} of {size} bytes are kept for the next attempt",
+                                client.registry
                             ),
                         ));
                     }
                 }
-                let mut stream = resp.bytes_stream();
-                let mut writeback_from = offset;
-                let mut dropped = None;
-                let mut last_report = offset;
-                loop {
-                    // A registry that stops sending mid-body is given the
-                    // budget (at most BODY_IDLE), then the connection is
-                    // dropped; with no byte since the last progress, the
-                    // budget is spent and the retry below gives up.
-                    let idle = BODY_IDLE.min(backoff.budget());
-                    let chunk = match tokio::time::timeout(idle, stream.next()).await {
-                        Ok(Some(chunk)) => chunk,
-                        Ok(None) => break,
-                        Err(_) => {
-                            dropped = Some(format!(
-                                "the registry sent nothing for {}",
-                                crate::client::human_duration(idle)
-                            ));
-                            break;
-                        }
-                    };
-                    match chunk {
-                        Ok(bytes) => {
-                            if offset + bytes.len() as u64 > size {
-                                drop(out);
-                                let _ = std::fs::remove_file(&partial);
-                                return Err(PullError::new(
-                                    Category::Integrity,
-                                    format!(
-                                        "blob {digest} from {} is larger than the {size} bytes its manifest declares",
-                                        client.registry
-                                    ),
-                                ));
-                            }
-                            out.write_all(&bytes).map_err(io)?;
-                            hasher.update(&bytes);
-                            offset += bytes.len() as u64;
-                            if offset - writeback_from >= WRITEBACK_CHUNK {
-                                out.flush().map_err(io)?;
-                                start_writeback(
-                                    out.get_ref(),
-                                    writeback_from,
-                                    offset - writeback_from,
-                                );
-                                writeback_from = offset;
-                            }
-                            downloaded += bytes.len() as u64;
-                            if !bytes.is_empty() {
-                                backoff.progressed();
-                            }
-                            if offset - last_report >= 1 << 20 || offset == size {
-                                last_report = offset;
-                                (self.events)(&PullEvent::BlobProgress {
-                                    digest: digest.clone(),
-                                    done: offset,
-                                    size,
-                                });
-                            }
-                        }
-                        Err(e) => {
-                            dropped = Some(crate::client::classify_transport_error(&e).1);
-                            break;
-                        }
-                    }
-                }
-                if offset < size {
-                    let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
-                    match backoff.next(None) {
-                        Next::RetryAfter(d) => {
-                            (self.events)(&PullEvent::Retrying {
-                                registry: client.registry.clone(),
-                                what: format!("blob {digest} from byte {offset}"),
-                                attempt: backoff.attempt(),
-                                delay: d,
-                                reason,
-                            });
-                            tokio::time::sleep(d).await;
-                            continue;
-                        }
-                        Next::GiveUp => {
-                            out.flush().map_err(io)?;
-                            return Err(PullError::new(
-                                Category::Unreachable,
-                                format!(
-                                    "the download of blob {digest} from {} kept failing ({reason}); {offset} of {size} bytes are kept for the next attempt",
-                                    client.registry
-                                ),
-                            ));
-                        }
-                    }
-                }
             }
-            // Stage: verify, then commit.
-            out.flush().map_err(io)?;
-            let computed = std::mem::replace(&mut hasher, Hasher::for_digest(digest)).finish_hex();
-            if computed == digest.hex() {
-                // Durable before it is visible under blobs/: sync off the
-                // async workers, so other downloads keep flowing meanwhile.
-                let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-                tokio::task::spawn_blocking(move || file.sync_data())
-                    .await
-                    .expect("the sync task does not panic")
-                    .map_err(io)?;
-                self.store.commit_partial(digest)?;
-                (self.events)(&PullEvent::BlobDone {
-                    digest: digest.clone(),
-                    size,
-                    downloaded,
-                });
-                return Ok((downloaded, resumed_from.min(size)));
-            }
+            // Verify, then commit.
+            download = match download.commit(&self.store).await {
+                Ok(Finished::Committed) => {
+                    (self.events)(&PullEvent::BlobDone {
+                        digest: digest.clone(),
+                        size,
+                        downloaded,
+                    });
+                    return Ok((downloaded, resumed_from));
+                }
+                Ok(Finished::Mismatch(download)) => *download,
+                Err(CommitError::Io(e)) => return Err(io(e)),
+                Err(CommitError::Store(e)) => return Err(e),
+            };
             // Corrupted: never committed. Try once more from scratch.
             integrity_failures += 1;
-            out.get_ref().set_len(0).map_err(io)?;
-            std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(0)).map_err(io)?;
-            offset = 0;
             if integrity_failures >= 2 {
-                drop(out);
-                let _ = std::fs::remove_file(&partial);
+                download.discard();
                 return Err(PullError::new(
                     Category::Integrity,
                     format!(
@@ -859,13 +770,61 @@ impl Puller {
                     ),
                 ));
             }
-            (self.events)(&PullEvent::Retrying {
-                registry: client.registry.clone(),
-                what: format!("blob {digest}"),
-                attempt: integrity_failures + 1,
-                delay: Duration::ZERO,
-                reason: "the content did not match its digest".into(),
-            });
+            retrying(
+                &self.events,
+                &client.registry,
+                format!("blob {digest}"),
+                integrity_failures + 1,
+                Duration::ZERO,
+                "the content did not match its digest",
+            );
+        }
+    }
+
+    /// Streams a blob body into `download` until it ends, stalls or drops:
+    /// `Ok(Some(reason))` when it was cut short. Bytes arriving restore the
+    /// budget; a body silent for the budget (at most [`BODY_IDLE`]) is cut.
+    async fn read_body(
+        &self,
+        download: &mut BlobDownload,
+        resp: reqwest::Response,
+        budget: &Budget,
+        downloaded: &mut u64,
+    ) -> Result<Option<String>, WriteError> {
+        let (digest, size) = (download.digest().clone(), download.size());
+        let mut stream = resp.bytes_stream();
+        let mut last_report = download.offset();
+        // A registry that stops sending mid-body is given the budget (at
+        // most BODY_IDLE), then the connection is dropped; with no byte
+        // since the last progress, the budget is spent and the retry gives
+        // up.
+        let idle = BODY_IDLE.min(budget.total());
+        loop {
+            let bytes = match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(Ok(bytes))) => bytes,
+                Ok(Some(Err(e))) => return Ok(Some(classify(&e).1)),
+                Ok(None) => return Ok(None),
+                Err(_) => {
+                    return Ok(Some(format!(
+                        "the registry sent nothing for {}",
+                        crate::client::human_duration(idle)
+                    )));
+                }
+            };
+            download.write(&bytes)?;
+            *downloaded += bytes.len() as u64;
+            if !bytes.is_empty() {
+                budget.progressed();
+            }
+            let done = download.offset();
+            if done - last_report >= 1 << 20 || done == size {
+                last_report = done;
+                (self.events)(&PullEvent::BlobProgress {
+                    digest: digest.clone(),
+                    done,
+                    size,
+                });
+            }
         }
     }
 }
@@ -949,48 +908,3 @@ fn too_big(image: &str, len: u64) -> PullError {
 /// Longest silence within a blob body before the connection is dropped and
 /// the download resumed (never more than the retry budget).
 const BODY_IDLE: Duration = Duration::from_secs(60);
-
-/// Bytes written between two writeback kicks.
-const WRITEBACK_CHUNK: u64 = 8 << 20;
-
-/// Asks the kernel to start writing `len` bytes at `offset` to disk now,
-/// without waiting, so the final `fsync` finds little left to do and dirty
-/// pages never pile up (memory stays bounded on small VMs).
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a file descriptor we own; no memory is shared.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
-
-/// The first byte position of `Content-Range: bytes START-END/TOTAL`.
-fn content_range_start(v: &str) -> Option<u64> {
-    v.trim()
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range() {
-        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(content_range_start("bytes */200"), None);
-    }
-}

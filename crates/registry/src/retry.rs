@@ -1,11 +1,13 @@
 //! [`RetryPolicy`]: exponential backoff with jitter inside a time budget.
 //!
-//! Retry lives here and in the HTTP layer that uses it ([`crate::client`]),
-//! never at call sites. What is retryable is decided by the response, in one
-//! place: connection errors, resets and timeouts, `408`, `429` and `5xx`.
-//! `UNAUTHORIZED` after a fresh login, `DENIED`, `NAME_UNKNOWN` and
-//! `MANIFEST_UNKNOWN` never are.
+//! [`Budget`] is the one retry driver: every loop that retries uses it, and
+//! `Retry-After` is honoured in [`Budget::retry`]. What is retryable is
+//! decided by the response, in one place per conversation: connection errors,
+//! resets and timeouts, `408`, `429` and `5xx` (`client::send`; the token
+//! service in `auth`, the ECR API in `ecr`). `UNAUTHORIZED` after a fresh
+//! login, `DENIED`, `NAME_UNKNOWN` and `MANIFEST_UNKNOWN` never are.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How hard to try before giving up.
@@ -34,67 +36,113 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The retry state of one request.
+/// The retry budget of one request, and the one retry driver: every loop
+/// that retries (a request in [`crate::client`], a token fetch in
+/// [`crate::auth`], the ECR token in [`crate::ecr`], a blob download in
+/// [`crate::pull`]) asks [`Budget::retry`] what to do after a transient
+/// failure, and bounds each attempt with [`Budget::bounded`].
+///
+/// One request has one budget: the loops working for it (a blob download,
+/// the request it sends, the token that request needs, the ECR token under
+/// that) share it by reference, so time and attempts are counted once, not
+/// once per level.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub(crate) struct Budget {
     policy: RetryPolicy,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
     started: Instant,
     attempt: u32,
 }
 
-/// What to do after a failed attempt.
+/// The budget is spent: no more attempts.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Next {
-    /// Wait this long, then try again.
-    RetryAfter(Duration),
-    /// Give up: attempts or budget exhausted, or the server's wait is longer
-    /// than what is left of the budget.
-    GiveUp,
+pub(crate) struct GaveUp {
+    /// Attempts made.
+    pub(crate) attempts: u32,
 }
 
-impl Backoff {
+impl Budget {
     pub(crate) fn new(policy: RetryPolicy) -> Self {
         Self {
             policy,
-            started: Instant::now(),
-            attempt: 1,
+            state: Mutex::new(State {
+                started: Instant::now(),
+                attempt: 1,
+            }),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Attempts made so far.
     pub(crate) fn attempt(&self) -> u32 {
-        self.attempt
+        self.state().attempt
     }
 
     /// What is left of the budget. Every attempt is bounded by it (a server
     /// that accepts and then sends nothing must not outlast the budget).
     pub(crate) fn remaining(&self) -> Duration {
-        self.policy.budget.saturating_sub(self.started.elapsed())
+        self.policy
+            .budget
+            .saturating_sub(self.state().started.elapsed())
     }
 
-    /// The budget this backoff runs under.
-    pub(crate) fn budget(&self) -> Duration {
+    /// The whole budget.
+    pub(crate) fn total(&self) -> Duration {
         self.policy.budget
     }
 
     /// The last attempt made progress (a download received bytes): start
     /// over, with the whole budget and all attempts. The budget bounds the
     /// time spent without progress, not the length of a large download.
-    pub(crate) fn progressed(&mut self) {
-        self.started = Instant::now();
-        self.attempt = 1;
+    pub(crate) fn progressed(&self) {
+        let mut s = self.state();
+        s.started = Instant::now();
+        s.attempt = 1;
     }
 
-    /// Decides the next step after a failed attempt; `server_wait` is a
-    /// `Retry-After` the server sent.
-    pub(crate) fn next(&mut self, server_wait: Option<Duration>) -> Next {
-        if self.attempt >= self.policy.max_attempts {
-            return Next::GiveUp;
+    /// `fut`, cut off at what is left of the budget: `None` if the budget
+    /// ran out first.
+    pub(crate) async fn bounded<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+        tokio::time::timeout(self.remaining(), fut).await.ok()
+    }
+
+    /// The driver, after a transient failure: decides whether to try again
+    /// and how long to wait first (exponential backoff with jitter, at least
+    /// the server's `Retry-After` if it sent one: this is where `Retry-After`
+    /// is honoured), tells `on_retry` (the attempt about to be made and the
+    /// wait), sleeps, and returns `Ok`. `Err` when attempts or budget are
+    /// spent, or the server's wait is longer than what is left.
+    pub(crate) async fn retry(
+        &self,
+        server_wait: Option<Duration>,
+        on_retry: impl FnOnce(u32, Duration),
+    ) -> Result<(), GaveUp> {
+        let delay = self.next(server_wait)?;
+        on_retry(self.attempt(), delay);
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// The decision of [`Budget::retry`], without the sleep.
+    fn next(&self, server_wait: Option<Duration>) -> Result<Duration, GaveUp> {
+        let mut s = self.state();
+        let gave_up = GaveUp {
+            attempts: s.attempt,
+        };
+        if s.attempt >= self.policy.max_attempts {
+            return Err(gave_up);
         }
         let exp = self
             .policy
             .base_delay
-            .saturating_mul(1u32 << (self.attempt - 1).min(16))
+            .saturating_mul(1u32 << (s.attempt - 1).min(16))
             .min(self.policy.max_delay);
         // Full jitter on the upper half: spreads retries of many clients.
         let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
@@ -102,12 +150,11 @@ impl Backoff {
             Some(wait) => wait.max(jittered),
             None => jittered,
         };
-        let left = self.policy.budget.saturating_sub(self.started.elapsed());
-        if delay > left {
-            return Next::GiveUp;
+        if delay > self.policy.budget.saturating_sub(s.started.elapsed()) {
+            return Err(gave_up);
         }
-        self.attempt += 1;
-        Next::RetryAfter(delay)
+        s.attempt += 1;
+        Ok(delay)
     }
 }
 
@@ -123,12 +170,13 @@ mod tests {
             max_delay: Duration::from_secs(1),
             budget: Duration::from_secs(10),
         };
-        let mut b = Backoff::new(policy);
+        let b = Budget::new(policy);
         let mut delays = Vec::new();
-        while let Next::RetryAfter(d) = b.next(None) {
+        while let Ok(d) = b.next(None) {
             delays.push(d);
         }
         assert_eq!(delays.len(), 3);
+        assert_eq!(b.next(None), Err(GaveUp { attempts: 4 }));
         for (i, d) in delays.iter().enumerate() {
             let full = Duration::from_millis(100 << i);
             assert!(*d >= full / 2 && *d <= full, "{i}: {d:?}");
@@ -141,12 +189,15 @@ mod tests {
             budget: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let mut b = Backoff::new(policy);
+        let b = Budget::new(policy);
         assert_eq!(
             b.next(Some(Duration::from_secs(3))),
-            Next::RetryAfter(Duration::from_secs(3))
+            Ok(Duration::from_secs(3))
         );
-        assert_eq!(b.next(Some(Duration::from_secs(60))), Next::GiveUp);
+        assert_eq!(
+            b.next(Some(Duration::from_secs(60))),
+            Err(GaveUp { attempts: 2 })
+        );
     }
 
     #[test]
@@ -156,11 +207,24 @@ mod tests {
             budget: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let mut b = Backoff::new(policy);
-        assert!(matches!(b.next(None), Next::RetryAfter(_)));
-        assert_eq!(b.next(None), Next::GiveUp);
+        let b = Budget::new(policy);
+        assert!(b.next(None).is_ok());
+        assert!(b.next(None).is_err());
         b.progressed();
         assert!(b.remaining() > Duration::from_secs(4));
-        assert!(matches!(b.next(None), Next::RetryAfter(_)));
+        assert!(b.next(None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_driver_reports_the_attempt_and_sleeps_the_wait() {
+        let b = Budget::new(RetryPolicy::default());
+        let mut seen = None;
+        let before = Instant::now();
+        let wait = Duration::from_millis(300);
+        b.retry(Some(wait), |attempt, delay| seen = Some((attempt, delay)))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some((2, wait)));
+        assert!(before.elapsed() >= wait);
     }
 }

@@ -10,7 +10,7 @@
 //! `org.opencontainers.image.ref.name` with the full normalised reference;
 //! it is rewritten atomically under an exclusive file lock.
 
-use crate::error::{Category, PullError};
+use crate::error::{Category, Hint, PullError};
 use crate::manifest::Descriptor;
 use crate::reference::{Digest, DigestAlgorithm};
 use sha2::Digest as _;
@@ -78,14 +78,11 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> PullError {
                 .map(|f| format!(" ({} free)", human_size(f)))
                 .unwrap_or_default()
         ))
-        .hint(FREE_SPACE_HINT);
+        .with_hint(Hint::FreeSpace);
     }
     PullError::config(format!("cannot {what} {}: {e}", path.display()))
-        .hint("check that the store directory (--store) is writable and the disk has room")
+        .with_hint(Hint::StoreWritable)
 }
-
-const FREE_SPACE_HINT: &str = "free space on that disk (or pull into a store on a larger disk \
-     with --store), then pull again: downloads already in the store's ingest/ folder are resumed";
 
 /// Bytes available to this user on the file system holding `path`.
 pub(crate) fn free_space(path: &Path) -> Option<u64> {
@@ -261,7 +258,7 @@ impl OciStore {
             human_size(needed),
             free.map(human_size).unwrap_or_else(|| "no space".into()),
         ))
-        .hint(FREE_SPACE_HINT)
+        .with_hint(Hint::FreeSpace)
     }
 
     /// Moves a verified partial download into place.

@@ -16,7 +16,7 @@
 //!
 //! A refusal is a [`Category::Config`] error and is never retried.
 
-use crate::error::{Category, PullError};
+use crate::error::{Category, Hint, PullError};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use url::{Host, Url};
@@ -176,11 +176,7 @@ pub(crate) fn refused_error(registry: &str, what: &str, refused: &Refused) -> Pu
         ),
     )
     .registry(registry)
-    .hint(
-        "only the operator can map a registry to a loopback or private address \
-         (--registry-endpoint REGISTRY=URL, or registry_endpoints in the sys-config); \
-         use a registry on a public address",
-    )
+    .with_hint(Hint::MapRegistry)
 }
 
 /// The resolver's refusal, carried through the HTTP client's error chain.
@@ -212,16 +208,21 @@ pub(crate) fn refused_by_resolver(err: &reqwest::Error) -> Option<Refused> {
     None
 }
 
-/// The HTTP client's resolver under [`PrivateTargets::OnlyMapped`]: a host
+/// The HTTP client's resolver. Under [`PrivateTargets::OnlyMapped`] a host
 /// name that is not mapped and resolves to any private address is refused,
 /// so a second lookup cannot land on one the pre-request check did not see.
+/// In every mode a name that does not resolve fails with a typed
+/// [`crate::transport::NameNotResolved`], which the transport recognises
+/// without reading messages.
 pub(crate) struct GuardedResolver {
+    enforcing: bool,
     mapped_names: HashSet<String>,
 }
 
 impl GuardedResolver {
     pub(crate) fn new(guard: &TargetGuard) -> Self {
         Self {
+            enforcing: guard.enforcing(),
             mapped_names: guard.mapped_names.clone(),
         }
     }
@@ -230,11 +231,20 @@ impl GuardedResolver {
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
-        let mapped = self.mapped_names.contains(&host);
+        let free = !self.enforcing || self.mapped_names.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !mapped && addrs.iter().any(|a| is_private_ip(a.ip())) {
+            let looked_up: std::io::Result<Vec<SocketAddr>> =
+                match tokio::net::lookup_host((host.as_str(), 0)).await {
+                    Ok(addrs) => Ok(addrs.collect()),
+                    Err(e) => Err(e),
+                };
+            let addrs = match looked_up {
+                Ok(addrs) => addrs,
+                Err(source) => {
+                    return Err(Box::new(crate::transport::NameNotResolved { host, source }) as _);
+                }
+            };
+            if !free && addrs.iter().any(|a| is_private_ip(a.ip())) {
                 return Err(Box::new(PrivateAddress { host }) as _);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)

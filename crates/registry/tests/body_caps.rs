@@ -5,7 +5,7 @@
 //!
 //! One test in its own binary, so the peak RSS is this test's alone.
 
-use envseal::SecretValue;
+use contract::SecretValue;
 use registry::credentials::EcrLogin;
 use registry::{
     Category, CredentialSet, Endpoints, ImageReference, PrivateTargets, PullError, PullOptions,

@@ -3,7 +3,7 @@
 //! a loopback address only at a `host:port` the operator mapped — the
 //! registry endpoint, every redirect hop, the token realm and the ECR API.
 
-use envseal::SecretValue;
+use contract::SecretValue;
 use registry::credentials::EcrLogin;
 use registry::{
     Category, CredentialSet, Endpoints, ImageReference, PrivateTargets, PullError, PullOptions,

@@ -25,8 +25,10 @@
 #![deny(missing_docs)]
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub mod bench;
@@ -54,6 +56,9 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 /// A free TCP port on 127.0.0.1 (never the same one twice in a process).
 ///
 /// The port is free when returned; a server should bind it soon after.
+/// Another process (nextest runs each test in its own) may take it first:
+/// a server that can bind port 0 and report its address should do that
+/// instead (`berth up --listen 127.0.0.1:0` prints its URL).
 pub fn free_port() -> u16 {
     free_port_on(Ipv4Addr::LOCALHOST)
 }
@@ -85,8 +90,14 @@ pub fn repo_root() -> PathBuf {
 /// With `BERTH_TESTKIT_KEEP=1` it is not deleted on drop (its path is
 /// printed).
 pub fn workdir(prefix: &str) -> tempfile::TempDir {
+    fresh_dir(&format!("berth-testkit-{prefix}-"))
+}
+
+/// A new folder `<prefix>*` in the temporary folder, kept on drop with
+/// `BERTH_TESTKIT_KEEP=1`.
+fn fresh_dir(prefix: &str) -> tempfile::TempDir {
     let mut dir = tempfile::Builder::new()
-        .prefix(&format!("berth-testkit-{prefix}-"))
+        .prefix(prefix)
         .tempdir()
         .expect("create temp dir");
     if std::env::var_os("BERTH_TESTKIT_KEEP").is_some_and(|v| v == "1") {
@@ -94,4 +105,55 @@ pub fn workdir(prefix: &str) -> tempfile::TempDir {
         dir.disable_cleanup(true);
     }
     dir
+}
+
+/// A fresh folder for one test, `berth-test-<name>-*` in the system's
+/// temporary folder, removed on drop (kept, and its path printed, with
+/// `BERTH_TESTKIT_KEEP=1`). It is mode 0755, like a folder a user makes, so
+/// that what a test checks about modes and other users inside it is what
+/// the code under test set, not the folder's own protection.
+///
+/// Derefs to [`Path`]: `dir.join("state")`, `&dir` where a `&Path` goes.
+pub fn tempdir(name: &str) -> TestDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fresh_dir(&format!("berth-test-{name}-"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod temp dir");
+    TestDir(dir)
+}
+
+/// A test's folder from [`tempdir`]; removed on drop.
+#[derive(Debug)]
+pub struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<OsStr> for TestDir {
+    fn as_ref(&self) -> &OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// Lower-case hex sha256 of `data` (what `sha256sum` prints).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
 }

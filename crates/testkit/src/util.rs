@@ -127,20 +127,7 @@ pub(crate) fn serve_http<F, Fut>(
 
 /// `sha256:<hex>` of `data`.
 pub(crate) fn sha256_digest(data: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
-    )
-}
-
-pub(crate) fn hex(data: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(data.len() * 2);
-    for b in data {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
+    format!("sha256:{}", crate::sha256_hex(data))
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
@@ -151,7 +138,7 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 pub(crate) fn random_hex16() -> String {
-    hex(&random_bytes::<16>())
+    hex::encode(random_bytes::<16>())
 }
 
 pub(crate) fn b64(data: &[u8]) -> String {
@@ -169,27 +156,9 @@ pub(crate) fn now_unix() -> u64 {
         .as_secs()
 }
 
-/// RFC 3339 (UTC, seconds) for a unix timestamp.
+/// RFC 3339 (UTC, seconds) for a unix timestamp: `2026-11-27T07:20:01Z`.
 pub(crate) fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// Decodes `Authorization: Basic ...` into `(user, password)`.
@@ -205,40 +174,10 @@ pub(crate) fn parse_basic(value: &str) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-/// Percent-decoding for query strings and form bodies (`+` is a space).
-pub(crate) fn url_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hexpair = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
-                match u8::from_str_radix(hexpair, 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Splits `a=b&c=d` into decoded pairs (keys may repeat).
+/// Splits `a=b&c=d` (a query string or a form body) into decoded pairs;
+/// keys may repeat, `+` is a space.
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (url_decode(k), url_decode(v)),
-            None => (url_decode(p), String::new()),
-        })
-        .collect()
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
 /// A child process that is killed (and reaped) on drop.
@@ -328,4 +267,37 @@ pub(crate) fn tool(env: &str, default: &str) -> PathBuf {
     panic!(
         "testkit: `{default}` not found in PATH; run scripts/registry-deps.sh (as root) or set {env}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_seconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_764_001), "2026-11-27T07:20:01Z");
+    }
+
+    #[test]
+    fn queries_and_forms_decode_like_a_registry_client_sends_them() {
+        assert_eq!(
+            parse_query("scope=repository%3Aacme%2Fapp%3Apull&scope=x&service=a+b&&flag"),
+            [
+                ("scope".to_owned(), "repository:acme/app:pull".to_owned()),
+                ("scope".to_owned(), "x".to_owned()),
+                ("service".to_owned(), "a b".to_owned()),
+                ("flag".to_owned(), String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn digests_are_lower_hex_sha256() {
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(random_hex16().len(), 32);
+    }
 }

@@ -74,21 +74,5 @@ pub const OCI_ACCEPT: &str = "Accept: application/vnd.oci.image.manifest.v1+json
 
 /// sha256 of data as `sha256:<hex>`.
 pub fn sha256(data: &[u8]) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(data)?;
-            c.wait_with_output()
-        })
-        .expect("sha256sum");
-    format!(
-        "sha256:{}",
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-    )
+    format!("sha256:{}", testkit::sha256_hex(data))
 }

@@ -1,0 +1,201 @@
+//! [`Cloud`]: a running `berth up` on `--listen 127.0.0.1:0`, its URL read
+//! back from what it prints (no port is chosen before it binds, so tests in
+//! other processes never race for one).
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `X-Phala-Version` whose CVM shape the official CLI's deploy reads.
+pub const LEGACY_SHAPE: &str = "2025-10-28";
+
+/// A running `berth up`, its output collected. Dropping it stops it
+/// (SIGTERM, then SIGKILL after 30 s) and, when the test is failing,
+/// prints what it said.
+pub struct Cloud {
+    child: Child,
+    /// The API's base URL as `berth up` announced it (`…/api/v1`); a test
+    /// may point it elsewhere (the listener behind a `--public-url`).
+    pub api: String,
+    /// Where it listens: `http(s)://127.0.0.1:PORT`.
+    pub listening: String,
+    /// The KMS public key it printed.
+    pub kms_pubkey: String,
+    output: Arc<Mutex<String>>,
+}
+
+impl Cloud {
+    /// `berth up --state STATE --listen 127.0.0.1:0 ARGS` on the engine at
+    /// `docker_host`. `admin_key` is handed in as `BERTH_ADMIN_API_KEY`;
+    /// `None` leaves it unset (`berth up` then writes one to STATE/api-key).
+    pub fn command(
+        state: &Path,
+        docker_host: &str,
+        admin_key: Option<&str>,
+        args: &[&str],
+    ) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["up", "--state"])
+            .arg(state)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("DOCKER_HOST", docker_host);
+        match admin_key {
+            Some(key) => cmd.env("BERTH_ADMIN_API_KEY", key),
+            None => cmd.env_remove("BERTH_ADMIN_API_KEY"),
+        };
+        cmd
+    }
+
+    /// [`Cloud::command`], started; fails the test if it does not come up.
+    pub fn start(state: &Path, docker_host: &str, admin_key: Option<&str>, args: &[&str]) -> Cloud {
+        Self::spawn(Self::command(state, docker_host, admin_key, args))
+            .unwrap_or_else(|text| panic!("berth up exited before it was up:\n{text}"))
+    }
+
+    /// Runs `cmd` (a [`Cloud::command`], perhaps with more environment) until
+    /// it says it is up; `Err(output)` when it exits first.
+    pub fn spawn(mut cmd: Command) -> Result<Cloud, String> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berth up");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = output.lock().unwrap().clone();
+            if text.contains("Stop with Ctrl-C") {
+                let field = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+                };
+                let api = field("API:").expect("berth up prints its API URL");
+                let kms_pubkey = field("KMS public key:").expect("berth up prints the KMS key");
+                // "Listening on:" only when it differs from the API's origin.
+                let listening = field("Listening on:")
+                    .unwrap_or_else(|| api.trim_end_matches("/api/v1").to_owned());
+                return Ok(Cloud {
+                    child,
+                    api,
+                    listening,
+                    kms_pubkey,
+                    output,
+                });
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                // Let the readers drain what it said last.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(output.lock().unwrap().clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth up did not come up:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.listening
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.listening))
+    }
+
+    /// `berth up`'s process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// `METHOD {api}{path}` as `key`, with `X-Phala-Version: version` when
+    /// given and `body` as JSON: (status, body text).
+    pub fn request(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, String) {
+        let key_header = format!("X-API-Key: {key}");
+        let version_header = version.map(|v| format!("X-Phala-Version: {v}"));
+        let body = body.map(Value::to_string);
+        let mut args = vec!["-X", method, "-H", &key_header];
+        if let Some(v) = &version_header {
+            args.extend(["-H", v]);
+        }
+        if let Some(b) = &body {
+            args.extend(["-H", "Content-Type: application/json", "-d", b]);
+        }
+        super::curl(&args, &format!("{}{path}", self.api))
+    }
+
+    /// [`Cloud::request`] in the legacy shape the official CLI's deploy
+    /// reads: (status, JSON body or `Null`).
+    pub fn call(&self, key: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (code, text) = self.request(key, Some(LEGACY_SHAPE), method, path, body);
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// SIGTERM, then waits (at most 30 s) for it to exit; its whole output.
+    pub fn stop(mut self) -> String {
+        assert!(self.terminate(), "berth up did not stop within 30 s");
+        // Let the readers drain what it said last.
+        std::thread::sleep(Duration::from_millis(100));
+        self.output()
+    }
+
+    /// SIGTERM and up to 30 s for the exit; whether it exited.
+    fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("berth up's output:\n{}", self.output());
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The control plane under load (issue 9, "Load"): 20 CVMs deployed at once
+//! against a real `berth up` on a real Docker engine, from a
+//! password-protected registry. All of them reach `running`, every boot
+//! agent stays within its memory bound, and the API stays responsive while
+//! they boot.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testkit::images::{ImageSpec, PushTarget, push_image};
+use testkit::{Dockerd, Registry};
+
+const CANARY: &str = "canary-load-pw-31c9d4";
+const ADMIN_KEY: &str = "berth_test_admin_key_load_0123456789";
+/// How many CVMs are deployed at once.
+const CVMS: usize = 20;
+/// The most a boot agent may hold in memory (peak RSS, `VmHWM`).
+const AGENT_RSS_BOUND_KIB: u64 = 64 * 1024;
+/// The most `GET /api/v1/cvms` may take at the 99th percentile while the
+/// CVMs boot.
+const LIST_P99_BOUND: Duration = Duration::from_millis(100);
+
+/// A running `berth up`, its output collected (the harness of cloud.rs).
+struct Cloud {
+    child: Child,
+    port: u16,
+    output: Arc<Mutex<String>>,
+    kms_pubkey: String,
+}
+
+impl Cloud {
+    fn start(state: &Path, docker_host: &str, args: &[&str]) -> Cloud {
+        let port = testkit::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["up", "--state"])
+            .arg(state)
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("DOCKER_HOST", docker_host)
+            .env("BERTH_ADMIN_API_KEY", ADMIN_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berth up");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = output.lock().unwrap().clone();
+            if let Some(line) = text.lines().find(|l| l.starts_with("KMS public key: "))
+                && text.contains("Stop with Ctrl-C")
+            {
+                let kms_pubkey = line["KMS public key: ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                return Cloud {
+                    child,
+                    port,
+                    output,
+                    kms_pubkey,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("berth up exited ({status}):\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth up did not come up:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1", self.port)
+    }
+
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "berth up did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `GET` over a fresh loopback connection, as a client without a
+/// connection pool sends it: the status code, the body, and the time from
+/// connecting to the last byte. No process is spawned per request, so the
+/// time is the server's (plus the loopback's).
+fn timed_get(port: u16, path: &str, key: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the answer");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body, took)
+}
+
+/// The `berth guest boot` processes of this test's state folder (other
+/// tests may boot CVMs at the same time).
+fn boot_agents(state: &Path) -> Vec<u32> {
+    let needle = state.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("guest")
+            && args.get(2).map(String::as_str) == Some("boot")
+            && args.iter().any(|a| a.starts_with(&needle))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `VmHWM` (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[test]
+fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
+    let engine = Dockerd::start();
+    let reg = Registry::with_htpasswd(&[("loadtest", CANARY)]);
+    let host = reg.host_port();
+    push_image(
+        &PushTarget::new(&host).with_creds("loadtest", CANARY),
+        "loadtest/app",
+        "1",
+        &ImageSpec::new().busybox(),
+    );
+    let dir = tempdir("load-twenty");
+    let state = dir.join("state");
+    let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
+    let cloud = Cloud::start(
+        &state,
+        &engine.host(),
+        &[&mapped, "--max-boots", &CVMS.to_string()],
+    );
+    std::fs::write(
+        dir.join("compose.yml"),
+        format!("services:\n  app:\n    image: {host}/loadtest/app:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo up; sleep 600\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("creds.env"),
+        format!("DSTACK_DOCKER_USERNAME=loadtest\nDSTACK_DOCKER_PASSWORD={CANARY}\nDSTACK_DOCKER_REGISTRY={host}\n"),
+    )
+    .unwrap();
+
+    // While the CVMs boot: the API's list every ~50 ms, and every boot
+    // agent's peak RSS every ~20 ms (VmHWM only grows; the last reading
+    // before an agent exits is the closest to its true peak).
+    let done = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (done, port) = (done.clone(), cloud.port);
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let (code, body, took) = timed_get(port, "/api/v1/cvms", ADMIN_KEY);
+                assert_eq!(code, 200, "GET /api/v1/cvms while booting: {body}");
+                assert!(!body.contains(CANARY), "the password in the API's list");
+                samples.push(took);
+                std::thread::sleep(Duration::from_millis(50).saturating_sub(took));
+            }
+            samples
+        })
+    };
+    let watcher = {
+        let (done, state) = (done.clone(), state.clone());
+        std::thread::spawn(move || {
+            let mut peaks: BTreeMap<u32, u64> = BTreeMap::new();
+            while !done.load(Ordering::Relaxed) {
+                for pid in boot_agents(&state) {
+                    if let Some(kib) = peak_rss_kib(pid) {
+                        let peak = peaks.entry(pid).or_default();
+                        *peak = (*peak).max(kib);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peaks
+        })
+    };
+
+    let started = Instant::now();
+    let deploys: Vec<_> = (0..CVMS)
+        .map(|i| {
+            let (dir, api, kms) = (dir.to_path_buf(), cloud.api(), cloud.kms_pubkey.clone());
+            std::thread::spawn(move || {
+                let name = format!("load-app-{i:02}");
+                let out = run(
+                    Command::new(env!("CARGO_BIN_EXE_berth"))
+                        .args(["deploy", "-n", &name, "--no-check", "--wait"])
+                        .args(["--kms-pubkey", &kms, "-c"])
+                        .arg(dir.join("compose.yml"))
+                        .arg("-e")
+                        .arg(dir.join("creds.env"))
+                        .env("BERTH_API_URL", api)
+                        .env("BERTH_API_KEY", ADMIN_KEY)
+                        .env("DOCKER_CONFIG", dir.join("no-docker-config")),
+                    b"",
+                );
+                (name, out, started.elapsed())
+            })
+        })
+        .collect();
+    let mut finished = Vec::new();
+    for d in deploys {
+        let (name, out, at) = d.join().unwrap();
+        assert_eq!(
+            out.code, 0,
+            "{name}: berth deploy --wait failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        assert!(out.stdout.contains("BOOT OK"), "{name}: {}", out.stdout);
+        assert!(!out.stdout.contains(CANARY) && !out.stderr.contains(CANARY));
+        finished.push(at);
+    }
+    let all_booted = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = prober.join().unwrap();
+    let peaks = watcher.join().unwrap();
+
+    // Every CVM is `running`, as the API says and as the engine shows.
+    let (code, body, _) = timed_get(cloud.port, "/api/v1/cvms", ADMIN_KEY);
+    assert_eq!(code, 200, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(list.len(), CVMS, "{body}");
+    for cvm in &list {
+        assert_eq!(cvm["status"], "running", "{cvm}");
+        assert_eq!(cvm["in_progress"], false, "{cvm}");
+    }
+    let running = engine.docker_out(&["ps", "-q", "--filter", "status=running"]);
+    assert_eq!(
+        running.lines().count(),
+        CVMS,
+        "containers running in the engine:\n{running}"
+    );
+
+    // Each boot agent stayed within its bound.
+    assert!(
+        peaks.len() >= CVMS,
+        "saw only {} of {CVMS} boot agents: {peaks:?}",
+        peaks.len()
+    );
+    let max_peak = peaks.values().copied().max().unwrap_or(0);
+    for (pid, kib) in &peaks {
+        assert!(
+            *kib < AGENT_RSS_BOUND_KIB,
+            "boot agent {pid} peaked at {kib} KiB (bound {AGENT_RSS_BOUND_KIB} KiB): {peaks:?}"
+        );
+    }
+
+    // The API stayed responsive while they booted.
+    latencies.sort();
+    assert!(
+        latencies.len() >= 20,
+        "only {} list requests",
+        latencies.len()
+    );
+    let p50 = percentile(&latencies, 50.0);
+    let p99 = percentile(&latencies, 99.0);
+    let max = *latencies.last().unwrap();
+    finished.sort();
+    eprintln!(
+        "load: {CVMS} CVMs running {:.1} s after the deploys started (first at {:.1} s); \
+         GET /api/v1/cvms while booting: {} requests, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         boot agents seen: {}, highest peak RSS {:.1} MiB",
+        all_booted.as_secs_f64(),
+        finished[0].as_secs_f64(),
+        latencies.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
+        peaks.len(),
+        max_peak as f64 / 1024.0,
+    );
+    assert!(
+        p99 < LIST_P99_BOUND,
+        "GET /api/v1/cvms p99 {p99:?} while {CVMS} CVMs booted (bound {LIST_P99_BOUND:?}; p50 {p50:?}, max {max:?}, {} requests)",
+        latencies.len()
+    );
+    let out = cloud.stop();
+    assert!(!out.contains(CANARY), "the password in berth up's output");
+}

@@ -1,0 +1,61 @@
+//! The KMS as the API sees it: public keys only. [`kms_env_key`] asks the
+//! KMS (its own process) for an app's env public key and signatures;
+//! `GET /kms/{kms}/pubkey/{app_id}` hands them to the official clients.
+//! The API process cannot mint boot tickets: it never holds the node secret.
+
+use super::views::KmsPubkey;
+use super::{AppState, Shared};
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Path, State};
+
+/// What the KMS says about an app's env key.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct KmsEnvKey {
+    /// X25519 public key, hex.
+    pub public_key: String,
+    /// Legacy signature, hex.
+    pub signature: String,
+    /// Timestamped signature, hex.
+    pub signature_v1: String,
+    /// Unix seconds of `signature_v1`.
+    pub timestamp: u64,
+    /// The KMS's public key.
+    pub kms_public_key: String,
+}
+
+/// The env key of `app_id`, from the KMS: 503 while it does not answer,
+/// 502 when its answer is not a key.
+pub async fn kms_env_key(state: &AppState, app_id: &str) -> Result<KmsEnvKey, ApiError> {
+    let url = state.kms.url(&contract::kms::env_pubkey_path(app_id));
+    let resp = state.http.get(&url).send().await.map_err(|_| {
+        ApiError::unavailable(
+            "the KMS is not answering: env public keys cannot be handed out until it is back",
+        )
+    })?;
+    if !resp.status().is_success() {
+        return Err(ApiError::upstream(format!(
+            "the KMS answered {}",
+            resp.status()
+        )));
+    }
+    resp.json()
+        .await
+        .map_err(|_| ApiError::upstream("the KMS answered without a key"))
+}
+
+/// `GET /kms/{kms}/pubkey/{app_id}`.
+pub async fn kms_pubkey(
+    State(state): State<Shared>,
+    Path((_kms, app_id)): Path<(String, String)>,
+) -> Result<Json<KmsPubkey>, ApiError> {
+    let app_id = app_id.trim_start_matches("0x").to_ascii_lowercase();
+    if app_id.len() != 40 || !app_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid("app_id must be 40 hex characters"));
+    }
+    let key = kms_env_key(&state, &app_id).await?;
+    Ok(Json(KmsPubkey {
+        public_key: key.public_key,
+        signature: key.signature,
+    }))
+}

@@ -1,0 +1,619 @@
+//! Every answer of the API as a type: the JSON field names the official
+//! clients read are written here once, and pinned by the snapshot test
+//! (`tests/api_shapes.rs`, files in `tests/snapshots/`).
+//!
+//! `X-Phala-Version` selects between the two shapes of a CVM the `phala`
+//! CLI 1.1.x expects ([`PhalaVersion`]): `2025-10-28` ([`CvmLegacy`]: the
+//! numeric `id`, `teepod`, flat resources; deploy and log helpers, and the
+//! answers of commit, start, stop, restart and list) and `2026-01-21`
+//! ([`CvmCurrent`]: `id` is the UUID, nested `resource`, `kms_info`, `os`;
+//! the rest).
+
+use crate::db::{App, Cvm, User};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use contract::CvmStatus;
+use serde::Serialize;
+
+/// The answer shape a client asked for with `X-Phala-Version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhalaVersion {
+    /// `2025-10-28` (any version before 2026).
+    Legacy,
+    /// `2026-01-21`, and the default without the header.
+    Current,
+}
+
+impl PhalaVersion {
+    /// The header's value, as sent by a client.
+    pub fn parse(header: Option<&str>) -> Self {
+        match header {
+            Some(v) if v < "2026-01-01" => PhalaVersion::Legacy,
+            _ => PhalaVersion::Current,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PhalaVersion {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::parse(
+            parts
+                .headers
+                .get("x-phala-version")
+                .and_then(|v| v.to_str().ok()),
+        ))
+    }
+}
+
+/// The fields of a stored `app-compose.json` the API reads back (missing
+/// ones, or a manifest that is not JSON, read as `null`).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct Manifest {
+    /// The compose YAML.
+    #[serde(default)]
+    pub docker_compose_file: Option<String>,
+    /// Whether the app's logs are public.
+    #[serde(default)]
+    pub public_logs: Option<bool>,
+    /// Whether the app's system info is public.
+    #[serde(default)]
+    pub public_sysinfo: Option<bool>,
+    /// Env keys that survive decryption.
+    #[serde(default)]
+    pub allowed_envs: Vec<String>,
+}
+
+impl Manifest {
+    /// The manifest of `app`.
+    pub fn of(app: &App) -> Self {
+        serde_json::from_slice(&app.app_compose).unwrap_or_default()
+    }
+}
+
+fn compact(id: &str) -> String {
+    id.replace('-', "")
+}
+
+// ------------------------------------------------------------------ CVMs
+
+/// The node a CVM runs on, in the `2025-10-28` shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct Teepod {
+    /// Always 1: one local node.
+    pub id: i64,
+    /// `berth-local-node`.
+    pub name: &'static str,
+}
+
+/// A CVM in the `2025-10-28` shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct CvmLegacy {
+    /// The numeric id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: CvmStatus,
+    /// Whether a boot is pending or under way.
+    pub in_progress: bool,
+    /// Always 1.
+    pub teepod_id: i64,
+    /// The node.
+    pub teepod: Teepod,
+    /// Owner.
+    pub user_id: i64,
+    /// App id (hex, no `app_` prefix).
+    pub app_id: String,
+    /// The UUID.
+    pub vm_uuid: String,
+    /// The UUID without dashes.
+    pub instance_id: String,
+    /// `berth-simulated-tee`.
+    pub base_image: &'static str,
+    /// vCPUs.
+    pub vcpu: i64,
+    /// Memory, MB.
+    pub memory: i64,
+    /// Disk, GB.
+    pub disk_size: i64,
+    /// The compose YAML.
+    pub docker_compose_file: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The app's env public key, hex.
+    pub encrypted_env_pubkey: String,
+    /// The serial log URL, with its token.
+    pub syslog_endpoint: String,
+    /// From the manifest.
+    pub public_logs: Option<bool>,
+    /// From the manifest.
+    pub public_sysinfo: Option<bool>,
+    /// sha256 of `app-compose.json`, hex.
+    pub compose_hash: String,
+    /// Berth: the failure category of the last boot.
+    pub boot_category: Option<String>,
+    /// Berth: the last boot's final line, when it failed.
+    pub boot_error: Option<String>,
+}
+
+impl CvmLegacy {
+    /// The view of `cvm` of `app`, with its log URL.
+    pub fn of(cvm: &Cvm, app: &App, syslog_endpoint: String) -> Self {
+        let m = Manifest::of(app);
+        Self {
+            id: cvm.instance_id,
+            name: cvm.name.clone(),
+            status: cvm.status,
+            in_progress: cvm.status.in_progress(),
+            teepod_id: 1,
+            teepod: Teepod {
+                id: 1,
+                name: "berth-local-node",
+            },
+            user_id: cvm.user_id,
+            app_id: cvm.app_id.clone(),
+            vm_uuid: cvm.id.clone(),
+            instance_id: compact(&cvm.id),
+            base_image: "berth-simulated-tee",
+            vcpu: cvm.vcpu,
+            memory: cvm.memory,
+            disk_size: cvm.disk_size,
+            docker_compose_file: m.docker_compose_file,
+            created_at: cvm.created_at.clone(),
+            encrypted_env_pubkey: app.env_pubkey.clone(),
+            syslog_endpoint,
+            public_logs: m.public_logs,
+            public_sysinfo: m.public_sysinfo,
+            compose_hash: app.compose_hash.clone(),
+            boot_category: cvm.boot_category.clone(),
+            boot_error: cvm.boot_message.clone(),
+        }
+    }
+}
+
+/// `resource` of a [`CvmCurrent`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Resource {
+    /// `tdx.small`.
+    pub instance_type: &'static str,
+    /// vCPUs.
+    pub vcpu: i64,
+    /// Memory, GB.
+    pub memory_in_gb: f64,
+    /// Disk, GB.
+    pub disk_in_gb: i64,
+}
+
+/// `kms_info` of a [`CvmCurrent`].
+#[derive(Clone, Debug, Serialize)]
+pub struct KmsInfo {
+    /// Always `null`: no chain.
+    pub chain_id: Option<u64>,
+    /// The app's env public key, hex.
+    pub encrypted_env_pubkey: String,
+}
+
+/// `gateway` of a [`CvmCurrent`]: none in local mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct Gateway {
+    /// `null`.
+    pub base_domain: Option<String>,
+    /// `null`.
+    pub cname: Option<String>,
+}
+
+/// `node_info` of a [`CvmCurrent`].
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    /// `node`.
+    pub object_type: &'static str,
+    /// Always 1.
+    pub id: i64,
+    /// `berth-local-node`.
+    pub name: &'static str,
+}
+
+/// `os` of a [`CvmCurrent`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Os {
+    /// `berth (simulated TEE)`.
+    pub name: &'static str,
+    /// Berth's version.
+    pub version: &'static str,
+    /// `false`.
+    pub is_dev: bool,
+    /// `null`.
+    pub os_image_hash: Option<String>,
+}
+
+/// A CVM in the `2026-01-21` shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct CvmCurrent {
+    /// The UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: CvmStatus,
+    /// Whether a boot is pending or under way.
+    pub in_progress: bool,
+    /// App id.
+    pub app_id: String,
+    /// The UUID.
+    pub vm_uuid: String,
+    /// The UUID without dashes.
+    pub instance_id: String,
+    /// Size.
+    pub resource: Resource,
+    /// The env key.
+    pub kms_info: KmsInfo,
+    /// `phala`.
+    pub kms_type: &'static str,
+    /// No gateway.
+    pub gateway: Gateway,
+    /// The node.
+    pub node_info: NodeInfo,
+    /// The (simulated) OS.
+    pub os: Os,
+    /// sha256 of `app-compose.json`, hex.
+    pub compose_hash: String,
+    /// From the manifest.
+    pub public_logs: Option<bool>,
+    /// From the manifest.
+    pub public_sysinfo: Option<bool>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The serial log URL, with its token.
+    pub syslog_endpoint: String,
+    /// Berth: the failure category of the last boot.
+    pub boot_category: Option<String>,
+    /// Berth: the last boot's final line, when it failed.
+    pub boot_error: Option<String>,
+}
+
+impl CvmCurrent {
+    /// The view of `cvm` of `app`, with its log URL.
+    pub fn of(cvm: &Cvm, app: &App, syslog_endpoint: String) -> Self {
+        let m = Manifest::of(app);
+        Self {
+            id: cvm.id.clone(),
+            name: cvm.name.clone(),
+            status: cvm.status,
+            in_progress: cvm.status.in_progress(),
+            app_id: cvm.app_id.clone(),
+            vm_uuid: cvm.id.clone(),
+            instance_id: compact(&cvm.id),
+            resource: Resource {
+                instance_type: "tdx.small",
+                vcpu: cvm.vcpu,
+                memory_in_gb: cvm.memory as f64 / 1024.0,
+                disk_in_gb: cvm.disk_size,
+            },
+            kms_info: KmsInfo {
+                chain_id: None,
+                encrypted_env_pubkey: app.env_pubkey.clone(),
+            },
+            kms_type: "phala",
+            gateway: Gateway {
+                base_domain: None,
+                cname: None,
+            },
+            node_info: NodeInfo {
+                object_type: "node",
+                id: 1,
+                name: "berth-local-node",
+            },
+            os: Os {
+                name: "berth (simulated TEE)",
+                version: env!("CARGO_PKG_VERSION"),
+                is_dev: false,
+                os_image_hash: None,
+            },
+            compose_hash: app.compose_hash.clone(),
+            public_logs: m.public_logs,
+            public_sysinfo: m.public_sysinfo,
+            created_at: cvm.created_at.clone(),
+            syslog_endpoint,
+            boot_category: cvm.boot_category.clone(),
+            boot_error: cvm.boot_message.clone(),
+        }
+    }
+}
+
+/// A CVM in the shape the client asked for.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum CvmView {
+    /// `2025-10-28`.
+    Legacy(CvmLegacy),
+    /// `2026-01-21`.
+    Current(CvmCurrent),
+}
+
+/// One entry of `GET /apps`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppItem {
+    /// The CVM's UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// App id.
+    pub app_id: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `phala`.
+    pub kms_type: &'static str,
+    /// Always 1.
+    pub cvm_count: u32,
+    /// The CVM, `2026-01-21` shape.
+    pub current_cvm: CvmCurrent,
+}
+
+/// `GET /apps`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppsPage {
+    /// This page.
+    pub dstack_apps: Vec<AppItem>,
+    /// Page number, from 1.
+    pub page: usize,
+    /// Entries per page.
+    pub page_size: usize,
+    /// Entries in all.
+    pub total: usize,
+    /// Pages in all (at least 1).
+    pub total_pages: usize,
+}
+
+/// One entry of `POST /status/batch`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchStatus {
+    /// The UUID.
+    pub vm_uuid: String,
+    /// Status.
+    pub status: CvmStatus,
+    /// Whether a boot is pending or under way.
+    pub in_progress: bool,
+    /// The last boot's final line, when it failed.
+    pub boot_error: Option<String>,
+}
+
+/// `PATCH /cvms/{id}/envs`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvsUpdated {
+    /// `in_progress`: the CVM restarts.
+    pub status: &'static str,
+    /// What happened.
+    pub message: &'static str,
+    /// A fresh UUID.
+    pub correlation_id: String,
+    /// Always `false` (changing `allowed_envs` needs a new deployment).
+    pub allowed_envs_changed: bool,
+}
+
+impl EnvsUpdated {
+    /// The answer; `outside_allowed` when some keys are outside `allowed_envs`.
+    pub fn new(outside_allowed: bool) -> Self {
+        Self {
+            status: "in_progress",
+            message: if outside_allowed {
+                "env updated; keys outside allowed_envs are dropped by the CVM (changing allowed_envs needs a new deployment)"
+            } else {
+                "env updated; the CVM is restarting"
+            },
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            allowed_envs_changed: false,
+        }
+    }
+}
+
+/// One container of `GET /cvms/{id}/composition`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerItem {
+    /// The engine's container id.
+    pub id: String,
+    /// `/<service>`.
+    pub names: Vec<String>,
+    /// Its log URL, with the CVM's token.
+    pub log_endpoint: String,
+}
+
+/// `GET /cvms/{id}/composition`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Composition {
+    /// The CVM's containers.
+    pub containers: Vec<ContainerItem>,
+}
+
+// ---------------------------------------------------------------- deploy
+
+/// `POST /cvms/provision`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProvisionAnswer {
+    /// App id, hex.
+    pub app_id: String,
+    /// The env public key to seal to, hex.
+    pub app_env_encrypt_pubkey: String,
+    /// sha256 of `app-compose.json`, hex.
+    pub compose_hash: String,
+    /// As asked, or `tdx.small`.
+    pub instance_type: String,
+    /// vCPUs.
+    pub vcpu: i64,
+    /// Memory, MB.
+    pub memory: i64,
+    /// Disk, GB.
+    pub disk_size: i64,
+    /// Berth: the KMS's legacy signature over the key, so clients can check
+    /// the key came from the KMS they trust (the `berth` CLI does).
+    pub app_env_encrypt_pubkey_signature: String,
+    /// Berth: the KMS's timestamped signature.
+    pub app_env_encrypt_pubkey_signature_v1: String,
+    /// Berth: its Unix time.
+    pub app_env_encrypt_pubkey_timestamp: u64,
+    /// Berth: the KMS's public key.
+    pub kms_public_key: String,
+}
+
+/// `GET /kms/{kms}/pubkey/{app_id}`: exactly the two keys the official
+/// schema allows.
+#[derive(Clone, Debug, Serialize)]
+pub struct KmsPubkey {
+    /// The env public key, hex.
+    pub public_key: String,
+    /// The KMS's legacy signature over it, hex.
+    pub signature: String,
+}
+
+// ----------------------------------------------------------------- users
+
+/// `GET /auth/me` in the `2025-10-28` shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeLegacy {
+    /// Login name.
+    pub username: String,
+    /// `<username>@berth.local`.
+    pub email: String,
+    /// 0.
+    pub credits: u32,
+    /// 0.
+    pub granted_credits: u32,
+    /// Empty.
+    pub avatar: &'static str,
+    /// The username.
+    pub team_name: String,
+    /// `free`.
+    pub team_tier: &'static str,
+}
+
+/// `user` of [`MeCurrent`].
+#[derive(Clone, Debug, Serialize)]
+pub struct MeUser {
+    /// Login name.
+    pub username: String,
+    /// `<username>@berth.local`.
+    pub email: String,
+    /// `admin` or `user`.
+    pub role: &'static str,
+    /// Empty.
+    pub avatar: &'static str,
+    /// `true`.
+    pub email_verified: bool,
+    /// `false`.
+    pub totp_enabled: bool,
+    /// `false`.
+    pub has_backup_codes: bool,
+    /// `false`.
+    pub flag_has_password: bool,
+}
+
+/// `workspace` of [`MeCurrent`]: one per user.
+#[derive(Clone, Debug, Serialize)]
+pub struct Workspace {
+    /// The user's row id, as a string.
+    pub id: String,
+    /// The username.
+    pub name: String,
+    /// The username.
+    pub slug: String,
+    /// `free`.
+    pub tier: &'static str,
+    /// `owner`.
+    pub role: &'static str,
+}
+
+/// `credits` of [`MeCurrent`]: none.
+#[derive(Clone, Debug, Serialize)]
+pub struct Credits {
+    /// 0.
+    pub balance: u32,
+    /// 0.
+    pub granted_balance: u32,
+    /// `false`.
+    pub is_post_paid: bool,
+    /// `null`.
+    pub outstanding_amount: Option<u32>,
+}
+
+/// `GET /auth/me` in the `2026-01-21` shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeCurrent {
+    /// The user.
+    pub user: MeUser,
+    /// Their workspace.
+    pub workspace: Workspace,
+    /// Their credits.
+    pub credits: Credits,
+}
+
+/// `GET /auth/me` in the shape the client asked for.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Me {
+    /// `2025-10-28`.
+    Legacy(MeLegacy),
+    /// `2026-01-21`.
+    Current(MeCurrent),
+}
+
+impl Me {
+    /// `user`, in `version`'s shape.
+    pub fn of(user: &User, version: PhalaVersion) -> Self {
+        let email = format!("{}@berth.local", user.username);
+        match version {
+            PhalaVersion::Legacy => Me::Legacy(MeLegacy {
+                username: user.username.clone(),
+                email,
+                credits: 0,
+                granted_credits: 0,
+                avatar: "",
+                team_name: user.username.clone(),
+                team_tier: "free",
+            }),
+            PhalaVersion::Current => Me::Current(MeCurrent {
+                user: MeUser {
+                    username: user.username.clone(),
+                    email,
+                    role: if user.is_admin { "admin" } else { "user" },
+                    avatar: "",
+                    email_verified: true,
+                    totp_enabled: false,
+                    has_backup_codes: false,
+                    flag_has_password: false,
+                },
+                workspace: Workspace {
+                    id: user.id.to_string(),
+                    name: user.username.clone(),
+                    slug: user.username.clone(),
+                    tier: "free",
+                    role: "owner",
+                },
+                credits: Credits {
+                    balance: 0,
+                    granted_balance: 0,
+                    is_post_paid: false,
+                    outstanding_amount: None,
+                },
+            }),
+        }
+    }
+}
+
+/// A user's new key (`POST /users`, `rotate-key`), shown once.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewKey {
+    /// Login name.
+    pub username: String,
+    /// The key.
+    pub api_key: String,
+}
+
+/// `POST /users/{name}/revoke`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revoked {
+    /// Login name.
+    pub username: String,
+    /// `true`.
+    pub revoked: bool,
+}

@@ -1,0 +1,363 @@
+//! The local confidential cloud (`berth up`) as one library call, [`run`],
+//! so that every front end (the `berth` CLI, a web console, an operator
+//! tool) starts the same thing the same way.
+//!
+//! What [`run`] composes, in order:
+//!
+//! 1. the listen settings, checked before anything starts (TLS off
+//!    loopback, a public URL when listening on every address);
+//! 2. the state folder: created 0700, locked for one local cloud
+//!    (`STATE/berth.lock`, holding the PID), and locked down (modes an
+//!    older Berth or a careless umask left open are fixed, and reported);
+//! 3. the KMS, its own process (`berth kms serve`) on a socket in the 0700
+//!    `STATE/kms/`, handed a fresh node secret on its standard input;
+//! 4. the Docker engine: the configured one, the system's, or a private
+//!    `dockerd` under the state folder;
+//! 5. the database, the admin's API key and the log URL secret;
+//! 6. the node, its own process (`berth node serve`), the only other holder
+//!    of the node secret;
+//! 7. the API, served until the caller's `shutdown` completes or a child
+//!    keeps dying; meanwhile the KMS and the node are supervised and
+//!    restarted with backoff;
+//! 8. shutdown: the node (which stops its boot agents), the KMS, then a
+//!    private `dockerd`.
+//!
+//! The children run the same executable ([`UpConfig::berth_exe`]), so this
+//! crate never links the KMS's code. Their entry points are
+//! `kms::server::run` and [`serve_node`].
+//!
+//! Nothing here prints: what a person may want to see is an [`UpEvent`],
+//! and errors are [`UpError`]s whose sentences name no front end's options.
+
+mod children;
+mod engine;
+mod error;
+mod listen;
+mod node_process;
+mod state;
+
+pub use children::{MAX_RESTARTS, RESTART_WINDOW};
+pub use error::{Part, UpError};
+pub use node_process::{NodeReady, NodeServeConfig, NodeServeError, serve_node};
+pub use state::{API_KEY_FILE, KMS_PUBLIC_KEY_FILE, LOCK_FILE};
+
+use children::{Respawn, Supervised, start_kms, start_node, supervise, terminate};
+use node_process::NodeSettings;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to run the local cloud. Front ends fill it from their own options and
+/// environment; nothing here reads an environment variable but `PATH`.
+#[derive(Debug)]
+pub struct UpConfig {
+    /// Where the database, the KMS root key and the CVMs live (created).
+    pub state: PathBuf,
+    /// The API's address, `HOST:PORT`.
+    pub listen: String,
+    /// Serve HTTPS with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
+    /// Allow plain HTTP on an address other machines reach.
+    pub insecure: bool,
+    /// The URL clients reach the API by (for the log URLs it hands out);
+    /// `None`: the listen address.
+    pub public_url: Option<String>,
+    /// Registry name → URL, in every CVM.
+    pub registry_endpoints: BTreeMap<String, String>,
+    /// Extra CA certificates (PEM text) trusted in every CVM.
+    pub ca_certs: Vec<String>,
+    /// The ECR API endpoint every CVM uses (tests, private endpoints).
+    pub aws_endpoint_url_ecr: Option<String>,
+    /// The Docker engine (`unix://…`); `None`: the system's, else a private
+    /// `dockerd`.
+    pub docker_host: Option<String>,
+    /// Set the admin's API key to this one (else one is made at the first
+    /// start and kept).
+    pub admin_api_key: Option<zeroize::Zeroizing<String>>,
+    /// Replace the log URL secret: every log URL handed out before stops
+    /// working.
+    pub rotate_log_secret: bool,
+    /// The operator's caps.
+    pub limits: crate::db::Limits,
+    /// How long a client has to send its request headers.
+    pub header_timeout: Duration,
+    /// The most connections the API serves at once.
+    pub max_connections: usize,
+    /// The `berth` executable, which the KMS and the node run as.
+    pub berth_exe: PathBuf,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// What became of the admin's API key at this start.
+#[derive(Debug)]
+pub enum AdminKey {
+    /// Set to [`UpConfig::admin_api_key`] (and written to the key file).
+    Configured,
+    /// Made now, the first start: the only time it is shown.
+    Created(zeroize::Zeroizing<String>),
+    /// Kept, and still in the key file.
+    InFile,
+    /// Kept, but the key file holds an older one (the admin rotated it).
+    RotatedSinceWritten,
+}
+
+/// The local cloud serves.
+#[derive(Debug)]
+pub struct Ready {
+    /// The URL clients reach the API by, without `/api/v1`.
+    pub public_url: String,
+    /// What the listener is bound to (`http(s)://addr:port`).
+    pub listening: String,
+    /// The admin's key.
+    pub admin_key: AdminKey,
+    /// The file holding the admin's key.
+    pub api_key_file: PathBuf,
+    /// The KMS public key clients pin (also in [`KMS_PUBLIC_KEY_FILE`]).
+    pub kms_public_key: String,
+    /// The state folder (canonical).
+    pub state: PathBuf,
+    /// The Docker engine CVMs run on.
+    pub docker_host: String,
+    /// How many CVMs were booted again.
+    pub resumed: usize,
+}
+
+/// How a supervised child ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// With this status.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Otherwise.
+    Ended,
+    /// It could not be waited for.
+    NotWaitable(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => write!(f, "was killed by signal {s}"),
+            Exit::Ended => f.write_str("ended"),
+            Exit::NotWaitable(e) => write!(f, "cannot be waited for ({e})"),
+        }
+    }
+}
+
+/// What happens while the local cloud runs, for a front end to show.
+#[derive(Debug)]
+pub enum UpEvent {
+    /// A file or folder of the state was open to others and is not any more.
+    ModeFixed {
+        /// Which.
+        path: PathBuf,
+        /// Its mode before.
+        was: u32,
+        /// Its mode now.
+        now: u32,
+    },
+    /// The log URL secret was replaced.
+    LogSecretRotated,
+    /// Everything is up and the API serves.
+    Ready(Ready),
+    /// A line a child wrote on its standard output after it started.
+    Output {
+        /// Which child.
+        part: Part,
+        /// The line.
+        line: String,
+    },
+    /// A child died; the API answers 503 for what needs it until it is back.
+    Died {
+        /// Which.
+        part: Part,
+        /// Its PID.
+        pid: u32,
+        /// How.
+        exit: Exit,
+    },
+    /// A child is started again after `delay`.
+    Restarting {
+        /// Which.
+        part: Part,
+        /// The backoff.
+        delay: Duration,
+        /// The how-manieth restart within [`RESTART_WINDOW`].
+        restart: usize,
+        /// [`MAX_RESTARTS`].
+        max: usize,
+    },
+    /// A restart attempt failed (another follows, within the limit).
+    RestartFailed {
+        /// Which.
+        part: Part,
+        /// Why.
+        reason: String,
+    },
+    /// The restarted KMS has another public key than at the start.
+    KmsKeyChanged {
+        /// The new one.
+        public_key: String,
+    },
+    /// A child is back.
+    Back {
+        /// Which.
+        part: Part,
+        /// Its new PID.
+        pid: u32,
+    },
+    /// A child died too often: the local cloud stops ([`UpError::KeepsDying`]).
+    GaveUp {
+        /// Which.
+        part: Part,
+        /// How often within [`RESTART_WINDOW`].
+        deaths: usize,
+    },
+}
+
+/// Where a front end receives [`UpEvent`]s (called from any task).
+pub type UpEvents = Arc<dyn Fn(UpEvent) + Send + Sync>;
+
+/// Runs the local cloud until `shutdown` completes (or a child keeps
+/// dying), then stops its children and returns.
+///
+/// Makes new files of this process private (umask 077) for its whole life.
+pub async fn run(
+    config: UpConfig,
+    events: UpEvents,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), UpError> {
+    state::private_umask();
+    let listen = listen::check(&config)?;
+    crate::node::private_dir(&config.state).map_err(UpError::io(format!(
+        "cannot create {}",
+        config.state.display()
+    )))?;
+    let state = config
+        .state
+        .canonicalize()
+        .map_err(UpError::io("state folder"))?;
+    let _lock = state::lock_state(&state)?;
+    state::lock_down_state(&state, &events)?;
+    // The secret that lets the node, and only the node, mint boot tickets.
+    let node_secret = state::random_hex::<32>();
+    let exe = config.berth_exe.clone();
+
+    // The KMS: its own process, on a socket in the private kms/ folder.
+    let (kms, kms_ready) = start_kms(&exe, &state, &node_secret, &events).await?;
+    let kms = Supervised::new(Part::Kms, kms);
+    let _ = crate::node::write_private(
+        &state.join(KMS_PUBLIC_KEY_FILE),
+        format!("{}\n", kms_ready.public_key).as_bytes(),
+    );
+    let (docker_host, dockerd) = engine::docker_host(config.docker_host.as_deref(), &state).await?;
+
+    let db = Arc::new(
+        crate::Db::open(&state.join("berth.db")).map_err(|e| UpError::Database(e.to_string()))?,
+    );
+    let api_key_file = state.join(API_KEY_FILE);
+    let admin_key =
+        state::admin_key(&db, &api_key_file, config.admin_api_key.as_deref().map(|k| k.as_str()))
+            .await?;
+    let log_secret = state::log_secret(&state, config.rotate_log_secret, &events)?;
+
+    // The node: its own process, the only other holder of the node secret.
+    let node_settings = NodeSettings {
+        node_secret: node_secret.to_string(),
+        kms_url: kms_ready.url.clone(),
+        docker_host: docker_host.clone(),
+        registry_endpoints: config.registry_endpoints,
+        ca_certs: config.ca_certs,
+        aws_endpoint_url_ecr: config.aws_endpoint_url_ecr.filter(|v| !v.is_empty()),
+    }
+    .into_line();
+    let (node, resumed) = start_node(&exe, &state, &node_settings, &events).await?;
+    let node = Supervised::new(Part::Node, node);
+
+    let listener = tokio::net::TcpListener::bind(listen.addr)
+        .await
+        .map_err(UpError::io(format!("cannot listen on {}", config.listen)))?;
+    let addr = listener.local_addr().map_err(UpError::io("listener"))?;
+    let scheme = if listen.tls.is_some() { "https" } else { "http" };
+    let listening = format!("{scheme}://{addr}");
+    let public_url = listen.public_url.unwrap_or_else(|| listening.clone());
+    let kms_endpoint =
+        contract::kms::KmsEndpoint::parse(&kms_ready.url).ok_or(UpError::BadKmsAddress)?;
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let contract::kms::KmsEndpoint::Unix(p) = &kms_endpoint {
+        http = http.unix_socket(p.clone());
+    }
+    let app_state = Arc::new(crate::AppState {
+        db,
+        node: crate::NodeClient::new(&state.join("node/node.sock")),
+        kms: kms_endpoint,
+        cvms_root: state.join("cvms"),
+        public_url: public_url.clone(),
+        http: http.build().map_err(|_| UpError::KmsClient)?,
+        log_secret,
+        limits: config.limits,
+    });
+    events(UpEvent::Ready(Ready {
+        public_url,
+        listening,
+        admin_key,
+        api_key_file,
+        kms_public_key: kms_ready.public_key.clone(),
+        state: state.clone(),
+        docker_host,
+        resumed,
+    }));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let fatal = Arc::new(tokio::sync::Notify::new());
+    let respawn = Respawn {
+        exe,
+        state,
+        node_secret,
+        node_settings,
+        kms_public_key: kms_ready.public_key,
+        events: events.clone(),
+    };
+    let supervisor = tokio::spawn(supervise(kms, node, respawn, stop_rx, fatal.clone()));
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = fatal.notified() => {},
+        }
+    };
+    let opts = crate::serve::ServeOptions {
+        header_timeout: config.header_timeout.max(Duration::from_secs(1)),
+        max_connections: config.max_connections.max(1),
+        tls: listen.tls,
+    };
+    let served = crate::serve::serve(listener, crate::router(app_state), opts, stop)
+        .await
+        .map_err(UpError::Serve);
+    let _ = stop_tx.send(true);
+    let (mut kms, mut node, failure) = supervisor.await.map_err(|_| UpError::Supervisor)?;
+    // The node first (it stops its boot agents), then the KMS.
+    terminate(&mut node.child, Duration::from_secs(10)).await;
+    terminate(&mut kms.child, Duration::from_secs(10)).await;
+    if let Some(mut d) = dockerd {
+        // SIGTERM, so the engine stops its containers cleanly; they are
+        // booted again (cheaply) at the next start.
+        terminate(&mut d, Duration::from_secs(15)).await;
+    }
+    served?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
