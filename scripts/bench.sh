@@ -12,3 +12,7 @@ target/release/examples/bench_pull target/release/berth "$RUNS" "$LAYER_MB"
 echo
 echo "== berth guest boot vs docker login + docker-compose pull + up (cold and warm, ${RUNS} runs each)"
 target/release/examples/bench_boot target/release/berth "$RUNS" "${BOOT_LAYER_MB:-50}"
+echo
+echo "== API under load: wrk against GET /api/v1/cvms with ${API_CVMS:-1000} CVMs, next to a no-DB route of the same server"
+cargo build --release --quiet -p testkit --example bench_api
+target/release/examples/bench_api target/release/berth "${API_CVMS:-1000}" "${API_SECONDS:-10}" "${API_CONNECTIONS:-16}"

@@ -51,7 +51,11 @@ pub fn check(data: &[u8]) {
         });
         let again_services: Vec<&str> = again.images.iter().map(|i| i.service.as_str()).collect();
         assert_eq!(again_services, services, "rendered:\n{rendered}");
-        assert_eq!(again.render(&[]), rendered, "rendering is not a fixed point");
+        assert_eq!(
+            again.render(&[]),
+            rendered,
+            "rendering is not a fixed point"
+        );
     }
     let plain = ComposeFile::parse_and_check(&file.render(&[])).unwrap();
     let written: Vec<&str> = file.images.iter().map(|i| i.written.as_str()).collect();

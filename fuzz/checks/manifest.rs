@@ -36,8 +36,7 @@ pub fn check(data: &[u8]) {
             let msg = e.to_string();
             // Only fixed sentences: nothing the registry wrote.
             assert!(
-                msg.starts_with("the registry sent a manifest that ")
-                    || msg.contains("schema 1"),
+                msg.starts_with("the registry sent a manifest that ") || msg.contains("schema 1"),
                 "{msg}"
             );
         }

@@ -48,7 +48,11 @@ fn breaks_line(c: char) -> bool {
         )
 }
 
-const KEYS: [&str; 3] = ["API_TOKEN", "DSTACK_DOCKER_USERNAME", "DSTACK_DOCKER_PASSWORD"];
+const KEYS: [&str; 3] = [
+    "API_TOKEN",
+    "DSTACK_DOCKER_USERNAME",
+    "DSTACK_DOCKER_PASSWORD",
+];
 
 pub fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
@@ -57,8 +61,16 @@ pub fn check(data: &[u8]) {
     let text = String::from_utf8_lossy(rest);
     // NUL-separated: up to three values, then a prefix and a suffix.
     let mut parts: Vec<&str> = text.split('\0').collect();
-    let suffix = if parts.len() > 1 { parts.pop().unwrap() } else { "" };
-    let prefix = if parts.len() > 1 { parts.pop().unwrap() } else { "" };
+    let suffix = if parts.len() > 1 {
+        parts.pop().unwrap()
+    } else {
+        ""
+    };
+    let prefix = if parts.len() > 1 {
+        parts.pop().unwrap()
+    } else {
+        ""
+    };
     let values: Vec<&str> = parts.into_iter().take(KEYS.len()).collect();
     let vars: Vec<EnvVar> = values
         .iter()
@@ -111,7 +123,10 @@ pub fn check(data: &[u8]) {
         assert!(written.ends_with('\n'), "{written:?}");
         let body = &written[..written.len() - 1];
         assert!(!body.chars().any(breaks_line), "{body:?}");
-        assert!(body.starts_with('[') && body[25..].starts_with("] "), "{body:?}");
+        assert!(
+            body.starts_with('[') && body[25..].starts_with("] "),
+            "{body:?}"
+        );
         let shown = &body[27..];
         // No secret, once the labels are out.
         let mut stripped = shown.to_owned();

@@ -70,8 +70,7 @@ pub fn check(data: &[u8]) {
     let sep = if mode & 8 != 0 { ", " } else { "," };
     let scheme = if mode & 16 != 0 { "bearer" } else { "Bearer" };
     let header = format!("{scheme} {}", written.join(sep));
-    let (realm, params) =
-        parse(&header).unwrap_or_else(|| panic!("{header:?} is refused"));
+    let (realm, params) = parse(&header).unwrap_or_else(|| panic!("{header:?} is refused"));
     assert_eq!(realm.as_deref(), Some("https://auth.example/token"));
     assert_eq!(params, want, "{header:?}");
 }

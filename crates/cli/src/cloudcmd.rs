@@ -3,7 +3,7 @@
 use crate::envargs;
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
-use cloud::{ApiClient, ApiError, CvmInfo};
+use cloud::{ApiClient, ClientError, CvmInfo};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -130,10 +130,10 @@ pub(crate) fn client(args: &ApiArgs) -> Result<ApiClient, Failure> {
     Ok(ApiClient::new(&url, &key))
 }
 
-pub(crate) fn api_failure(e: ApiError) -> Failure {
-    let code = if e.status.is_client_error() { 2 } else { 1 };
+pub(crate) fn api_failure(e: ClientError) -> Failure {
+    let code = if e.is_client_error() { 2 } else { 1 };
     Failure {
-        message: e.message,
+        message: e.to_string(),
         hint: None,
         code,
     }
@@ -197,7 +197,10 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     let rt = crate::runtime();
     rt.block_on(async {
         eprintln!("Provisioning {}…", args.name);
-        let p = api.provision(&args.name, &compose, &keys).await.map_err(api_failure)?;
+        let p = api
+            .provision(&args.name, &compose, &keys)
+            .await
+            .map_err(api_failure)?;
         // A control plane must not be able to swap in a key of its own.
         let offer = kms::trust::EnvKeyOffer {
             app_id: &p.app_id,
@@ -213,12 +216,19 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
         let sealed = kms::trust::seal_env(&offer, &trusted, &env, now).map_err(trust_failure)?;
         eprintln!("Env public key verified against KMS {}", trusted.to_hex());
         let sealed = sealed.map(|s| s.to_hex());
-        let cvm = api.commit(&p.app_id, &p.compose_hash, sealed.as_deref(), &keys).await.map_err(api_failure)?;
+        let cvm = api
+            .commit(&p.app_id, &p.compose_hash, sealed.as_deref(), &keys)
+            .await
+            .map_err(api_failure)?;
         println!("CVM ID: {}", cvm.id);
         println!("Name:   {}", cvm.name);
         println!("App ID: {}", cvm.app_id);
         println!("Status: {}", cvm.status);
-        if args.wait { follow_boot(&api, &cvm.id).await } else { Ok(()) }
+        if args.wait {
+            follow_boot(&api, &cvm.id).await
+        } else {
+            Ok(())
+        }
     })
 }
 
@@ -333,7 +343,7 @@ fn when(rfc3339: &str) -> String {
 fn status_cell(c: &CvmInfo) -> String {
     match &c.boot_category {
         Some(cat) if c.status != "running" => format!("{} ({cat})", c.status),
-        _ => c.status.clone(),
+        _ => c.status.to_string(),
     }
 }
 
@@ -389,7 +399,7 @@ fn list_table(cvms: &[CvmInfo]) -> String {
 /// The view of `berth cvms get` (and of start/stop/restart).
 fn detail(c: &CvmInfo) -> String {
     let none = "-".to_string();
-    let mut status = c.status.clone();
+    let mut status = c.status.to_string();
     if c.status != "running"
         && let Some(cat) = &c.boot_category
     {

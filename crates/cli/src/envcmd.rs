@@ -3,7 +3,7 @@
 use crate::envargs;
 use crate::failure::Failure;
 use clap::Args;
-use envseal::{EnvPrivateKey, EnvPublicKey, SealedEnv, render_dotenv};
+use envseal::{EnvPrivateKey, EnvPublicKey, SealedEnv, plaintext_json, render_dotenv};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use zeroize::Zeroizing;
@@ -119,21 +119,16 @@ pub fn unseal(args: UnsealArgs) -> Result<(), Failure> {
         Failure::config(format!("{name}: {e}"))
             .hint("check that the key file belongs to the app the env was sealed for")
     })?;
-    let out: Zeroizing<String> = if args.json {
-        let vars: Vec<serde_json::Value> = env
-            .vars()
-            .iter()
-            .map(|v| serde_json::json!({"key": v.key, "value": v.value.expose()}))
-            .collect();
-        let mut s = Zeroizing::new(serde_json::json!({ "env": vars }).to_string());
-        s.push('\n');
-        s
+    let out: Zeroizing<Vec<u8>> = if args.json {
+        let mut json = plaintext_json(&env);
+        json.push(b'\n');
+        json
     } else {
-        render_dotenv(&env)
+        Zeroizing::new(render_dotenv(&env).as_bytes().to_vec())
     };
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(out.as_bytes())
+        .write_all(&out)
         .and_then(|()| stdout.flush())
         .map_err(|e| Failure::io("cannot write to standard output", &e))
 }

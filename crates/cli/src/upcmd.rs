@@ -138,8 +138,9 @@ pub fn node_serve(args: NodeServeArgs) -> Result<(), Failure> {
         berth_exe: current_exe()?,
         settings,
     };
-    let served = crate::runtime()
-        .block_on(cloud::up::serve_node(config, |ready| announce(&ready.render())));
+    let served = crate::runtime().block_on(cloud::up::serve_node(config, |ready| {
+        announce(&ready.render())
+    }));
     served.map_err(|e| match e {
         NodeServeError::Bind { socket, source } => {
             Failure::io(format!("cannot listen on {}", socket.display()), &source)
@@ -190,7 +191,8 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         public_url: args.public_url,
         registry_endpoints: registry_endpoints(&args.registry_endpoint)?,
         ca_certs,
-        aws_endpoint_url_ecr: env_var("AWS_ENDPOINT_URL_ECR").or_else(|| env_var("AWS_ENDPOINT_URL")),
+        aws_endpoint_url_ecr: env_var("AWS_ENDPOINT_URL_ECR")
+            .or_else(|| env_var("AWS_ENDPOINT_URL")),
         docker_host: env_var("DOCKER_HOST"),
         admin_api_key: env_var("BERTH_ADMIN_API_KEY").map(zeroize::Zeroizing::new),
         rotate_log_secret: args.rotate_log_secret,
@@ -224,7 +226,10 @@ fn print_event(event: UpEvent) {
     let minutes = cloud::up::RESTART_WINDOW.as_secs() / 60;
     match event {
         UpEvent::ModeFixed { path, was, now } => {
-            eprintln!("berth up: {} was mode {was:o}; now {now:04o}", path.display());
+            eprintln!(
+                "berth up: {} was mode {was:o}; now {now:04o}",
+                path.display()
+            );
         }
         UpEvent::LogSecretRotated => {
             println!("Log secret rotated: log URLs handed out before no longer work.");

@@ -6,7 +6,7 @@ use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 use testkit::images::{ImageSpec, PushTarget, push_image};
-use testkit::{Dockerd, FaultProxy, Moto, Registry, Target};
+use testkit::{Dockerd, FaultProxy, Registry, Target};
 
 const CANARY: &str = "canary-boot-pw-93b7e1";
 const ECR_SECRET: &str = "canary-aws-secret-0a1b";
@@ -144,16 +144,9 @@ fn boot_pulls_two_registries_runs_the_app_and_restarts_for_free() {
         &ImageSpec::new().busybox(),
     );
     // ECR (moto for GetAuthorizationToken), a digest-pinned image.
-    let moto = Moto::start();
-    let (ecr_user, ecr_pw) = Moto::ecr_credentials(moto.account_id(), "us-east-1");
-    let ecr = Registry::with_htpasswd(&[(&ecr_user, &ecr_pw)]);
-    let ecr_host = Moto::ecr_registry_host(moto.account_id(), "us-east-1");
-    let api = push_image(
-        &PushTarget::new(&ecr.host_port()).with_creds(&ecr_user, &ecr_pw),
-        "svc/api",
-        "1",
-        &ImageSpec::new().busybox().layer(1000),
-    );
+    let ecr = Ecr::start();
+    let (moto, ecr_host) = (&ecr.moto, ecr.host.clone());
+    let api = ecr.push("svc/api", "1", &ImageSpec::new().busybox().layer(1000));
 
     let app = App::new("boot-main");
     let yaml = format!(
@@ -175,7 +168,7 @@ fn boot_pulls_two_registries_runs_the_app_and_restarts_for_free() {
         &yaml,
         &allowed,
         serde_json::json!({
-            "registry_endpoints": {host.clone(): proxy.base_url(), ecr_host.clone(): ecr.base_url()},
+            "registry_endpoints": {host.clone(): proxy.base_url(), ecr_host.clone(): ecr.registry.base_url()},
             "aws_endpoint_url_ecr": moto.endpoint(),
         }),
     );

@@ -9,14 +9,10 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use testkit::images::{ImageSpec, PushTarget, push_image};
-use testkit::{Dockerd, Registry};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::Dockerd;
 
 const PASSWORD: &str = "canary-client-pw-8c41d2a7";
 const ADMIN_KEY: &str = "berth_client_test_admin_key_0123";
@@ -50,60 +46,13 @@ fn user_cmd(cloud: &Cloud, home: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// Every process's command line, read from /proc, but `skip`'s; the pids
-/// whose command line holds `needle` are added to `found`, and `seen_skip`
-/// is set when `skip`'s own does (proof that the scan reads what it must).
-fn scan_proc(
-    needle: &[u8],
-    skip: u32,
-    found: &Mutex<BTreeSet<(u32, String)>>,
-    seen_skip: &AtomicBool,
-) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if !cmdline.windows(needle.len()).any(|w| w == needle) {
-            continue;
-        }
-        if pid == skip {
-            seen_skip.store(true, Ordering::SeqCst);
-        } else {
-            let argv0 = cmdline
-                .split(|b| *b == 0)
-                .next()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .unwrap_or_default();
-            found.lock().unwrap().insert((pid, argv0));
-        }
-    }
-}
-
 #[test]
 fn deploy_preflight_in_process_and_cvms_list_get_as_a_new_user_meets_them() {
     let engine = Dockerd::start();
-    let reg = Registry::with_htpasswd(&[("alice", PASSWORD)]);
-    let host = reg.host_port();
-    push_image(
-        &PushTarget::new(&host).with_creds("alice", PASSWORD),
-        "alice/app",
-        "1",
-        &ImageSpec::new().busybox(),
-    );
+    let (_reg, host, mapped) = busybox_registry(Some(("alice", PASSWORD)), "alice/app");
     let dir = tempdir("client");
     let home = dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
     let cloud = up(&dir.join("state"), &engine.host(), &[&mapped]);
     let compose: PathBuf = dir.join("compose.yml");
     std::fs::write(
@@ -184,21 +133,7 @@ fn deploy_preflight_in_process_and_cvms_list_get_as_a_new_user_meets_them() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("berth deploy");
-    let found = Arc::new(Mutex::new(BTreeSet::new()));
-    let seen_own = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
-    let scanner = {
-        let (found, seen_own, done) = (found.clone(), seen_own.clone(), done.clone());
-        let pid = deploy.id();
-        std::thread::spawn(move || {
-            let mut passes = 0u32;
-            while !done.load(Ordering::SeqCst) {
-                scan_proc(PASSWORD.as_bytes(), pid, &found, &seen_own);
-                passes += 1;
-            }
-            passes
-        })
-    };
+    let watch = ArgvWatch::start(PASSWORD, Some(deploy.id()), Duration::ZERO);
     let (stdout, stderr) = {
         let mut out = String::new();
         let mut err = String::new();
@@ -214,8 +149,7 @@ fn deploy_preflight_in_process_and_cvms_list_get_as_a_new_user_meets_them() {
         (out, err)
     };
     let status = deploy.wait().unwrap();
-    done.store(true, Ordering::SeqCst);
-    let passes = scanner.join().unwrap();
+    let scan = watch.finish();
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("Pre-flight"), "{stderr}");
     // The user is told what their own argv exposes, and what to use instead.
@@ -225,13 +159,14 @@ fn deploy_preflight_in_process_and_cvms_list_get_as_a_new_user_meets_them() {
     );
     assert!(stdout.contains("BOOT OK"), "{stdout}");
     assert!(
-        seen_own.load(Ordering::SeqCst),
-        "the /proc scan never saw the deploy's own argv ({passes} passes): it proves nothing"
+        scan.seen_skip,
+        "the /proc scan never saw the deploy's own argv ({} passes): it proves nothing",
+        scan.passes
     );
-    let found = found.lock().unwrap();
     assert!(
-        found.is_empty(),
-        "processes other than `berth deploy` had the password on their command line: {found:?}"
+        scan.found.is_empty(),
+        "processes other than `berth deploy` had the password on their command line: {:?}",
+        scan.found
     );
 
     // 3. A boot that fails: a wrong password, past the pre-flight.

@@ -8,10 +8,9 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::images::{ImageSpec, PushTarget, push_image};
-use testkit::{Dockerd, Moto, Registry};
+use testkit::{Dockerd, Registry};
 
 const CANARY: &str = "canary-cloud-pw-5e2f77";
 const AWS_CANARY: &str = "canary-cloud-aws-9d0c";
@@ -28,12 +27,7 @@ fn up(state: &Path, docker_host: &str, env: &[(&str, String)], args: &[&str]) ->
 
 /// The official `phala` CLI, hermetic: its own HOME, no update check.
 fn phala(cloud: &Cloud, key: &str, cwd: &Path, args: &[&str]) -> Run {
-    let bin = repo_root().join("interop/node_modules/.bin/phala");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `make test` (it installs the pinned phala CLI)",
-        bin.display()
-    );
+    let bin = testkit::interop_path("node_modules/.bin/phala");
     let home = cwd.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let out = run(
@@ -94,22 +88,15 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
         &ImageSpec::new().busybox(),
     );
     // ECR through moto.
-    let moto = Moto::start();
-    let (ecr_user, ecr_pw) = Moto::ecr_credentials(moto.account_id(), "us-east-1");
-    let ecr = Registry::with_htpasswd(&[(&ecr_user, &ecr_pw)]);
-    let ecr_host = Moto::ecr_registry_host(moto.account_id(), "us-east-1");
-    push_image(
-        &PushTarget::new(&ecr.host_port()).with_creds(&ecr_user, &ecr_pw),
-        "team/api",
-        "2",
-        &ImageSpec::new().busybox().layer(500),
-    );
+    let ecr = Ecr::start();
+    let (moto, ecr_host) = (&ecr.moto, ecr.host.clone());
+    ecr.push("team/api", "2", &ImageSpec::new().busybox().layer(500));
 
     let dir = tempdir("cloud-e2e");
     let state = dir.join("state");
     // The ECR host name is mapped to the local registry through the endpoint
     // mapping `berth up` passes to every CVM; moto answers GetAuthorizationToken.
-    let endpoint_arg = format!("--registry-endpoint={ecr_host}={}", ecr.base_url());
+    let endpoint_arg = format!("--registry-endpoint={ecr_host}={}", ecr.registry.base_url());
     // The GHCR-style registry listens on loopback: the operator maps it.
     let ghcr_arg = format!("--registry-endpoint={host}={}", reg.base_url());
     let cloud = up(
@@ -138,24 +125,7 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
     .unwrap();
 
     // Watch every process's arguments while the deployment runs.
-    let args_seen = Arc::new(Mutex::new(false));
-    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let seen = args_seen.clone();
-        let stop = stop_watch.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                    if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-                        && String::from_utf8_lossy(&cmdline).contains(CANARY)
-                    {
-                        *seen.lock().unwrap() = true;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let watch = ArgvWatch::start(CANARY, None, Duration::from_millis(20));
 
     let out = phala(
         &cloud,
@@ -390,11 +360,11 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
     assert_eq!(api_get(&cloud, "wrong-key", "/cvms").0, 401);
     assert_eq!(api_get(&cloud, ADMIN_KEY, "/no/such/thing").0, 501);
 
-    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
-    watcher.join().unwrap();
+    let scan = watch.finish();
     assert!(
-        !*args_seen.lock().unwrap(),
-        "the canary password appeared in a process's arguments"
+        scan.found.is_empty(),
+        "the canary password appeared in these processes' arguments: {:?}",
+        scan.found
     );
 
     // Restart `berth up`: nothing lost, the running CVM picked up again.
@@ -481,16 +451,8 @@ fn official_phala_cli_deploys_private_images_end_to_end() {
 #[test]
 fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
     let engine = Dockerd::start();
-    let reg = Registry::with_htpasswd(&[("alice", CANARY)]);
-    let host = reg.host_port();
-    push_image(
-        &PushTarget::new(&host).with_creds("alice", CANARY),
-        "alice/app",
-        "1",
-        &ImageSpec::new().busybox(),
-    );
+    let (_reg, host, mapped) = busybox_registry(Some(("alice", CANARY)), "alice/app");
     let dir = tempdir("cloud-berth-deploy");
-    let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
     let cloud = up(&dir.join("state"), &engine.host(), &[], &[&mapped]);
     // The state folder's secrets are readable by their owner only.
     for secret in ["api-key", "log-secret", "kms/root.key"] {
@@ -845,19 +807,11 @@ const OPERATOR_CANARY: &str = "canary-operator-key-77ab01";
 #[test]
 fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
     let engine = Dockerd::start();
-    let reg = Registry::with_htpasswd(&[("alice", CANARY)]);
-    let host = reg.host_port();
-    push_image(
-        &PushTarget::new(&host).with_creds("alice", CANARY),
-        "alice/app",
-        "1",
-        &ImageSpec::new().busybox(),
-    );
+    let (_reg, host, endpoint_arg) = busybox_registry(Some(("alice", CANARY)), "alice/app");
     let dir = tempdir("cloud-hostile");
     let state = dir.join("state");
     // The operator has API keys in their environment (the README tells them
     // to export them); a tenant must not be able to interpolate them.
-    let endpoint_arg = format!("--registry-endpoint={host}={}", reg.base_url());
     let cloud = up(
         &state,
         &engine.host(),

@@ -20,7 +20,7 @@ fn keygen_writes_private_key_0600_and_never_overwrites() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let before = std::fs::read(&key).unwrap();
     let again = berth(&["keygen", "--out", key.to_str().unwrap()], b"");
-    assert_ne!(again.code, 0);
+    assert_eq!(again.code, 1, "an I/O failure on the user's machine");
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert!(
         again.stderr.contains("never overwrites"),
@@ -125,61 +125,67 @@ fn bad_input_gets_one_clear_error_and_never_the_secret() {
     let zero_key = "00".repeat(32);
     let k = key.to_str().unwrap();
     let ok = other_key.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, &[u8], &str)> = vec![
+    // (arguments, standard input, what the error says, exit code: 1 I/O, 2 input)
+    let cases: Vec<(Vec<&str>, &[u8], &str, i32)> = vec![
         (
             vec!["seal", "--pubkey", "xyz", "-e", "A=1"],
             b"",
             "--pubkey: the public key is not hex",
+            2,
         ),
         (
             vec!["seal", "--pubkey", &zero_key, "-e", "A=1"],
             b"",
             "low-order",
+            2,
         ),
         (
             vec!["seal", "--pubkey", &pubkey, "-e", bad_env.to_str().unwrap()],
             b"",
             "bad.env:2: expected KEY=VALUE",
+            2,
         ),
         (
             vec!["seal", "--pubkey", &pubkey, "-e", bad_key.to_str().unwrap()],
             b"",
             "bad.env2:1: `9BAD` is not a valid variable name",
+            2,
         ),
         (
             vec!["seal", "--pubkey", &pubkey, "-e", "missing.env"],
             b"",
             "-e missing.env: no such file",
+            2,
         ),
         (
             vec!["unseal", "--key-file", ok],
             sealed.as_bytes(),
             "wrong key, or the data was altered",
+            2,
         ),
-        (vec!["unseal", "--key-file", k], b"A=1\n", "is not hex"),
+        (vec!["unseal", "--key-file", k], b"A=1\n", "is not hex", 2),
         (
             vec!["unseal", "--key-file", k],
             b"abcd",
             "at least 60 bytes",
+            2,
         ),
         (
             vec!["unseal", "--key-file", "/nonexistent/key"],
             b"",
             "cannot read the key file /nonexistent/key: no such file",
+            1,
         ),
         (
             vec!["unseal", "--key-file", bad_env.to_str().unwrap()],
             sealed.as_bytes(),
             "private key is not hex",
+            2,
         ),
     ];
-    for (args, stdin, needle) in cases {
+    for (args, stdin, needle, code) in cases {
         let out = berth(&args, stdin);
-        assert!(
-            out.code == 1 || out.code == 2,
-            "{args:?}: exit {}",
-            out.code
-        );
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
         assert!(
             out.stderr.starts_with("error: "),

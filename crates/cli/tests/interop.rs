@@ -24,12 +24,7 @@ fn tricky_vars() -> serde_json::Value {
 #[test]
 fn env_sealed_by_official_dstack_sdk_opens_with_berth() {
     let root = repo_root();
-    let sdk = root.join("interop/node_modules/@phala/dstack-sdk");
-    assert!(
-        sdk.exists(),
-        "{} is missing: run `make test` (it installs the pinned SDK)",
-        sdk.display()
-    );
+    testkit::interop_path("node_modules/@phala/dstack-sdk");
     let dir = tempdir("interop-sdk");
     let (key, pubkey) = keygen(&dir);
     let vars = tricky_vars();

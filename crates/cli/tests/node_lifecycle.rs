@@ -7,12 +7,11 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::Path;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::images::{ImageSpec, PushTarget, push_image};
-use testkit::{Dockerd, Registry};
+use testkit::Dockerd;
 
 const ADMIN_KEY: &str = "berth_test_admin_key_0123456789";
 
@@ -66,21 +65,6 @@ impl Cloud {
     }
 }
 
-/// A public registry with a busybox image at `<host>/acme/tiny:1`; the
-/// argument that maps it for CVMs.
-fn registry_with_busybox() -> (Registry, String, String) {
-    let reg = Registry::start();
-    let host = reg.host_port();
-    push_image(
-        &PushTarget::new(&host),
-        "acme/tiny",
-        "1",
-        &ImageSpec::new().busybox(),
-    );
-    let arg = format!("--registry-endpoint={host}={}", reg.base_url());
-    (reg, host, arg)
-}
-
 /// `(pid, pgid, args)` of every process whose arguments contain `needle`.
 fn processes_with(needle: &str) -> Vec<(i32, i32, String)> {
     let out = Command::new("ps")
@@ -120,7 +104,7 @@ fn lines(engine: &Dockerd, args: &[&str]) -> Vec<String> {
 #[test]
 fn deploy_delete_cycles_leave_nothing_in_the_engine() {
     let engine = Dockerd::start();
-    let (_reg, host, endpoint) = registry_with_busybox();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
     let dir = tempdir("node-cycles");
     let cloud = up(&dir.join("state"), &engine.host(), &[&endpoint]);
     let builtin_networks = lines(&engine, &["network", "ls", "-q"]).len();
@@ -182,7 +166,7 @@ fn deploy_delete_cycles_leave_nothing_in_the_engine() {
 #[test]
 fn vcpu_and_memory_bound_every_container() {
     let engine = Dockerd::start();
-    let (_reg, host, endpoint) = registry_with_busybox();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
     let dir = tempdir("node-limits");
     let cloud = up(&dir.join("state"), &engine.host(), &[&endpoint]);
     let compose = format!(
@@ -228,7 +212,7 @@ fn vcpu_and_memory_bound_every_container() {
 #[test]
 fn stop_ends_the_boot_process_group_and_its_status_holds() {
     let engine = Dockerd::start();
-    let (_reg, host, endpoint) = registry_with_busybox();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
     let dir = tempdir("node-stop");
     let state = dir.join("state");
     let cloud = up(&state, &engine.host(), &[&endpoint]);
@@ -332,7 +316,7 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
 #[test]
 fn resume_skips_a_cvm_whose_boot_lock_is_held() {
     let engine = Dockerd::start();
-    let (_reg, host, endpoint) = registry_with_busybox();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
     let dir = tempdir("node-resume");
     let state = dir.join("state");
     let cloud = up(&state, &engine.host(), &[&endpoint]);

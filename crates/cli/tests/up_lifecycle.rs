@@ -17,7 +17,7 @@ const NO_ENGINE: &str = "unix:///nonexistent/docker.sock";
 
 /// `berth up` on no engine, with no admin key handed in.
 fn up(state: &Path, args: &[&str]) -> Cloud {
-    up(state, NO_ENGINE, None, args)
+    Cloud::start(state, NO_ENGINE, None, args)
 }
 
 impl Cloud {

@@ -1,10 +1,65 @@
 //! [`ApiClient`]: the `berth` CLI's side of the Phala-compatible API.
 //!
 //! Lives here, next to the server, so that the JSON field names of the API
-//! are known in one crate only.
+//! are known in one crate only. Its failures are [`ClientError`]s: what a
+//! client saw (no answer, an error answer with its status, an answer it
+//! cannot read), which each front end words for its user.
 
-use crate::error::ApiError;
+use contract::CvmStatus;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+/// Why a call of the API failed, as the client saw it. Never holds the API key.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer from the API.
+    #[error("cannot reach the API at {base}: {source}")]
+    Unreachable {
+        /// The API's base URL.
+        base: String,
+        /// What the transport said.
+        source: reqwest::Error,
+    },
+    /// The API answered with an error: its status and its sentence.
+    #[error("{detail}")]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The API's `detail` (or the status, without one).
+        detail: String,
+    },
+    /// The API's answer lacks something this client needs.
+    #[error("{0}")]
+    BadAnswer(&'static str),
+    /// The API answered a CVM status this client does not know.
+    #[error("the API answered an unknown CVM status: {0}")]
+    UnknownStatus(#[from] contract::UnknownStatus),
+    /// The CVM's answer has no `syslog_endpoint`.
+    #[error("the CVM has no log endpoint")]
+    NoLogEndpoint,
+    /// No answer from the log endpoint.
+    #[error("cannot fetch the logs: {0}")]
+    Logs(#[source] reqwest::Error),
+    /// The log endpoint answered with an error.
+    #[error("the log endpoint answered {0}")]
+    LogsRefused(StatusCode),
+}
+
+impl ClientError {
+    /// The API's HTTP status, when it answered with an error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the API refused the request itself (a 4xx answer): the
+    /// caller must change something, retrying will not help.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_some_and(|s| s.is_client_error())
+    }
+}
 
 /// A client of a Berth (or Phala-compatible) API.
 pub struct ApiClient {
@@ -47,7 +102,7 @@ pub struct CvmInfo {
     /// Its name.
     pub name: String,
     /// Its status.
-    pub status: String,
+    pub status: CvmStatus,
     /// Its app.
     pub app_id: String,
     /// The failure category of its last boot.
@@ -67,12 +122,17 @@ pub struct CvmInfo {
 }
 
 impl CvmInfo {
-    fn from_json(v: &Value) -> Self {
+    fn from_json(v: &Value) -> Result<Self, ClientError> {
         let s = |k: &str| v[k].as_str().map(str::to_owned);
-        CvmInfo {
+        Ok(CvmInfo {
             id: s("vm_uuid").or_else(|| s("id")).unwrap_or_default(),
             name: s("name").unwrap_or_default(),
-            status: s("status").unwrap_or_default(),
+            status: v["status"]
+                .as_str()
+                .ok_or(ClientError::BadAnswer(
+                    "the API answered a CVM without a status",
+                ))?
+                .parse()?,
             app_id: s("app_id").unwrap_or_default(),
             boot_category: s("boot_category"),
             boot_error: s("boot_error"),
@@ -81,12 +141,12 @@ impl CvmInfo {
             compose_hash: s("compose_hash"),
             compose_file: s("docker_compose_file"),
             raw: v.clone(),
-        }
+        })
     }
 
     /// Whether the CVM is still booting.
     pub fn booting(&self) -> bool {
-        matches!(self.status.as_str(), "provisioning" | "starting")
+        self.status.in_progress()
     }
 }
 
@@ -105,7 +165,7 @@ impl ApiClient {
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
@@ -115,9 +175,13 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| {
-            ApiError::upstream(format!("cannot reach the API at {}: {e}", self.base))
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                base: self.base.clone(),
+                source,
+            })?;
         let status = resp.status();
         let bytes = resp.bytes().await.unwrap_or_default();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -127,9 +191,7 @@ impl ApiClient {
                 .map(str::to_owned)
                 .or_else(|| value["detail"]["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| format!("HTTP {status}"));
-            let mut e = ApiError::upstream(detail);
-            e.status = status;
-            return Err(e);
+            return Err(ClientError::Refused { status, detail });
         }
         Ok(value)
     }
@@ -140,7 +202,7 @@ impl ApiClient {
         name: &str,
         compose: &str,
         allowed_envs: &[String],
-    ) -> Result<Provisioned, ApiError> {
+    ) -> Result<Provisioned, ClientError> {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -156,12 +218,13 @@ impl ApiClient {
         let s = |k: &str| v[k].as_str().map(str::to_owned);
         Ok(Provisioned {
             app_id: s("app_id")
-                .ok_or_else(|| ApiError::upstream("provision answered without app_id"))?,
-            compose_hash: s("compose_hash")
-                .ok_or_else(|| ApiError::upstream("provision answered without compose_hash"))?,
-            env_pubkey: s("app_env_encrypt_pubkey").ok_or_else(|| {
-                ApiError::upstream("provision answered without app_env_encrypt_pubkey")
-            })?,
+                .ok_or(ClientError::BadAnswer("provision answered without app_id"))?,
+            compose_hash: s("compose_hash").ok_or(ClientError::BadAnswer(
+                "provision answered without compose_hash",
+            ))?,
+            env_pubkey: s("app_env_encrypt_pubkey").ok_or(ClientError::BadAnswer(
+                "provision answered without app_env_encrypt_pubkey",
+            ))?,
             signature: s("app_env_encrypt_pubkey_signature"),
             signature_v1: s("app_env_encrypt_pubkey_signature_v1"),
             timestamp: v["app_env_encrypt_pubkey_timestamp"].as_u64(),
@@ -175,48 +238,48 @@ impl ApiClient {
         compose_hash: &str,
         encrypted_env: Option<&str>,
         env_keys: &[String],
-    ) -> Result<CvmInfo, ApiError> {
+    ) -> Result<CvmInfo, ClientError> {
         let mut body =
             json!({"app_id": app_id, "compose_hash": compose_hash, "env_keys": env_keys});
         if let Some(e) = encrypted_env {
             body["encrypted_env"] = json!(e);
         }
-        Ok(CvmInfo::from_json(
+        CvmInfo::from_json(
             &self
                 .call(reqwest::Method::POST, "/cvms", Some(body))
                 .await?,
-        ))
+        )
     }
 
     /// `GET /cvms/{id}`.
-    pub async fn get(&self, id: &str) -> Result<CvmInfo, ApiError> {
-        Ok(CvmInfo::from_json(
+    pub async fn get(&self, id: &str) -> Result<CvmInfo, ClientError> {
+        CvmInfo::from_json(
             &self
                 .call(reqwest::Method::GET, &format!("/cvms/{id}"), None)
                 .await?,
-        ))
+        )
     }
 
     /// `GET /cvms`.
-    pub async fn list(&self) -> Result<Vec<CvmInfo>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<CvmInfo>, ClientError> {
         let v = self.call(reqwest::Method::GET, "/cvms", None).await?;
-        Ok(v.as_array()
+        v.as_array()
             .map(|a| a.iter().map(CvmInfo::from_json).collect())
-            .unwrap_or_default())
+            .unwrap_or_else(|| Ok(Vec::new()))
     }
 
     /// `POST /cvms/{id}/{start|stop|restart}`.
-    pub async fn action(&self, id: &str, action: &str) -> Result<CvmInfo, ApiError> {
+    pub async fn action(&self, id: &str, action: &str) -> Result<CvmInfo, ClientError> {
         let body = (action == "restart").then(|| json!({"force": false}));
-        Ok(CvmInfo::from_json(
+        CvmInfo::from_json(
             &self
                 .call(reqwest::Method::POST, &format!("/cvms/{id}/{action}"), body)
                 .await?,
-        ))
+        )
     }
 
     /// `POST /users` (admin): a new user; returns its API key (shown once).
-    pub async fn create_user(&self, name: &str) -> Result<String, ApiError> {
+    pub async fn create_user(&self, name: &str) -> Result<String, ClientError> {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -229,7 +292,7 @@ impl ApiClient {
 
     /// `POST /users/{name}/rotate-key`: a new key for the user (the old one
     /// stops working); returns it.
-    pub async fn rotate_key(&self, name: &str) -> Result<String, ApiError> {
+    pub async fn rotate_key(&self, name: &str) -> Result<String, ClientError> {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -241,7 +304,7 @@ impl ApiClient {
     }
 
     /// `POST /users/{name}/revoke` (admin): the user's key stops working.
-    pub async fn revoke_user(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn revoke_user(&self, name: &str) -> Result<(), ClientError> {
         self.call(
             reqwest::Method::POST,
             &format!("/users/{name}/revoke"),
@@ -251,15 +314,17 @@ impl ApiClient {
         .map(drop)
     }
 
-    fn api_key_of(v: &Value) -> Result<String, ApiError> {
+    fn api_key_of(v: &Value) -> Result<String, ClientError> {
         v["api_key"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::upstream("the API answered without an api_key"))
+            .ok_or(ClientError::BadAnswer(
+                "the API answered without an api_key",
+            ))
     }
 
     /// `DELETE /cvms/{id}`.
-    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
         self.call(reqwest::Method::DELETE, &format!("/cvms/{id}"), None)
             .await
             .map(|_| ())
@@ -273,11 +338,11 @@ impl ApiClient {
         channel: &str,
         tail: Option<usize>,
         follow: bool,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<reqwest::Response, ClientError> {
         let endpoint = cvm
             .syslog_endpoint
             .as_deref()
-            .ok_or_else(|| ApiError::upstream("the CVM has no log endpoint"))?;
+            .ok_or(ClientError::NoLogEndpoint)?;
         let mut url = format!("{endpoint}&ch={channel}");
         if let Some(n) = tail {
             url.push_str(&format!("&tail={n}"));
@@ -290,13 +355,40 @@ impl ApiClient {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ApiError::upstream(format!("cannot fetch the logs: {e}")))?;
+            .map_err(ClientError::Logs)?;
         if !resp.status().is_success() {
-            return Err(ApiError::upstream(format!(
-                "the log endpoint answered {}",
-                resp.status()
-            )));
+            return Err(ClientError::LogsRefused(resp.status()));
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_say_whether_the_api_answered() {
+        // Nobody listens: no status, not the caller's fault.
+        let idle = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api/v1", idle.local_addr().unwrap());
+        drop(idle);
+        let e = ApiClient::new(&base, "k").get("x").await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
+        assert!(!e.is_client_error());
+        // An API that refuses: its status and its sentence.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(|| async { crate::ApiError::not_found("no CVM `x` among yours") });
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let e = ApiClient::new(&base, "k").get("x").await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Refused { status, .. } if *status == StatusCode::NOT_FOUND),
+            "{e:?}"
+        );
+        assert!(e.is_client_error());
+        assert_eq!(e.to_string(), "no CVM `x` among yours");
+        server.abort();
     }
 }

@@ -166,3 +166,79 @@ impl From<NodeError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_and_node_errors_get_their_status_here() {
+        let cases: Vec<(ApiError, StatusCode, &str)> = vec![
+            (
+                DbError::Busy {
+                    waited: std::time::Duration::from_secs(2),
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                DbError::NameTaken { name: "x".into() }.into(),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                DbError::TooManyCvms { have: 2, max: 2 }.into(),
+                StatusCode::FORBIDDEN,
+                "quota_exceeded",
+            ),
+            (
+                DbError::TooManyBoots { booting: 8, max: 8 }.into(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+            ),
+            (
+                NodeError::NotRunning.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                NodeError::NoSuchContainer.into(),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                NodeError::Db(DbError::NameTaken { name: "x".into() }).into(),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            // The node's own answer passes through as it was; an unknown
+            // code does not.
+            (
+                NodeError::Refused {
+                    status: 409,
+                    code: Some("conflict".into()),
+                    detail: "CVM x is already booting".into(),
+                }
+                .into(),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                NodeError::Refused {
+                    status: 500,
+                    code: Some("made_up".into()),
+                    detail: "boom".into(),
+                }
+                .into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "upstream_error",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status, e.code), (status, code), "{e}");
+        }
+        let e: ApiError = DbError::TooManyBoots { booting: 3, max: 3 }.into();
+        assert!(e.message.contains("--max-boots 3"), "{e}");
+    }
+}

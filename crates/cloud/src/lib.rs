@@ -34,10 +34,10 @@ pub mod serve;
 pub mod up;
 
 pub use api::{AppState, router};
-pub use client::{ApiClient, CvmInfo, Provisioned};
-pub use db::Db;
+pub use client::{ApiClient, ClientError, CvmInfo, Provisioned};
+pub use db::{Db, DbError};
 pub use error::ApiError;
-pub use node::{Node, NodeConfig, NodeSecret};
+pub use node::{Node, NodeConfig, NodeError, NodeSecret};
 pub use nodeapi::NodeClient;
 
 /// A new random API key (`berth_` + 32 random bytes, hex).

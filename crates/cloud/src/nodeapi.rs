@@ -169,11 +169,7 @@ impl NodeClient {
         })?;
         let status = resp.status();
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|_| NodeError::BrokeOff)?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|_| NodeError::BrokeOff)? {
             if body.len() + chunk.len() > MAX_NODE_ANSWER {
                 break;
             }
@@ -224,8 +220,8 @@ impl NodeClient {
         let text = self
             .call(self.http.get(Self::url(id, "containers")))
             .await?;
-        let list: Vec<ContainerView> = serde_json::from_str(&text)
-            .map_err(|_| NodeError::Nonsense)?;
+        let list: Vec<ContainerView> =
+            serde_json::from_str(&text).map_err(|_| NodeError::Nonsense)?;
         Ok(list.into_iter().map(|c| (c.id, c.service)).collect())
     }
 

@@ -168,7 +168,9 @@ struct Volatile(Vec<(String, &'static str)>);
 
 impl Volatile {
     fn add(&mut self, value: &Value, placeholder: &'static str) {
-        let v = value.as_str().unwrap_or_else(|| panic!("{placeholder}: {value}"));
+        let v = value
+            .as_str()
+            .unwrap_or_else(|| panic!("{placeholder}: {value}"));
         assert!(!v.is_empty(), "{placeholder} is empty");
         self.0.push((v.to_owned(), placeholder));
         // Longest first, so that a value inside another is replaced last.

@@ -966,7 +966,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
         let short = serde_json::from_str::<Digest>("\"sha256:00\"").unwrap_err();
         assert!(
-            short.to_string().contains("has 64 hex characters, this one has 2"),
+            short
+                .to_string()
+                .contains("has 64 hex characters, this one has 2"),
             "{short}"
         );
         assert_eq!(format!("{d:?}"), format!("Digest(sha256:{HEX64})"));

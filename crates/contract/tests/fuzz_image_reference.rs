@@ -21,7 +21,11 @@ fn reference() -> impl Strategy<Value = String> {
     ];
     let component = "[a-z0-9]{1,4}([._-]{1,2}[a-z0-9]{1,3}){0,2}|[ -~]{0,3}";
     let path = proptest::collection::vec(component, 1..4).prop_map(|c| c.join("/"));
-    let tag = prop_oneof![Just(String::new()), ":[A-Za-z0-9_][A-Za-z0-9_.-]{0,8}", ":[ -~]{0,4}"];
+    let tag = prop_oneof![
+        Just(String::new()),
+        ":[A-Za-z0-9_][A-Za-z0-9_.-]{0,8}",
+        ":[ -~]{0,4}"
+    ];
     let digest = prop_oneof![
         Just(String::new()),
         "@sha256:[0-9a-f]{64}",

@@ -265,14 +265,8 @@ pub fn render_dotenv(env: &Env) -> zeroize::Zeroizing<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::pairs;
     use proptest::prelude::*;
-
-    fn pairs(env: &Env) -> Vec<(String, String)> {
-        env.vars()
-            .iter()
-            .map(|v| (v.key.clone(), v.value.expose().to_owned()))
-            .collect()
-    }
 
     #[test]
     fn dialect() {

@@ -303,6 +303,15 @@ impl Env {
     }
 }
 
+/// (key, plaintext) of every variable, in order: what the tests compare.
+#[cfg(test)]
+pub(crate) fn pairs(env: &Env) -> Vec<(String, String)> {
+    env.vars()
+        .iter()
+        .map(|v| (v.key.clone(), v.value.expose().to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

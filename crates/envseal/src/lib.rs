@@ -27,4 +27,6 @@ mod seal;
 pub use contract::SecretValue;
 pub use dotenv::{ParseError, ParseErrorKind, parse_dotenv, render_dotenv};
 pub use env::{Env, EnvVar, Limits, Origin, ValidationError, is_valid_key};
-pub use seal::{EnvPrivateKey, EnvPublicKey, KeyError, MIN_SEALED_LEN, OpenError, SealedEnv};
+pub use seal::{
+    EnvPrivateKey, EnvPublicKey, KeyError, MIN_SEALED_LEN, OpenError, SealedEnv, plaintext_json,
+};

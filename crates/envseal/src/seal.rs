@@ -230,8 +230,9 @@ struct PlainVar {
     value: String,
 }
 
-/// `{"env":[{"key":..,"value":..}]}` in order, in a buffer wiped on drop.
-fn plaintext_json(env: &Env) -> Zeroizing<Vec<u8>> {
+/// `{"env":[{"key":..,"value":..}]}` in order, in a buffer wiped on drop:
+/// the plaintext of a sealed env (and what `berth unseal --json` prints).
+pub fn plaintext_json(env: &Env) -> Zeroizing<Vec<u8>> {
     let plain = PlainRef {
         env: env
             .vars()
@@ -373,6 +374,7 @@ impl fmt::Debug for SealedEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::pairs;
     use proptest::prelude::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
@@ -383,13 +385,6 @@ mod tests {
                 .collect(),
         )
         .unwrap()
-    }
-
-    fn pairs(env: &Env) -> Vec<(String, String)> {
-        env.vars()
-            .iter()
-            .map(|v| (v.key.clone(), v.value.expose().to_owned()))
-            .collect()
     }
 
     #[test]

@@ -15,7 +15,11 @@ fn saved_fuzz_inputs_pass() {
 }
 
 fn line() -> impl Strategy<Value = String> {
-    let key = prop_oneof!["[A-Za-z_][A-Za-z0-9_]{0,6}", "[ -~]{0,4}", "(export[ \t]+)?[A-Z]{1,3}"];
+    let key = prop_oneof![
+        "[A-Za-z_][A-Za-z0-9_]{0,6}",
+        "[ -~]{0,4}",
+        "(export[ \t]+)?[A-Z]{1,3}"
+    ];
     let value = prop_oneof![
         "[ -~]{0,12}",
         "'[^']{0,8}'?",

@@ -41,6 +41,12 @@
 //! pinned one; [`SignedEnvPublicKey::verify`] does the same here, including the
 //! SDK's freshness window for the timestamp.
 //!
+//! # The two edges
+//!
+//! [`server`] is the KMS's HTTP edge and the `berth kms serve` process
+//! ([`server::run`]); [`trust`] is the client's edge: verify the signature
+//! over an offered env key, then seal to it ([`trust::seal_env`]).
+//!
 //! # What this crate does not do
 //!
 //! No network, no clock, no logging. The only I/O is in the two explicitly

@@ -67,7 +67,9 @@ pub enum TrustError {
         recovered: String,
     },
     /// The signature is older than the accepted window (a replayed answer).
-    #[error("the env public key signature is {age_secs} s old; at most {max_age_secs} s is accepted")]
+    #[error(
+        "the env public key signature is {age_secs} s old; at most {max_age_secs} s is accepted"
+    )]
     Stale {
         /// How old, in seconds.
         age_secs: u64,
@@ -85,7 +87,9 @@ pub enum TrustError {
         max_ahead_secs: u64,
     },
     /// A signed key anyone could read what is sealed to (a low-order point).
-    #[error("the env public key is a low-order X25519 point; anything sealed to it could be read by anyone")]
+    #[error(
+        "the env public key is a low-order X25519 point; anything sealed to it could be read by anyone"
+    )]
     Unusable,
 }
 
@@ -140,8 +144,8 @@ pub fn verify_offer(
     trusted: &KmsPublicKey,
     now_unix_secs: u64,
 ) -> Result<EnvPublicKey, TrustError> {
-    let public_key =
-        EnvPublicKey::from_hex(offer.env_pubkey).map_err(|e| TrustError::BadEnvKey(e.to_string()))?;
+    let public_key = EnvPublicKey::from_hex(offer.env_pubkey)
+        .map_err(|e| TrustError::BadEnvKey(e.to_string()))?;
     let (Some(sig), Some(sig_v1), Some(timestamp)) =
         (offer.signature, offer.signature_v1, offer.timestamp)
     else {

@@ -68,8 +68,10 @@ pub(crate) struct RegistryClient {
 /// What an attempt of [`RegistryClient::send`] came to, short of a final
 /// answer.
 enum Failed {
-    /// The credential was refused: renew it once, then try again at once.
-    Renew,
+    /// A `401` with a challenge: answer it (once), at once.
+    Challenged,
+    /// ECR's `403` to an ECR token: renew the token (once), at once.
+    EcrRefused,
     /// A transport failure worth retrying.
     Transport(String),
     /// An answer worth retrying (`408`, `429`, `5xx`), with its
@@ -154,7 +156,10 @@ impl RegistryClient {
         budget: &Budget,
     ) -> Result<Response, PullError> {
         let scope = format!("repository:{repository}:pull");
-        let mut renewed = false;
+        // Each renewal is tried once: answering a challenge, and a fresh
+        // ECR token after ECR's 403 (which may follow the first).
+        let mut reauthenticated = false;
+        let mut ecr_renewed = false;
         // The credential the last attempt used, if the registry refused it.
         let mut refused: Option<SecretValue> = None;
         loop {
@@ -177,7 +182,13 @@ impl RegistryClient {
             };
             let failed = match result {
                 Ok(resp) => match self
-                    .judge(resp, repository, renewed, used.is_some())
+                    .judge(
+                        resp,
+                        repository,
+                        reauthenticated,
+                        ecr_renewed,
+                        used.is_some(),
+                    )
                     .await?
                 {
                     Ok(resp) => return Ok(resp),
@@ -186,9 +197,14 @@ impl RegistryClient {
                 Err(hop) => self.transport_failed(hop)?,
             };
             let wait = match &failed {
-                Failed::Renew => {
+                Failed::Challenged => {
                     refused = used;
-                    renewed = true;
+                    reauthenticated = true;
+                    continue;
+                }
+                Failed::EcrRefused => {
+                    refused = used;
+                    ecr_renewed = true;
                     continue;
                 }
                 Failed::Transport(_) => None,
@@ -197,7 +213,7 @@ impl RegistryClient {
             let reason = match &failed {
                 Failed::Status { status, .. } => status.to_string(),
                 Failed::Transport(reason) => reason.clone(),
-                Failed::Renew => unreachable!("handled above"),
+                Failed::Challenged | Failed::EcrRefused => unreachable!("handled above"),
             };
             let on_retry = |attempt, delay| {
                 retrying(&self.events, &self.registry, path, attempt, delay, &reason)
@@ -244,13 +260,15 @@ impl RegistryClient {
     }
 
     /// What an answer means: `Ok(Ok(resp))` final, `Ok(Err(_))` try again,
-    /// `Err` a failure that retrying cannot mend. `renewed`: the credential
-    /// was renewed once already; `had_credential`: the attempt carried one.
+    /// `Err` a failure that retrying cannot mend. `reauthenticated`,
+    /// `ecr_renewed`: that renewal was made already; `had_credential`: the
+    /// attempt carried one.
     async fn judge(
         &self,
         resp: Response,
         repository: &str,
-        renewed: bool,
+        reauthenticated: bool,
+        ecr_renewed: bool,
         had_credential: bool,
     ) -> Result<Result<Response, Failed>, PullError> {
         self.note_rate_limit(resp.headers());
@@ -263,20 +281,20 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_challenge);
                 let body = error_codes(resp).await;
-                if !renewed && let Some((challenge, _)) = challenge {
+                if !reauthenticated && let Some((challenge, _)) = challenge {
                     self.auth.challenged(challenge);
-                    return Ok(Err(Failed::Renew));
+                    return Ok(Err(Failed::Challenged));
                 }
                 Err(self.unauthorized(&body))
             }
             StatusCode::FORBIDDEN => {
                 let body = error_codes(resp).await;
                 if let Login::Ecr(_) = self.auth.login()
-                    && !renewed
+                    && !ecr_renewed
                     && had_credential
                 {
                     // ECR answers an expired token with 403: get a new one once.
-                    return Ok(Err(Failed::Renew));
+                    return Ok(Err(Failed::EcrRefused));
                 }
                 Err(PullError::new(
                     Category::AccessDenied,
@@ -476,10 +494,14 @@ pub(crate) async fn error_codes(resp: Response) -> ErrorBody {
     let mut codes: Vec<String> = serde_json::from_slice::<Body>(&bytes)
         .map(|b| b.errors.into_iter().map(|e| e.code).collect())
         .unwrap_or_default();
-    codes.retain(|c| c.len() <= 40 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     if let Some(e) = challenge_error {
         codes.push(e);
     }
+    // Codes end up in messages: only what looks like a code, from the body
+    // or from the challenge's `error=` alike (both are the registry's text).
+    codes.retain(|c| {
+        !c.is_empty() && c.len() <= 40 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
     ErrorBody { codes }
 }
 

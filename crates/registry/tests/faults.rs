@@ -539,3 +539,27 @@ fn ecr_throttling_that_never_ends_fails_every_waiting_pull_once_within_the_budge
     assert_eq!(calls, throttled);
     assert!(calls <= 30, "{calls} calls: one fetch's retries");
 }
+
+#[test]
+fn ecr_403_to_its_token_gets_a_fresh_token_once_and_the_pull_goes_on() {
+    let ecr = Ecr::start();
+    ecr.push("svc/api");
+    // The registry behind a proxy that answers the next manifest request
+    // 403, as ECR answers an expired token.
+    let proxy = FaultProxy::start(&ecr.registry);
+    proxy.forbidden(Target::Manifests, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ecr.options(&dir.path().join("store"));
+    let mut endpoints = Endpoints::new();
+    endpoints.insert(&ecr.host, &proxy.base_url()).unwrap();
+    opts.endpoints = endpoints;
+    let pulled = pull(opts, &format!("{}/svc/api:1", ecr.host)).expect("renews and pulls");
+    assert_eq!(pulled.layers, 1);
+    let statuses: Vec<u16> = proxy.requests().iter().map(|r| r.status).collect();
+    assert!(statuses.contains(&403), "{statuses:?}");
+    assert_eq!(
+        ecr.token_calls(),
+        (2, 0),
+        "one token, then a fresh one after the 403"
+    );
+}

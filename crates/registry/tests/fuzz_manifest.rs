@@ -43,7 +43,12 @@ fn descriptor() -> impl Strategy<Value = Value> {
             v["platform"] = pj;
         }
         match drop % 8 {
-            0 => v.as_object_mut().unwrap().remove("size").map(|_| ()).unwrap_or(()),
+            0 => v
+                .as_object_mut()
+                .unwrap()
+                .remove("size")
+                .map(|_| ())
+                .unwrap_or(()),
             1 => v["size"] = json!(-1),
             _ => {}
         }

@@ -77,6 +77,18 @@ pub fn free_port_on(ip: Ipv4Addr) -> u16 {
     panic!("testkit: could not find a fresh free port");
 }
 
+/// `interop/<path>` of the repository (the pinned official clients),
+/// asserted present: without it a test fails, naming what installs it.
+pub fn interop_path(path: &str) -> PathBuf {
+    let p = repo_root().join("interop").join(path);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make test` (scripts/deps.sh installs the pinned official clients)",
+        p.display()
+    );
+    p
+}
+
 /// The repository root (the Cargo workspace root).
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

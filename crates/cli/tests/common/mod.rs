@@ -7,10 +7,15 @@ mod cloud;
 pub use cloud::{Cloud, LEGACY_SHAPE};
 pub use testkit::{TestDir, repo_root, tempdir};
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use testkit::images::{ImageSpec, PushTarget, PushedImage, push_image};
+use testkit::{Moto, Registry};
 
 pub struct Run {
     pub code: i32,
@@ -119,4 +124,118 @@ pub fn curl(extra: &[&str], url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Watches every process's command line (`/proc/*/cmdline`) for a secret
+/// in the background, until [`ArgvWatch::finish`].
+pub struct ArgvWatch {
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<ArgvScan>,
+}
+
+/// What an [`ArgvWatch`] saw.
+#[derive(Debug, Default)]
+pub struct ArgvScan {
+    /// (pid, argv[0]) of every process but `skip` whose arguments held it.
+    pub found: BTreeSet<(u32, String)>,
+    /// Whether `skip`'s own arguments held it (proof that the scan reads
+    /// what it must, when `skip` was given its secret on purpose).
+    pub seen_skip: bool,
+    /// How many times /proc was read.
+    pub passes: u32,
+}
+
+impl ArgvWatch {
+    /// Scans for `needle` every `pause` (zero: as often as it can), leaving
+    /// out the process `skip`.
+    pub fn start(needle: &str, skip: Option<u32>, pause: Duration) -> ArgvWatch {
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let needle = needle.as_bytes().to_vec();
+        let thread = std::thread::spawn(move || {
+            let mut scan = ArgvScan::default();
+            while !stop.load(Ordering::SeqCst) {
+                scan_proc(&needle, skip, &mut scan);
+                scan.passes += 1;
+                std::thread::sleep(pause);
+            }
+            scan
+        });
+        ArgvWatch { done, thread }
+    }
+
+    /// Stops watching; what it saw.
+    pub fn finish(self) -> ArgvScan {
+        self.done.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+fn scan_proc(needle: &[u8], skip: Option<u32>, scan: &mut ArgvScan) {
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        if Some(pid) == skip {
+            scan.seen_skip = true;
+        } else {
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            scan.found
+                .insert((pid, String::from_utf8_lossy(argv0).into_owned()));
+        }
+    }
+}
+
+/// A registry holding a runnable busybox image at `<host>/<repo>:1`, with
+/// Basic auth for `creds` when given; its `host:port`, and the
+/// `--registry-endpoint` argument of `berth up` that maps it for CVMs.
+pub fn busybox_registry(creds: Option<(&str, &str)>, repo: &str) -> (Registry, String, String) {
+    let reg = match creds {
+        Some(c) => Registry::with_htpasswd(&[c]),
+        None => Registry::start(),
+    };
+    let host = reg.host_port();
+    let mut target = PushTarget::new(&host);
+    if let Some((user, pw)) = creds {
+        target = target.with_creds(user, pw);
+    }
+    push_image(&target, repo, "1", &ImageSpec::new().busybox());
+    let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
+    (reg, host, mapped)
+}
+
+/// A private ECR in us-east-1: moto answers `GetAuthorizationToken`, a
+/// registry with the credentials moto hands out holds the images, and
+/// `host` (the ECR name) is mapped to it (`registry.base_url()`).
+pub struct Ecr {
+    pub moto: Moto,
+    pub registry: Registry,
+    pub host: String,
+}
+
+impl Ecr {
+    pub fn start() -> Ecr {
+        let moto = Moto::start();
+        let (user, pw) = Moto::ecr_credentials(moto.account_id(), "us-east-1");
+        let registry = Registry::with_htpasswd(&[(&user, &pw)]);
+        let host = Moto::ecr_registry_host(moto.account_id(), "us-east-1");
+        Ecr {
+            moto,
+            registry,
+            host,
+        }
+    }
+
+    /// Pushes `spec` as `repo:tag`.
+    pub fn push(&self, repo: &str, tag: &str, spec: &ImageSpec) -> PushedImage {
+        let (user, pw) = Moto::ecr_credentials(self.moto.account_id(), "us-east-1");
+        let target = PushTarget::new(&self.registry.host_port()).with_creds(&user, &pw);
+        push_image(&target, repo, tag, spec)
+    }
 }

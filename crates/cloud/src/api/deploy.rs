@@ -98,9 +98,7 @@ pub async fn provision(
         app_id: built.app_id,
         app_env_encrypt_pubkey: key.public_key,
         compose_hash: built.compose_hash,
-        instance_type: body
-            .instance_type
-            .unwrap_or_else(|| "tdx.small".to_owned()),
+        instance_type: body.instance_type.unwrap_or_else(|| "tdx.small".to_owned()),
         vcpu,
         memory,
         disk_size,

@@ -132,7 +132,11 @@ pub(crate) async fn start_node(
 }
 
 /// Passes a child's later standard output on (so it never fills its pipe).
-fn forward_lines(part: Part, mut lines: tokio::io::Lines<tokio::io::BufReader<ChildStdout>>, events: &UpEvents) {
+fn forward_lines(
+    part: Part,
+    mut lines: tokio::io::Lines<tokio::io::BufReader<ChildStdout>>,
+    events: &UpEvents,
+) {
     let events = events.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {

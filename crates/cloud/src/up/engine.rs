@@ -36,7 +36,8 @@ pub(crate) async fn docker_host(
     // that already exists, which another user could have made first).
     let mut run = state.join("run");
     if run.join("docker.sock").as_os_str().len() > 100 {
-        run = fresh_private_tmp_dir().map_err(UpError::io("cannot create the dockerd run folder"))?;
+        run =
+            fresh_private_tmp_dir().map_err(UpError::io("cannot create the dockerd run folder"))?;
     }
     private_dir(&run).map_err(UpError::io("cannot create the dockerd run folder"))?;
     let data = state.join("docker");

@@ -50,9 +50,7 @@ pub enum UpError {
         listen: String,
     },
     /// The public URL is not `http(s)://HOST[:PORT]`.
-    #[error(
-        "{url}: expected http(s)://HOST[:PORT], the address clients use to reach this API"
-    )]
+    #[error("{url}: expected http(s)://HOST[:PORT], the address clients use to reach this API")]
     BadPublicUrl {
         /// The URL as given (without a trailing `/` or `/api/v1`).
         url: String,

@@ -268,9 +268,12 @@ pub async fn run(
         crate::Db::open(&state.join("berth.db")).map_err(|e| UpError::Database(e.to_string()))?,
     );
     let api_key_file = state.join(API_KEY_FILE);
-    let admin_key =
-        state::admin_key(&db, &api_key_file, config.admin_api_key.as_deref().map(|k| k.as_str()))
-            .await?;
+    let admin_key = state::admin_key(
+        &db,
+        &api_key_file,
+        config.admin_api_key.as_deref().map(|k| k.as_str()),
+    )
+    .await?;
     let log_secret = state::log_secret(&state, config.rotate_log_secret, &events)?;
 
     // The node: its own process, the only other holder of the node secret.
@@ -290,7 +293,11 @@ pub async fn run(
         .await
         .map_err(UpError::io(format!("cannot listen on {}", config.listen)))?;
     let addr = listener.local_addr().map_err(UpError::io("listener"))?;
-    let scheme = if listen.tls.is_some() { "https" } else { "http" };
+    let scheme = if listen.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let listening = format!("{scheme}://{addr}");
     let public_url = listen.public_url.unwrap_or_else(|| listening.clone());
     let kms_endpoint =

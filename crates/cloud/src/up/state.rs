@@ -125,7 +125,11 @@ pub(crate) fn lock_down_state(state: &Path, events: &UpEvents) -> Result<(), UpE
 
 /// The secret log URL tokens are derived from: kept, or generated (and,
 /// with `rotate`, replaced: every log URL handed out before stops working).
-pub(crate) fn log_secret(state: &Path, rotate: bool, events: &UpEvents) -> Result<[u8; 32], UpError> {
+pub(crate) fn log_secret(
+    state: &Path,
+    rotate: bool,
+    events: &UpEvents,
+) -> Result<[u8; 32], UpError> {
     let secret_file = state.join(LOG_SECRET_FILE);
     if !rotate
         && let Ok(b) = std::fs::read(&secret_file)

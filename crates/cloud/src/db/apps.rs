@@ -1,0 +1,68 @@
+//! The `apps` table: each app's byte-exact `app-compose.json`, its compose
+//! hash and its env public key, stored once per app id.
+
+use super::{Db, DbError, now};
+use rusqlite::{OptionalExtension, params};
+
+/// An app: a measured `app-compose.json` and its env key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct App {
+    /// The app id (first 20 bytes of the compose hash, hex).
+    pub app_id: String,
+    /// Owner.
+    pub user_id: i64,
+    /// Name.
+    pub name: String,
+    /// The exact bytes of `app-compose.json`.
+    pub app_compose: Vec<u8>,
+    /// sha256 of those bytes, hex.
+    pub compose_hash: String,
+    /// The env public key from the KMS, hex.
+    pub env_pubkey: String,
+    /// The KMS signature over it, hex.
+    pub env_pubkey_signature: String,
+}
+
+fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
+    Ok(App {
+        app_id: r.get(0)?,
+        user_id: r.get(1)?,
+        name: r.get(2)?,
+        app_compose: r.get(3)?,
+        compose_hash: r.get(4)?,
+        env_pubkey: r.get(5)?,
+        env_pubkey_signature: r.get(6)?,
+    })
+}
+
+impl Db {
+    /// Stores an app, or returns the existing one with the same id.
+    pub async fn upsert_app(&self, app: &App) -> Result<App, DbError> {
+        let app = app.clone();
+        self.write(self.inner.opts.request_patience, move |tx| {
+            tx.execute(
+                "INSERT INTO apps (app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (app_id) DO NOTHING",
+                params![app.app_id, app.user_id, app.name, app.app_compose, app.compose_hash, app.env_pubkey, app.env_pubkey_signature, now()],
+            )?;
+            Ok(tx.query_row(
+                "SELECT app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature FROM apps WHERE app_id = ?1",
+                params![app.app_id],
+                app_row,
+            )?)
+        })
+        .await
+    }
+
+    /// The app `app_id`.
+    pub async fn app(&self, app_id: &str) -> Result<Option<App>, DbError> {
+        let app_id = app_id.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature FROM apps WHERE app_id = ?1")?
+                .query_row(params![app_id], app_row)
+                .optional()?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,501 @@
+//! The `cvms` table: CVM rows, the rules a commit keeps (unique names per
+//! user, the operator's [`Limits`]), and status changes, which go only
+//! through [`Db::transition`].
+
+use super::{Db, DbError, count, now, placeholders, text};
+use contract::CvmStatus;
+use rusqlite::{Connection, params, params_from_iter};
+
+/// A CVM row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cvm {
+    /// UUID.
+    pub id: String,
+    /// Small integer id.
+    pub instance_id: i64,
+    /// Name.
+    pub name: String,
+    /// Owner.
+    pub user_id: i64,
+    /// App.
+    pub app_id: String,
+    /// Where the CVM is in its life.
+    pub status: CvmStatus,
+    /// The failure category of the last boot, if it failed.
+    pub boot_category: Option<String>,
+    /// The last boot's final line, if it failed.
+    pub boot_message: Option<String>,
+    /// The sealed env, opaque.
+    pub encrypted_env: Option<Vec<u8>>,
+    /// The env keys the client declared (names only).
+    pub env_keys: Vec<String>,
+    /// vCPUs.
+    pub vcpu: i64,
+    /// Memory, MB.
+    pub memory: i64,
+    /// Disk, GB.
+    pub disk_size: i64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// What a commit asks for: a new CVM row (in `provisioning`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCvm {
+    /// Name (validated by the caller; unique among the user's live CVMs).
+    pub name: String,
+    /// Owner.
+    pub user_id: i64,
+    /// App.
+    pub app_id: String,
+    /// The sealed env, opaque.
+    pub encrypted_env: Option<Vec<u8>>,
+    /// The env keys the client declared (names only).
+    pub env_keys: Vec<String>,
+    /// vCPUs.
+    pub vcpu: i64,
+    /// Memory, MB.
+    pub memory: i64,
+    /// Disk, GB.
+    pub disk_size: i64,
+}
+
+/// The operator's caps (`berth up --max-cvms-per-user`, `--max-boots`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most CVMs (not deleted) one user may have.
+    pub max_cvms_per_user: usize,
+    /// The most CVMs booting (`provisioning` or `starting`) at once, all
+    /// users together.
+    pub max_boots_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_cvms_per_user: 50,
+            max_boots_in_flight: 8,
+        }
+    }
+}
+
+impl Limits {
+    /// A user with `have` CVMs is at the CVM cap.
+    pub fn too_many_cvms(&self, have: usize) -> DbError {
+        DbError::TooManyCvms {
+            have,
+            max: self.max_cvms_per_user,
+        }
+    }
+
+    /// `booting` boots in flight: a new one would pass the cap.
+    pub fn too_many_boots(&self, booting: usize) -> DbError {
+        DbError::TooManyBoots {
+            booting,
+            max: self.max_boots_in_flight,
+        }
+    }
+}
+
+const CVM_COLUMNS: &str = "id, instance_id, name, user_id, app_id, status, boot_category, boot_message, encrypted_env, env_keys, vcpu, memory, disk_size, created_at";
+
+fn cvm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Cvm> {
+    let keys: String = r.get(9)?;
+    let status: String = r.get(5)?;
+    let status = status.parse::<CvmStatus>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Cvm {
+        id: r.get(0)?,
+        instance_id: r.get(1)?,
+        name: r.get(2)?,
+        user_id: r.get(3)?,
+        app_id: r.get(4)?,
+        status,
+        boot_category: r.get(6)?,
+        boot_message: r.get(7)?,
+        encrypted_env: r.get(8)?,
+        env_keys: serde_json::from_str(&keys).unwrap_or_default(),
+        vcpu: r.get(10)?,
+        memory: r.get(11)?,
+        disk_size: r.get(12)?,
+        created_at: r.get(13)?,
+    })
+}
+
+fn query_cvms(
+    conn: &Connection,
+    clause: &str,
+    args: &[rusqlite::types::Value],
+) -> rusqlite::Result<Vec<Cvm>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CVM_COLUMNS} FROM cvms WHERE {clause} ORDER BY instance_id"
+    ))?;
+    let rows = stmt.query_map(params_from_iter(args.iter()), cvm_row)?;
+    rows.collect()
+}
+
+impl Db {
+    /// Creates a CVM row in `provisioning`, in one transaction with the
+    /// rules a commit keeps: its name is not taken among the user's live
+    /// CVMs (409), the user is under `limits.max_cvms_per_user` (403), and
+    /// fewer than `limits.max_boots_in_flight` CVMs are booting (429).
+    pub async fn create_cvm(&self, new: NewCvm, limits: Limits) -> Result<Cvm, DbError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.write(self.inner.opts.request_patience, move |tx| {
+            let deleted = text(CvmStatus::Deleted.as_str());
+            let user = rusqlite::types::Value::Integer(new.user_id);
+            let taken = count(
+                tx,
+                "SELECT COUNT(*) FROM cvms WHERE user_id = ?1 AND name = ?2 AND status <> ?3",
+                &[user.clone(), text(&new.name), deleted.clone()],
+            )?;
+            if taken > 0 {
+                return Err(DbError::NameTaken {
+                    name: new.name.clone(),
+                }
+                .into());
+            }
+            let have = count(
+                tx,
+                "SELECT COUNT(*) FROM cvms WHERE user_id = ?1 AND status <> ?2",
+                &[user, deleted],
+            )?;
+            if have >= limits.max_cvms_per_user {
+                return Err(limits.too_many_cvms(have).into());
+            }
+            let booting = boots_in_flight(tx)?;
+            if booting >= limits.max_boots_in_flight {
+                return Err(limits.too_many_boots(booting).into());
+            }
+            let instance_id: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(instance_id), 0) + 1 FROM cvms",
+                [],
+                |r| r.get(0),
+            )?;
+            let ts = now();
+            tx.execute(
+                "INSERT INTO cvms (id, instance_id, name, user_id, app_id, status, encrypted_env, env_keys, vcpu, memory, disk_size, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                params![id, instance_id, new.name, new.user_id, new.app_id, CvmStatus::Provisioning.as_str(), new.encrypted_env,
+                        serde_json::to_string(&new.env_keys).expect("json"), new.vcpu, new.memory, new.disk_size, ts],
+            )?;
+            query_cvms(tx, "id = ?1", &[text(&id)])?
+                .pop()
+                .ok_or_else(|| DbError::Internal("the new CVM vanished").into())
+        })
+        .await
+    }
+
+    /// The CVM `id` (uuid).
+    pub async fn cvm(&self, id: &str) -> Result<Option<Cvm>, DbError> {
+        let id = text(id);
+        self.read(move |conn| Ok(query_cvms(conn, "id = ?1", std::slice::from_ref(&id))?.pop()))
+            .await
+    }
+
+    /// The user's CVMs that are not deleted.
+    pub async fn cvms_of(&self, user_id: i64) -> Result<Vec<Cvm>, DbError> {
+        self.read(move |conn| {
+            Ok(query_cvms(
+                conn,
+                "user_id = ?1 AND status <> ?2",
+                &[
+                    rusqlite::types::Value::Integer(user_id),
+                    text(CvmStatus::Deleted.as_str()),
+                ],
+            )?)
+        })
+        .await
+    }
+
+    /// Every CVM that is not deleted (for the node at start-up).
+    pub async fn live_cvms(&self) -> Result<Vec<Cvm>, DbError> {
+        self.read(|conn| {
+            Ok(query_cvms(
+                conn,
+                "status <> ?1",
+                &[text(CvmStatus::Deleted.as_str())],
+            )?)
+        })
+        .await
+    }
+
+    /// How many CVMs are booting (`provisioning` or `starting`), all users.
+    pub async fn boots_in_flight(&self) -> Result<usize, DbError> {
+        self.read(|conn| Ok(boots_in_flight(conn)?)).await
+    }
+
+    /// Moves the CVM `id` to `to` (with the boot failure, if any) only if
+    /// its status is one of `from`, atomically; says whether it did. Retried
+    /// while the database is busy, for the status patience (30 s); an
+    /// error is returned and logged, never dropped.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[CvmStatus],
+        to: CvmStatus,
+        category: Option<&str>,
+        message: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let mut args = vec![
+            text(to.as_str()),
+            category.map(text).unwrap_or(rusqlite::types::Value::Null),
+            message.map(text).unwrap_or(rusqlite::types::Value::Null),
+            text(&now()),
+            text(id),
+        ];
+        args.extend(from.iter().map(|s| text(s.as_str())));
+        let sql = format!(
+            "UPDATE cvms SET status = ?1, boot_category = ?2, boot_message = ?3, updated_at = ?4 WHERE id = ?5 AND status IN ({})",
+            placeholders(6, from.len())
+        );
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let result = self
+            .write(self.inner.opts.status_patience, move |tx| {
+                Ok(tx.execute(&sql, params_from_iter(args.iter()))? == 1)
+            })
+            .await;
+        if let Err(e) = &result {
+            eprintln!("db: could not record status {to} for CVM {id}: {e}");
+        }
+        result
+    }
+
+    /// Sets a CVM's status (and its boot failure, if any) from any status
+    /// but `deleted`, which is final. Says whether it applied (false: the
+    /// CVM is deleted or does not exist). See [`Db::transition`].
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: CvmStatus,
+        category: Option<&str>,
+        message: Option<&str>,
+    ) -> Result<bool, DbError> {
+        self.transition(id, &CvmStatus::LIVE, status, category, message)
+            .await
+    }
+
+    /// Replaces a CVM's sealed env and declared keys.
+    pub async fn set_env(
+        &self,
+        id: &str,
+        encrypted_env: &[u8],
+        env_keys: &[String],
+    ) -> Result<(), DbError> {
+        let (id, env) = (id.to_owned(), encrypted_env.to_vec());
+        let keys = serde_json::to_string(env_keys).expect("json");
+        self.write(self.inner.opts.request_patience, move |tx| {
+            tx.execute(
+                "UPDATE cvms SET encrypted_env = ?1, env_keys = ?2, updated_at = ?3 WHERE id = ?4",
+                params![env, keys, now(), id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn boots_in_flight(conn: &Connection) -> rusqlite::Result<usize> {
+    count(
+        conn,
+        "SELECT COUNT(*) FROM cvms WHERE status IN (?1, ?2)",
+        &[
+            text(CvmStatus::Provisioning.as_str()),
+            text(CvmStatus::Starting.as_str()),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_stop_racing_the_end_of_a_boot_is_not_overwritten() {
+        let path = temp_db_path();
+        let db = Db::open(&path).unwrap();
+        let u = db.create_user("u", "k", false).await.unwrap();
+        let app = db.upsert_app(&app_of(u.id, 'b')).await.unwrap();
+        let cvm = db
+            .create_cvm(new_cvm("racer", u.id, &app.app_id), Limits::default())
+            .await
+            .unwrap();
+        let st = CvmStatus::Starting;
+        assert!(db.set_status(&cvm.id, st, None, None).await.unwrap());
+        // The stop lands first; the boot's end expects `starting` and loses.
+        assert!(
+            db.set_status(&cvm.id, CvmStatus::Stopped, None, None)
+                .await
+                .unwrap()
+        );
+        let applied = db
+            .transition(&cvm.id, &[st], CvmStatus::Running, None, None)
+            .await
+            .unwrap();
+        assert!(!applied);
+        assert_eq!(
+            db.cvm(&cvm.id).await.unwrap().unwrap().status,
+            CvmStatus::Stopped
+        );
+        // A boot that ends while still `starting` wins.
+        db.set_status(&cvm.id, st, None, None).await.unwrap();
+        assert!(
+            db.transition(
+                &cvm.id,
+                &[st],
+                CvmStatus::BootFailed,
+                Some("runtime"),
+                Some("BOOT FAILED: runtime")
+            )
+            .await
+            .unwrap()
+        );
+        let c = db.cvm(&cvm.id).await.unwrap().unwrap();
+        assert_eq!(
+            (c.status, c.boot_category.as_deref()),
+            (CvmStatus::BootFailed, Some("runtime"))
+        );
+        // `deleted` is final: nothing moves a CVM out of it.
+        assert!(
+            db.set_status(&cvm.id, CvmStatus::Deleted, None, None)
+                .await
+                .unwrap()
+        );
+        for s in CvmStatus::ALL {
+            assert!(!db.set_status(&cvm.id, s, None, None).await.unwrap(), "{s}");
+        }
+        assert_eq!(
+            db.cvm(&cvm.id).await.unwrap().unwrap().status,
+            CvmStatus::Deleted
+        );
+        assert!(!db.set_status("no-such-cvm", st, None, None).await.unwrap());
+        assert!(!db.transition(&cvm.id, &[], st, None, None).await.unwrap());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_per_user_and_caps_hold() {
+        let path = temp_db_path();
+        let db = Db::open(&path).unwrap();
+        let a = db.create_user("a", "ka", false).await.unwrap();
+        let b = db.create_user("b", "kb", false).await.unwrap();
+        let app_a = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
+        let app_b = db.upsert_app(&app_of(b.id, 'b')).await.unwrap();
+        let wide = Limits {
+            max_cvms_per_user: 50,
+            max_boots_in_flight: 50,
+        };
+        let first = db
+            .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
+            .await
+            .unwrap();
+        let dup = db
+            .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&dup, DbError::NameTaken { name } if name == "same-name"),
+            "{dup:?}"
+        );
+        assert!(dup.to_string().contains("`same-name`"), "{dup}");
+        // Another user may use the name; a deleted CVM frees it.
+        db.create_cvm(new_cvm("same-name", b.id, &app_b.app_id), wide)
+            .await
+            .unwrap();
+        db.set_status(&first.id, CvmStatus::Deleted, None, None)
+            .await
+            .unwrap();
+        db.create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
+            .await
+            .unwrap();
+
+        // Per-user cap: a has 1 live CVM.
+        let two = Limits {
+            max_cvms_per_user: 2,
+            max_boots_in_flight: 50,
+        };
+        db.create_cvm(new_cvm("second", a.id, &app_a.app_id), two)
+            .await
+            .unwrap();
+        let capped = db
+            .create_cvm(new_cvm("third", a.id, &app_a.app_id), two)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(capped, DbError::TooManyCvms { have: 2, max: 2 }),
+            "{capped:?}"
+        );
+        let said = capped.to_string();
+        assert!(said.contains("--max-cvms-per-user 2"), "{said}");
+        assert!(said.contains("delete a CVM"), "{said}");
+        // b is not affected by a's cap.
+        db.create_cvm(new_cvm("b-second", b.id, &app_b.app_id), two)
+            .await
+            .unwrap();
+
+        // Boots in flight: four CVMs are `provisioning` now.
+        assert_eq!(db.boots_in_flight().await.unwrap(), 4);
+        let four = Limits {
+            max_cvms_per_user: 50,
+            max_boots_in_flight: 4,
+        };
+        let busy = db
+            .create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(busy, DbError::TooManyBoots { booting: 4, max: 4 }),
+            "{busy:?}"
+        );
+        assert!(busy.to_string().contains("--max-boots 4"), "{busy}");
+        for c in db.cvms_of(a.id).await.unwrap() {
+            db.set_status(&c.id, CvmStatus::Running, None, None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(db.boots_in_flight().await.unwrap(), 2);
+        db.create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_commits_of_one_name_make_one_cvm() {
+        let path = temp_db_path();
+        let db = Arc::new(Db::open(&path).unwrap());
+        // The node's process has its own handle on the same file.
+        let other = Arc::new(Db::open(&path).unwrap());
+        let u = db.create_user("u", "k", false).await.unwrap();
+        let app = db.upsert_app(&app_of(u.id, 'c')).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let handle = if i % 2 == 0 {
+                db.clone()
+            } else {
+                other.clone()
+            };
+            let app_id = app.app_id.clone();
+            tasks.push(tokio::spawn(async move {
+                handle
+                    .create_cvm(new_cvm("contested", u.id, &app_id), Limits::default())
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => assert!(matches!(e, DbError::NameTaken { .. }), "{e:?}"),
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(db.cvms_of(u.id).await.unwrap().len(), 1);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,59 @@
+//! [`DbError`]: why a call of [`super::Db`] failed. The API maps it to an
+//! HTTP status (`crate::error`); the database knows none.
+
+use std::time::Duration;
+
+/// Why a database call failed: a rule a write keeps, a database busy for
+/// longer than the call's patience, or SQLite itself. The API maps these
+/// to HTTP statuses (`crate::error`); this module knows none. No variant
+/// holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Another process held the database's lock for the call's whole patience.
+    #[error(
+        "the database is busy (another process has held its lock for over {:.1} s): try again in a moment",
+        .waited.as_secs_f64()
+    )]
+    Busy {
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// `create_user` with a name already taken.
+    #[error("a user named {username} already exists")]
+    UserExists {
+        /// The name.
+        username: String,
+    },
+    /// The user already has a live CVM with this name.
+    #[error("you already have a CVM named `{name}`: delete it first, or choose another name")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// The user is at the operator's cap on CVMs per user.
+    #[error(
+        "you have {have} CVMs, the most one user may have (the operator's cap, berth up --max-cvms-per-user {max}): delete a CVM you no longer need, or ask the operator to raise the cap"
+    )]
+    TooManyCvms {
+        /// The user's live CVMs.
+        have: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The control plane is at its cap on boots in flight.
+    #[error(
+        "{booting} CVMs are booting, the most this control plane boots at once (berth up --max-boots {max}): try again when one of them is running"
+    )]
+    TooManyBoots {
+        /// Boots in flight.
+        booting: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The pool or a blocking task failed.
+    #[error("{0}")]
+    Internal(&'static str),
+}

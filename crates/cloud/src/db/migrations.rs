@@ -1,0 +1,126 @@
+//! The schema: [`MIGRATIONS`], applied in order by [`migrate`] when the
+//! database is opened, one migrator at a time even across processes.
+
+use super::users::new_salt;
+use super::{DbError, db_err};
+use rusqlite::{Connection, TransactionBehavior, params};
+
+/// The migrations, applied in order; the index + 1 is the schema version.
+pub(super) const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        api_key_hash TEXT NOT NULL UNIQUE,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE apps (
+        app_id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        app_compose BLOB NOT NULL,
+        compose_hash TEXT NOT NULL,
+        env_pubkey TEXT NOT NULL,
+        env_pubkey_signature TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE cvms (
+        id TEXT PRIMARY KEY,
+        instance_id INTEGER NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        app_id TEXT NOT NULL REFERENCES apps(app_id),
+        status TEXT NOT NULL,
+        boot_category TEXT,
+        boot_message TEXT,
+        encrypted_env BLOB,
+        env_keys TEXT NOT NULL,
+        vcpu INTEGER NOT NULL,
+        memory INTEGER NOT NULL,
+        disk_size INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX cvms_user ON cvms(user_id);",
+    // The per-user salt that goes into every manifest the user provisions
+    // (`berth_owner`), so app ids are per user; filled in by `Db::open`
+    // for users that predate it. Indexes for the caps' counts.
+    "ALTER TABLE users ADD COLUMN app_salt TEXT;
+    CREATE INDEX cvms_status ON cvms(status);
+    CREATE INDEX cvms_user_name ON cvms(user_id, name);",
+];
+
+/// Creates the version table, applies the migrations this database has not
+/// seen yet, and gives users that predate `app_salt` one, all in one
+/// `BEGIN IMMEDIATE` transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(db_err)?;
+    // One migrator at a time, even across processes: the version is
+    // read again under the write lock.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let version: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            params![i as i64 + 1],
+        )
+        .map_err(db_err)?;
+    }
+    let unsalted: Vec<i64> = {
+        let mut stmt = tx
+            .prepare("SELECT id FROM users WHERE app_salt IS NULL")
+            .map_err(db_err)?;
+        let ids = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+        ids.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    for id in unsalted {
+        tx.execute(
+            "UPDATE users SET app_salt = ?1 WHERE id = ?2",
+            params![new_salt(), id],
+        )
+        .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use crate::db::Db;
+
+    #[tokio::test]
+    async fn users_of_an_older_schema_get_a_salt() {
+        let path = temp_db_path();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL); {}; INSERT INTO schema_version VALUES (1);
+                 INSERT INTO users (username, api_key_hash, is_admin, created_at) VALUES ('old', 'h', 0, 't');",
+                MIGRATIONS[0]
+            ))
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.user_by_name("old").await.unwrap().unwrap();
+        assert_eq!(old.app_salt.len(), 32, "{old:?}");
+        let new = db.create_user("new", "k", false).await.unwrap();
+        assert_eq!(new.app_salt.len(), 32);
+        assert_ne!(old.app_salt, new.app_salt);
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.user_by_name("old").await.unwrap().unwrap(), old);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}

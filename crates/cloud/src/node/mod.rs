@@ -1,0 +1,349 @@
+//! [`Node`]: the local node that runs CVMs.
+//!
+//! A CVM here is a `berth guest boot` process with its own host-shared folder
+//! (what a real CVM receives from its host: `app-compose.json`,
+//! `encrypted-env`, `sys-config.json`) and its own state folder that survives
+//! restarts, its stdout and stderr captured as the serial log, and its
+//! containers in the node's Docker engine under a project name unique to it.
+//! The node never opens the sealed env: it copies the opaque bytes into the
+//! shared folder, and the boot agent gets the key from the KMS.
+//!
+//! The node runs as its own process (`berth node serve`, started by `berth
+//! up`), and is the only holder of the **node secret** that lets it ask the
+//! KMS for a one-time boot ticket. It asks for one per boot, for the app's
+//! registered compose hash, and hands it to the boot agent it starts on that
+//! agent's standard input: never on a command line, in the environment or in
+//! a file. The API process tells the node what to do through
+//! [`crate::nodeapi`] and has no way to mint tickets.
+//!
+//! Every CVM folder is 0700 and every file in it 0600; the boot agent starts
+//! with a cleared environment plus an allowlist, so nothing of the
+//! operator's environment reaches a tenant.
+//!
+//! **Process lifecycle.** Each boot agent runs in its own process group
+//! (with the compose tool it starts) and dies with the node
+//! (`PR_SET_PDEATHSIG`). Stop, restart and delete end the whole group
+//! (SIGTERM, a grace period, SIGKILL) before they touch the engine, and
+//! always record their terminal status; a boot that ends afterwards never
+//! overwrites it (its final write is a conditional transition from
+//! `starting`). Before it starts an agent, the node takes an exclusive
+//! `flock` on the CVM's `state/.boot.lock`, which the agent inherits: as
+//! long as any process of that boot lives, no other node process on the
+//! same state boots the CVM again.
+//!
+//! **Layout.** This file: [`Node`] and [`NodeConfig`], and the start, stop,
+//! restart, delete and resume of a CVM; `boot`: one boot (the ticket, the
+//! agent in its own process group, its final status); `engine`: what a CVM
+//! owns in the Docker engine (containers, networks, volumes, images) and its
+//! container logs; `serial`: the rotating serial log; `files`: private
+//! folders and files and the boot lock.
+
+mod boot;
+
+mod engine;
+
+mod error;
+
+mod files;
+
+mod serial;
+
+pub use engine::project_of;
+
+pub use error::NodeError;
+
+pub use files::{BOOT_LOCK_FILE, private_dir, write_private};
+
+pub use serial::{SERIAL_LOG_MAX_BYTES, SerialFile};
+
+use crate::db::{App, Cvm, Db};
+use contract::app::{APP_COMPOSE_FILE, ENCRYPTED_ENV_FILE, SYS_CONFIG_FILE};
+use contract::{CvmStatus, SysConfig};
+use engine::images_of;
+use files::BootLock;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The secret that lets the node (and nobody else) ask the KMS for boot
+/// tickets. `Debug` redacts it.
+#[derive(Clone)]
+pub struct NodeSecret(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for NodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSecret([redacted])")
+    }
+}
+
+/// How long a boot agent's process group has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(4);
+
+/// How the node runs CVMs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where CVM folders live (`<root>/<cvm id>/{shared,state,serial.log}`).
+    pub root: PathBuf,
+    /// The `berth` executable (for `berth guest boot`).
+    pub berth_bin: PathBuf,
+    /// The KMS the CVMs ask for their env key (`unix:/path/kms.sock`).
+    pub kms_url: String,
+    /// The secret for minting boot tickets at the KMS.
+    pub node_secret: NodeSecret,
+    /// The engine (`unix://…`).
+    pub docker_host: String,
+    /// Registry endpoint mappings passed to every CVM.
+    pub registry_endpoints: BTreeMap<String, String>,
+    /// Extra CA certificates (PEM) passed to every CVM.
+    pub ca_certs: Vec<String>,
+    /// ECR API endpoint override passed to every CVM.
+    pub aws_endpoint_url_ecr: Option<String>,
+}
+
+/// A boot in flight on this node.
+struct Boot {
+    generation: u64,
+    cancel: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// The node.
+pub struct Node {
+    cfg: NodeConfig,
+    db: Arc<Db>,
+    boots: Mutex<HashMap<String, Boot>>,
+    generation: AtomicU64,
+    /// Boots hold it shared; removing a deleted CVM's images takes it
+    /// exclusively, so no image goes while a boot may be about to run it.
+    images: tokio::sync::RwLock<()>,
+}
+
+/// What [`Node::start`] found.
+enum Started {
+    Booting,
+    /// Another process holds the CVM's boot lock.
+    AlreadyBooting,
+}
+
+impl Node {
+    /// A node with `cfg`, recording status in `db`.
+    pub fn new(cfg: NodeConfig, db: Arc<Db>) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            db,
+            boots: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            images: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// The node's settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join(id)
+    }
+
+    /// The serial log file of a CVM.
+    pub fn serial_log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("serial.log")
+    }
+
+    /// Writes the CVM's host-shared folder and boots it in the background.
+    /// A boot of it already in flight on this node is ended first; one
+    /// that another process runs (its state lock is held) is a conflict.
+    pub async fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
+        match self.try_start(cvm, app).await? {
+            Started::Booting => Ok(()),
+            Started::AlreadyBooting => Err(NodeError::AlreadyBooting { id: cvm.id.clone() }),
+        }
+    }
+
+    async fn try_start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<Started, NodeError> {
+        self.end_boot(&cvm.id).await;
+        let dir = self.dir(&cvm.id);
+        let shared = dir.join("shared");
+        let io = NodeError::Folder;
+        for d in [&dir, &shared, &dir.join("state")] {
+            private_dir(d).map_err(io)?;
+        }
+        let Some(lock) = BootLock::try_take(&dir.join("state").join(BOOT_LOCK_FILE)).map_err(io)?
+        else {
+            return Ok(Started::AlreadyBooting);
+        };
+        write_private(&shared.join(APP_COMPOSE_FILE), &app.app_compose).map_err(io)?;
+        let env_path = shared.join(ENCRYPTED_ENV_FILE);
+        match &cvm.encrypted_env {
+            Some(bytes) => write_private(&env_path, bytes).map_err(io)?,
+            None => {
+                let _ = std::fs::remove_file(&env_path);
+            }
+        }
+        let sys = SysConfig {
+            kms_url: Some(self.cfg.kms_url.clone()),
+            registry_endpoints: self.cfg.registry_endpoints.clone(),
+            ca_certs: self.cfg.ca_certs.clone(),
+            aws_endpoint_url_ecr: self.cfg.aws_endpoint_url_ecr.clone(),
+            project_name: Some(project_of(&cvm.id)),
+            instance_id: Some(cvm.id.clone()),
+            app_id: None,
+            cpu_millis: u64::try_from(cvm.vcpu)
+                .ok()
+                .filter(|v| *v > 0)
+                .map(|v| v.saturating_mul(1000)),
+            memory_mb: u64::try_from(cvm.memory).ok().filter(|m| *m > 0),
+        };
+        write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
+        self.db
+            .set_status(&cvm.id, CvmStatus::Starting, None, None)
+            .await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
+        let me = self.clone();
+        let id = cvm.id.clone();
+        let (app_id, compose_hash) = (app.app_id.clone(), app.compose_hash.clone());
+        // The task waits for this record before it can finish.
+        let mut boots = self.boots.lock().unwrap();
+        let handle = tokio::spawn(async move {
+            me.boot_task(id, generation, app_id, compose_hash, lock, cancel_rx)
+                .await;
+        });
+        boots.insert(
+            cvm.id.clone(),
+            Boot {
+                generation,
+                cancel,
+                handle,
+            },
+        );
+        Ok(Started::Booting)
+    }
+
+    /// Ends the boot of `id` in flight on this node, if any: its agent's
+    /// whole process group gets SIGTERM, then SIGKILL after a grace period,
+    /// and the boot records nothing.
+    async fn end_boot(&self, id: &str) {
+        let boot = self.boots.lock().unwrap().remove(id);
+        if let Some(boot) = boot {
+            let _ = boot.cancel.send(true);
+            let mut handle = boot.handle;
+            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(3), &mut handle)
+                .await
+                .is_err()
+            {
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
+    }
+
+    /// Stops the CVM: its boot (the agent's whole process group) and its
+    /// containers, and records `stopped`, also when the engine cannot be
+    /// reached (the serial log says what was left running).
+    pub async fn stop(&self, cvm: &Cvm) -> Result<(), NodeError> {
+        self.end_boot(&cvm.id).await;
+        let engine = self.stop_containers(&cvm.id).await;
+        self.db
+            .set_status(&cvm.id, CvmStatus::Stopped, None, None)
+            .await?;
+        match engine {
+            Ok(()) => self.append_serial(&cvm.id, "CVM stopped by the node").await,
+            Err(e) => {
+                self.append_serial(
+                    &cvm.id,
+                    &format!("CVM stopped by the node; its containers could not be stopped: {e}"),
+                )
+                .await
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the CVM and boots it again (its state folder makes that cheap).
+    pub async fn restart(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
+        self.stop(cvm).await?;
+        self.start(cvm, app).await
+    }
+
+    /// Deletes the CVM: ends its boot, removes what it made in the engine
+    /// (containers, compose networks and named volumes, and, in the
+    /// background, the images it loaded that no other CVM runs) and its
+    /// folders, and records `deleted`, also when the engine cannot be
+    /// reached.
+    pub async fn delete(self: &Arc<Self>, cvm: &Cvm) -> Result<(), NodeError> {
+        self.end_boot(&cvm.id).await;
+        let dir = self.dir(&cvm.id);
+        let images = images_of(&dir);
+        let engine = self.remove_engine_objects(&cvm.id).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        self.db
+            .set_status(&cvm.id, CvmStatus::Deleted, None, None)
+            .await?;
+        if let Err(e) = engine {
+            eprintln!(
+                "node: CVM {} deleted, but the engine kept some of its objects: {e}",
+                cvm.id
+            );
+        }
+        self.spawn_image_cleanup(cvm.id.clone(), images);
+        Ok(())
+    }
+
+    /// After a restart of `berth up`: CVMs that were running and still are
+    /// stay as they are; CVMs that were booting, or were running but whose
+    /// containers are gone, boot again (their state folder makes that
+    /// cheap), unless a boot of theirs is still alive (its state lock is
+    /// held): those are reported and left alone, so no CVM boots twice.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, NodeError> {
+        let mut resumed = 0;
+        for cvm in self.db.live_cvms().await? {
+            let again = match cvm.status {
+                CvmStatus::Provisioning | CvmStatus::Starting => true,
+                CvmStatus::Running => !self.containers_running(&cvm.id).await,
+                _ => false,
+            };
+            let Some(app) = (if again {
+                self.db.app(&cvm.app_id).await?
+            } else {
+                None
+            }) else {
+                continue;
+            };
+            match self.try_start(&cvm, &app).await? {
+                Started::Booting => {
+                    self.append_serial(&cvm.id, "node restarted: booting the CVM again")
+                        .await;
+                    resumed += 1;
+                }
+                Started::AlreadyBooting => {
+                    eprintln!(
+                        "node: CVM {} is already booting (another process holds its state lock); not booting it again",
+                        cvm.id
+                    );
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// The last `tail` lines (all when `None`) of a file.
+    pub fn tail_file(path: &Path, tail: Option<usize>) -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        match tail {
+            None => text,
+            Some(n) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let start = lines.len().saturating_sub(n);
+                let mut out = lines[start..].join("\n");
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out
+            }
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! [`ComposeFile`]: the app's compose file, which images it names, the one
+//! compose policy of the shared-engine mode, and the file handed to the
+//! compose tool.
+//!
+//! # The policy, and why
+//!
+//! In Berth's local mode every tenant's CVM runs its compose file on **one
+//! shared Docker engine that runs as root on the host**. Whatever a compose
+//! file can ask of that engine, a tenant gets: a privileged container, a host
+//! namespace, a host path, a device or a capability is root on the host, and
+//! from there every other tenant's images, keys and logs. So a tenant's
+//! compose file may describe containers and nothing else.
+//!
+//! [`ComposeFile::check_policy`] enforces that. The control plane runs it at
+//! provisioning and the boot agent runs it again before `compose up` (the
+//! host-shared copy may have changed in between); both call
+//! [`ComposeFile::parse_and_check`]. The rules:
+//!
+//! - **Keys refused outright**, per service: [`FORBIDDEN_SERVICE_KEYS`]
+//!   (capabilities, devices, security options, sysctls, cgroups, runtimes,
+//!   host files read by compose, global container names, plugins, …); at top
+//!   level: [`FORBIDDEN_TOP_LEVEL_KEYS`].
+//! - **Keys whose value is checked**, per service:
+//!   - `privileged` (and `privileged` of `post_start`/`pre_stop` hooks):
+//!     only the literal `false`;
+//!   - `network_mode`: `bridge`, `none`, `default` or `service:NAME` of this
+//!     file; `pid`: `service:NAME`; `ipc`: `private`, `shareable`, `none` or
+//!     `service:NAME`; `uts`: nothing; `cgroup`: `private` (never `host`,
+//!     never `container:…`, never another network's name);
+//!   - `volumes`: named volumes, anonymous volumes and tmpfs only (no bind
+//!     mounts, no `image`/`npipe`/`cluster` volumes); the dstack guest agent
+//!     socket gets its own message (Berth has no per-CVM guest agent yet);
+//!   - `volumes_from`, `links`, `extends` (without `file`), `networks`,
+//!     `secrets`, `configs`: only what this file defines;
+//!   - `logging`: drivers `json-file`, `local` or `none` (the others ship
+//!     logs to addresses);
+//!   - `labels` (and `deploy.labels`): no `com.docker.compose.*` names, which
+//!     would make the node attribute the container to another CVM's project;
+//!   - `deploy`: no `resources.reservations.devices`.
+//! - **Top level**: `volumes` only with the `local` driver and no
+//!   `driver_opts`, `external` or `name`; `networks` only with the `bridge`
+//!   driver and no `driver_opts`, `external`, `name` or IPAM driver (an
+//!   explicit `name` would join an existing network or volume: another
+//!   CVM's, or `host`); `secrets`/`configs` only from `content` or
+//!   `environment` (never `file`, never `external`).
+//! - **Interpolation**: compose replaces `$VAR`s with the tenant's env values
+//!   when it runs, after this check, so `network_mode: ${MODE}` could become
+//!   `host`. Every checked value above is refused if it contains `$`.
+//! - **YAML**: merge keys (`<<: *anchor`) are resolved before the check and
+//!   [`ComposeFile::render`] writes the resolved document, so what is checked
+//!   is exactly what compose runs; YAML tags (`!reset`, `!override`, …) are
+//!   refused; service names follow compose's grammar.
+//!
+//! Everything else is left to compose, which refuses keys it does not know:
+//! ports, environment, healthchecks, resource limits, `x-*` fields, …
+//!
+//! Every [`ComposeError`] names the service and the key and says what to
+//! do, in one sentence. Names from the file are shown with control
+//! characters escaped, and no message quotes an environment value.
+//!
+//! # Where each part lives
+//!
+//! - this file: the refused keys ([`FORBIDDEN_SERVICE_KEYS`],
+//!   [`FORBIDDEN_TOP_LEVEL_KEYS`], [`LOGGING_DRIVERS`]), [`ComposeFile`]'s
+//!   parsing and [`ComposeFile::check_policy`], which walks the file;
+//! - `service`: the rules for one service's keys;
+//! - `top_level`: the rules for top-level `volumes`, `networks`,
+//!   `secrets` and `configs`;
+//! - `yaml`: merge keys, YAML tags, and how names from the file are shown;
+//! - `render`: the file handed to the compose tool, with the CVM's
+//!   [`ServiceLimits`].
+
+mod render;
+
+mod service;
+
+#[cfg(test)]
+mod test_support;
+
+mod top_level;
+
+mod yaml;
+
+pub use render::ServiceLimits;
+
+use crate::reference::ImageReference;
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::BTreeSet;
+use yaml::{escaped, find_tag, resolve_merges, scalar_text, shown};
+
+/// Service keys refused outright, each with what it would give a tenant on
+/// the shared engine and what to do instead.
+pub const FORBIDDEN_SERVICE_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "cap_add",
+        "adds Linux capabilities beyond Docker's defaults",
+        "remove it",
+    ),
+    (
+        "devices",
+        "passes host devices into the container",
+        "remove it",
+    ),
+    (
+        "device_cgroup_rules",
+        "grants the container access to host devices",
+        "remove it",
+    ),
+    ("gpus", "passes host GPUs into the container", "remove it"),
+    (
+        "security_opt",
+        "can switch off seccomp, AppArmor and SELinux confinement",
+        "remove it",
+    ),
+    ("sysctls", "changes kernel parameters", "remove it"),
+    (
+        "cgroup_parent",
+        "places the container in a host cgroup of the file's choosing",
+        "remove it",
+    ),
+    (
+        "runtime",
+        "selects another container runtime on the host",
+        "remove it",
+    ),
+    (
+        "userns_mode",
+        "can switch off user-namespace isolation",
+        "remove it",
+    ),
+    (
+        "isolation",
+        "changes the container's isolation technology",
+        "remove it",
+    ),
+    (
+        "env_file",
+        "makes compose read a file on the host",
+        "remove it and list the variables under `environment:` instead",
+    ),
+    (
+        "label_file",
+        "makes compose read a file on the host",
+        "remove it and list the labels under `labels:` instead",
+    ),
+    (
+        "build",
+        "builds an image on the host (a CVM pulls its images)",
+        "build and push the image, then name it with `image:` only",
+    ),
+    (
+        "external_links",
+        "links to containers that other CVMs may own",
+        "remove it and use `depends_on` or a network of this file",
+    ),
+    (
+        "container_name",
+        "takes a name that is global on the shared engine (it could squat another CVM's container)",
+        "remove it and let compose name the container",
+    ),
+    (
+        "volume_driver",
+        "selects a volume plugin on the host",
+        "remove it",
+    ),
+    (
+        "storage_opt",
+        "sets storage-driver options on the host",
+        "remove it",
+    ),
+    (
+        "use_api_socket",
+        "mounts the shared Docker engine's socket into the container",
+        "remove it",
+    ),
+    (
+        "provider",
+        "runs a provider plugin binary on the host",
+        "remove it and describe the service with `image:`",
+    ),
+    (
+        "develop",
+        "syncs files from the host into the container",
+        "remove it",
+    ),
+    (
+        "credential_spec",
+        "reads credential specs from the host",
+        "remove it",
+    ),
+    (
+        "net",
+        "is the legacy spelling of `network_mode` and is not checked",
+        "remove it",
+    ),
+    (
+        "log_driver",
+        "is the legacy spelling of `logging.driver` and is not checked",
+        "use `logging: {driver: json-file}` instead",
+    ),
+];
+
+/// Top-level keys refused outright, with the same shape as
+/// [`FORBIDDEN_SERVICE_KEYS`].
+pub const FORBIDDEN_TOP_LEVEL_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "include",
+        "makes compose read other compose files from the host",
+        "put all services in this one file",
+    ),
+    (
+        "models",
+        "runs Docker Model Runner on the host",
+        "remove it",
+    ),
+];
+
+/// The logging drivers that keep logs on the engine; the others ship them to
+/// addresses of the file's choosing.
+pub const LOGGING_DRIVERS: &[&str] = &["json-file", "local", "none"];
+
+/// File names of the dstack guest agent socket (current and older).
+const AGENT_SOCKETS: &[&str] = &["dstack.sock", "tappd.sock"];
+
+/// How many nested levels of merge keys are resolved before giving up.
+const MAX_MERGE_PASSES: usize = 64;
+
+/// One service's image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceImage {
+    /// The service name.
+    pub service: String,
+    /// The image as written in the compose file.
+    pub written: String,
+    /// The parsed, normalised reference.
+    pub reference: ImageReference,
+}
+
+/// Why a compose file is refused: the service and key concerned, and one
+/// sentence. Never quotes an environment value; names from the file are
+/// shown with control characters escaped (in `service` as well).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ComposeError {
+    /// The service concerned, if any (control characters escaped).
+    pub service: Option<String>,
+    /// The key concerned (`privileged`, `volumes`, …), if any.
+    pub key: Option<String>,
+    /// One sentence.
+    pub message: String,
+}
+
+impl ComposeError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            service: None,
+            key: None,
+            message: message.into(),
+        }
+    }
+
+    fn top(key: &str, message: String) -> Self {
+        Self {
+            service: None,
+            key: Some(key.to_owned()),
+            message,
+        }
+    }
+}
+
+/// A parsed compose file.
+#[derive(Clone, Debug)]
+pub struct ComposeFile {
+    doc: Value,
+    /// Every service's image, in file order.
+    pub images: Vec<ServiceImage>,
+}
+
+impl ComposeFile {
+    /// Parses the YAML, resolves its merge keys (`<<: *anchor`) and collects
+    /// each service's image. A service with only `build:` is an error: a CVM
+    /// pulls images, it does not build them.
+    ///
+    /// This does not apply the policy: use [`ComposeFile::parse_and_check`].
+    pub fn parse(yaml: &str) -> Result<Self, ComposeError> {
+        let mut doc: Value = serde_yaml_ng::from_str(yaml).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            ComposeError::new(format!("the compose file is not valid YAML{at}"))
+        })?;
+        resolve_merges(&mut doc)?;
+        let services = doc
+            .get("services")
+            .and_then(Value::as_mapping)
+            .ok_or_else(|| ComposeError::new("the compose file has no `services`"))?;
+        let mut images = Vec::new();
+        for (name, svc) in services {
+            let service = name.as_str().unwrap_or("?").to_owned();
+            let shown_service = shown(&service);
+            let err = |key: &str, message: String| ComposeError {
+                service: Some(shown_service.clone()),
+                key: Some(key.to_owned()),
+                message,
+            };
+            match svc.get("image").and_then(Value::as_str) {
+                Some(written) => {
+                    let reference = ImageReference::parse(written).map_err(|e| {
+                        err(
+                            "image",
+                            format!("service `{shown_service}`: {}", escaped(&e.to_string())),
+                        )
+                    })?;
+                    images.push(ServiceImage {
+                        service,
+                        written: written.to_owned(),
+                        reference,
+                    });
+                }
+                None if svc.get("build").is_some() => {
+                    return Err(err(
+                        "build",
+                        format!(
+                            "service `{shown_service}` has only `build:`; a CVM pulls images and cannot build them: build and push the image, then name it with `image:`"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(err(
+                        "image",
+                        format!(
+                            "service `{shown_service}` has no `image:`: name the image to run with `image:`"
+                        ),
+                    ));
+                }
+            }
+        }
+        if images.is_empty() {
+            return Err(ComposeError::new("the compose file defines no services"));
+        }
+        Ok(Self { doc, images })
+    }
+
+    /// [`ComposeFile::parse`], then [`ComposeFile::check_policy`]: what the
+    /// control plane (at provisioning) and the boot agent (before
+    /// `compose up`) both call.
+    pub fn parse_and_check(yaml: &str) -> Result<Self, ComposeError> {
+        let file = Self::parse(yaml)?;
+        file.check_policy()?;
+        Ok(file)
+    }
+
+    /// Applies the shared-engine compose policy (see the [module
+    /// documentation](self)): `Ok` if the file asks the engine for nothing
+    /// beyond its own containers, else the first offending service and key.
+    pub fn check_policy(&self) -> Result<(), ComposeError> {
+        if let Some(path) = find_tag(&self.doc, &mut Vec::new()) {
+            let at = if path.is_empty() {
+                "the document".to_owned()
+            } else {
+                format!("`{}`", shown(&path.join(".")))
+            };
+            let (service, key) = match path.as_slice() {
+                [s, service, key, ..] if s == "services" => (Some(shown(service)), key.clone()),
+                [key, ..] => (None, key.clone()),
+                [] => (None, "services".to_owned()),
+            };
+            return Err(ComposeError {
+                service,
+                key: Some(key),
+                message: format!(
+                    "the compose file uses a YAML tag (like `!reset` or `!override`) at {at}, which Berth does not check: remove the tag"
+                ),
+            });
+        }
+        let top = self
+            .doc
+            .as_mapping()
+            .ok_or_else(|| ComposeError::new("the compose file is not a mapping"))?;
+        for (key, value) in top {
+            let Some(key) = key.as_str() else { continue };
+            if let Some((_, why, todo)) = FORBIDDEN_TOP_LEVEL_KEYS.iter().find(|f| f.0 == key) {
+                return Err(ComposeError::top(
+                    key,
+                    format!(
+                        "the top-level `{key}` {why}; the shared engine does not allow it: {todo}"
+                    ),
+                ));
+            }
+            match key {
+                "volumes" => top_level::check_top_volumes(value)?,
+                "networks" => top_level::check_top_networks(value)?,
+                "secrets" | "configs" => top_level::check_top_files(key, value)?,
+                _ => {}
+            }
+        }
+        let scope = Scope::of(top);
+        let services = top
+            .get("services")
+            .and_then(Value::as_mapping)
+            .ok_or_else(|| ComposeError::new("the compose file has no `services`"))?;
+        for (name, svc) in services {
+            let Some(name) = name.as_str().filter(|n| service::is_service_name(n)) else {
+                let shown_name = shown(&scalar_text(name));
+                return Err(ComposeError {
+                    service: Some(shown_name.clone()),
+                    key: Some("services".into()),
+                    message: format!(
+                        "service name `{shown_name}` is not valid: name the service with a string of letters, digits, `.`, `_` and `-`"
+                    ),
+                });
+            };
+            let svc = svc.as_mapping().ok_or_else(|| {
+                Site::service(name, "services")
+                    .err("is not a mapping: describe the service with `image:` and its settings")
+            })?;
+            service::check_service(&scope, name, svc)?;
+        }
+        Ok(())
+    }
+}
+
+/// What this file defines, for the keys that may refer to it.
+struct Scope {
+    services: BTreeSet<String>,
+    networks: BTreeSet<String>,
+    secrets: BTreeSet<String>,
+    configs: BTreeSet<String>,
+}
+
+impl Scope {
+    fn of(top: &Mapping) -> Self {
+        let names = |key: &str| -> BTreeSet<String> {
+            top.get(key)
+                .and_then(Value::as_mapping)
+                .map(|m| {
+                    m.keys()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Self {
+            services: names("services"),
+            networks: names("networks"),
+            secrets: names("secrets"),
+            configs: names("configs"),
+        }
+    }
+}
+
+/// Where an error is: a service's key, or a top-level entry.
+struct Site<'a> {
+    service: Option<&'a str>,
+    key: &'a str,
+    /// For top-level entries: the entry's name under `key`.
+    entry: Option<&'a str>,
+}
+
+impl<'a> Site<'a> {
+    fn service(service: &'a str, key: &'a str) -> Self {
+        Self {
+            service: Some(service),
+            key,
+            entry: None,
+        }
+    }
+
+    fn entry(key: &'a str, entry: &'a str) -> Self {
+        Self {
+            service: None,
+            key,
+            entry: Some(entry),
+        }
+    }
+
+    /// "service `web`" or "top-level `volumes.data`".
+    fn who(&self) -> String {
+        match (self.service, self.entry) {
+            (Some(s), _) => format!("service `{}`", shown(s)),
+            (None, Some(e)) => format!("top-level `{}.{}`", self.key, shown(e)),
+            (None, None) => format!("top-level `{}`", self.key),
+        }
+    }
+
+    /// One sentence: who, then `rest` (which should name the key and say
+    /// what to do).
+    fn err(&self, rest: &str) -> ComposeError {
+        ComposeError {
+            service: self.service.map(shown),
+            key: Some(self.key.to_owned()),
+            message: format!("{} {rest}", self.who()),
+        }
+    }
+
+    fn interpolated(&self, what: &str) -> ComposeError {
+        self.err(&format!(
+            "has `$` in {what}, which compose would replace with an env value when it runs, after this check (so it could become `host` or a host path): write the value literally, without `$`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn images_and_errors() {
+        let c = ComposeFile::parse(
+            "services:\n  web:\n    image: alice/web:1\n    environment:\n      - A=${A}\n  db:\n    image: ghcr.io/o/db@sha256:1111111111111111111111111111111111111111111111111111111111111111\n",
+        )
+        .unwrap();
+        assert_eq!(c.images.len(), 2);
+        assert_eq!(c.images[0].reference.to_string(), "docker.io/alice/web:1");
+        let out = c.render(&[("db".into(), "sha256:abc".into())]);
+        assert!(
+            out.contains("image: sha256:abc") && out.contains("A=${A}"),
+            "{out}"
+        );
+        let e = ComposeFile::parse("services:\n  x:\n    build: .\n").unwrap_err();
+        assert!(e.message.contains("only `build:`"), "{}", e.message);
+        assert!(ComposeFile::parse("services: [").is_err());
+        assert!(ComposeFile::parse("services:\n  x:\n    image: Bad:Ref:x\n").is_err());
+    }
+
+    #[test]
+    fn hostile_file() {
+        let hostile = [
+            ("privileged: true", "privileged"),
+            ("network_mode: host", "network_mode"),
+            ("pid: host", "pid"),
+            ("cap_add: [ALL]", "cap_add"),
+            ("volumes: [\"/:/host\"]", "volumes"),
+            (
+                "volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+                "volumes",
+            ),
+            ("env_file: .env", "env_file"),
+        ];
+        for (line, key) in hostile {
+            refused_at(&web(line), key);
+        }
+        let e = refused_top(
+            &format!(
+                "{}secrets:\n  x:\n    file: ../../../../kms/root.key\n",
+                web("secrets: [x]")
+            ),
+            "secrets",
+        );
+        assert!(e.message.contains("`file`"), "{}", e.message);
+        // All at once: refused at the first offence.
+        let all: Vec<&str> = hostile.iter().map(|h| h.0).collect();
+        let all = all.join("\n").replace("volumes: [\"/:/host\"]\n", "");
+        refused_at(&web(&all), "privileged");
+    }
+
+    #[test]
+    fn realistic_file_passes() {
+        let yaml = r#"
+name: shop
+x-common: &common
+  restart: unless-stopped
+  logging:
+    driver: json-file
+    options: {max-size: "10m", max-file: "3"}
+services:
+  app:
+    <<: *common
+    image: ghcr.io/acme/shop:1.4.2
+    ports: ["8080:8080", "127.0.0.1:9090:9090"]
+    expose: ["9000"]
+    environment:
+      DATABASE_URL: postgres://shop:${DB_PASSWORD}@db:5432/shop
+      API_KEY: ${API_KEY}
+      MODE: ${MODE:-production}
+    command: ["serve", "--port", "8080"]
+    entrypoint: /entry.sh
+    user: "1000:1000"
+    working_dir: /app
+    hostname: shop
+    dns: [1.1.1.1]
+    extra_hosts: ["api.local:10.0.0.5"]
+    tmpfs: [/tmp]
+    volumes:
+      - uploads:/app/uploads
+      - type: tmpfs
+        target: /cache
+    depends_on:
+      db:
+        condition: service_healthy
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost:8080/health"]
+      interval: 30s
+      retries: 3
+    deploy:
+      resources:
+        limits: {cpus: "1.0", memory: 1G}
+    mem_limit: 1g
+    cpus: 1.5
+    ulimits: {nofile: {soft: 65536, hard: 65536}}
+    labels:
+      org.acme.tier: frontend
+    networks: [front, back]
+    x-notes: anything
+  db:
+    <<: *common
+    image: postgres:16-alpine
+    ipc: private
+    environment:
+      - POSTGRES_PASSWORD=${DB_PASSWORD}
+    volumes: ["pgdata:/var/lib/postgresql/data", "/var/lib/extra"]
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -U shop"]
+    networks:
+      back:
+        aliases: [database]
+    secrets: [db_seed]
+volumes:
+  uploads:
+  pgdata:
+    driver: local
+networks:
+  front:
+  back:
+    internal: true
+secrets:
+  db_seed:
+    environment: DB_SEED
+x-deploy-note: fine
+"#;
+        let c = ComposeFile::parse_and_check(yaml).unwrap();
+        assert_eq!(c.images.len(), 2);
+        let out = c.render(&[("app".into(), "sha256:abc".into())]);
+        assert!(
+            out.contains("${DB_PASSWORD}") && !out.contains("<<"),
+            "{out}"
+        );
+    }
+}
