@@ -8,15 +8,14 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::images::{ImageSpec, PushTarget, push_image};
-use testkit::{Dockerd, Registry};
+use testkit::Dockerd;
 
 const CANARY: &str = "canary-load-pw-31c9d4";
 const ADMIN_KEY: &str = "berth_test_admin_key_load_0123456789";
@@ -27,97 +26,6 @@ const AGENT_RSS_BOUND_KIB: u64 = 64 * 1024;
 /// The most `GET /api/v1/cvms` may take at the 99th percentile while the
 /// CVMs boot.
 const LIST_P99_BOUND: Duration = Duration::from_millis(100);
-
-/// A running `berth up`, its output collected (the harness of cloud.rs).
-struct Cloud {
-    child: Child,
-    port: u16,
-    output: Arc<Mutex<String>>,
-    kms_pubkey: String,
-}
-
-impl Cloud {
-    fn start(state: &Path, docker_host: &str, args: &[&str]) -> Cloud {
-        let port = testkit::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["up", "--state"])
-            .arg(state)
-            .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("DOCKER_HOST", docker_host)
-            .env("BERTH_ADMIN_API_KEY", ADMIN_KEY)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("berth up");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = output.lock().unwrap().clone();
-            if let Some(line) = text.lines().find(|l| l.starts_with("KMS public key: "))
-                && text.contains("Stop with Ctrl-C")
-            {
-                let kms_pubkey = line["KMS public key: ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                return Cloud {
-                    child,
-                    port,
-                    output,
-                    kms_pubkey,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("berth up exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth up did not come up:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn api(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1", self.port)
-    }
-
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "berth up did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.output.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One `GET` over a fresh loopback connection, as a client without a
 /// connection pool sends it: the status code, the body, and the time from
@@ -198,8 +106,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The 1-minute load average (how busy the machine was: the bounds are
-/// met on 2 cores with other builds running, or the report says so).
+/// The 1-minute load average: how busy the machine was, for the report.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -217,22 +124,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
     let engine = Dockerd::start();
-    let reg = Registry::with_htpasswd(&[("loadtest", CANARY)]);
-    let host = reg.host_port();
-    push_image(
-        &PushTarget::new(&host).with_creds("loadtest", CANARY),
-        "loadtest/app",
-        "1",
-        &ImageSpec::new().busybox(),
-    );
+    let (_reg, host, mapped) = busybox_registry(Some(("loadtest", CANARY)), "loadtest/app");
     let dir = tempdir("load-twenty");
     let state = dir.join("state");
-    let mapped = format!("--registry-endpoint={host}={}", reg.base_url());
     let cloud = Cloud::start(
         &state,
         &engine.host(),
+        Some(ADMIN_KEY),
         &[&mapped, "--max-boots", &CVMS.to_string()],
     );
+    let port = cloud.port();
     std::fs::write(
         dir.join("compose.yml"),
         format!("services:\n  app:\n    image: {host}/loadtest/app:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo up; sleep 600\"]\n"),
@@ -251,7 +152,7 @@ fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
     // `GET /auth/me` (authentication: one database read) is probed too, so
     // the report can tell the list's own cost from the server's.
     let prober = {
-        let (done, port) = (done.clone(), cloud.port);
+        let done = done.clone();
         std::thread::spawn(move || {
             let (mut list, mut me) = (Vec::new(), Vec::new());
             while !done.load(Ordering::Relaxed) {
@@ -288,7 +189,11 @@ fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
     let started = Instant::now();
     let deploys: Vec<_> = (0..CVMS)
         .map(|i| {
-            let (dir, api, kms) = (dir.to_path_buf(), cloud.api(), cloud.kms_pubkey.clone());
+            let (dir, api, kms) = (
+                dir.to_path_buf(),
+                cloud.api.clone(),
+                cloud.kms_pubkey.clone(),
+            );
             std::thread::spawn(move || {
                 let name = format!("load-app-{i:02}");
                 let out = run(
@@ -326,7 +231,7 @@ fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
     let peaks = watcher.join().unwrap();
 
     // Every CVM is `running`, as the API says and as the engine shows.
-    let (code, body, _) = timed_get(cloud.port, "/api/v1/cvms", ADMIN_KEY);
+    let (code, body, _) = timed_get(port, "/api/v1/cvms", ADMIN_KEY);
     assert_eq!(code, 200, "{body}");
     let list: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(list.len(), CVMS, "{body}");
