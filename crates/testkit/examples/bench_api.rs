@@ -219,6 +219,25 @@ fn wrk(url: &str, key: Option<&str>, seconds: u64, connections: u32) -> WrkResul
     }
 }
 
+/// `berth up`, ended (SIGTERM, then SIGKILL after 30 s) when the benchmark
+/// ends, also when it fails.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let berth = args
@@ -247,14 +266,10 @@ fn main() {
         "in-process, same database: cvms_of (1 call, {cvms} rows) {list_ms:.1} ms; app() x {cvms} (1 call per CVM, as GET /cvms does) {apps_ms:.1} ms"
     );
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut up = Command::new(&berth)
+    let mut up = Up(Command::new(&berth)
         .args(["up", "--state"])
         .arg(&state)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         // The node boots nothing: every CVM is stopped.
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .env("BERTH_ADMIN_API_KEY", KEY)
@@ -262,13 +277,13 @@ fn main() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("berth up");
+        .expect("berth up"));
     // berth up writes one line per request on stderr: drained (and kept
     // short), as an operator's terminal or journal would take it.
     let output = Arc::new(Mutex::new(String::new()));
     for stream in [
-        Box::new(up.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(up.stderr.take().unwrap()),
+        Box::new(up.0.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(up.0.stderr.take().unwrap()),
     ] {
         let out = output.clone();
         std::thread::spawn(move || {
@@ -283,7 +298,7 @@ fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !output.lock().unwrap().contains("Stop with Ctrl-C") {
-        if let Ok(Some(status)) = up.try_wait() {
+        if let Ok(Some(status)) = up.0.try_wait() {
             panic!("berth up exited ({status}):\n{}", output.lock().unwrap());
         }
         assert!(
@@ -293,6 +308,16 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The port it bound, from the API URL it prints ("API: http://127.0.0.1:PORT/api/v1").
+    let port: u16 = output
+        .lock()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("API:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|url| url.trim_end_matches("/api/v1").rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("berth up prints its API URL");
 
     // The list really holds every CVM, and what one request costs alone.
     let (code, body, _) = get(port, "/api/v1/cvms", Some(KEY));
@@ -355,14 +380,4 @@ fn main() {
         list.p99_ms / baseline.p99_ms,
         me.rps / baseline.rps
     );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(up.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while up.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = up.kill();
-    let _ = up.wait();
 }

@@ -41,29 +41,12 @@ pub(super) async fn find_cvm(
     user: &User,
     id: &str,
 ) -> Result<(Cvm, App), ApiError> {
-    let mine = state.db.cvms_of(user.id).await?;
-    let compact = uuid_compact(id).to_ascii_lowercase();
-    let app_id = id.strip_prefix("app_").unwrap_or(id).to_ascii_lowercase();
-    let found = mine
-        .iter()
-        .rev()
-        .find(|c| uuid_compact(&c.id) == compact)
-        .or_else(|| mine.iter().rev().find(|c| c.app_id == app_id))
-        .or_else(|| mine.iter().rev().find(|c| c.name == id))
-        .or_else(|| mine.iter().rev().find(|c| c.instance_id.to_string() == id))
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no CVM `{}` among yours",
-                id.chars().take(80).collect::<String>()
-            ))
-        })?;
-    let app = state
-        .db
-        .app(&found.app_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("the CVM's app is missing"))?;
-    Ok((found, app))
+    state.db.find_cvm_of(user.id, id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no CVM `{}` among yours",
+            id.chars().take(80).collect::<String>()
+        ))
+    })
 }
 
 /// 429 when a new boot would pass the cap on boots in flight.
@@ -96,13 +79,13 @@ pub async fn list_cvms(
     State(state): State<Shared>,
     axum::Extension(user): axum::Extension<User>,
 ) -> Result<Json<Vec<CvmLegacy>>, ApiError> {
-    let mut out = Vec::new();
-    for cvm in state.db.cvms_of(user.id).await? {
-        if let Some(app) = state.db.app(&cvm.app_id).await? {
-            out.push(legacy_view(&state, &cvm, &app));
-        }
-    }
-    Ok(Json(out))
+    let pairs = state.db.cvms_with_apps_of(user.id).await?;
+    Ok(Json(
+        pairs
+            .iter()
+            .map(|(cvm, app)| legacy_view(&state, cvm, app))
+            .collect(),
+    ))
 }
 
 /// `?page=&page_size=` of `GET /apps`.
@@ -121,18 +104,16 @@ pub async fn list_apps(
     let page_no = page.page.unwrap_or(1).max(1);
     let size = page.page_size.unwrap_or(50).clamp(1, 100);
     let mut items = Vec::new();
-    for cvm in state.db.cvms_of(user.id).await? {
-        if let Some(app) = state.db.app(&cvm.app_id).await? {
-            items.push(AppItem {
-                current_cvm: current_view(&state, &cvm, &app),
-                id: cvm.id,
-                name: cvm.name,
-                app_id: cvm.app_id,
-                created_at: cvm.created_at,
-                kms_type: "phala",
-                cvm_count: 1,
-            });
-        }
+    for (cvm, app) in state.db.cvms_with_apps_of(user.id).await? {
+        items.push(AppItem {
+            current_cvm: current_view(&state, &cvm, &app),
+            id: cvm.id,
+            name: cvm.name,
+            app_id: cvm.app_id,
+            created_at: cvm.created_at,
+            kms_type: "phala",
+            cvm_count: 1,
+        });
     }
     let total = items.len();
     let total_pages = total.div_ceil(size).max(1);

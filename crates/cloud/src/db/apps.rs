@@ -23,15 +23,25 @@ pub struct App {
     pub env_pubkey_signature: String,
 }
 
-fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
+const APP_SELECT: &str = "SELECT app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature FROM apps WHERE app_id = ?1";
+
+/// The app columns, in [`app_row`]'s order, for a join (`apps.` prefixed).
+pub(super) const APP_COLUMNS_JOINED: &str = "apps.app_id, apps.user_id, apps.name, apps.app_compose, apps.compose_hash, apps.env_pubkey, apps.env_pubkey_signature";
+
+pub(super) fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
+    app_row_at(r, 0)
+}
+
+/// An app read from the row's columns `at..at + 7`.
+pub(super) fn app_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<App> {
     Ok(App {
-        app_id: r.get(0)?,
-        user_id: r.get(1)?,
-        name: r.get(2)?,
-        app_compose: r.get(3)?,
-        compose_hash: r.get(4)?,
-        env_pubkey: r.get(5)?,
-        env_pubkey_signature: r.get(6)?,
+        app_id: r.get(at)?,
+        user_id: r.get(at + 1)?,
+        name: r.get(at + 2)?,
+        app_compose: r.get(at + 3)?,
+        compose_hash: r.get(at + 4)?,
+        env_pubkey: r.get(at + 5)?,
+        env_pubkey_signature: r.get(at + 6)?,
     })
 }
 
@@ -54,14 +64,18 @@ impl Db {
         .await
     }
 
+    /// The app `app_id`, on a connection the caller already holds.
+    pub(super) fn app_on(conn: &rusqlite::Connection, app_id: &str) -> rusqlite::Result<Option<App>> {
+        conn.prepare_cached(APP_SELECT)?
+            .query_row(params![app_id], app_row)
+            .optional()
+    }
+
     /// The app `app_id`.
     pub async fn app(&self, app_id: &str) -> Result<Option<App>, DbError> {
         let app_id = app_id.to_owned();
         self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature FROM apps WHERE app_id = ?1")?
-                .query_row(params![app_id], app_row)
-                .optional()?)
+            Ok(Self::app_on(conn, &app_id)?)
         })
         .await
     }

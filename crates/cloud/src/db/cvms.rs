@@ -2,7 +2,8 @@
 //! user, the operator's [`Limits`]), and status changes, which go only
 //! through [`Db::transition`].
 
-use super::{Db, DbError, count, now, placeholders, text};
+use super::apps::{APP_COLUMNS_JOINED, app_row_at};
+use super::{App, Db, DbError, count, now, placeholders, text};
 use contract::CvmStatus;
 use rusqlite::{Connection, params, params_from_iter};
 
@@ -98,6 +99,7 @@ impl Limits {
 }
 
 const CVM_COLUMNS: &str = "id, instance_id, name, user_id, app_id, status, boot_category, boot_message, encrypted_env, env_keys, vcpu, memory, disk_size, created_at";
+const CVM_COLUMN_COUNT: usize = 14;
 
 fn cvm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Cvm> {
     let keys: String = r.get(9)?;
@@ -132,6 +134,27 @@ fn query_cvms(
         "SELECT {CVM_COLUMNS} FROM cvms WHERE {clause} ORDER BY instance_id"
     ))?;
     let rows = stmt.query_map(params_from_iter(args.iter()), cvm_row)?;
+    rows.collect()
+}
+
+/// CVMs matching `clause` (columns prefixed `cvms.`) joined with their
+/// apps; CVMs whose app is gone are left out.
+fn query_cvms_with_apps(
+    conn: &Connection,
+    clause: &str,
+    args: &[rusqlite::types::Value],
+) -> rusqlite::Result<Vec<(Cvm, App)>> {
+    let cvm_columns = CVM_COLUMNS
+        .split(", ")
+        .map(|c| format!("cvms.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cvm_columns}, {APP_COLUMNS_JOINED} FROM cvms JOIN apps ON apps.app_id = cvms.app_id WHERE {clause} ORDER BY cvms.instance_id"
+    ))?;
+    let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
+        Ok((cvm_row(r)?, app_row_at(r, CVM_COLUMN_COUNT)?))
+    })?;
     rows.collect()
 }
 
@@ -205,6 +228,53 @@ impl Db {
                     text(CvmStatus::Deleted.as_str()),
                 ],
             )?)
+        })
+        .await
+    }
+
+    /// The user's live CVMs with their apps, in one query (a list of N
+    /// CVMs used to cost N + 1 queries, each a trip through the blocking
+    /// pool: 0.6 s for 1,000 CVMs under load).
+    pub async fn cvms_with_apps_of(&self, user_id: i64) -> Result<Vec<(Cvm, App)>, DbError> {
+        self.read(move |conn| {
+            Ok(query_cvms_with_apps(
+                conn,
+                "cvms.user_id = ?1 AND cvms.status <> ?2",
+                &[
+                    rusqlite::types::Value::Integer(user_id),
+                    text(CvmStatus::Deleted.as_str()),
+                ],
+            )?)
+        })
+        .await
+    }
+
+    /// The user's live CVM named by `id` — its uuid (with or without
+    /// dashes), its app id, its name or its instance id, in that order of
+    /// preference, the newest first — with its app, in one trip.
+    pub async fn find_cvm_of(&self, user_id: i64, id: &str) -> Result<Option<(Cvm, App)>, DbError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let compact = id.replace('-', "").to_ascii_lowercase();
+            let app_id = id.strip_prefix("app_").unwrap_or(&id).to_ascii_lowercase();
+            let candidates = query_cvms_with_apps(
+                conn,
+                "cvms.user_id = ?1 AND cvms.status <> ?2 AND (LOWER(REPLACE(cvms.id, '-', '')) = ?3 OR cvms.app_id = ?4 OR cvms.name = ?5 OR CAST(cvms.instance_id AS TEXT) = ?5)",
+                &[
+                    rusqlite::types::Value::Integer(user_id),
+                    text(CvmStatus::Deleted.as_str()),
+                    text(&compact),
+                    text(&app_id),
+                    text(&id),
+                ],
+            )?;
+            let newest = |f: &dyn Fn(&Cvm) -> bool| {
+                candidates.iter().rev().find(|(c, _)| f(c)).cloned()
+            };
+            Ok(newest(&|c| c.id.replace('-', "").eq_ignore_ascii_case(&compact))
+                .or_else(|| newest(&|c| c.app_id == app_id))
+                .or_else(|| newest(&|c| c.name == id))
+                .or_else(|| newest(&|c| c.instance_id.to_string() == id)))
         })
         .await
     }
@@ -497,5 +567,16 @@ mod tests {
         assert_eq!(ok, 1);
         assert_eq!(db.cvms_of(u.id).await.unwrap().len(), 1);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod column_tests {
+    #[test]
+    fn the_join_reads_the_app_where_the_cvm_columns_end() {
+        assert_eq!(
+            super::CVM_COLUMNS.split(", ").count(),
+            super::CVM_COLUMN_COUNT
+        );
     }
 }

@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+/// The niceness of boot agents (and the compose tools they run).
+const BOOT_NICENESS: libc::c_int = 10;
+
 /// Variables of the node's own environment that a boot agent inherits;
 /// everything else is cleared.
 const BOOT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "TZ"];
@@ -171,13 +174,16 @@ impl Node {
             .process_group(0)
             .kill_on_drop(true);
         let lock_fd = lock.fd();
-        // SAFETY: prctl and fcntl are async-signal-safe. PR_SET_PDEATHSIG:
+        // SAFETY: prctl, setpriority and fcntl are async-signal-safe. PR_SET_PDEATHSIG:
         // the agent ends with the node instead of booting on unsupervised.
         // The boot lock's descriptor stays open in the agent (and the
         // compose tool), so the lock lives exactly as long as the boot.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // Boots yield the CPU to the control plane: with many CVMs
+                // booting on a small machine, the API stays responsive.
+                libc::setpriority(libc::PRIO_PROCESS, 0, BOOT_NICENESS);
                 if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
