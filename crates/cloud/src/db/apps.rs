@@ -65,7 +65,10 @@ impl Db {
     }
 
     /// The app `app_id`, on a connection the caller already holds.
-    pub(super) fn app_on(conn: &rusqlite::Connection, app_id: &str) -> rusqlite::Result<Option<App>> {
+    pub(super) fn app_on(
+        conn: &rusqlite::Connection,
+        app_id: &str,
+    ) -> rusqlite::Result<Option<App>> {
         conn.prepare_cached(APP_SELECT)?
             .query_row(params![app_id], app_row)
             .optional()
@@ -74,9 +77,7 @@ impl Db {
     /// The app `app_id`.
     pub async fn app(&self, app_id: &str) -> Result<Option<App>, DbError> {
         let app_id = app_id.to_owned();
-        self.read(move |conn| {
-            Ok(Self::app_on(conn, &app_id)?)
-        })
-        .await
+        self.read(move |conn| Ok(Self::app_on(conn, &app_id)?))
+            .await
     }
 }
