@@ -204,7 +204,7 @@ fn run_pull(args: PullArgs) -> Result<(), PullError> {
     } else if std::io::stderr().is_terminal() {
         Progress::bars()
     } else {
-        Progress::Lines(Arc::new(Mutex::new(HashMap::new())))
+        Progress::Lines
     };
     let started = Instant::now();
     let puller = Puller::new(opts, progress.sink())?;
@@ -376,7 +376,7 @@ fn short(d: &registry::Digest) -> String {
 /// otherwise, nothing with `--json`.
 enum Progress {
     Quiet,
-    Lines(Arc<Mutex<HashMap<registry::Digest, Instant>>>),
+    Lines,
     Bars(Arc<(MultiProgress, Mutex<HashMap<registry::Digest, ProgressBar>>)>),
 }
 
@@ -388,10 +388,7 @@ impl Progress {
     fn sink(&self) -> registry::EventSink {
         match self {
             Progress::Quiet => registry::no_events(),
-            Progress::Lines(started) => {
-                let started = started.clone();
-                Arc::new(move |e: &PullEvent| plain_line(e, &started))
-            }
+            Progress::Lines => Arc::new(plain_line),
             Progress::Bars(state) => {
                 let state = state.clone();
                 Arc::new(move |e: &PullEvent| bar_event(e, &state.0, &state.1))
@@ -410,7 +407,7 @@ impl Progress {
     }
 }
 
-fn plain_line(e: &PullEvent, started: &Mutex<HashMap<registry::Digest, Instant>>) {
+fn plain_line(e: &PullEvent) {
     match e {
         PullEvent::Resolved {
             image,
@@ -431,10 +428,6 @@ fn plain_line(e: &PullEvent, started: &Mutex<HashMap<registry::Digest, Instant>>
             if *cached {
                 eprintln!("{}: already exists ({})", short(digest), human_bytes(*size));
             } else {
-                started
-                    .lock()
-                    .unwrap()
-                    .insert(digest.clone(), Instant::now());
                 eprintln!("{}: downloading {}", short(digest), human_bytes(*size));
             }
         }
@@ -443,13 +436,9 @@ fn plain_line(e: &PullEvent, started: &Mutex<HashMap<registry::Digest, Instant>>
             digest,
             size,
             downloaded,
+            elapsed,
         } => {
-            let secs = started
-                .lock()
-                .unwrap()
-                .get(digest)
-                .map(|t| t.elapsed().as_secs_f64())
-                .unwrap_or(0.0);
+            let secs = elapsed.as_secs_f64();
             let resumed = if downloaded < size {
                 format!(", {} resumed", human_bytes(size - downloaded))
             } else {

@@ -11,9 +11,8 @@ use contract::ComposeFile;
 use contract::{BootOutcome, Measurement};
 use envseal::{Env, Limits};
 use registry::{Category, CredentialSet, Endpoints, PullEvent, PullOptions, Puller};
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to boot.
@@ -483,7 +482,6 @@ pub fn final_lines(
 /// and the rate limits seen.
 fn pull_log(serial: &SerialLog) -> registry::EventSink {
     let serial = serial.clone();
-    let started: Arc<Mutex<HashMap<registry::Digest, Instant>>> = Arc::default();
     Arc::new(move |e: &PullEvent| match e {
         PullEvent::Resolved {
             image,
@@ -508,11 +506,6 @@ fn pull_log(serial: &SerialLog) -> registry::EventSink {
                     "pull: {} already in store ({size} bytes)",
                     &digest.hex()[..12]
                 ));
-            } else {
-                started
-                    .lock()
-                    .unwrap()
-                    .insert(digest.clone(), Instant::now());
             }
         }
         PullEvent::BlobProgress { .. } => {}
@@ -520,13 +513,9 @@ fn pull_log(serial: &SerialLog) -> registry::EventSink {
             digest,
             size,
             downloaded,
+            elapsed,
         } => {
-            let ms = started
-                .lock()
-                .unwrap()
-                .get(digest)
-                .map(|t| t.elapsed().as_millis())
-                .unwrap_or(0);
+            let ms = elapsed.as_millis();
             serial.line(&format!(
                 "pull: {} downloaded {downloaded} of {size} bytes in {ms} ms",
                 &digest.hex()[..12]

@@ -56,6 +56,8 @@ pub enum PullEvent {
         size: u64,
         /// Bytes downloaded by this pull (less than `size` after a resume).
         downloaded: u64,
+        /// Time from the start of this blob's download to its commit.
+        elapsed: std::time::Duration,
     },
     /// A request failed and is tried again.
     Retrying {

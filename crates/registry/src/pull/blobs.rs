@@ -60,6 +60,7 @@ impl Puller {
         let mut downloaded = 0u64;
         let budget = Budget::new(self.opts.retry);
         let mut integrity_failures = 0;
+        let started = std::time::Instant::now();
         let path = format!("/v2/{repo}/blobs/{digest}");
         loop {
             while !download.is_complete() {
@@ -156,6 +157,7 @@ impl Puller {
                         digest: digest.clone(),
                         size,
                         downloaded,
+                        elapsed: started.elapsed(),
                     });
                     return Ok((downloaded, resumed_from));
                 }
