@@ -4,6 +4,7 @@ use crate::envargs;
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
 use cloud::{ApiClient, ClientError, CvmInfo};
+use contract::CvmStatus;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -277,8 +278,8 @@ async fn follow_boot(api: &ApiClient, id: &str) -> Result<(), Failure> {
         }
         if !cvm.booting() {
             let _ = std::io::stdout().flush();
-            return match cvm.status.as_str() {
-                "running" => Ok(()),
+            return match cvm.status {
+                CvmStatus::Running => Ok(()),
                 _ => {
                     let category = cvm
                         .boot_category
@@ -342,7 +343,7 @@ fn when(rfc3339: &str) -> String {
 /// The status, with the boot's category when it failed.
 fn status_cell(c: &CvmInfo) -> String {
     match &c.boot_category {
-        Some(cat) if c.status != "running" => format!("{} ({cat})", c.status),
+        Some(cat) if c.status != CvmStatus::Running => format!("{} ({cat})", c.status),
         _ => c.status.to_string(),
     }
 }
@@ -400,7 +401,7 @@ fn list_table(cvms: &[CvmInfo]) -> String {
 fn detail(c: &CvmInfo) -> String {
     let none = "-".to_string();
     let mut status = c.status.to_string();
-    if c.status != "running"
+    if c.status != CvmStatus::Running
         && let Some(cat) = &c.boot_category
     {
         status.push_str(&format!(" ({cat})"));
@@ -438,7 +439,7 @@ fn detail(c: &CvmInfo) -> String {
         (
             "Boot category",
             c.boot_category.clone().unwrap_or_else(|| {
-                if c.status == "running" {
+                if c.status == CvmStatus::Running {
                     "ok".into()
                 } else {
                     none.clone()
