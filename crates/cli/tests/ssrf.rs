@@ -1,4 +1,4 @@
-//! `berth pull` against a hostile registry that answers with 600 MB bodies
+//! `berth pull` and `berth guest boot` against a hostile registry that answers with 600 MB bodies
 //! (streamed by a small server here, never allocated): the pull fails with a
 //! clear error and the `berth` process stays small (its peak RSS, from
 //! `getrusage(RUSAGE_CHILDREN)`, under 64 MiB). One test in its own binary,
@@ -97,7 +97,7 @@ fn children_max_rss_kib() -> i64 {
 }
 
 #[test]
-fn huge_registry_bodies_leave_berth_pull_small() {
+fn huge_registry_bodies_leave_berth_pull_and_the_boot_agent_small() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let host = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -157,5 +157,43 @@ fn huge_registry_bodies_leave_berth_pull_small() {
     let peak = children_max_rss_kib();
     eprintln!("berth pull peak RSS: {peak} KiB");
     assert!(peak < 64 << 10, "berth pull peaked at {peak} KiB");
+
+    // The boot agent, as a CVM runs it: the same hostile registry (mapped by
+    // the operator, so it is reached), a manifest GET answered with 600 MB.
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let app = serde_json::json!({
+        "manifest_version": 2,
+        "name": "huge-bodies",
+        "runner": "docker-compose",
+        "docker_compose_file": format!("services:\n  web:\n    image: {host}/big:1\n"),
+        "allowed_envs": [],
+        "kms_enabled": true,
+    });
+    std::fs::write(shared.join("app-compose.json"), app.to_string()).unwrap();
+    let sys = serde_json::json!({"registry_endpoints": {host.clone(): format!("http://{host}/")}});
+    std::fs::write(shared.join("sys-config.json"), sys.to_string()).unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["guest", "boot", "--max-retry-time", "5", "--shared"])
+        .arg(&shared)
+        .arg("--state")
+        .arg(dir.join("cvm-state"))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let serial = String::from_utf8_lossy(&out.stdout);
+    let last = serial.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(8), "{serial}");
+    assert!(
+        last.contains("BOOT FAILED: registry_error: ") && last.contains("larger than the 4 MiB"),
+        "{serial}"
+    );
+    assert!(took < Duration::from_secs(30), "boot took {took:?}");
+    let peak = children_max_rss_kib();
+    eprintln!("berth guest boot (and the pulls before it) peak RSS: {peak} KiB");
+    assert!(peak < 64 << 10, "the boot agent peaked at {peak} KiB");
     let _ = std::fs::remove_dir_all(&dir);
 }
