@@ -106,7 +106,9 @@ fn announce(lines: &str) {
 
 pub fn kms_serve(args: KmsServeArgs) -> Result<(), Failure> {
     let node_secret = if args.node_secret_stdin {
-        Some(secret_line_from_stdin("the node secret")?)
+        Some(contract::SecretValue::new(
+            secret_line_from_stdin("the node secret")?.to_string(),
+        ))
     } else {
         None
     };
@@ -194,7 +196,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         aws_endpoint_url_ecr: env_var("AWS_ENDPOINT_URL_ECR")
             .or_else(|| env_var("AWS_ENDPOINT_URL")),
         docker_host: env_var("DOCKER_HOST"),
-        admin_api_key: env_var("BERTH_ADMIN_API_KEY").map(zeroize::Zeroizing::new),
+        admin_api_key: env_var("BERTH_ADMIN_API_KEY").map(contract::SecretValue::new),
         rotate_log_secret: args.rotate_log_secret,
         limits: cloud::db::Limits {
             max_cvms_per_user: args.max_cvms_per_user,
@@ -265,7 +267,7 @@ fn print_ready(r: &cloud::up::Ready) {
     let file = r.api_key_file.display();
     let admin = match &r.admin_key {
         AdminKey::Configured => format!("from BERTH_ADMIN_API_KEY (also in {file})"),
-        AdminKey::Created(k) => format!("{}  (shown this once; also in {file})", k.as_str()),
+        AdminKey::Created(k) => format!("{}  (shown this once; also in {file})", k.expose()),
         AdminKey::InFile => format!("in {file}"),
         AdminKey::RotatedSinceWritten => format!(
             "rotated since {file} was written: use the key `berth users rotate admin` printed, or set BERTH_ADMIN_API_KEY"

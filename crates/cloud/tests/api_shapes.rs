@@ -76,7 +76,7 @@ async fn fixture() -> Fixture {
     let listener = kms::server::bind_socket(&kms_sock).unwrap();
     let k = Arc::new(kms::server::Kms::new(
         kms::KmsRootKey::generate(),
-        Some(zeroize::Zeroizing::new(node_secret.clone())),
+        Some(contract::SecretValue::new(node_secret.clone())),
     ));
     let kms_task = tokio::spawn(async move {
         let _ = kms::server::serve(listener, k).await;

@@ -60,7 +60,7 @@ struct Ticket {
 /// The KMS's state: the root key, the node's secret, the open tickets.
 pub struct Kms {
     root: KmsRootKey,
-    node_secret: Option<Zeroizing<String>>,
+    node_secret: Option<contract::SecretValue>,
     /// Keyed by the sha256 of the ticket, so the map holds no usable ticket.
     tickets: Mutex<HashMap<[u8; 32], Ticket>>,
 }
@@ -69,7 +69,7 @@ impl Kms {
     /// A KMS over `root`. Tickets can be minted only by a caller presenting
     /// `node_secret`; with `None`, no ticket can be minted and no env key is
     /// ever released.
-    pub fn new(root: KmsRootKey, node_secret: Option<Zeroizing<String>>) -> Self {
+    pub fn new(root: KmsRootKey, node_secret: Option<contract::SecretValue>) -> Self {
         Self {
             root,
             node_secret: node_secret.filter(|s| !s.is_empty()),
@@ -156,7 +156,7 @@ fn is_node(kms: &Kms, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let a = ticket_id(presented);
-    let b = ticket_id(secret);
+    let b = ticket_id(secret.expose());
     bool::from(a.ct_eq(&b))
 }
 
@@ -325,7 +325,7 @@ pub struct KmsServeConfig {
     pub socket: std::path::PathBuf,
     /// The node's secret (it lets the node mint boot tickets); without it
     /// no env key is ever released.
-    pub node_secret: Option<Zeroizing<String>>,
+    pub node_secret: Option<contract::SecretValue>,
 }
 
 /// Why the KMS process could not serve.
@@ -386,7 +386,7 @@ mod tests {
     fn kms() -> Arc<Kms> {
         Arc::new(Kms::new(
             KmsRootKey::from_bytes([7u8; 32]),
-            Some(Zeroizing::new("node-secret".into())),
+            Some("node-secret".into()),
         ))
     }
 

@@ -75,7 +75,7 @@ pub struct UpConfig {
     pub docker_host: Option<String>,
     /// Set the admin's API key to this one (else one is made at the first
     /// start and kept).
-    pub admin_api_key: Option<zeroize::Zeroizing<String>>,
+    pub admin_api_key: Option<contract::SecretValue>,
     /// Replace the log URL secret: every log URL handed out before stops
     /// working.
     pub rotate_log_secret: bool,
@@ -104,7 +104,7 @@ pub enum AdminKey {
     /// Set to [`UpConfig::admin_api_key`] (and written to the key file).
     Configured,
     /// Made now, the first start: the only time it is shown.
-    Created(zeroize::Zeroizing<String>),
+    Created(contract::SecretValue),
     /// Kept, and still in the key file.
     InFile,
     /// Kept, but the key file holds an older one (the admin rotated it).
@@ -271,7 +271,7 @@ pub async fn run(
     let admin_key = state::admin_key(
         &db,
         &api_key_file,
-        config.admin_api_key.as_deref().map(|k| k.as_str()),
+        config.admin_api_key.as_ref().map(|k| k.expose()),
     )
     .await?;
     let log_secret = state::log_secret(&state, config.rotate_log_secret, &events)?;
@@ -366,5 +366,37 @@ pub async fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    /// Settings and outcomes get printed with `{:?}` in errors and logs:
+    /// none of them may carry the admin key.
+    #[test]
+    fn debug_output_holds_no_admin_key() {
+        let key = "berth_canary_admin_key_d3b07384";
+        let config = UpConfig {
+            state: "/s".into(),
+            listen: "127.0.0.1:0".into(),
+            tls: None,
+            insecure: false,
+            public_url: None,
+            registry_endpoints: BTreeMap::new(),
+            ca_certs: Vec::new(),
+            aws_endpoint_url_ecr: None,
+            docker_host: None,
+            admin_api_key: Some(key.into()),
+            rotate_log_secret: false,
+            limits: crate::db::Limits::default(),
+            header_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            berth_exe: "/b".into(),
+        };
+        assert!(!format!("{config:?}").contains(key));
+        let created = AdminKey::Created(key.into());
+        assert!(!format!("{created:?}").contains(key));
     }
 }

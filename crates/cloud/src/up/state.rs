@@ -172,9 +172,11 @@ pub(crate) async fn admin_key(
         return Ok(AdminKey::Configured);
     }
     if !exists {
-        let k = zeroize::Zeroizing::new(crate::new_api_key());
-        db.create_user("admin", &k, true).await.map_err(db_err)?;
-        write_key(&k)?;
+        let k = contract::SecretValue::new(crate::new_api_key());
+        db.create_user("admin", k.expose(), true)
+            .await
+            .map_err(db_err)?;
+        write_key(k.expose())?;
         return Ok(AdminKey::Created(k));
     }
     let k = zeroize::Zeroizing::new(
