@@ -11,20 +11,8 @@ impl ComposeFile {
     /// compose tool finds every image locally and never pulls. Merge keys
     /// are already resolved: compose runs exactly what was checked.
     pub fn render(&self, replacements: &[(String, String)]) -> String {
-        let mut doc = self.doc.clone();
-        if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
-            for (service, image) in replacements {
-                if let Some(svc) = services
-                    .get_mut(service.as_str())
-                    .and_then(Value::as_mapping_mut)
-                {
-                    svc.insert(Value::from("image"), Value::from(image.as_str()));
-                    // Never pull, whatever the file asked for.
-                    svc.remove("pull_policy");
-                }
-            }
-        }
-        serde_yaml_ng::to_string(&doc).expect("a parsed document serializes")
+        serde_yaml_ng::to_string(&self.rendered(replacements))
+            .expect("a parsed document serializes")
     }
 
     /// [`render`](Self::render), with the CVM's `limits` on every service:
@@ -38,12 +26,7 @@ impl ComposeFile {
         replacements: &[(String, String)],
         limits: &ServiceLimits,
     ) -> String {
-        let rendered = self.render(replacements);
-        if limits.cpu_millis.is_none() && limits.memory_bytes.is_none() {
-            return rendered;
-        }
-        let mut doc: Value =
-            serde_yaml_ng::from_str(&rendered).expect("a rendered document parses");
+        let mut doc = self.rendered(replacements);
         if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
             for (_, svc) in services.iter_mut() {
                 if let Some(svc) = svc.as_mapping_mut() {
@@ -52,6 +35,24 @@ impl ComposeFile {
             }
         }
         serde_yaml_ng::to_string(&doc).expect("a parsed document serializes")
+    }
+
+    /// The document with the images replaced and `pull_policy` dropped.
+    fn rendered(&self, replacements: &[(String, String)]) -> Value {
+        let mut doc = self.doc.clone();
+        if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
+            for (service, image) in replacements {
+                if let Some(svc) = services
+                    .get_mut(service.as_str())
+                    .and_then(Value::as_mapping_mut)
+                {
+                    svc.insert(Value::from("image"), Value::from(image.as_str()));
+                    // Never pull, whatever the file asked for.
+                    svc.remove("pull_policy");
+                }
+            }
+        }
+        doc
     }
 }
 
