@@ -278,8 +278,8 @@ async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) ->
         .into_response()
 }
 
-/// Binds the KMS socket at `path`, whose folder must exist, belong to this
-/// user and be closed to everyone else (mode 0700). A stale socket file left
+/// Binds the KMS socket at `path`, whose folder must exist and be closed to
+/// everyone but its owner (mode 0700). A stale socket file left
 /// by a killed KMS is replaced; anything else at `path` is an error.
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -287,8 +287,8 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
         .parent()
         .ok_or_else(|| std::io::Error::other("the KMS socket path has no folder"))?;
     let meta = std::fs::metadata(dir)?;
-    // SAFETY-free: geteuid via the metadata of a file we just created is
-    // overkill; compare with the folder's own owner and mode.
+    // Same rule as the node's socket (`cloud::up::node_process`), restated
+    // because `cloud` must not link this crate and `contract` does no I/O.
     if meta.mode() & 0o077 != 0 {
         return Err(std::io::Error::other(format!(
             "{} is open to other users (mode {:o}); the KMS socket needs a folder only its owner can enter (chmod 700)",
