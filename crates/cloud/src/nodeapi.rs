@@ -183,34 +183,41 @@ impl NodeClient {
         }
     }
 
-    fn url(id: &str, what: &str) -> String {
-        format!("http://node/node/v1/cvms/{id}/{what}")
+    /// `http://node/node/v1/cvms/{id}/{what…}`, each segment percent-encoded
+    /// by the `url` crate.
+    fn url(id: &str, what: &[&str]) -> reqwest::Url {
+        let mut url = reqwest::Url::parse("http://node/node/v1/cvms").expect("a valid base");
+        url.path_segments_mut()
+            .expect("an http URL has a path")
+            .push(id)
+            .extend(what);
+        url
     }
 
     /// Boots the CVM (writes its shared folder, starts its boot agent).
     pub async fn start(&self, id: &str) -> Result<(), NodeError> {
-        self.call(self.http.post(Self::url(id, "start")))
+        self.call(self.http.post(Self::url(id, &["start"])))
             .await
             .map(drop)
     }
 
     /// Stops the CVM's boot and containers.
     pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
-        self.call(self.http.post(Self::url(id, "stop")))
+        self.call(self.http.post(Self::url(id, &["stop"])))
             .await
             .map(drop)
     }
 
     /// Stops and boots again.
     pub async fn restart(&self, id: &str) -> Result<(), NodeError> {
-        self.call(self.http.post(Self::url(id, "restart")))
+        self.call(self.http.post(Self::url(id, &["restart"])))
             .await
             .map(drop)
     }
 
     /// Removes the CVM's containers and folders.
     pub async fn delete(&self, id: &str) -> Result<(), NodeError> {
-        self.call(self.http.post(Self::url(id, "delete")))
+        self.call(self.http.post(Self::url(id, &["delete"])))
             .await
             .map(drop)
     }
@@ -218,7 +225,7 @@ impl NodeClient {
     /// The CVM's containers: (id, service).
     pub async fn container_names(&self, id: &str) -> Result<Vec<(String, String)>, NodeError> {
         let text = self
-            .call(self.http.get(Self::url(id, "containers")))
+            .call(self.http.get(Self::url(id, &["containers"])))
             .await?;
         let list: Vec<ContainerView> =
             serde_json::from_str(&text).map_err(|_| NodeError::Nonsense)?;
@@ -234,7 +241,7 @@ impl NodeClient {
     ) -> Result<String, NodeError> {
         let mut req = self
             .http
-            .get(Self::url(id, "output"))
+            .get(Self::url(id, &["output"]))
             .query(&[("stderr", stderr)]);
         if let Some(t) = tail {
             req = req.query(&[("tail", t)]);
@@ -249,10 +256,9 @@ impl NodeClient {
         container: &str,
         tail: Option<usize>,
     ) -> Result<String, NodeError> {
-        let mut req = self.http.get(Self::url(
-            id,
-            &format!("containers/{}/logs", urlencode(container)),
-        ));
+        let mut req = self
+            .http
+            .get(Self::url(id, &["containers", container, "logs"]));
         if let Some(t) = tail {
             req = req.query(&[("tail", t)]);
         }
@@ -276,16 +282,4 @@ fn refused(status: u16, body: &str) -> NodeError {
         },
         Err(_) => NodeError::Unexplained { status },
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

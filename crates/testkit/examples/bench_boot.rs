@@ -70,6 +70,10 @@ fn main() {
     let app = serde_json::json!({"manifest_version": 2, "name": "bench", "runner": "docker-compose",
         "docker_compose_file": yaml, "allowed_envs": allowed, "kms_enabled": true});
     std::fs::write(shared.join("app-compose.json"), app.to_string()).unwrap();
+    // The registry listens on loopback: a CVM reaches it only when the
+    // operator maps it, as the node does with `--registry-endpoint`.
+    let sys = serde_json::json!({"registry_endpoints": {host.clone(): reg.base_url()}});
+    std::fs::write(shared.join("sys-config.json"), sys.to_string()).unwrap();
     let envfile = w.join("secrets.env");
     std::fs::write(
         &envfile,
