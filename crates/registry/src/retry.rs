@@ -150,7 +150,12 @@ impl Budget {
             Some(wait) => wait.max(jittered),
             None => jittered,
         };
-        if delay > self.policy.budget.saturating_sub(s.started.elapsed()) {
+        // A retry is worth making only if, after the wait, the attempt
+        // itself still has time: otherwise it would be cut off by the
+        // budget and reported as "no answer" instead of the registry's last
+        // answer (a 503 became `unreachable` on a busy machine).
+        let reserve = (self.policy.budget / 4).min(Duration::from_secs(1));
+        if delay + reserve > self.policy.budget.saturating_sub(s.started.elapsed()) {
             return Err(gave_up);
         }
         s.attempt += 1;
@@ -181,6 +186,22 @@ mod tests {
             let full = Duration::from_millis(100 << i);
             assert!(*d >= full / 2 && *d <= full, "{i}: {d:?}");
         }
+    }
+
+    #[test]
+    fn no_retry_whose_attempt_would_have_no_time_left() {
+        let policy = RetryPolicy {
+            budget: Duration::from_secs(2),
+            ..RetryPolicy::default()
+        };
+        let b = Budget::new(policy);
+        // 1.8 s of waiting would leave the attempt 0.2 s: give up now, with
+        // the last answer, rather than report a cut-off attempt.
+        assert_eq!(
+            b.next(Some(Duration::from_millis(1800))),
+            Err(GaveUp { attempts: 1 })
+        );
+        assert!(b.next(Some(Duration::from_millis(1000))).is_ok());
     }
 
     #[test]
