@@ -112,7 +112,13 @@ pub fn kms_serve(args: KmsServeArgs) -> Result<(), Failure> {
     } else {
         None
     };
+    let apps_dir = args
+        .root_key
+        .parent()
+        .map(|d| d.join("apps"))
+        .unwrap_or_else(|| "apps".into());
     let config = kms::server::KmsServeConfig {
+        apps_dir,
         root_key: args.root_key,
         socket: args.socket,
         node_secret,

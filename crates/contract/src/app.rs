@@ -31,8 +31,23 @@ impl Measurement {
         }
     }
 
+    /// Measures the bytes of an app's *current* manifest, whose app id was
+    /// fixed by its first manifest (an update keeps the app id, and with it
+    /// the env key; the KMS knows which compose hash the app runs now).
+    /// `app_id: None` is a first manifest: the app id is measured from it.
+    pub fn of_app(app_compose_bytes: &[u8], app_id: Option<&str>) -> Self {
+        let mut m = Self::of(app_compose_bytes);
+        if let Some(id) = app_id.map(normalize_hex).filter(|a| {
+            a.len() == 40 && a.bytes().all(|b| b.is_ascii_hexdigit())
+        }) {
+            m.app_id = id;
+        }
+        m
+    }
+
     /// Whether `compose_hash` (64 hex) measures to `app_id` (40 hex): the
-    /// app id is the hash's first 20 bytes. Case-insensitive, `0x` allowed.
+    /// app id is the hash's first 20 bytes, true of an app's first manifest
+    /// (its genesis). Case-insensitive, `0x` allowed.
     pub fn hash_belongs_to(compose_hash: &str, app_id: &str) -> bool {
         let h = normalize_hex(compose_hash);
         let a = normalize_hex(app_id);
@@ -72,6 +87,25 @@ pub struct AppCompose {
     /// Whether the app's logs are public.
     #[serde(default)]
     pub public_logs: bool,
+    /// The owner's public key (compressed secp256k1, hex) when only the
+    /// owner may authorize a new compose hash for this app
+    /// ([`crate::upgrade::UpgradeAuthority`]).
+    #[serde(default)]
+    pub berth_owner_key: Option<String>,
+}
+
+impl AppCompose {
+    /// Who may authorize a new compose hash for this app. Decided by the
+    /// app's first manifest (which the app id measures), so a control plane
+    /// cannot change it later.
+    pub fn upgrade_authority(&self) -> crate::upgrade::UpgradeAuthority {
+        match self.berth_owner_key.as_deref().map(str::trim) {
+            Some(k) if !k.is_empty() => crate::upgrade::UpgradeAuthority::Owner {
+                public_key: normalize_hex(k),
+            },
+            _ => crate::upgrade::UpgradeAuthority::Cloud,
+        }
+    }
 }
 
 /// What provisioning puts into a new manifest.
@@ -92,6 +126,10 @@ pub struct AppComposeInput<'a> {
     /// two env keys), from one user always to the same. `None` renders no
     /// such field.
     pub owner: Option<&'a str>,
+    /// The owner's upgrade key (compressed secp256k1 public key, hex),
+    /// rendered as `berth_owner_key`: only compose hashes that key signs are
+    /// ever given the app's env key. `None`: cloud-authorized upgrades.
+    pub owner_key: Option<&'a str>,
 }
 
 impl AppComposeInput<'_> {
@@ -125,6 +163,9 @@ impl AppComposeInput<'_> {
         });
         if let Some(owner) = self.owner {
             value["berth_owner"] = serde_json::Value::from(owner);
+        }
+        if let Some(key) = self.owner_key {
+            value["berth_owner_key"] = serde_json::Value::from(normalize_hex(key));
         }
         serde_json::to_vec(&value).expect("json")
     }
@@ -207,6 +248,7 @@ mod tests {
             public_logs: true,
             public_sysinfo: true,
             owner,
+            owner_key: None,
         };
         let none = input(None).render();
         assert!(!String::from_utf8_lossy(&none).contains("berth_owner"));

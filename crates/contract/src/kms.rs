@@ -20,6 +20,45 @@ pub fn env_pubkey_path(app_id: &str) -> String {
     format!("/kms/v1/apps/{app_id}/env-pubkey")
 }
 
+/// `POST` [`ComposeHashRegistration`] → [`AppUpgradeState`]: the app's
+/// compose hash from now on; `GET` → [`AppUpgradeState`] (404 until the app's
+/// first update: until then only its first manifest's hash is accepted).
+pub fn compose_hash_path(app_id: &str) -> String {
+    format!("/kms/v1/apps/{app_id}/compose-hash")
+}
+
+/// A request to make `compose_hash` the one compose hash the KMS gives the
+/// app's env key to. Cloud-authorized apps need no `authorization`;
+/// owner-authorized apps need the owner's signature
+/// ([`crate::upgrade`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ComposeHashRegistration {
+    /// The app's first manifest, the hex of its exact bytes: the app id
+    /// measures it, and it names the owner key (if any).
+    pub genesis_app_compose: String,
+    /// The new compose hash, 64 hex.
+    pub compose_hash: String,
+    /// The owner's signature, for an owner-authorized app.
+    #[serde(default)]
+    pub authorization: Option<crate::upgrade::OwnerAuthorization>,
+}
+
+/// Which compose hash the KMS gives an app's env key to, and who may change it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppUpgradeState {
+    /// The app id, 40 hex.
+    pub app_id: String,
+    /// `cloud` or `owner` ([`crate::upgrade::UpgradeAuthority::model`]).
+    pub model: String,
+    /// The owner's public key, for an owner-authorized app.
+    #[serde(default)]
+    pub owner_key: Option<String>,
+    /// The compose hash whose boots get the env key, 64 hex.
+    pub compose_hash: String,
+    /// The counter of the last accepted owner authorization (0: none yet).
+    pub counter: u64,
+}
+
 /// Answer of [`PUBKEY_PATH`].
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct KmsPublicKeyAnswer {

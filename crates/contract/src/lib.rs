@@ -13,6 +13,8 @@
 //!   policy of the shared-engine mode, checked at provisioning and again in
 //!   the boot agent;
 //! - [`env_rules`]: env variable names (grammar, reserved families);
+//! - [`upgrade`]: who may authorize a new compose hash for an app, and the
+//!   exact bytes an owner signs to do so;
 //! - [`boot`]: the boot's last serial line ([`BootOutcome`]);
 //! - [`announce`]: what the KMS process tells `berth up` once it serves;
 //! - [`kms`]: the KMS's HTTP messages;
@@ -40,6 +42,7 @@ pub mod policy;
 pub mod reference;
 mod secret;
 pub mod status;
+pub mod upgrade;
 
 pub use app::{AppCompose, AppComposeInput, Measurement, SysConfig};
 pub use boot::BootOutcome;

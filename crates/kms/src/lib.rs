@@ -47,11 +47,21 @@
 //! ([`server::run`]); [`trust`] is the client's edge: verify the signature
 //! over an offered env key, then seal to it ([`trust::seal_env`]).
 //!
+//! # Upgrades
+//!
+//! An app keeps its app id, and so its env key, across updates of its
+//! compose file. The KMS therefore keeps one piece of state besides the root
+//! key: for each app that was updated, the compose hash its boots may have
+//! the key for, and who may change it (`apps`, files in `STATE/kms/apps/`).
+//! Owner-authorized apps change it only with the owner's signature
+//! ([`owner`]); see [`contract::upgrade`].
+//!
 //! # What this crate does not do
 //!
-//! No network, no clock, no logging. The only I/O is in the two explicitly
-//! named root-key file functions, [`KmsRootKey::load`] and
-//! [`KmsRootKey::load_or_create`]; the only outside resource besides them is
+//! No network, no clock, no logging outside [`server`] (and its upgrade
+//! registry). The only other I/O is in the explicitly named key file
+//! functions, [`KmsRootKey::load`], [`KmsRootKey::load_or_create`] and
+//! [`owner::OwnerKey::load_or_create`]; the only outside resource besides them is
 //! the operating system's random generator in [`KmsRootKey::generate`].
 //! Callers pass the current time in. Deciding *whom* to give an env private
 //! key to (attestation, the registered compose hash) is the caller's job.
@@ -59,7 +69,9 @@
 #![deny(missing_docs)]
 
 mod app_id;
+mod apps;
 mod error;
+pub mod owner;
 mod root;
 pub mod server;
 mod signature;

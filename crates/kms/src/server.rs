@@ -14,8 +14,16 @@
 //!   one-time boot ticket for that app and its registered compose hash.
 //! - `POST /kms/v1/env-key` `{app_id, compose_hash, ticket, attestation}`:
 //!   the app's env *private* key, released once per ticket, to a caller
-//!   presenting the hash the ticket was issued for, which must measure to the
-//!   app id. The ticket is burnt by its first use, right or wrong.
+//!   presenting the hash the ticket was issued for, which must be the hash
+//!   the KMS accepts for the app now. The ticket is burnt by its first use,
+//!   right or wrong.
+//! - `POST /kms/v1/apps/{app_id}/compose-hash` (`GET` to read it): the
+//!   compose hash the app's boots get the key for from now on (an update).
+//!   Until an app's first update, only its first manifest's hash (whose
+//!   first 20 bytes are the app id) is accepted. A cloud-authorized app takes
+//!   the word of whoever can reach this socket (the control plane); an
+//!   owner-authorized app needs its owner's signature with a fresh counter
+//!   ([`crate::apps`]).
 //!
 //! **Simulated TEE**: the measurement is computed by the boot agent and taken
 //! on trust; what makes it believable in local mode is that only the node
@@ -28,15 +36,15 @@
 //! This module is the only part of the crate that does network I/O or reads
 //! the clock.
 
+use crate::apps::{AppRegistry, RegisterError};
 use crate::{AppId, KmsRootKey};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use contract::Measurement;
 use contract::kms::{
-    ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer, ErrorAnswer, KmsPublicKeyAnswer,
+    ComposeHashRegistration, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer, ErrorAnswer, KmsPublicKeyAnswer,
     PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
 };
 use std::collections::HashMap;
@@ -63,6 +71,8 @@ pub struct Kms {
     node_secret: Option<contract::SecretValue>,
     /// Keyed by the sha256 of the ticket, so the map holds no usable ticket.
     tickets: Mutex<HashMap<[u8; 32], Ticket>>,
+    /// Which compose hash each updated app may boot.
+    apps: AppRegistry,
 }
 
 impl Kms {
@@ -74,7 +84,15 @@ impl Kms {
             root,
             node_secret: node_secret.filter(|s| !s.is_empty()),
             tickets: Mutex::new(HashMap::new()),
+            apps: AppRegistry::new(None),
         }
+    }
+
+    /// Keeps the upgrade registry in `dir` (one file per updated app)
+    /// instead of in memory only.
+    pub fn with_registry(mut self, dir: std::path::PathBuf) -> Self {
+        self.apps = AppRegistry::new(Some(dir));
+        self
     }
 }
 
@@ -105,6 +123,10 @@ pub fn router(kms: Arc<Kms>) -> Router {
     Router::new()
         .route(PUBKEY_PATH, get(pubkey))
         .route("/kms/v1/apps/{app_id}/env-pubkey", get(env_pubkey))
+        .route(
+            "/kms/v1/apps/{app_id}/compose-hash",
+            get(compose_hash_state).post(register_compose_hash),
+        )
         .route(TICKET_PATH, post(mint_ticket))
         .route(ENV_KEY_PATH, post(env_key))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -177,10 +199,15 @@ async fn mint_ticket(
         Err(r) => return *r,
     };
     let hash = contract::app::normalize_hex(&req.compose_hash);
-    if !Measurement::hash_belongs_to(&hash, &app.to_hex()) {
+    if !kms.apps.accepts(&app.to_hex(), &hash) {
+        eprintln!(
+            "kms: refused a boot ticket for app {} and compose hash {}: not the hash the app may boot",
+            app.to_hex(),
+            hash.chars().take(64).collect::<String>()
+        );
         return error(
-            StatusCode::BAD_REQUEST,
-            "compose_hash must be the 64-hex sha256 of the app's app-compose.json, whose first 20 bytes are the app id",
+            StatusCode::FORBIDDEN,
+            "compose_hash is not the one this app may boot: its first manifest's, or the one its last authorized update registered",
         );
     }
     let ticket = {
@@ -253,7 +280,7 @@ async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) ->
     if ticket.app_id != app.to_hex() {
         return refuse("the boot ticket was issued for another app");
     }
-    if ticket.compose_hash != hash || !Measurement::hash_belongs_to(&hash, &ticket.app_id) {
+    if ticket.compose_hash != hash || !kms.apps.accepts(&ticket.app_id, &hash) {
         return refuse("the measured compose hash is not the one registered for this app");
     }
     if req.attestation.kind != "simulated" {
@@ -276,6 +303,56 @@ async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) ->
         body.to_vec(),
     )
         .into_response()
+}
+
+async fn compose_hash_state(State(kms): State<Arc<Kms>>, Path(app_id): Path<String>) -> Response {
+    let app = match parse_app(&app_id) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match kms.apps.state(&app.to_hex()) {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this app was never updated: the KMS accepts its first manifest's compose hash",
+        ),
+    }
+}
+
+async fn register_compose_hash(
+    State(kms): State<Arc<Kms>>,
+    Path(app_id): Path<String>,
+    Json(req): Json<ComposeHashRegistration>,
+) -> Response {
+    let app = match parse_app(&app_id) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let hash = contract::app::normalize_hex(&req.compose_hash);
+    match kms.apps.register(&app.to_hex(), &req, now_unix()) {
+        Ok(state) => {
+            eprintln!(
+                "kms: app {} may now boot compose hash {} ({}-authorized, counter {})",
+                state.app_id, state.compose_hash, state.model, state.counter
+            );
+            Json(state).into_response()
+        }
+        Err(e) => {
+            eprintln!(
+                "kms: refused compose hash {} for app {}: {e}",
+                hash.chars().take(64).collect::<String>(),
+                app.to_hex()
+            );
+            let status = match e {
+                RegisterError::BadRequest(_) | RegisterError::NotGenesis => {
+                    StatusCode::BAD_REQUEST
+                }
+                RegisterError::Io(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            error(status, e.to_string())
+        }
+    }
 }
 
 /// Binds the KMS socket at `path`, whose folder must exist and be closed to
@@ -326,6 +403,8 @@ pub struct KmsServeConfig {
     /// The node's secret (it lets the node mint boot tickets); without it
     /// no env key is ever released.
     pub node_secret: Option<contract::SecretValue>,
+    /// The upgrade registry's folder (one file per updated app).
+    pub apps_dir: std::path::PathBuf,
 }
 
 /// Why the KMS process could not serve.
@@ -372,7 +451,7 @@ pub async fn run(
         ),
         public_key: root.public_key().to_hex(),
     });
-    let kms = Arc::new(Kms::new(root, config.node_secret));
+    let kms = Arc::new(Kms::new(root, config.node_secret).with_registry(config.apps_dir));
     serve(listener, kms).await.map_err(ServeError::Stopped)
 }
 
@@ -492,5 +571,124 @@ mod tests {
         let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert!(body["detail"].as_str().unwrap().contains("already used"));
+    }
+
+    fn genesis(owner_key: Option<&str>) -> (Vec<u8>, contract::Measurement) {
+        let envs = vec!["A".to_string()];
+        let bytes = contract::AppComposeInput {
+            name: "app",
+            docker_compose_file: "services: {a: {image: x}}\n",
+            allowed_envs: &envs,
+            public_logs: true,
+            public_sysinfo: true,
+            owner: Some("aa"),
+            owner_key,
+        }
+        .render();
+        let m = contract::Measurement::of(&bytes);
+        (bytes, m)
+    }
+
+    async fn ticket_for(k: &Arc<Kms>, app: &str, hash: &str) -> StatusCode {
+        post(
+            k,
+            TICKET_PATH,
+            Some("node-secret"),
+            serde_json::json!({"app_id": app, "compose_hash": hash}),
+        )
+        .await
+        .0
+    }
+
+    async fn register(
+        k: &Arc<Kms>,
+        app: &str,
+        genesis: &[u8],
+        hash: &str,
+        auth: Option<contract::upgrade::OwnerAuthorization>,
+    ) -> (StatusCode, serde_json::Value) {
+        post(
+            k,
+            &contract::kms::compose_hash_path(app),
+            None,
+            serde_json::json!({"genesis_app_compose": hex::encode(genesis), "compose_hash": hash, "authorization": auth}),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_cloud_authorized_update_moves_the_key_to_the_new_hash() {
+        let k = kms();
+        let (g, m) = genesis(None);
+        let v2 = hex::encode([2u8; 32]);
+        assert_eq!(ticket_for(&k, &m.app_id, &m.compose_hash).await, StatusCode::OK);
+        assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
+        let (s, state) = register(&k, &m.app_id, &g, &v2, None).await;
+        assert_eq!(s, StatusCode::OK, "{state}");
+        assert_eq!(state["model"], "cloud");
+        assert_eq!(state["compose_hash"], v2.as_str());
+        assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::OK);
+        // The old code gets nothing any more, until it is registered again.
+        assert_eq!(ticket_for(&k, &m.app_id, &m.compose_hash).await, StatusCode::FORBIDDEN);
+        // A genesis that does not measure to the app id is refused.
+        let (other, _) = genesis(Some(&crate::owner::OwnerKey::generate().public_hex()));
+        let (s, body) = register(&k, &m.app_id, &other, &v2, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_owner_authorized_app_needs_a_fresh_owner_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Arc::new(
+            Kms::new(KmsRootKey::from_bytes([7u8; 32]), Some("node-secret".into()))
+                .with_registry(dir.path().join("apps")),
+        );
+        let owner = crate::owner::OwnerKey::generate();
+        let (g, m) = genesis(Some(&owner.public_hex()));
+        let (v2, v3) = (hex::encode([2u8; 32]), hex::encode([3u8; 32]));
+        // Unsigned: refused, and no key for that hash.
+        let (s, body) = register(&k, &m.app_id, &g, &v2, None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(body["detail"].as_str().unwrap().contains("owner-authorized"), "{body}");
+        assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
+        // Signed by someone else, or for another app: refused.
+        let stranger = crate::owner::OwnerKey::generate();
+        let forged = stranger.authorize(&m.app_id, &v2, 1).unwrap();
+        assert_eq!(register(&k, &m.app_id, &g, &v2, Some(forged)).await.0, StatusCode::FORBIDDEN);
+        let elsewhere = owner.authorize(&"ab".repeat(20), &v2, 1).unwrap();
+        assert_eq!(register(&k, &m.app_id, &g, &v2, Some(elsewhere)).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
+        // The owner's: accepted.
+        let first = owner.authorize(&m.app_id, &v2, 1).unwrap();
+        let (s, state) = register(&k, &m.app_id, &g, &v2, Some(first.clone())).await;
+        assert_eq!(s, StatusCode::OK, "{state}");
+        assert_eq!((state["model"].as_str(), state["counter"].as_u64()), (Some("owner"), Some(1)));
+        assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::OK);
+        // The same request again (a retry) changes nothing and is fine.
+        assert_eq!(register(&k, &m.app_id, &g, &v2, Some(first.clone())).await.0, StatusCode::OK);
+        let second = owner.authorize(&m.app_id, &v3, 2).unwrap();
+        assert_eq!(register(&k, &m.app_id, &g, &v3, Some(second)).await.0, StatusCode::OK);
+        // Replaying the first authorization (rollback by the operator): refused.
+        let (s, body) = register(&k, &m.app_id, &g, &v2, Some(first)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(body["detail"].as_str().unwrap().contains("replayed"), "{body}");
+        assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
+        // A rollback the owner signs is an update like any other.
+        let back = owner.authorize(&m.app_id, &m.compose_hash, 3).unwrap();
+        assert_eq!(register(&k, &m.app_id, &g, &m.compose_hash, Some(back)).await.0, StatusCode::OK);
+        assert_eq!(ticket_for(&k, &m.app_id, &m.compose_hash).await, StatusCode::OK);
+        // The record survives a restart of the KMS; a damaged one accepts nothing.
+        let again = Arc::new(
+            Kms::new(KmsRootKey::from_bytes([7u8; 32]), Some("node-secret".into()))
+                .with_registry(dir.path().join("apps")),
+        );
+        assert_eq!(ticket_for(&again, &m.app_id, &v3).await, StatusCode::FORBIDDEN);
+        assert_eq!(ticket_for(&again, &m.app_id, &m.compose_hash).await, StatusCode::OK);
+        std::fs::write(dir.path().join(format!("apps/{}.json", m.app_id)), b"{").unwrap();
+        let damaged = Arc::new(
+            Kms::new(KmsRootKey::from_bytes([7u8; 32]), Some("node-secret".into()))
+                .with_registry(dir.path().join("apps")),
+        );
+        assert_eq!(ticket_for(&damaged, &m.app_id, &m.compose_hash).await, StatusCode::FORBIDDEN);
     }
 }
