@@ -107,6 +107,10 @@ cat <<EOF2
 
 The demo keeps running:
   API:            $BERTH_API_URL   (X-API-Key: the key in $DEMO/cloud/api-key)
+  web console:    http://127.0.0.1:$PORT/   (sign in with the key in $DEMO/cloud/api-key;
+                  deploy a second app from the form: its image $IMAGE,
+                  provider "Other registry", registry $REGISTRY, user demo,
+                  the password in $DEMO/registry-password)
   try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key) BERTH_KMS_PUBKEY=$KMS_PUBKEY
                   $BERTH cvms list
                   $BERTH cvms get demo-private-app

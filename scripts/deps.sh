@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian
 # machine, idempotently: Debian packages with apt-get, npm packages into
-# interop/node_modules, PyPI packages into the venv .deps/venv. Nothing else is
+# interop/node_modules and e2e/node_modules, PyPI packages into the venv .deps/venv. Nothing else is
 # touched.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +32,18 @@ fi
 if ! cmp -s interop/package-lock.json interop/node_modules/.berth-installed-lock; then
   echo "deps: npm ci in interop/"
   (cd interop && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.berth-installed-lock)
+fi
+
+# The web console's browser tests: Debian's chromium (no browser download)
+# and playwright-core pinned by e2e/package-lock.json.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "deps: installing chromium"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+if ! cmp -s e2e/package-lock.json e2e/node_modules/.berth-installed-lock; then
+  echo "deps: npm ci in e2e/"
+  (cd e2e && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.berth-installed-lock)
 fi
 
 # Registry fixtures (docker-registry, skopeo, umoci, moto); it also creates

@@ -13,41 +13,56 @@ use std::time::{Duration, Instant};
 pub struct ApiArgs {
     /// API base URL (…/api/v1). Default: BERTH_API_URL, else PHALA_CLOUD_API_PREFIX.
     #[arg(long, value_name = "URL")]
-    api_url: Option<String>,
+    pub(crate) api_url: Option<String>,
 }
 
 #[derive(Args)]
 pub struct DeployArgs {
     #[command(flatten)]
-    api: ApiArgs,
-    /// The CVM's name (5 to 63 letters, digits or `-`).
-    #[arg(short = 'n', long)]
-    name: String,
+    pub(crate) api: ApiArgs,
+    /// The CVM's name (5 to 63 letters, digits or `-`); not with --update.
+    #[arg(short = 'n', long, required_unless_present = "update")]
+    pub(crate) name: Option<String>,
+    /// Update the CVM ID in place (its id, app id, env key and image cache
+    /// stay): boot the new compose file, and the new env if -e is given
+    /// (else the current env stays). An owner-authorized app's update is
+    /// signed with the owner key.
+    #[arg(long, value_name = "ID", conflicts_with = "name")]
+    pub(crate) update: Option<String>,
+    /// Make a cloud-authorized app: the operator may register new code for
+    /// it. By default the app is owner-authorized: only compose files signed
+    /// with the owner key (--owner-key) ever get its secrets.
+    #[arg(long)]
+    pub(crate) cloud_upgrades: bool,
+    /// The owner key that signs upgrades (created, mode 0600, if missing).
+    /// Default: BERTH_OWNER_KEY, else ~/.config/berth/owner-key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) owner_key: Option<PathBuf>,
     /// The Docker Compose file.
     #[arg(short = 'c', long = "compose", value_name = "FILE")]
-    compose: PathBuf,
+    pub(crate) compose: PathBuf,
     /// A .env file, `-` for standard input, or KEY=VALUE (repeatable; later
     /// wins). Sealed on this machine. A secret written as KEY=VALUE is in this
     /// command's own arguments, which every local user can read (ps,
     /// /proc/PID/cmdline): put secrets in a file (`-e .env`) or pipe them
     /// (`-e -`).
     #[arg(short = 'e', long = "env", value_name = "FILE|-|KEY=VALUE")]
-    env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Follow the boot and exit with its category's exit code.
     #[arg(long)]
-    wait: bool,
+    pub(crate) wait: bool,
     /// The KMS public key to trust (default: BERTH_KMS_PUBKEY, else the one `berth up` wrote).
     #[arg(long, value_name = "HEX")]
-    kms_pubkey: Option<String>,
+    pub(crate) kms_pubkey: Option<String>,
     /// Skip the registry pre-flight (the checks of `berth check`, run here).
     #[arg(long)]
-    no_check: bool,
+    pub(crate) no_check: bool,
     /// For the pre-flight: reach registry R at URL (repeatable).
     #[arg(long = "registry-endpoint", value_name = "R=URL")]
-    registry_endpoint: Vec<String>,
+    pub(crate) registry_endpoint: Vec<String>,
     /// For the pre-flight: trust this CA certificate (repeatable).
     #[arg(long = "ca-cert", value_name = "FILE")]
-    ca_cert: Vec<PathBuf>,
+    pub(crate) ca_cert: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +81,8 @@ pub enum CvmsCommand {
     Delete(IdArgs),
     /// Print a CVM's logs.
     Logs(LogsArgs),
+    /// The app's accepted versions: compose hash, when, who authorized it.
+    History(IdArgs),
 }
 
 #[derive(Args)]
@@ -141,7 +158,7 @@ pub(crate) fn api_failure(e: ClientError) -> Failure {
 }
 
 /// The KMS key the client trusts.
-fn trusted_kms_key(arg: Option<&str>) -> Result<kms::KmsPublicKey, Failure> {
+pub(crate) fn trusted_kms_key(arg: Option<&str>) -> Result<kms::KmsPublicKey, Failure> {
     let text = arg
         .map(str::to_owned)
         .or_else(|| std::env::var("BERTH_KMS_PUBKEY").ok().filter(|v| !v.is_empty()))
@@ -159,7 +176,7 @@ fn trusted_kms_key(arg: Option<&str>) -> Result<kms::KmsPublicKey, Failure> {
 }
 
 /// Why `berth deploy` sealed nothing, in its own terms.
-fn trust_failure(e: kms::trust::TrustError) -> Failure {
+pub(crate) fn trust_failure(e: kms::trust::TrustError) -> Failure {
     use kms::trust::TrustError;
     match e {
         TrustError::Unsigned => Failure::config(
@@ -176,6 +193,10 @@ fn trust_failure(e: kms::trust::TrustError) -> Failure {
 }
 
 pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    if let Some(id) = args.update.clone() {
+        return crate::updatecmd::update(args, &id);
+    }
+    let name = args.name.clone().unwrap_or_default();
     let api = client(&args.api)?;
     let compose = std::fs::read_to_string(&args.compose)
         .map_err(|e| Failure::io(format!("cannot read {}", args.compose.display()), &e))?;
@@ -195,11 +216,17 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     if !args.no_check && keys.iter().any(|k| k.starts_with("DSTACK_")) {
         preflight(&args, &env, &compose)?;
     }
+    let owner = if args.cloud_upgrades {
+        None
+    } else {
+        Some(crate::updatecmd::owner_key(args.owner_key.as_deref())?)
+    };
     let rt = crate::runtime();
     rt.block_on(async {
-        eprintln!("Provisioning {}…", args.name);
+        eprintln!("Provisioning {name}…");
+        let owner_public = owner.as_ref().map(|o| o.public_hex());
         let p = api
-            .provision(&args.name, &compose, &keys)
+            .provision(&name, &compose, &keys, owner_public.as_deref())
             .await
             .map_err(api_failure)?;
         // A control plane must not be able to swap in a key of its own.
@@ -225,6 +252,13 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
         println!("Name:   {}", cvm.name);
         println!("App ID: {}", cvm.app_id);
         println!("Status: {}", cvm.status);
+        println!(
+            "Upgrades: {}",
+            match &owner_public {
+                Some(_) => "owner-authorized (only compose files signed with your owner key get the app's secrets)",
+                None => "cloud-authorized (the operator may register new code for this app)",
+            }
+        );
         if args.wait {
             follow_boot(&api, &cvm.id).await
         } else {
@@ -236,7 +270,7 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
 /// `berth check` on the compose file's images with the env's credentials,
 /// in this process: the env was read once (`-e -` consumed standard input)
 /// and no value goes on another process's command line.
-fn preflight(args: &DeployArgs, env: &envseal::Env, compose: &str) -> Result<(), Failure> {
+pub(crate) fn preflight(args: &DeployArgs, env: &envseal::Env, compose: &str) -> Result<(), Failure> {
     let images = cloud::appcompose::images(compose).map_err(|e| Failure::config(e.message))?;
     if images.is_empty() {
         return Ok(());
@@ -262,7 +296,7 @@ fn preflight(args: &DeployArgs, env: &envseal::Env, compose: &str) -> Result<(),
 }
 
 /// Prints the serial log as the CVM boots; exits with the boot's category.
-async fn follow_boot(api: &ApiClient, id: &str) -> Result<(), Failure> {
+pub(crate) async fn follow_boot(api: &ApiClient, id: &str) -> Result<(), Failure> {
     let started = Instant::now();
     let mut printed = 0usize;
     loop {
@@ -490,6 +524,15 @@ pub fn cvms(cmd: CvmsCommand) -> Result<(), Failure> {
             CvmsCommand::Get(a) => {
                 let c = client(&a.api)?.get(&a.id).await.map_err(api_failure)?;
                 print_one(&c, a.json);
+                Ok(())
+            }
+            CvmsCommand::History(a) => {
+                let h = client(&a.api)?.history(&a.id).await.map_err(api_failure)?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+                } else {
+                    print!("{}", crate::updatecmd::history_table(&h));
+                }
                 Ok(())
             }
             CvmsCommand::Start(_) | CvmsCommand::Stop(_) | CvmsCommand::Restart(_) => Ok(()),

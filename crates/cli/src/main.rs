@@ -9,6 +9,7 @@ mod failure;
 mod guestcmd;
 mod pullcmd;
 mod upcmd;
+mod updatecmd;
 mod userscmd;
 
 use clap::{Parser, Subcommand};

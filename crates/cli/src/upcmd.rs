@@ -288,6 +288,10 @@ fn print_ready(r: &cloud::up::Ready) {
     }
     println!("Admin API key:  {admin}");
     println!(
+        "Web console:    {}/  (sign in with the admin API key)",
+        r.public_url
+    );
+    println!(
         "KMS public key: {}  (berth deploy checks env keys against it)",
         r.kms_public_key
     );

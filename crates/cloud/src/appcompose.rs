@@ -43,7 +43,8 @@ pub struct BuiltApp {
     pub bytes: Vec<u8>,
     /// sha256 of the bytes, hex.
     pub compose_hash: String,
-    /// First 20 bytes of the hash, hex.
+    /// The app id: the first 20 bytes of the hash of the app's first
+    /// manifest, hex.
     pub app_id: String,
 }
 
@@ -52,6 +53,17 @@ pub struct BuiltApp {
 /// provisioning, not at boot, that `LD_PRELOAD` is not theirs to set).
 pub fn build(input: &AppComposeInput<'_>) -> Result<BuiltApp, ApiError> {
     validate_compose(input.docker_compose_file)?;
+    if let Some(key) = input.owner_key {
+        let k = contract::app::normalize_hex(key);
+        let ok = k.len() == 66
+            && (k.starts_with("02") || k.starts_with("03"))
+            && k.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(ApiError::invalid(
+                "berth_owner_key must be a compressed secp256k1 public key (66 hex characters starting with 02 or 03)",
+            ));
+        }
+    }
     for key in input.allowed_envs {
         contract::env_rules::check_tenant_key(key)
             .map_err(|e| ApiError::invalid(format!("allowed_envs: {e}")))?;
@@ -63,6 +75,14 @@ pub fn build(input: &AppComposeInput<'_>) -> Result<BuiltApp, ApiError> {
         compose_hash: m.compose_hash,
         bytes,
     })
+}
+
+/// Builds the next manifest of the app `app_id` (an update): the same
+/// checks as [`build`]; the app id stays the one its first manifest fixed.
+pub fn build_update(input: &AppComposeInput<'_>, app_id: &str) -> Result<BuiltApp, ApiError> {
+    let mut built = build(input)?;
+    built.app_id = app_id.to_owned();
+    Ok(built)
 }
 
 #[cfg(test)]
@@ -89,6 +109,7 @@ mod tests {
             public_logs: true,
             public_sysinfo: true,
             owner: None,
+            owner_key: None,
         };
         let a = build(&input).unwrap();
         assert_eq!(a, build(&input).unwrap());

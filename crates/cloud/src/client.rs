@@ -94,6 +94,29 @@ pub struct Provisioned {
     pub timestamp: Option<u64>,
 }
 
+/// What an update would boot (`X-Prepare-Only`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedUpdate {
+    /// The app id.
+    pub app_id: String,
+    /// The new compose hash, as the server computed it.
+    pub compose_hash: String,
+    /// The new manifest, exactly as it would be measured.
+    pub app_compose: String,
+    /// `cloud` or `owner`.
+    pub upgrade_authority: String,
+    /// The last counter the KMS accepted for the app.
+    pub counter: u64,
+    /// The env public key to seal to, hex.
+    pub env_pubkey: String,
+    /// The KMS's legacy signature over it.
+    pub signature: Option<String>,
+    /// The KMS's timestamped signature over it.
+    pub signature_v1: Option<String>,
+    /// Its timestamp.
+    pub timestamp: Option<u64>,
+}
+
 /// A CVM as the client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CvmInfo {
@@ -166,12 +189,25 @@ impl ApiClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
             .request(method, &url)
             .header("X-API-Key", &self.key)
             .header("X-Phala-Version", "2025-10-28");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -196,24 +232,26 @@ impl ApiClient {
         Ok(value)
     }
 
-    /// `POST /cvms/provision`.
+    /// `POST /cvms/provision`; with `owner_key`, an owner-authorized app
+    /// (Berth's `berth_owner_key`).
     pub async fn provision(
         &self,
         name: &str,
         compose: &str,
         allowed_envs: &[String],
+        owner_key: Option<&str>,
     ) -> Result<Provisioned, ClientError> {
+        let mut body = json!({
+            "name": name,
+            "compose_file": {"allowed_envs": allowed_envs, "docker_compose_file": compose, "name": "",
+                             "public_logs": true, "public_sysinfo": true},
+            "listed": false, "kms": "PHALA", "instance_type": "tdx.small",
+        });
+        if let Some(k) = owner_key {
+            body["berth_owner_key"] = json!(k);
+        }
         let v = self
-            .call(
-                reqwest::Method::POST,
-                "/cvms/provision",
-                Some(json!({
-                    "name": name,
-                    "compose_file": {"allowed_envs": allowed_envs, "docker_compose_file": compose, "name": "",
-                                     "public_logs": true, "public_sysinfo": true},
-                    "listed": false, "kms": "PHALA", "instance_type": "tdx.small",
-                })),
-            )
+            .call(reqwest::Method::POST, "/cvms/provision", Some(body))
             .await?;
         let s = |k: &str| v[k].as_str().map(str::to_owned);
         Ok(Provisioned {
@@ -249,6 +287,75 @@ impl ApiClient {
                 .call(reqwest::Method::POST, "/cvms", Some(body))
                 .await?,
         )
+    }
+
+    /// `PATCH /cvms/{id}` with `X-Prepare-Only`: the manifest an update
+    /// would boot, its hash, the app's counter and its signed env key;
+    /// nothing changes.
+    pub async fn prepare_update(
+        &self,
+        id: &str,
+        compose: &str,
+        allowed_envs: Option<&[String]>,
+    ) -> Result<PreparedUpdate, ClientError> {
+        let mut body = json!({"docker_compose_file": compose});
+        if let Some(keys) = allowed_envs {
+            body["allowed_envs"] = json!(keys);
+        }
+        let v = self
+            .call_with(
+                reqwest::Method::PATCH,
+                &format!("/cvms/{id}"),
+                Some(body),
+                &[("X-Prepare-Only", "true")],
+            )
+            .await?;
+        let s = |k: &str| v[k].as_str().map(str::to_owned);
+        let missing = ClientError::BadAnswer("the prepared update lacks a field");
+        Ok(PreparedUpdate {
+            app_id: s("app_id").ok_or(missing)?,
+            compose_hash: s("compose_hash").ok_or(ClientError::BadAnswer(
+                "the prepared update lacks compose_hash",
+            ))?,
+            app_compose: s("app_compose").ok_or(ClientError::BadAnswer(
+                "the prepared update lacks app_compose",
+            ))?,
+            upgrade_authority: s("upgrade_authority").unwrap_or_default(),
+            counter: v["counter"].as_u64().unwrap_or(0),
+            env_pubkey: s("app_env_encrypt_pubkey").unwrap_or_default(),
+            signature: s("app_env_encrypt_pubkey_signature"),
+            signature_v1: s("app_env_encrypt_pubkey_signature_v1"),
+            timestamp: v["app_env_encrypt_pubkey_timestamp"].as_u64(),
+        })
+    }
+
+    /// `PATCH /cvms/{id}`: the update itself.
+    pub async fn update(
+        &self,
+        id: &str,
+        compose: &str,
+        allowed_envs: Option<&[String]>,
+        encrypted_env: Option<&str>,
+        authorization: Option<&contract::upgrade::OwnerAuthorization>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({"docker_compose_file": compose});
+        if let Some(keys) = allowed_envs {
+            body["allowed_envs"] = json!(keys);
+        }
+        if let Some(e) = encrypted_env {
+            body["encrypted_env"] = json!(e);
+        }
+        if let Some(a) = authorization {
+            body["berth_owner_authorization"] = json!(a);
+        }
+        self.call(reqwest::Method::PATCH, &format!("/cvms/{id}"), Some(body))
+            .await
+    }
+
+    /// `GET /cvms/{id}/history` (Berth).
+    pub async fn history(&self, id: &str) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, &format!("/cvms/{id}/history"), None)
+            .await
     }
 
     /// `GET /cvms/{id}`.

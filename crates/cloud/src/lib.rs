@@ -10,6 +10,7 @@
 //! - [`node`]: CVMs as `berth guest boot` processes with their own folders,
 //!   run in the node's own process; [`nodeapi`]: the narrow interface the
 //!   API uses to tell it what to do.
+//! - [`console`]: the web console served at `/` (embedded assets).
 //! - [`appcompose`]: provisioning checks and the byte-exact `app-compose.json`.
 //! - [`serve`]: the API's listener (header timeout, connection cap, TLS);
 //!   [`logs`]: log files read from disk with a tail, a byte cap and an offset.
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod appcompose;
 pub mod client;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod logs;
@@ -34,7 +36,7 @@ pub mod serve;
 pub mod up;
 
 pub use api::{AppState, router};
-pub use client::{ApiClient, ClientError, CvmInfo, Provisioned};
+pub use client::{ApiClient, ClientError, CvmInfo, PreparedUpdate, Provisioned};
 pub use db::{Db, DbError};
 pub use error::ApiError;
 pub use node::{Node, NodeConfig, NodeError, NodeSecret};

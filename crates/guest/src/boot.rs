@@ -2,6 +2,7 @@
 //! duration; the last line is `BOOT OK` or `BOOT FAILED: <category>: …`.
 
 use crate::error::{BootError, Hint};
+use crate::handoff;
 use crate::keys::{EnvKeyProvider, Kms};
 use crate::redact::Redactor;
 use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
@@ -103,7 +104,12 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
     let (shared, measurement) = steps
         .run("measure the app", async {
             let shared = HostShared::read(&opts.shared)?;
-            let measurement = Measurement::of(&shared.app_compose_bytes);
+            // The app id was fixed by the app's first manifest; an update
+            // keeps it (sys-config says which), the compose hash is measured.
+            let measurement = Measurement::of_app(
+                &shared.app_compose_bytes,
+                shared.sys_config.app_id.as_deref(),
+            );
             // The manifest may have been altered on the host: the env-name
             // rules hold again here, whatever the control plane checked.
             for key in &shared.app_compose.allowed_envs {
@@ -118,13 +124,10 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 "app {}: compose_hash {}",
                 shared.app_compose.name, measurement.compose_hash
             ));
+            serial.line(&format!("app_id {}", measurement.app_id));
             serial.line(&format!(
-                "app_id {}",
-                shared
-                    .sys_config
-                    .app_id
-                    .as_deref()
-                    .unwrap_or(&measurement.app_id)
+                "upgrades: {}",
+                shared.app_compose.upgrade_authority()
             ));
             Ok((shared, measurement))
         })
@@ -235,7 +238,9 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
         })
         .await?;
 
-    // 5. Pull.
+    // 5. Pull, handing each image's layers to the engine as they are
+    // verified (`handoff`): the engine unpacks the first layers while the
+    // pull fetches the later ones.
     let store_dir = opts.state.join("images");
     let images = steps
         .run("pull images", async {
@@ -266,9 +271,29 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 .aws_endpoint_url_ecr
                 .as_deref()
                 .is_some_and(|v| !v.is_empty());
-            let puller = Puller::new(popts, pull_log(serial))?;
+            let store = registry::OciStore::open(&store_dir)?;
+            let handoff = handoff::start(store, wanted(&compose), serial.clone());
+            let watch = handoff.watch();
+            let log = pull_log(serial);
+            let events: registry::EventSink = Arc::new(move |e: &PullEvent| {
+                log(e);
+                watch.observe(e);
+            });
+            let puller = match Puller::new(popts, events) {
+                Ok(p) => p,
+                Err(e) => {
+                    handoff.abandon().await;
+                    return Err(e.into());
+                }
+            };
             let refs: Vec<_> = compose.images.iter().map(|i| i.reference.clone()).collect();
-            let pulled = puller.pull_all(&refs).await?;
+            let pulled = match puller.pull_all(&refs).await {
+                Ok(p) => p,
+                Err(e) => {
+                    handoff.abandon().await;
+                    return Err(e.into());
+                }
+            };
             let counts = puller.request_counts().await;
             let (down, reused) = pulled.iter().fold((0, 0), |a, p| (a.0 + p.bytes_downloaded, a.1 + p.bytes_reused));
             serial.line(&format!(
@@ -279,33 +304,42 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 counts.manifest_heads,
                 counts.manifest_gets
             ));
-            Ok((puller, pulled))
+            Ok((handoff, pulled))
         })
         .await?;
-    let (puller, pulled) = images;
+    let (handoff, pulled) = images;
 
-    // 6. Hand the images to the runtime.
+    // 6. The rest of the hand-off: the loads of the layers verified last.
     let runtime = steps
         .run("hand images to the container runtime", async {
+            let handed = handoff.finish().await?;
             let runtime = DockerRuntime::connect().await?;
             let mut replacements = Vec::new();
             let mut image_ids = Vec::new();
             for (svc, img) in compose.images.iter().zip(&pulled) {
-                let tag = (svc.reference.digest().is_none()).then_some(svc.written.as_str());
                 // Every service runs the image ID this boot pulled and
                 // verified, never a name: in a shared engine a name may point
                 // at another tenant's image.
-                let (id, what) = runtime
-                    .ensure_image(puller.store(), &img.digest, tag)
-                    .await?;
-                let how = match what {
+                let h = handed
+                    .iter()
+                    .find(|h| h.reference == img.reference && h.manifest == img.digest)
+                    .ok_or_else(|| {
+                        BootError::new(
+                            Category::Runtime,
+                            format!(
+                                "{} was pulled as {} but not handed to the engine",
+                                svc.written, img.digest
+                            ),
+                        )
+                    })?;
+                let how = match h.how {
                     Handoff::Present => "already in the engine",
                     Handoff::Tagged => "tagged in the engine",
                     Handoff::Loaded => "loaded into the engine",
                 };
-                serial.line(&format!("{}: {} ({how})", svc.written, &id[..19]));
-                image_ids.push((svc.service.clone(), id.clone()));
-                replacements.push((svc.service.clone(), id));
+                serial.line(&format!("{}: {} ({how})", svc.written, &h.image_id[..19]));
+                image_ids.push((svc.service.clone(), h.image_id.clone()));
+                replacements.push((svc.service.clone(), h.image_id.clone()));
             }
             Ok((runtime, replacements, image_ids))
         })
@@ -377,6 +411,23 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
         images: pulled,
         elapsed: started.elapsed(),
     })
+}
+
+/// The images the hand-off gives the engine: each reference of the compose
+/// file once, named as written unless it is pinned by digest.
+fn wanted(compose: &ComposeFile) -> Vec<handoff::Wanted> {
+    let mut out: Vec<handoff::Wanted> = Vec::new();
+    for i in &compose.images {
+        let reference = i.reference.to_string();
+        let name = (i.reference.digest().is_none()).then(|| i.written.clone());
+        if !out
+            .iter()
+            .any(|w| w.reference == reference && w.name == name)
+        {
+            out.push(handoff::Wanted { reference, name });
+        }
+    }
+    out
 }
 
 /// What the compose tool was last run with: the project, the compose file

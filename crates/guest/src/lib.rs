@@ -22,6 +22,7 @@
 
 pub mod boot;
 pub mod error;
+pub mod handoff;
 pub mod keys;
 pub mod redact;
 pub mod runtime;

@@ -1,10 +1,12 @@
 //! Handing pulled images to the container runtime (the Docker Engine API,
 //! through `bollard`) and starting the app with the compose tool.
 //!
-//! Images go to the engine as a `docker save`-format archive streamed from
-//! the OCI store (`POST /images/load`): the engine verifies every layer
-//! against the config's diff ids, and the image ID it reports is the config
-//! digest, so "the engine already has this image" is one inspect away.
+//! Images go to the engine as `docker save`-format archives streamed from
+//! the OCI store (`POST /images/load`, [`LoadArchive`]; [`crate::handoff`]
+//! decides what each one carries while the pull runs): the engine verifies
+//! every layer against the config's diff ids, and the image ID it reports
+//! is the config digest, so "the engine already has this image" is one
+//! inspect away.
 
 use crate::error::BootError;
 use crate::serial::SerialLog;
@@ -12,10 +14,9 @@ use bollard::Docker;
 use bytes::Bytes;
 use envseal::Env;
 use futures_util::StreamExt;
-use registry::manifest::{Descriptor, ImageManifest};
-use registry::{Category, Digest, OciStore};
+use registry::{Category, Digest};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::io::AsyncBufReadExt;
 
 /// The only variables of the boot agent's own environment that the compose
@@ -86,51 +87,46 @@ impl DockerRuntime {
             .and_then(|i| i.id)
     }
 
-    /// Makes the engine hold the image whose manifest is `manifest_digest`
-    /// in `store`, named `name` when given. Skips the load when the engine
-    /// already has the same image ID. Returns the image ID and what was done.
-    pub async fn ensure_image(
+    /// Whether the engine holds image `image_id`; if so, it is named `name`
+    /// (when given) and what that took is returned. `None`: it must be loaded.
+    pub async fn already_has(
         &self,
-        store: &OciStore,
-        manifest_digest: &Digest,
+        image_id: &str,
         name: Option<&str>,
-    ) -> Result<(String, Handoff), BootError> {
-        let bytes = store
-            .read_blob(manifest_digest)
-            .map_err(BootError::from)?
-            .ok_or_else(|| {
-                runtime_err(format!(
-                    "the manifest {manifest_digest} is missing from the store"
-                ))
-            })?;
-        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|_| {
-            runtime_err(format!(
-                "the manifest {manifest_digest} in the store is not an image manifest"
-            ))
-        })?;
-        let image_id = format!("sha256:{}", manifest.config.digest.hex());
+    ) -> Result<Option<Handoff>, BootError> {
         match name {
             Some(name) => match self.image_id(name).await {
-                Some(id) if id == image_id => return Ok((image_id, Handoff::Present)),
-                _ if self.image_id(&image_id).await.is_some() => {
-                    self.tag(&image_id, name).await?;
-                    return Ok((image_id, Handoff::Tagged));
+                Some(id) if id == image_id => Ok(Some(Handoff::Present)),
+                _ if self.has_image(image_id).await => {
+                    self.tag(image_id, name).await?;
+                    Ok(Some(Handoff::Tagged))
                 }
-                _ => {}
+                _ => Ok(None),
             },
-            None => {
-                if self.image_id(&image_id).await.is_some() {
-                    return Ok((image_id, Handoff::Present));
-                }
-            }
+            None if self.has_image(image_id).await => Ok(Some(Handoff::Present)),
+            None => Ok(None),
         }
-        self.load(store, &manifest, name).await?;
-        match self.image_id(&image_id).await {
-            Some(_) => Ok((image_id, Handoff::Loaded)),
-            None => Err(runtime_err(format!(
-                "the engine did not keep image {image_id} after loading it"
-            ))),
-        }
+    }
+
+    /// Whether the engine holds the image with this ID.
+    pub async fn has_image(&self, image_id: &str) -> bool {
+        self.image_id(image_id).await.as_deref() == Some(image_id)
+    }
+
+    /// Removes the image with this ID (its layers stay while another image
+    /// holds them).
+    pub async fn remove_image(&self, image_id: &str) -> Result<(), BootError> {
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new().build();
+        self.docker
+            .remove_image(image_id, Some(opts), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                runtime_err(format!(
+                    "the engine could not remove image {}: {e}",
+                    &image_id[..image_id.len().min(19)]
+                ))
+            })
     }
 
     /// The containers of compose project `project` (running or not).
@@ -192,24 +188,16 @@ impl DockerRuntime {
             })
     }
 
-    async fn load(
-        &self,
-        store: &OciStore,
-        manifest: &ImageManifest,
-        name: Option<&str>,
-    ) -> Result<(), BootError> {
+    /// One `POST /images/load` of `archive`, streamed from the store's
+    /// files (a bounded buffer, whatever the layers' size).
+    pub async fn load(&self, archive: LoadArchive) -> Result<(), BootError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
-        let config = manifest.config.clone();
-        let layers = manifest.layers.clone();
-        let store = store.clone();
-        let tags: Vec<String> = name.map(|n| vec![n.to_owned()]).unwrap_or_default();
         let writer = std::thread::spawn(move || {
             let mut sink = ChannelWriter {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(1 << 20),
             };
-            let result = write_docker_archive(&mut sink, &store, &config, &layers, &tags)
-                .and_then(|()| sink.flush());
+            let result = archive.write(&mut sink).and_then(|()| sink.flush());
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -230,13 +218,70 @@ impl DockerRuntime {
                 Err(e) => failure = Some(e.to_string()),
             }
         }
-        let _ = writer.join();
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         match failure {
             Some(f) => Err(runtime_err(format!(
                 "the Docker engine could not load the image: {f}"
             ))),
             None => Ok(()),
         }
+    }
+}
+
+/// What one `POST /images/load` carries: a `docker save`-format archive
+/// with an image config, the layer file each of its diff IDs maps to, and
+/// the layer files themselves — only those the engine does not hold yet:
+/// the engine reads no file for a layer whose chain it already has (see
+/// [`crate::handoff`]).
+#[derive(Clone, Debug)]
+pub struct LoadArchive {
+    /// The config's file name in the archive (`<hex>.json`).
+    pub config_name: String,
+    /// The config's bytes.
+    pub config: Member,
+    /// The layer file of every diff ID of the config, in order.
+    pub layer_names: Vec<String>,
+    /// The layer files carried: (name in the archive, file in the store).
+    pub carried: Vec<(String, PathBuf)>,
+    /// The names the engine gives the image.
+    pub tags: Vec<String>,
+}
+
+/// Where an archive member's bytes come from.
+#[derive(Clone, Debug)]
+pub enum Member {
+    /// A file (a verified blob in the store).
+    File(PathBuf),
+    /// Bytes made by the boot agent.
+    Bytes(Vec<u8>),
+}
+
+impl LoadArchive {
+    /// The archive's name for layer `digest`.
+    pub fn layer_name(digest: &Digest) -> String {
+        format!("{}/layer.tar", digest.hex())
+    }
+
+    /// Writes the archive: the config, the carried layers (compressed
+    /// layers are accepted by the engine) and `manifest.json` naming them
+    /// and the tags.
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut tar = tar::Builder::new(out);
+        match &self.config {
+            Member::File(path) => append_file(&mut tar, &self.config_name, path)?,
+            Member::Bytes(bytes) => append_bytes(&mut tar, &self.config_name, bytes)?,
+        }
+        for (name, path) in &self.carried {
+            append_file(&mut tar, name, path)?;
+        }
+        let manifest = serde_json::json!([{
+            "Config": self.config_name,
+            "RepoTags": self.tags,
+            "Layers": self.layer_names,
+        }]);
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        append_bytes(&mut tar, "manifest.json", &bytes)?;
+        tar.into_inner()?.flush()
     }
 }
 
@@ -278,34 +323,16 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Writes a `docker save` archive: the config, each layer blob as
-/// `<digest>/layer.tar` (compressed layers are accepted by the engine), and
-/// `manifest.json` naming them and the tags.
-fn write_docker_archive(
-    out: &mut impl Write,
-    store: &OciStore,
-    config: &Descriptor,
-    layers: &[Descriptor],
-    tags: &[String],
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
 ) -> std::io::Result<()> {
-    let mut tar = tar::Builder::new(out);
-    let config_name = format!("{}.json", config.digest.hex());
-    append_file(&mut tar, &config_name, &store.blob_path(&config.digest))?;
-    let mut layer_names = Vec::new();
-    for layer in layers {
-        let name = format!("{}/layer.tar", layer.digest.hex());
-        append_file(&mut tar, &name, &store.blob_path(&layer.digest))?;
-        layer_names.push(name);
-    }
-    let manifest =
-        serde_json::json!([{ "Config": config_name, "RepoTags": tags, "Layers": layer_names }]);
-    let bytes = serde_json::to_vec(&manifest).expect("json");
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);
     header.set_cksum();
-    tar.append_data(&mut header, "manifest.json", bytes.as_slice())?;
-    tar.into_inner()?.flush()
+    tar.append_data(&mut header, name, bytes)
 }
 
 fn append_file<W: Write>(

@@ -57,7 +57,7 @@ pub use endpoint::Endpoints;
 pub use error::{Category, Hint, PullError};
 pub use events::{EventSink, PullEvent, no_events};
 pub use manifest::Platform;
-pub use pull::{CheckedImage, PullOptions, PulledImage, Puller};
+pub use pull::{CheckedImage, PullOptions, PulledImage, Puller, RangedOptions};
 pub use reference::{Digest, ImageReference};
 pub use retry::RetryPolicy;
 pub use store::OciStore;

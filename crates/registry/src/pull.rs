@@ -33,6 +33,8 @@ use url::Url;
 mod blobs;
 mod manifests;
 
+pub use blobs::RangedOptions;
+
 use manifests::{digest_mismatch, header_digest, media_type_of};
 
 /// Everything a [`Puller`] needs to know.
@@ -68,6 +70,9 @@ pub struct PullOptions {
     /// if it is private. Leave `false` when the override came from the
     /// tenant's env. Default `false`.
     pub ecr_endpoint_mapped: bool,
+    /// How big blobs are fetched in `Range` parts, and how many blob
+    /// connections one registry sees at most.
+    pub ranged: RangedOptions,
 }
 
 impl PullOptions {
@@ -86,6 +91,7 @@ impl PullOptions {
             ecr_endpoint: None,
             private_targets: PrivateTargets::Allow,
             ecr_endpoint_mapped: false,
+            ranged: RangedOptions::default(),
         }
     }
 }
@@ -141,6 +147,7 @@ pub struct Puller {
     clients: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<RegistryClient>>>>>,
     jobs: tokio::sync::Semaphore,
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    connections: blobs::Connections,
 }
 
 impl Puller {
@@ -182,6 +189,7 @@ impl Puller {
             .map_err(|_| PullError::config("cannot set up the HTTP client (TLS configuration)"))?;
         let store = OciStore::open(&opts.store)?;
         let jobs = tokio::sync::Semaphore::new(opts.jobs.max(1));
+        let connections = blobs::Connections::new(opts.ranged.connections_per_registry);
         Ok(Self {
             opts,
             transport: Transport { http, guard },
@@ -190,6 +198,7 @@ impl Puller {
             clients: Mutex::new(HashMap::new()),
             jobs,
             inflight: Mutex::new(HashMap::new()),
+            connections,
         })
     }
 

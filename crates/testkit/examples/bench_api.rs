@@ -55,6 +55,7 @@ fn seed(db_path: &Path, cvms: usize) {
                 public_logs: true,
                 public_sysinfo: true,
                 owner: Some(&user.app_salt),
+                owner_key: None,
             })
             .expect("a valid manifest");
             let app = db

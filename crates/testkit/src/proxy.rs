@@ -1,4 +1,9 @@
 //! A fault-injecting, request-recording reverse proxy in front of a registry.
+//!
+//! It also plays a real network: [`FaultProxy::throttled`] caps the
+//! bandwidth of each connection and adds round-trip latency (see [`Link`]),
+//! so benchmarks and tests see what a CDN-served registry looks like from a
+//! CVM, on loopback.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -31,6 +36,9 @@ pub enum Target {
     Any,
     /// Requests whose path contains this string.
     PathContains(String),
+    /// Blob fetches whose `Range` header starts at this byte
+    /// (`Range: bytes=N-…`): one part of a ranged download.
+    RangeFrom(u64),
 }
 
 /// What a request was, from its path.
@@ -79,6 +87,14 @@ pub struct RequestRecord {
     pub status: u16,
     /// Response body bytes handed to the client.
     pub body_bytes: u64,
+    /// The client's address: requests with the same one came on the same
+    /// connection.
+    pub peer: SocketAddr,
+    /// When the request arrived.
+    pub started: std::time::Instant,
+    /// When the proxy finished sending (or cut) the response body; `None`
+    /// while it is in flight, and for answers the proxy made itself.
+    pub ended: Option<std::time::Instant>,
     /// The fault applied, if any (`"drop"`, `"corrupt"`, `"429"`, `"503"`,
     /// `"redirect"`, `"rate-limit"`, `"reject-auth"`, `"stall"`,
     /// `"throttle"`, `"aws-throttling"`).
@@ -132,8 +148,8 @@ pub struct TimesFault {
 
 impl TimesFault {
     /// Whether this request is affected; counts it if so.
-    fn take(&mut self, kind: RequestKind, path: &str) -> bool {
-        let hit = self.remaining > 0 && self.target.matches(kind, path);
+    fn take(&mut self, kind: RequestKind, path: &str, range: Option<&str>) -> bool {
+        let hit = self.remaining > 0 && self.target.matches(kind, path, range);
         if hit {
             self.remaining -= 1;
         }
@@ -165,6 +181,20 @@ pub struct Throttle {
     pub target: Target,
     /// Body bytes per second, per response.
     pub bytes_per_sec: u64,
+}
+
+/// A network link between the client and the registry: every connection
+/// carries at most `bytes_per_sec` of response body, and every request waits
+/// one round trip (`rtt`) before its answer starts; the first request of a
+/// connection waits one more (the TCP handshake). HTTP/1.1 serves one
+/// response at a time per connection, so pacing each response body is
+/// pacing its connection. Applies to every request of both listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Body bytes per second, per connection.
+    pub bytes_per_sec: u64,
+    /// Round-trip time added to each request.
+    pub rtt: Duration,
 }
 
 /// Redirect blob GETs (307) to the redirect listener, on another loopback
@@ -216,6 +246,12 @@ pub struct Faults {
     pub stall: Option<Stall>,
     /// See [`Throttle`].
     pub throttle: Option<Throttle>,
+    /// See [`Link`].
+    pub link: Option<Link>,
+    /// Remove the `Range` header from matching requests before they reach
+    /// the registry, which then answers `200` with the whole blob (a
+    /// registry or CDN that ignores `Range`).
+    pub ignore_range: Option<Target>,
     /// A mock of AWS API throttling: `400` with the JSON body
     /// `{"__type":"ThrottlingException","message":"Rate exceeded"}` (what
     /// ECR's `GetAuthorizationToken` answers past its per-account rate), for
@@ -225,8 +261,11 @@ pub struct Faults {
 }
 
 impl Target {
-    fn matches(&self, kind: RequestKind, path: &str) -> bool {
+    fn matches(&self, kind: RequestKind, path: &str, range: Option<&str>) -> bool {
         match self {
+            Target::RangeFrom(from) => {
+                kind == RequestKind::Blob && range.and_then(range_start) == Some(*from)
+            }
             Target::Blobs => kind == RequestKind::Blob,
             Target::Manifests => kind == RequestKind::Manifest,
             Target::BlobsAndManifests => matches!(kind, RequestKind::Blob | RequestKind::Manifest),
@@ -234,6 +273,18 @@ impl Target {
             Target::PathContains(s) => path.contains(s.as_str()),
         }
     }
+}
+
+/// `N` of `bytes=N-…`.
+fn range_start(range: &str) -> Option<u64> {
+    range
+        .trim()
+        .strip_prefix("bytes=")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn classify(path: &str) -> RequestKind {
@@ -269,6 +320,8 @@ struct State {
     faults: Mutex<Faults>,
     log: Mutex<Vec<RequestRecord>>,
     tickets: Mutex<HashMap<String, Ticket>>,
+    /// Connections (by the client's address) that already had a request.
+    peers: Mutex<std::collections::HashSet<SocketAddr>>,
     client: Client<HttpConnector, RespBody>,
 }
 
@@ -286,6 +339,23 @@ impl State {
             if fault.is_some() {
                 r.fault = fault;
             }
+        }
+    }
+
+    /// Waits what the [`Link`] adds before an answer: one round trip, two
+    /// on a connection's first request. Returns the link's per-connection
+    /// rate, if any.
+    async fn link_delay(&self, peer: SocketAddr) -> Option<u64> {
+        let link = self.faults.lock().unwrap().link?;
+        let new = self.peers.lock().unwrap().insert(peer);
+        let trips = if new { 2 } else { 1 };
+        tokio::time::sleep(link.rtt * trips).await;
+        Some(link.bytes_per_sec)
+    }
+
+    fn set_ended(&self, idx: usize) {
+        if let Some(r) = self.log.lock().unwrap().get_mut(idx) {
+            r.ended = Some(std::time::Instant::now());
         }
     }
 
@@ -408,10 +478,11 @@ async fn send_throttled(
     rate: u64,
     started: tokio::time::Instant,
 ) -> bool {
-    const PIECE: usize = 16 << 10;
+    // About 500 wake-ups a second at most, whatever the rate.
+    let piece_len = ((rate / 500) as usize).clamp(16 << 10, 256 << 10);
     let mut rest = data;
     while !rest.is_empty() {
-        let piece = rest.split_to(rest.len().min(PIECE));
+        let piece = rest.split_to(rest.len().min(piece_len));
         let due = started + Duration::from_secs_f64(*sent as f64 / rate.max(1) as f64);
         tokio::time::sleep_until(due).await;
         *sent += piece.len() as u64;
@@ -535,6 +606,8 @@ fn finish(
     upstream: Response<Incoming>,
     extra: Vec<(HeaderName, HeaderValue)>,
     mut fault: Option<&'static str>,
+    range: Option<&str>,
+    link_rate: Option<u64>,
 ) -> Response<RespBody> {
     let (parts, body) = upstream.into_parts();
     let status = parts.status;
@@ -562,7 +635,7 @@ fn finish(
         if let Some(s) = f.stall.as_mut()
             && let Some(after) = s.after_bytes
             && s.remaining > 0
-            && s.target.matches(kind, path)
+            && s.target.matches(kind, path, range)
             && len.is_none_or(|l| l > after)
         {
             s.remaining -= 1;
@@ -570,14 +643,17 @@ fn finish(
             fault = Some("stall");
         }
         if let Some(t) = f.throttle.as_ref()
-            && t.target.matches(kind, path)
+            && t.target.matches(kind, path, range)
         {
             bytes_per_sec = Some(t.bytes_per_sec);
             fault = fault.or(Some("throttle"));
         }
+        if let Some(rate) = link_rate {
+            bytes_per_sec = Some(bytes_per_sec.map_or(rate, |r: u64| r.min(rate)));
+        }
         if let Some(d) = f.drop_after.as_mut()
             && d.remaining > 0
-            && d.target.matches(kind, path)
+            && d.target.matches(kind, path, range)
             && len.is_none_or(|l| l > d.after_bytes)
         {
             d.remaining -= 1;
@@ -586,7 +662,7 @@ fn finish(
         }
         if let Some(c) = f.corrupt.as_mut()
             && c.remaining > 0
-            && c.target.matches(kind, path)
+            && c.target.matches(kind, path, range)
             && len.is_none_or(|l| l > c.offset)
         {
             c.remaining -= 1;
@@ -602,7 +678,11 @@ fn finish(
         stall_at,
         bytes_per_sec,
     };
-    tokio::spawn(pump(st.clone(), idx, body, tx, faults));
+    let st = st.clone();
+    tokio::spawn(async move {
+        pump(st.clone(), idx, body, tx, faults).await;
+        st.set_ended(idx);
+    });
     *out.body_mut() = ChannelBody { rx }.boxed();
     out
 }
@@ -628,12 +708,21 @@ fn bad_gateway(e: BoxError) -> Response<RespBody> {
     )
 }
 
-async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+async fn handle_proxy(
+    st: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<RespBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let kind = classify(&path);
-    let headers = req.headers().clone();
+    let mut headers = req.headers().clone();
+    let range_header = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let range = range_header.as_deref();
     let idx = st.record(RequestRecord {
         listener: Listener::Proxy,
         method: method.to_string(),
@@ -647,11 +736,16 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
             .map(str::to_string),
         status: 0,
         body_bytes: 0,
+        peer,
+        started: std::time::Instant::now(),
+        ended: None,
         fault: None,
     });
+    let link_rate = st.link_delay(peer).await;
 
     let stall_headers = st.faults.lock().unwrap().stall.as_mut().is_some_and(|s| {
-        let hit = s.after_bytes.is_none() && s.remaining > 0 && s.target.matches(kind, &path);
+        let hit =
+            s.after_bytes.is_none() && s.remaining > 0 && s.target.matches(kind, &path, range);
         if hit {
             s.remaining -= 1;
         }
@@ -674,20 +768,28 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
         let authorized = headers.contains_key("authorization");
         if f.aws_throttling
             .as_mut()
-            .is_some_and(|t| t.take(kind, &path))
+            .is_some_and(|t| t.take(kind, &path, range))
         {
             drop(f);
             st.set_status(idx, 400, Some("aws-throttling"));
             return aws_throttling();
         }
-        let hit = if authorized && f.forbidden.as_mut().is_some_and(|u| u.take(kind, &path)) {
+        let hit = if authorized
+            && f.forbidden
+                .as_mut()
+                .is_some_and(|u| u.take(kind, &path, range))
+        {
             Some((
                 StatusCode::FORBIDDEN,
                 "403",
                 "DENIED",
                 "Your authorization token has expired. Reauthenticate and try again.",
             ))
-        } else if f.unavailable.as_mut().is_some_and(|u| u.take(kind, &path)) {
+        } else if f
+            .unavailable
+            .as_mut()
+            .is_some_and(|u| u.take(kind, &path, range))
+        {
             Some((
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503",
@@ -704,7 +806,7 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
         }
         if let Some(t) = f.too_many_requests.as_mut()
             && t.remaining > 0
-            && t.target.matches(kind, &path)
+            && t.target.matches(kind, &path, range)
         {
             t.remaining -= 1;
             let retry = t.retry_after_secs;
@@ -747,6 +849,12 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
             }
             redirect_to = Some(());
         }
+        if f.ignore_range
+            .as_ref()
+            .is_some_and(|t| t.matches(kind, &path, range))
+        {
+            headers.remove("range");
+        }
     }
 
     if redirect_to.is_some() {
@@ -779,7 +887,9 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
     };
     let body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed();
     match forward(&st, method.clone(), &pq, &headers, body).await {
-        Ok(resp) => finish(&st, idx, kind, &method, &path, resp, extra, None),
+        Ok(resp) => finish(
+            &st, idx, kind, &method, &path, resp, extra, None, range, link_rate,
+        ),
         Err(e) => {
             st.set_status(idx, 502, None);
             bad_gateway(e)
@@ -787,7 +897,11 @@ async fn handle_proxy(st: Arc<State>, req: Request<Incoming>) -> Response<RespBo
     }
 }
 
-async fn handle_storage(st: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+async fn handle_storage(
+    st: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<RespBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
@@ -805,8 +919,17 @@ async fn handle_storage(st: Arc<State>, req: Request<Incoming>) -> Response<Resp
             .map(str::to_string),
         status: 0,
         body_bytes: 0,
+        peer,
+        started: std::time::Instant::now(),
+        ended: None,
         fault: None,
     });
+    let link_rate = st.link_delay(peer).await;
+    let range_header = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let range = range_header.as_deref();
     let xml = |status: StatusCode, code: &str, msg: &str| {
         Response::builder()
             .status(status)
@@ -854,7 +977,16 @@ async fn handle_storage(st: Arc<State>, req: Request<Incoming>) -> Response<Resp
         );
     }
     let mut up_headers = HeaderMap::new();
-    if let Some(r) = headers.get("range") {
+    let ignore_range = st
+        .faults
+        .lock()
+        .unwrap()
+        .ignore_range
+        .as_ref()
+        .is_some_and(|t| t.matches(RequestKind::Blob, &upstream_path, range));
+    if let Some(r) = headers.get("range")
+        && !ignore_range
+    {
         up_headers.insert("range", r.clone());
     }
     if let Some(a) = authorization {
@@ -879,6 +1011,8 @@ async fn handle_storage(st: Arc<State>, req: Request<Incoming>) -> Response<Resp
                 resp,
                 Vec::new(),
                 None,
+                range,
+                link_rate,
             );
             // Storage does not speak the registry API.
             out.headers_mut().remove("docker-distribution-api-version");
@@ -924,16 +1058,17 @@ impl FaultProxy {
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
             tickets: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Default::default()),
             client,
         });
         let rt = BgRuntime::start("fault-proxy");
         let st = state.clone();
-        util::serve_http(rt.handle(), listener, move |req, _| {
-            handle_proxy(st.clone(), req)
+        util::serve_http(rt.handle(), listener, move |req, peer| {
+            handle_proxy(st.clone(), req, peer)
         });
         let st = state.clone();
-        util::serve_http(rt.handle(), storage, move |req, _| {
-            handle_storage(st.clone(), req)
+        util::serve_http(rt.handle(), storage, move |req, peer| {
+            handle_storage(st.clone(), req, peer)
         });
         FaultProxy {
             addr,
@@ -942,6 +1077,63 @@ impl FaultProxy {
             state,
             _rt: rt,
         }
+    }
+
+    /// A proxy in front of the plain-HTTP server at `upstream` that plays a
+    /// real network link: each connection carries at most `bytes_per_sec`
+    /// of response body, and each request waits `rtt` before its answer
+    /// starts (a connection's first request `2 × rtt`, for the handshake).
+    /// What a CDN that caps every connection looks like, e.g.
+    /// `FaultProxy::throttled(reg.addr(), 50_000_000, Duration::from_millis(20))`.
+    /// Point Berth and its peers at [`FaultProxy::host_port`] in the same
+    /// run; other faults can be added as usual. See [`Link`].
+    pub fn throttled(upstream: SocketAddr, bytes_per_sec: u64, rtt: Duration) -> FaultProxy {
+        let proxy = Self::start_for(upstream);
+        proxy.set_link(bytes_per_sec, rtt);
+        proxy
+    }
+
+    /// Caps every connection at `bytes_per_sec` and adds `rtt` to every
+    /// request, from the next request on (see [`Link`]).
+    pub fn set_link(&self, bytes_per_sec: u64, rtt: Duration) {
+        self.update_faults(|f| f.link = Some(Link { bytes_per_sec, rtt }));
+    }
+
+    /// Removes the [`Link`]: loopback speed again.
+    pub fn clear_link(&self) {
+        self.update_faults(|f| f.link = None);
+    }
+
+    /// Strips `Range` from blob GETs, so the registry answers `200` with
+    /// the whole blob: a registry that ignores `Range` (until cleared).
+    pub fn ignore_range(&self) {
+        self.update_faults(|f| f.ignore_range = Some(Target::Blobs));
+    }
+
+    /// Drops the connection after `after_bytes` body bytes of the next
+    /// `times` blob GETs whose `Range` starts at byte `from` (one part of a
+    /// ranged download).
+    pub fn drop_part_after(&self, from: u64, after_bytes: u64, times: usize) {
+        self.update_faults(|f| {
+            f.drop_after = Some(DropAfter {
+                target: Target::RangeFrom(from),
+                after_bytes,
+                remaining: times,
+            })
+        });
+    }
+
+    /// Flips the body byte at `offset` (counted from the start of the
+    /// answer) of the next `times` blob GETs whose `Range` starts at byte
+    /// `from`.
+    pub fn corrupt_part(&self, from: u64, offset: u64, times: usize) {
+        self.update_faults(|f| {
+            f.corrupt = Some(Corrupt {
+                target: Target::RangeFrom(from),
+                offset,
+                remaining: times,
+            })
+        });
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -1182,6 +1374,24 @@ impl FaultProxy {
             .filter(|r| r.kind == RequestKind::Blob)
             .map(|r| r.body_bytes)
             .sum()
+    }
+
+    /// The most blob GETs whose bodies were in flight at the same time
+    /// (both listeners), from the request log.
+    pub fn max_concurrent_blob_gets(&self) -> usize {
+        let log = self.state.log.lock().unwrap();
+        let gets: Vec<_> = log
+            .iter()
+            .filter(|r| r.kind == RequestKind::Blob && r.method == "GET")
+            .collect();
+        gets.iter()
+            .map(|a| {
+                gets.iter()
+                    .filter(|b| b.started <= a.started && b.ended.is_none_or(|e| e > a.started))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Requests received by the storage (redirect) listener.

@@ -50,7 +50,7 @@ pub(super) async fn find_cvm(
 }
 
 /// 429 when a new boot would pass the cap on boots in flight.
-async fn boot_slot(state: &AppState, cvm: &Cvm) -> Result<(), ApiError> {
+pub(super) async fn boot_slot(state: &AppState, cvm: &Cvm) -> Result<(), ApiError> {
     let booting = state.db.boots_in_flight().await?;
     // A CVM already booting holds its slot.
     if !cvm.status.in_progress() && booting >= state.limits.max_boots_in_flight {

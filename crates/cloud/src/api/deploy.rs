@@ -26,6 +26,10 @@ pub struct ProvisionBody {
     disk_size: Option<i64>,
     #[serde(default)]
     instance_type: Option<String>,
+    /// Berth: the owner's upgrade key (compressed secp256k1, hex). With it,
+    /// only compose hashes the owner signs ever get the app's env key.
+    #[serde(default)]
+    berth_owner_key: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -73,6 +77,7 @@ pub async fn provision(
         public_logs: body.compose_file.public_logs,
         public_sysinfo: body.compose_file.public_sysinfo,
         owner: Some(&user.app_salt),
+        owner_key: body.berth_owner_key.as_deref().filter(|k| !k.trim().is_empty()),
     })?;
     let key = kms_env_key(&state, &built.app_id).await?;
     let stored = state

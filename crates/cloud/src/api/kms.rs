@@ -59,3 +59,66 @@ pub async fn kms_pubkey(
         signature: key.signature,
     }))
 }
+
+/// Asks the KMS to make `compose_hash` the app's accepted hash. A refusal
+/// (an owner-authorized app without its owner's fresh signature) is a 403
+/// with the KMS's sentence; nothing is changed then.
+pub async fn register_compose_hash(
+    state: &AppState,
+    app_id: &str,
+    genesis: &[u8],
+    compose_hash: &str,
+    authorization: Option<contract::upgrade::OwnerAuthorization>,
+) -> Result<contract::kms::AppUpgradeState, ApiError> {
+    let url = state.kms.url(&contract::kms::compose_hash_path(app_id));
+    let body = contract::kms::ComposeHashRegistration {
+        genesis_app_compose: hex::encode(genesis),
+        compose_hash: compose_hash.to_owned(),
+        authorization,
+    };
+    let resp = state.http.post(&url).json(&body).send().await.map_err(|_| {
+        ApiError::unavailable("the KMS is not answering: updates wait until it is back")
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return resp
+            .json()
+            .await
+            .map_err(|_| ApiError::upstream("the KMS answered without the app's state"));
+    }
+    let detail = resp
+        .json::<contract::kms::ErrorAnswer>()
+        .await
+        .map(|e| e.detail)
+        .unwrap_or_else(|_| format!("the KMS answered {status}"));
+    Err(match status.as_u16() {
+        403 => ApiError::forbidden(detail),
+        400 => ApiError::invalid(detail),
+        503 => ApiError::unavailable(detail),
+        _ => ApiError::upstream(detail),
+    })
+}
+
+/// What the KMS holds for the app: `None` when it was never updated.
+pub async fn upgrade_state(
+    state: &AppState,
+    app_id: &str,
+) -> Result<Option<contract::kms::AppUpgradeState>, ApiError> {
+    let url = state.kms.url(&contract::kms::compose_hash_path(app_id));
+    let resp = state.http.get(&url).send().await.map_err(|_| {
+        ApiError::unavailable("the KMS is not answering: the app's upgrade state is unknown until it is back")
+    })?;
+    if resp.status().as_u16() == 404 {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        return Err(ApiError::upstream(format!(
+            "the KMS answered {}",
+            resp.status()
+        )));
+    }
+    resp.json()
+        .await
+        .map(Some)
+        .map_err(|_| ApiError::upstream("the KMS answered without the app's state"))
+}

@@ -12,8 +12,11 @@
 //!   extensions);
 //! - [`deploy`]: provision (`POST /cvms/provision`) and commit (`POST /cvms`);
 //! - [`cvms`]: reading CVMs, their lifecycle, env updates, composition;
+//! - [`update`]: updates in place (`PATCH /cvms/{id}`), the current compose
+//!   file and the app's history;
 //! - [`logs`]: the serial log and container output, behind log URL tokens;
 //! - [`kms`]: the env public key route and the KMS call provisioning makes;
+//! - [`rules`]: what a front end checks before sending (Berth extension);
 //! - [`views`]: every answer as a type, with the two CVM shapes
 //!   `X-Phala-Version` selects ([`views::PhalaVersion`]).
 //!
@@ -26,6 +29,8 @@ pub mod cvms;
 pub mod deploy;
 pub mod kms;
 pub mod logs;
+pub mod rules;
+pub mod update;
 pub mod users;
 pub mod views;
 
@@ -79,8 +84,10 @@ pub fn router(state: Shared) -> Router {
             "/cvms/{id}",
             get(cvms::get_cvm)
                 .delete(cvms::delete_cvm)
-                .patch(unsupported_update),
+                .patch(update::update_cvm),
         )
+        .route("/cvms/{id}/docker-compose.yml", get(update::compose_file))
+        .route("/cvms/{id}/history", get(update::history))
         .route("/cvms/{id}/start", post(cvms::start_cvm))
         .route("/cvms/{id}/stop", post(cvms::stop_cvm))
         .route("/cvms/{id}/shutdown", post(cvms::stop_cvm))
@@ -90,6 +97,7 @@ pub fn router(state: Shared) -> Router {
         .route("/apps", get(cvms::list_apps))
         .route("/status/batch", post(cvms::status_batch))
         .route("/kms/{kms}/pubkey/{app_id}", get(kms::kms_pubkey))
+        .merge(rules::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -104,6 +112,7 @@ pub fn router(state: Shared) -> Router {
         );
     Router::new()
         .nest("/api/v1", authed.merge(logs).fallback(unknown))
+        .merge(crate::console::router())
         .fallback(unknown)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -111,10 +120,6 @@ pub fn router(state: Shared) -> Router {
 
 async fn unknown(req: Request) -> ApiError {
     ApiError::unsupported(&format!("{} {}", req.method(), req.uri().path()))
-}
-
-async fn unsupported_update() -> ApiError {
-    ApiError::unsupported("updating a CVM's compose file (PATCH /cvms/{id})")
 }
 
 /// One line per request on stderr; never a body, never a query string.

@@ -63,12 +63,30 @@ pub struct Manifest {
     /// Env keys that survive decryption.
     #[serde(default)]
     pub allowed_envs: Vec<String>,
+    /// The app's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The owner's per-user salt.
+    #[serde(default)]
+    pub berth_owner: Option<String>,
+    /// The owner's upgrade key, for an owner-authorized app.
+    #[serde(default)]
+    pub berth_owner_key: Option<String>,
 }
 
 impl Manifest {
     /// The manifest of `app`.
     pub fn of(app: &App) -> Self {
         serde_json::from_slice(&app.app_compose).unwrap_or_default()
+    }
+
+    /// `owner` when only the owner's key may authorize new code, else
+    /// `cloud` ([`contract::upgrade::UpgradeAuthority`]).
+    pub fn upgrade_authority(&self) -> &'static str {
+        match self.berth_owner_key.as_deref() {
+            Some(k) if !k.is_empty() => "owner",
+            _ => "cloud",
+        }
     }
 }
 
@@ -132,6 +150,8 @@ pub struct CvmLegacy {
     pub public_sysinfo: Option<bool>,
     /// sha256 of `app-compose.json`, hex.
     pub compose_hash: String,
+    /// Berth: who may authorize a new compose hash (`cloud` or `owner`).
+    pub upgrade_authority: &'static str,
     /// Berth: the failure category of the last boot.
     pub boot_category: Option<String>,
     /// Berth: the last boot's final line, when it failed.
@@ -160,13 +180,14 @@ impl CvmLegacy {
             vcpu: cvm.vcpu,
             memory: cvm.memory,
             disk_size: cvm.disk_size,
-            docker_compose_file: m.docker_compose_file,
+            docker_compose_file: m.docker_compose_file.clone(),
             created_at: cvm.created_at.clone(),
             encrypted_env_pubkey: app.env_pubkey.clone(),
             syslog_endpoint,
             public_logs: m.public_logs,
             public_sysinfo: m.public_sysinfo,
             compose_hash: app.compose_hash.clone(),
+            upgrade_authority: m.upgrade_authority(),
             boot_category: cvm.boot_category.clone(),
             boot_error: cvm.boot_message.clone(),
         }
@@ -267,6 +288,8 @@ pub struct CvmCurrent {
     pub created_at: String,
     /// The serial log URL, with its token.
     pub syslog_endpoint: String,
+    /// Berth: who may authorize a new compose hash (`cloud` or `owner`).
+    pub upgrade_authority: &'static str,
     /// Berth: the failure category of the last boot.
     pub boot_category: Option<String>,
     /// Berth: the last boot's final line, when it failed.
@@ -316,6 +339,7 @@ impl CvmCurrent {
             public_sysinfo: m.public_sysinfo,
             created_at: cvm.created_at.clone(),
             syslog_endpoint,
+            upgrade_authority: m.upgrade_authority(),
             boot_category: cvm.boot_category.clone(),
             boot_error: cvm.boot_message.clone(),
         }
@@ -388,7 +412,8 @@ pub struct EnvsUpdated {
     pub message: &'static str,
     /// A fresh UUID.
     pub correlation_id: String,
-    /// Always `false` (changing `allowed_envs` needs a new deployment).
+    /// Always `false` (`allowed_envs` changes with an update of the
+    /// compose file, `PATCH /cvms/{id}`).
     pub allowed_envs_changed: bool,
 }
 
@@ -398,7 +423,7 @@ impl EnvsUpdated {
         Self {
             status: "in_progress",
             message: if outside_allowed {
-                "env updated; keys outside allowed_envs are dropped by the CVM (changing allowed_envs needs a new deployment)"
+                "env updated; keys outside allowed_envs are dropped by the CVM (change allowed_envs with an update: phala deploy --cvm-id, or berth deploy --update)"
             } else {
                 "env updated; the CVM is restarting"
             },
@@ -616,4 +641,76 @@ pub struct Revoked {
     pub username: String,
     /// `true`.
     pub revoked: bool,
+}
+
+// --------------------------------------------------------------- updates
+
+/// `PATCH /cvms/{id}`: the update was accepted and the CVM restarts on it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Updated {
+    /// A fresh UUID (the official CLI requires one).
+    pub correlation_id: String,
+    /// `in_progress` (the CVM restarts), or `prepared` with `X-Prepare-Only`.
+    pub status: &'static str,
+    /// The app id (unchanged by an update).
+    pub app_id: String,
+    /// The compose hash the CVM boots from now on.
+    pub compose_hash: String,
+    /// `cloud` or `owner`.
+    pub upgrade_authority: String,
+    /// The counter the KMS holds for the app (an owner signs the next one).
+    pub counter: u64,
+    /// The new `app-compose.json`, exactly as measured (what an owner
+    /// checks and signs); only with `X-Prepare-Only`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_compose: Option<String>,
+    /// The app's env public key and the KMS's signatures over it, to seal a
+    /// new env to; only with `X-Prepare-Only`.
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub env_key: Option<SignedEnvKey>,
+}
+
+/// An env public key with the KMS's signatures, in provisioning's names.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignedEnvKey {
+    /// X25519 public key, hex.
+    pub app_env_encrypt_pubkey: String,
+    /// Legacy signature.
+    pub app_env_encrypt_pubkey_signature: String,
+    /// Timestamped signature.
+    pub app_env_encrypt_pubkey_signature_v1: String,
+    /// Its timestamp.
+    pub app_env_encrypt_pubkey_timestamp: u64,
+}
+
+/// One version of an app in [`History`].
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    /// sha256 of the manifest.
+    pub compose_hash: String,
+    /// `provisioned`, `cloud` or `owner key …`.
+    pub authorized_by: String,
+    /// The owner's counter (0 for the first manifest).
+    pub counter: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Whether the CVM runs this version now.
+    pub current: bool,
+}
+
+/// `GET /cvms/{id}/history` (Berth): the app's accepted versions.
+#[derive(Clone, Debug, Serialize)]
+pub struct History {
+    /// The app id.
+    pub app_id: String,
+    /// `cloud` or `owner`.
+    pub upgrade_authority: String,
+    /// The owner's public key, for an owner-authorized app.
+    pub owner_key: Option<String>,
+    /// The compose hash the app boots now.
+    pub compose_hash: String,
+    /// The counter the KMS holds for the app.
+    pub counter: u64,
+    /// Oldest first.
+    pub versions: Vec<HistoryEntry>,
 }

@@ -45,7 +45,122 @@ pub(super) fn app_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<A
     })
 }
 
+/// One accepted version of an app's manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppVersion {
+    /// sha256 of the manifest, hex.
+    pub compose_hash: String,
+    /// The manifest's exact bytes.
+    pub app_compose: Vec<u8>,
+    /// `provisioned` for the first manifest, `cloud` or `owner key …` for
+    /// an update (as the KMS recorded who authorized it).
+    pub authorized_by: String,
+    /// The owner's counter (0 for the first manifest; the KMS's count for
+    /// cloud-authorized updates).
+    pub counter: u64,
+    /// When it was accepted (RFC 3339).
+    pub created_at: String,
+}
+
+/// An accepted update, to be recorded.
+#[derive(Clone, Debug)]
+pub struct AppUpdate {
+    /// The CVM whose app is updated.
+    pub cvm_id: String,
+    /// The new manifest.
+    pub app_compose: Vec<u8>,
+    /// Its hash.
+    pub compose_hash: String,
+    /// Who authorized it (from the KMS's answer).
+    pub authorized_by: String,
+    /// The counter the KMS accepted.
+    pub counter: u64,
+    /// A new sealed env and its keys, when the update brings one.
+    pub env: Option<(Vec<u8>, Vec<String>)>,
+}
+
 impl Db {
+    /// Records an update the KMS accepted, in one transaction: the app's
+    /// manifest and hash become the new ones (its first manifest is kept),
+    /// the history gains a row, and the CVM takes the new env if any.
+    pub async fn apply_update(&self, app_id: &str, update: AppUpdate) -> Result<(), DbError> {
+        let app_id = app_id.to_owned();
+        self.write(self.inner.opts.request_patience, move |tx| {
+            tx.execute(
+                "UPDATE apps SET genesis_compose = COALESCE(genesis_compose, app_compose), app_compose = ?1, compose_hash = ?2 WHERE app_id = ?3",
+                params![update.app_compose, update.compose_hash, app_id],
+            )?;
+            tx.execute(
+                "INSERT INTO app_updates (app_id, compose_hash, app_compose, authorized_by, counter, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![app_id, update.compose_hash, update.app_compose, update.authorized_by, update.counter as i64, now()],
+            )?;
+            if let Some((env, keys)) = &update.env {
+                let keys = serde_json::to_string(keys).expect("json");
+                tx.execute(
+                    "UPDATE cvms SET encrypted_env = ?1, env_keys = ?2, updated_at = ?3 WHERE id = ?4",
+                    params![env, keys, now(), update.cvm_id],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The app's first manifest (which its app id measures).
+    pub async fn genesis_compose(&self, app_id: &str) -> Result<Option<Vec<u8>>, DbError> {
+        let app_id = app_id.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT COALESCE(genesis_compose, app_compose) FROM apps WHERE app_id = ?1",
+                )?
+                .query_row(params![app_id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    /// The app's versions, oldest first: its first manifest, then every
+    /// accepted update.
+    pub async fn app_history(&self, app_id: &str) -> Result<Vec<AppVersion>, DbError> {
+        let app_id = app_id.to_owned();
+        self.read(move |conn| {
+            let first = conn
+                .prepare_cached(
+                    "SELECT COALESCE(genesis_compose, app_compose), created_at FROM apps WHERE app_id = ?1",
+                )?
+                .query_row(params![app_id], |r| {
+                    let bytes: Vec<u8> = r.get(0)?;
+                    Ok(AppVersion {
+                        compose_hash: contract::Measurement::of(&bytes).compose_hash,
+                        app_compose: bytes,
+                        authorized_by: "provisioned".into(),
+                        counter: 0,
+                        created_at: r.get(1)?,
+                    })
+                })
+                .optional()?;
+            let mut out: Vec<AppVersion> = first.into_iter().collect();
+            let mut stmt = conn.prepare_cached(
+                "SELECT compose_hash, app_compose, authorized_by, counter, created_at FROM app_updates WHERE app_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![app_id], |r| {
+                Ok(AppVersion {
+                    compose_hash: r.get(0)?,
+                    app_compose: r.get(1)?,
+                    authorized_by: r.get(2)?,
+                    counter: r.get::<_, i64>(3)? as u64,
+                    created_at: r.get(4)?,
+                })
+            })?;
+            for row in rows {
+                out.push(row?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Stores an app, or returns the existing one with the same id.
     pub async fn upsert_app(&self, app: &App) -> Result<App, DbError> {
         let app = app.clone();

@@ -48,6 +48,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE users ADD COLUMN app_salt TEXT;
     CREATE INDEX cvms_status ON cvms(status);
     CREATE INDEX cvms_user_name ON cvms(user_id, name);",
+    // Updates in place: an app keeps its id while its manifest changes.
+    // `genesis_compose` is the first manifest (which the app id measures;
+    // NULL while it is still `app_compose`); `app_updates` records every
+    // accepted update, rollbacks included.
+    "ALTER TABLE apps ADD COLUMN genesis_compose BLOB;
+    CREATE TABLE app_updates (
+        id INTEGER PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(app_id),
+        compose_hash TEXT NOT NULL,
+        app_compose BLOB NOT NULL,
+        authorized_by TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX app_updates_app ON app_updates(app_id, id);",
 ];
 
 /// Creates the version table, applies the migrations this database has not

@@ -40,7 +40,7 @@ mod migrations;
 
 mod users;
 
-pub use apps::App;
+pub use apps::{App, AppUpdate, AppVersion};
 
 pub use cvms::{Cvm, Limits, NewCvm};
 

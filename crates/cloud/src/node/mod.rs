@@ -190,7 +190,10 @@ impl Node {
             aws_endpoint_url_ecr: self.cfg.aws_endpoint_url_ecr.clone(),
             project_name: Some(project_of(&cvm.id)),
             instance_id: Some(cvm.id.clone()),
-            app_id: None,
+            // An updated app's manifest no longer measures to its app id:
+            // the platform says which app this is (the KMS checks that the
+            // measured compose hash is the one the app may boot).
+            app_id: Some(app.app_id.clone()),
             cpu_millis: u64::try_from(cvm.vcpu)
                 .ok()
                 .filter(|v| *v > 0)

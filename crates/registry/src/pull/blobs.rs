@@ -1,6 +1,14 @@
 //! The blob stage of a [`Puller`]: one [`BlobDownload`] per blob, bounded
 //! concurrency, one retry [`Budget`] per download (restored whenever bytes
 //! arrive), verified before it is committed.
+//!
+//! A blob of at least [`RangedOptions::threshold`] bytes is fetched as
+//! `Range` parts on separate connections (`ranged`), one that is smaller, or
+//! from a registry that answers a ranged request with the whole blob, as one
+//! stream. Every blob request holds a permit of its registry's
+//! [`Connections`], so a registry sees at most
+//! [`RangedOptions::connections_per_registry`] blob connections from one
+//! puller, whatever the number of blobs and parts.
 
 use super::Puller;
 use crate::client::{Expect, RegistryClient, error_codes};
@@ -12,8 +20,107 @@ use crate::retry::Budget;
 use crate::transport::classify;
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, Response, StatusCode};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+mod ranged;
+
+/// How big blobs are fetched in parts ([`super::PullOptions::ranged`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangedOptions {
+    /// Blobs of at least this many bytes are fetched as `Range` parts on
+    /// separate connections; smaller ones as one stream. Default 32 MiB;
+    /// `u64::MAX`: never.
+    pub threshold: u64,
+    /// Bytes of each part. Default 16 MiB. A download resumed from an
+    /// earlier run keeps the parts it was cut into.
+    pub part_size: u64,
+    /// Most blob requests in flight to one registry at once, all blobs and
+    /// parts of the puller together (so at most this many blob
+    /// connections). Default 8.
+    pub connections_per_registry: usize,
+}
+
+impl Default for RangedOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 32 << 20,
+            part_size: 16 << 20,
+            connections_per_registry: 8,
+        }
+    }
+}
+
+/// The blob connections of each registry: a semaphore per registry shared by
+/// every blob and part of the puller, and the registries that answered a
+/// ranged request with the whole blob (asked in one stream from then on).
+pub(super) struct Connections {
+    limit: usize,
+    per_registry: Mutex<HashMap<String, Arc<Semaphore>>>,
+    ignore_range: Mutex<HashSet<String>>,
+}
+
+impl Connections {
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            per_registry: Mutex::new(HashMap::new()),
+            ignore_range: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Waits for a connection to `registry`.
+    async fn acquire(&self, registry: &str) -> OwnedSemaphorePermit {
+        let semaphore = self
+            .per_registry
+            .lock()
+            .unwrap()
+            .entry(registry.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+            .clone();
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed")
+    }
+
+    fn ignores_range(&self, registry: &str) -> bool {
+        self.ignore_range.lock().unwrap().contains(registry)
+    }
+
+    fn note_ignores_range(&self, registry: &str) {
+        self.ignore_range
+            .lock()
+            .unwrap()
+            .insert(registry.to_owned());
+    }
+}
+
+/// How a download in parts ended, short of a failure.
+pub(super) enum PartsEnd {
+    /// Every part is in the file and hashed.
+    Done,
+    /// The registry ignores `Range` (`200`, with the answer and its
+    /// connection, whose body is the whole blob) or cannot serve it
+    /// (`416`): fetch the blob in one stream.
+    OneStream(Option<(Response, OwnedSemaphorePermit)>),
+}
+
+/// What one blob's download shares between its loops.
+pub(super) struct Fetch<'a> {
+    pub(super) client: &'a RegistryClient,
+    pub(super) repo: &'a str,
+    pub(super) path: String,
+    pub(super) budget: Budget,
+    /// Bytes received by this pull.
+    pub(super) downloaded: AtomicU64,
+    /// A file-system failure, worded (a full disk names what the image needs).
+    pub(super) io: &'a (dyn Fn(std::io::Error) -> PullError + Sync),
+}
 
 impl Puller {
     /// Downloads one blob into the store unless it is there. Returns
@@ -21,7 +128,9 @@ impl Puller {
     /// image needs on disk, for the message if the disk fills up.
     ///
     /// The blob loop: one [`Budget`] for the whole download, shared with the
-    /// requests it sends; bytes arriving restore it.
+    /// requests it sends and by all its parts; bytes arriving restore it.
+    /// [`PullEvent::BlobDone`] is sent once the blob is verified, synced and
+    /// under `blobs/`.
     pub(super) async fn fetch_blob(
         &self,
         client: &RegistryClient,
@@ -57,98 +166,33 @@ impl Puller {
         };
         let mut download = BlobDownload::open(&self.store, digest, size).map_err(io)?;
         let resumed_from = download.resumed_from();
-        let mut downloaded = 0u64;
-        let budget = Budget::new(self.opts.retry);
+        let fetch = Fetch {
+            client,
+            repo,
+            path: format!("/v2/{repo}/blobs/{digest}"),
+            budget: Budget::new(self.opts.retry),
+            downloaded: AtomicU64::new(0),
+            io: &io,
+        };
         let mut integrity_failures = 0;
         let started = std::time::Instant::now();
-        let path = format!("/v2/{repo}/blobs/{digest}");
         loop {
-            while !download.is_complete() {
-                let mut headers = HeaderMap::new();
-                if let Some(range) = download.range() {
-                    headers.insert(header::RANGE, range);
+            let mut first = None;
+            if size >= self.opts.ranged.threshold
+                && !self.connections.ignores_range(&client.registry)
+            {
+                match self.fetch_parts(&fetch, &mut download).await? {
+                    PartsEnd::Done => {}
+                    PartsEnd::OneStream(answer) => {
+                        self.connections.note_ignores_range(&client.registry);
+                        first = Some(answer);
+                    }
                 }
-                let resp = client
-                    .send(Method::GET, &path, repo, headers, Expect::Blob, &budget)
+            }
+            if !download.is_complete() {
+                download.into_one_stream().map_err(io)?;
+                self.fetch_stream(&fetch, &mut download, first.flatten())
                     .await?;
-                let status = resp.status();
-                if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
-                    let content_range = resp
-                        .headers()
-                        .get(header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok());
-                    match download.accept(status, content_range).map_err(io)? {
-                        Ok(Answer::Body | Answer::Restarted) => {}
-                        Ok(Answer::AskAgain) => continue,
-                        Err(_wrong_range) => {
-                            return Err(PullError::new(
-                                Category::RegistryError,
-                                format!(
-                                    "{} answered a resumed download of {digest} with the wrong range",
-                                    client.registry
-                                ),
-                            ));
-                        }
-                    }
-                } else if status == StatusCode::NOT_FOUND {
-                    return Err(PullError::new(
-                        Category::RegistryError,
-                        format!("{} lists blob {digest} in the manifest of {repo} but does not have it (BLOB_UNKNOWN)", client.registry),
-                    )
-                    .hint("the image in the registry is incomplete: push it again"));
-                } else {
-                    let body = error_codes(resp).await;
-                    return Err(PullError::new(
-                        Category::RegistryError,
-                        format!(
-                            "{} answered {} to the download of blob {digest}",
-                            client.registry,
-                            body.summary(status.as_str())
-                        ),
-                    ));
-                }
-                let dropped = match self
-                    .read_body(&mut download, resp, &budget, &mut downloaded)
-                    .await
-                {
-                    Ok(dropped) => dropped,
-                    Err(WriteError::Io(e)) => return Err(io(e)),
-                    Err(WriteError::TooLarge) => {
-                        download.discard();
-                        return Err(PullError::new(
-                            Category::Integrity,
-                            format!(
-                                "blob {digest} from {} is larger than the {size} bytes its manifest declares",
-                                client.registry
-                            ),
-                        ));
-                    }
-                };
-                if !download.is_complete() {
-                    let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
-                    let offset = download.offset();
-                    let on_retry = |attempt, delay| {
-                        let what = format!("blob {digest} from byte {offset}");
-                        retrying(
-                            &self.events,
-                            &client.registry,
-                            what,
-                            attempt,
-                            delay,
-                            &reason,
-                        )
-                    };
-                    if budget.retry(None, on_retry).await.is_err() {
-                        download.flush().map_err(io)?;
-                        return Err(PullError::new(
-                            Category::Unreachable,
-                            format!(
-                                "the download of blob {digest} from {} kept failing ({reason}); {offset} of {size} bytes are kept for the next attempt",
-                                client.registry
-                            ),
-                        ));
-                    }
-                }
             }
             // Verify, then commit.
             download = match download.commit(&self.store).await {
@@ -156,10 +200,10 @@ impl Puller {
                     (self.events)(&PullEvent::BlobDone {
                         digest: digest.clone(),
                         size,
-                        downloaded,
+                        downloaded: fetch.downloaded.load(Ordering::Relaxed),
                         elapsed: started.elapsed(),
                     });
-                    return Ok((downloaded, resumed_from));
+                    return Ok((fetch.downloaded.load(Ordering::Relaxed), resumed_from));
                 }
                 Ok(Finished::Mismatch(download)) => *download,
                 Err(CommitError::Io(e)) => return Err(io(e)),
@@ -188,40 +232,177 @@ impl Puller {
         }
     }
 
+    /// Fetches the rest of the blob in one stream, resuming with `Range`
+    /// after a drop. `first`: an answer already received (a `200` to a
+    /// ranged request), and its connection.
+    async fn fetch_stream(
+        &self,
+        fetch: &Fetch<'_>,
+        download: &mut BlobDownload,
+        first: Option<(Response, OwnedSemaphorePermit)>,
+    ) -> Result<(), PullError> {
+        let Fetch {
+            client,
+            repo,
+            budget,
+            io,
+            ..
+        } = fetch;
+        let (digest, size) = (download.digest().clone(), download.size());
+        // One connection, held until the stream ends.
+        let (mut first, _connection) = match first {
+            Some((resp, permit)) => (Some(resp), permit),
+            None => (None, self.connections.acquire(&client.registry).await),
+        };
+        while !download.is_complete() {
+            let resp = match first.take() {
+                Some(resp) => resp,
+                None => {
+                    let mut headers = HeaderMap::new();
+                    if let Some(range) = download.range() {
+                        headers.insert(header::RANGE, range);
+                    }
+                    client
+                        .send(
+                            Method::GET,
+                            &fetch.path,
+                            repo,
+                            headers,
+                            Expect::Blob,
+                            budget,
+                        )
+                        .await?
+                }
+            };
+            let status = resp.status();
+            if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
+                let content_range = resp
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
+                match download.accept(status, content_range).map_err(io)? {
+                    Ok(Answer::Body | Answer::Restarted) => {}
+                    Ok(Answer::AskAgain) => continue,
+                    Err(_wrong_range) => {
+                        return Err(PullError::new(
+                            Category::RegistryError,
+                            format!(
+                                "{} answered a resumed download of {digest} with the wrong range",
+                                client.registry
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                return Err(self.refused(fetch, &digest, resp).await);
+            }
+            let dropped = match self.read_body(fetch, download, resp).await {
+                Ok(dropped) => dropped,
+                Err(WriteError::Io(e)) => return Err(io(e)),
+                Err(WriteError::TooLarge) => {
+                    return Err(PullError::new(
+                        Category::Integrity,
+                        format!(
+                            "blob {digest} from {} is larger than the {size} bytes its manifest declares",
+                            client.registry
+                        ),
+                    ));
+                }
+            };
+            if !download.is_complete() {
+                let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
+                let offset = download.offset();
+                let on_retry = |attempt, delay| {
+                    let what = format!("blob {digest} from byte {offset}");
+                    retrying(
+                        &self.events,
+                        &client.registry,
+                        what,
+                        attempt,
+                        delay,
+                        &reason,
+                    )
+                };
+                if budget.retry(None, on_retry).await.is_err() {
+                    download.flush().map_err(io)?;
+                    return Err(self.kept_failing(fetch, &digest, &reason, offset, size));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a blob request answered with neither the blob nor a
+    /// transient failure.
+    async fn refused(
+        &self,
+        fetch: &Fetch<'_>,
+        digest: &crate::Digest,
+        resp: Response,
+    ) -> PullError {
+        let (registry, repo) = (&fetch.client.registry, fetch.repo);
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return PullError::new(
+                Category::RegistryError,
+                format!("{registry} lists blob {digest} in the manifest of {repo} but does not have it (BLOB_UNKNOWN)"),
+            )
+            .hint("the image in the registry is incomplete: push it again");
+        }
+        let body = error_codes(resp).await;
+        PullError::new(
+            Category::RegistryError,
+            format!(
+                "{registry} answered {} to the download of blob {digest}",
+                body.summary(status.as_str())
+            ),
+        )
+    }
+
+    /// The retries of a dropped download ran out.
+    fn kept_failing(
+        &self,
+        fetch: &Fetch<'_>,
+        digest: &crate::Digest,
+        reason: &str,
+        kept: u64,
+        size: u64,
+    ) -> PullError {
+        PullError::new(
+            Category::Unreachable,
+            format!(
+                "the download of blob {digest} from {} kept failing ({reason}); {kept} of {size} bytes are kept for the next attempt",
+                fetch.client.registry
+            ),
+        )
+    }
+
     /// Streams a blob body into `download` until it ends, stalls or drops:
     /// `Ok(Some(reason))` when it was cut short. Bytes arriving restore the
     /// budget; a body silent for the budget (at most [`BODY_IDLE`]) is cut.
     async fn read_body(
         &self,
+        fetch: &Fetch<'_>,
         download: &mut BlobDownload,
-        resp: reqwest::Response,
-        budget: &Budget,
-        downloaded: &mut u64,
+        resp: Response,
     ) -> Result<Option<String>, WriteError> {
         let (digest, size) = (download.digest().clone(), download.size());
         let mut stream = resp.bytes_stream();
         let mut last_report = download.offset();
-        // A registry that stops sending mid-body is given the budget (at
-        // most BODY_IDLE), then the connection is dropped; with no byte
-        // since the last progress, the budget is spent and the retry gives
-        // up.
-        let idle = BODY_IDLE.min(budget.total());
+        let idle = body_idle(&fetch.budget);
         loop {
             let bytes = match tokio::time::timeout(idle, stream.next()).await {
                 Ok(Some(Ok(bytes))) => bytes,
                 Ok(Some(Err(e))) => return Ok(Some(classify(&e).1)),
                 Ok(None) => return Ok(None),
-                Err(_) => {
-                    return Ok(Some(format!(
-                        "the registry sent nothing for {}",
-                        crate::client::human_duration(idle)
-                    )));
-                }
+                Err(_) => return Ok(Some(silent_for(idle))),
             };
             download.write(&bytes)?;
-            *downloaded += bytes.len() as u64;
+            fetch
+                .downloaded
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             if !bytes.is_empty() {
-                budget.progressed();
+                fetch.budget.progressed();
             }
             let done = download.offset();
             if done - last_report >= 1 << 20 || done == size {
@@ -234,6 +415,21 @@ impl Puller {
             }
         }
     }
+}
+
+/// How long a blob body may stay silent: the budget, at most [`BODY_IDLE`].
+/// A registry that stops sending mid-body is given that, then the
+/// connection is dropped; with no byte since the last progress, the budget
+/// is spent and the retry gives up.
+fn body_idle(budget: &Budget) -> Duration {
+    BODY_IDLE.min(budget.total())
+}
+
+fn silent_for(idle: Duration) -> String {
+    format!(
+        "the registry sent nothing for {}",
+        crate::client::human_duration(idle)
+    )
 }
 
 /// Longest silence within a blob body before the connection is dropped and

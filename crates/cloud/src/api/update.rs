@@ -1,0 +1,221 @@
+//! Updating an app in place: `PATCH /cvms/{id}` (what `phala deploy
+//! --cvm-id` and `berth deploy --update` send), the current compose file
+//! (`GET /cvms/{id}/docker-compose.yml`) and the app's accepted versions
+//! (`GET /cvms/{id}/history`, Berth).
+//!
+//! An update keeps the CVM, its app id, its env key and its state folder:
+//! the next manifest is built with the same name, owner salt and owner key,
+//! the KMS is asked to accept its compose hash (cloud-authorized apps on the
+//! control plane's word, owner-authorized apps only with the owner's
+//! signature: the control plane cannot forge one), and only then is it
+//! recorded and the CVM restarted on it. A refused update changes nothing:
+//! the CVM goes on running what it ran.
+
+use super::kms::{register_compose_hash, upgrade_state};
+use super::views::{History, HistoryEntry, Manifest, SignedEnvKey, Updated};
+use super::{Shared, cvms::find_cvm};
+use crate::appcompose::{self, AppComposeInput};
+use crate::db::{AppUpdate, User};
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+
+/// The body of `PATCH /cvms/{id}`, as the official CLI sends it, plus
+/// Berth's owner authorization.
+#[derive(serde::Deserialize)]
+pub struct UpdateBody {
+    docker_compose_file: String,
+    #[serde(default)]
+    allowed_envs: Option<Vec<String>>,
+    #[serde(default)]
+    encrypted_env: Option<String>,
+    #[serde(default)]
+    public_logs: Option<bool>,
+    #[serde(default)]
+    public_sysinfo: Option<bool>,
+    #[serde(default)]
+    pre_launch_script: Option<String>,
+    /// The owner's signature over (app id, new compose hash, counter).
+    #[serde(default)]
+    berth_owner_authorization: Option<contract::upgrade::OwnerAuthorization>,
+}
+
+/// `PATCH /cvms/{id}`: a new compose file (and optionally allowed envs and
+/// a new sealed env) for a running app. With `X-Prepare-Only: true`, only
+/// the new manifest and its hash are returned (what an owner checks and
+/// signs); nothing changes.
+pub async fn update_cvm(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<UpdateBody>,
+) -> Result<Json<Updated>, ApiError> {
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
+    if body
+        .pre_launch_script
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty())
+    {
+        return Err(ApiError::unsupported(
+            "a pre-launch script (Berth's boot agent replaces it)",
+        ));
+    }
+    let current = Manifest::of(&app);
+    let allowed = body
+        .allowed_envs
+        .clone()
+        .unwrap_or_else(|| current.allowed_envs.clone());
+    let name = current.name.clone().unwrap_or_else(|| app.name.clone());
+    let salt = current
+        .berth_owner
+        .clone()
+        .unwrap_or_else(|| user.app_salt.clone());
+    let genesis = state
+        .db
+        .genesis_compose(&app.app_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("the app's first manifest is missing"))?;
+    // The owner key comes from the first manifest, which the app id measures
+    // and which the KMS reads too: an update cannot drop or swap it.
+    let genesis_manifest: Manifest = serde_json::from_slice(&genesis).unwrap_or_default();
+    let built = appcompose::build_update(
+        &AppComposeInput {
+            name: &name,
+            docker_compose_file: &body.docker_compose_file,
+            allowed_envs: &allowed,
+            public_logs: body.public_logs.or(current.public_logs).unwrap_or(true),
+            public_sysinfo: body
+                .public_sysinfo
+                .or(current.public_sysinfo)
+                .unwrap_or(true),
+            owner: Some(&salt),
+            owner_key: genesis_manifest.berth_owner_key.as_deref(),
+        },
+        &app.app_id,
+    )?;
+    let env = body
+        .encrypted_env
+        .as_deref()
+        .map(super::deploy::decode_env)
+        .transpose()?;
+    let model = genesis_manifest.upgrade_authority().to_owned();
+    let prepare_only = headers
+        .get("x-prepare-only")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if prepare_only {
+        let counter = upgrade_state(&state, &app.app_id)
+            .await?
+            .map_or(0, |s| s.counter);
+        let key = super::kms::kms_env_key(&state, &app.app_id).await?;
+        return Ok(Json(Updated {
+            env_key: Some(SignedEnvKey {
+                app_env_encrypt_pubkey: key.public_key,
+                app_env_encrypt_pubkey_signature: key.signature,
+                app_env_encrypt_pubkey_signature_v1: key.signature_v1,
+                app_env_encrypt_pubkey_timestamp: key.timestamp,
+            }),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            status: "prepared",
+            app_id: app.app_id,
+            compose_hash: built.compose_hash,
+            upgrade_authority: model,
+            counter,
+            app_compose: Some(String::from_utf8_lossy(&built.bytes).into_owned()),
+        }));
+    }
+    super::cvms::boot_slot(&state, &cvm).await?;
+    // The KMS first: if it refuses, nothing here has changed.
+    let accepted = register_compose_hash(
+        &state,
+        &app.app_id,
+        &genesis,
+        &built.compose_hash,
+        body.berth_owner_authorization.clone(),
+    )
+    .await?;
+    let env = env.map(|e| (e, allowed.clone()));
+    if built.compose_hash != app.compose_hash {
+        let authorized_by = match accepted.owner_key.as_deref() {
+            Some(k) => format!("owner key {}…", &k[..k.len().min(16)]),
+            None => "cloud".to_owned(),
+        };
+        state
+            .db
+            .apply_update(
+                &app.app_id,
+                AppUpdate {
+                    cvm_id: cvm.id.clone(),
+                    app_compose: built.bytes,
+                    compose_hash: built.compose_hash.clone(),
+                    authorized_by,
+                    counter: accepted.counter,
+                    env,
+                },
+            )
+            .await?;
+    } else if let Some((env, keys)) = &env {
+        state.db.set_env(&cvm.id, env, keys).await?;
+    }
+    state.node.restart(&cvm.id).await?;
+    Ok(Json(Updated {
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        status: "in_progress",
+        app_id: app.app_id,
+        compose_hash: built.compose_hash,
+        upgrade_authority: accepted.model,
+        counter: accepted.counter,
+        app_compose: None,
+        env_key: None,
+    }))
+}
+
+/// `GET /cvms/{id}/docker-compose.yml`: the compose file the CVM runs now.
+pub async fn compose_file(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (_, app) = find_cvm(&state, &user, &id).await?;
+    let yaml = Manifest::of(&app).docker_compose_file.unwrap_or_default();
+    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], yaml))
+}
+
+/// `GET /cvms/{id}/history`: the app's accepted versions, oldest first.
+pub async fn history(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(id): Path<String>,
+) -> Result<Json<History>, ApiError> {
+    let (_, app) = find_cvm(&state, &user, &id).await?;
+    let versions = state.db.app_history(&app.app_id).await?;
+    let genesis_manifest: Manifest = versions
+        .first()
+        .and_then(|v| serde_json::from_slice(&v.app_compose).ok())
+        .unwrap_or_default();
+    let counter = upgrade_state(&state, &app.app_id)
+        .await?
+        .map_or(0, |s| s.counter);
+    let last = versions.len().saturating_sub(1);
+    Ok(Json(History {
+        upgrade_authority: genesis_manifest.upgrade_authority().to_owned(),
+        owner_key: genesis_manifest.berth_owner_key.clone(),
+        compose_hash: app.compose_hash.clone(),
+        counter,
+        versions: versions
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| HistoryEntry {
+                current: i == last,
+                compose_hash: v.compose_hash,
+                authorized_by: v.authorized_by,
+                counter: v.counter,
+                created_at: v.created_at,
+            })
+            .collect(),
+        app_id: app.app_id,
+    }))
+}
