@@ -483,6 +483,7 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
                 .args(["--wait", "--kms-pubkey", kms])
                 .env("BERTH_API_URL", &cloud.api)
                 .env("BERTH_API_KEY", ADMIN_KEY)
+                .env("BERTH_OWNER_KEY", dir.join("owner-key"))
                 .env("DOCKER_CONFIG", dir.join("no-docker-config")),
             b"",
         )
@@ -542,7 +543,8 @@ fn berth_deploy_verifies_the_kms_and_waits_for_the_boot() {
             .arg("-e")
             .arg(dir.join("bad.env"))
             .env("BERTH_API_URL", &cloud.api)
-            .env("BERTH_API_KEY", ADMIN_KEY),
+            .env("BERTH_API_KEY", ADMIN_KEY)
+            .env("BERTH_OWNER_KEY", dir.join("owner-key")),
         b"",
     );
     assert_eq!(no_check.code, 3, "{}\n{}", no_check.stdout, no_check.stderr);
@@ -930,6 +932,7 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
                 .args(["--kms-pubkey", &cloud.kms_pubkey])
                 .env("BERTH_API_URL", &cloud.api)
                 .env("BERTH_API_KEY", ADMIN_KEY)
+                .env("BERTH_OWNER_KEY", dir.join("owner-key"))
                 .env("DOCKER_CONFIG", dir.join("no-docker-config")),
             b"",
         )

@@ -210,6 +210,7 @@ fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
                         .arg(dir.join("creds.env"))
                         .env("BERTH_API_URL", api)
                         .env("BERTH_API_KEY", ADMIN_KEY)
+                        .env("BERTH_OWNER_KEY", dir.join("owner-key"))
                         .env("DOCKER_CONFIG", dir.join("no-docker-config")),
                     b"",
                 );
