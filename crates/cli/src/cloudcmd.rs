@@ -270,7 +270,11 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
 /// `berth check` on the compose file's images with the env's credentials,
 /// in this process: the env was read once (`-e -` consumed standard input)
 /// and no value goes on another process's command line.
-pub(crate) fn preflight(args: &DeployArgs, env: &envseal::Env, compose: &str) -> Result<(), Failure> {
+pub(crate) fn preflight(
+    args: &DeployArgs,
+    env: &envseal::Env,
+    compose: &str,
+) -> Result<(), Failure> {
     let images = cloud::appcompose::images(compose).map_err(|e| Failure::config(e.message))?;
     if images.is_empty() {
         return Ok(());
@@ -460,6 +464,16 @@ fn detail(c: &CvmInfo) -> String {
         (
             "Compose hash",
             c.compose_hash.clone().unwrap_or_else(|| none.clone()),
+        ),
+        (
+            "Upgrades",
+            match c.raw["upgrade_authority"].as_str() {
+                Some("owner") => {
+                    "owner-authorized (only the owner key can register new code)".into()
+                }
+                Some("cloud") => "cloud-authorized (the operator can register new code)".into(),
+                _ => none.clone(),
+            },
         ),
         ("Created", when(&c.created_at)),
         (

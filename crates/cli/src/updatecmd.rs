@@ -7,7 +7,9 @@
 //! this owner's key, and its sha256 must be the hash signed. A control plane
 //! that altered the manifest gets no signature.
 
-use crate::cloudcmd::{DeployArgs, api_failure, client, follow_boot, trust_failure, trusted_kms_key};
+use crate::cloudcmd::{
+    DeployArgs, api_failure, client, follow_boot, trust_failure, trusted_kms_key,
+};
 use crate::envargs;
 use crate::failure::Failure;
 use kms::owner::OwnerKey;
@@ -32,10 +34,11 @@ pub fn default_owner_key_path() -> PathBuf {
 
 /// The owner key at `path` (or the default place), created if missing.
 pub fn owner_key(path: Option<&Path>) -> Result<OwnerKey, Failure> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(default_owner_key_path);
-    let (key, created) = OwnerKey::load_or_create(&path).map_err(|e| {
-        Failure::io(format!("cannot use the owner key {}", path.display()), &e)
-    })?;
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_owner_key_path);
+    let (key, created) = OwnerKey::load_or_create(&path)
+        .map_err(|e| Failure::io(format!("cannot use the owner key {}", path.display()), &e))?;
     if created {
         eprintln!(
             "Created owner key {} (mode 0600): keep it; only compose files it signs will get this app's secrets",
@@ -66,8 +69,8 @@ fn check_prepared(
     if prepared.app_id != app_id {
         return Err(refuse("names another app"));
     }
-    let manifest: serde_json::Value = serde_json::from_str(&prepared.app_compose)
-        .map_err(|_| refuse("is not JSON"))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&prepared.app_compose).map_err(|_| refuse("is not JSON"))?;
     if manifest["docker_compose_file"].as_str() != Some(compose) {
         return Err(refuse("holds another compose file"));
     }
@@ -98,9 +101,7 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
     } else {
         Some(envargs::load(&args.env)?)
     };
-    let keys: Option<Vec<String>> = env
-        .as_ref()
-        .map(|e| e.keys().map(str::to_owned).collect());
+    let keys: Option<Vec<String>> = env.as_ref().map(|e| e.keys().map(str::to_owned).collect());
     if let Some(env) = &env
         && !args.no_check
         && env.keys().any(|k| k.starts_with("DSTACK_"))
@@ -121,11 +122,21 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
             "owner" => Some(owner_key(args.owner_key.as_deref())?),
             _ => None,
         };
-        check_prepared(&prepared, &cvm.app_id, &compose, keys.as_deref(), owner.as_ref())?;
+        check_prepared(
+            &prepared,
+            &cvm.app_id,
+            &compose,
+            keys.as_deref(),
+            owner.as_ref(),
+        )?;
         let authorization = match &owner {
             Some(o) => Some(
-                o.authorize(&prepared.app_id, &prepared.compose_hash, prepared.counter + 1)
-                    .map_err(|e| Failure::config(format!("cannot sign the update: {e}")))?,
+                o.authorize(
+                    &prepared.app_id,
+                    &prepared.compose_hash,
+                    prepared.counter + 1,
+                )
+                .map_err(|e| Failure::config(format!("cannot sign the update: {e}")))?,
             ),
             None => {
                 eprintln!(

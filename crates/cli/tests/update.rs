@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::images::{ImageSpec, PushTarget, PushedImage, push_image};
-use testkit::{FaultProxy, RequestKind};
 use testkit::{Dockerd, Registry};
+use testkit::{FaultProxy, RequestKind};
 
 const CANARY: &str = "canary-update-pw-41c9";
 const ADMIN_KEY: &str = "berth_test_admin_key_update_0123";
@@ -47,12 +47,16 @@ fn images() -> Images {
 impl Images {
     /// `--registry-endpoint` mapping the image host (the proxy) for CVMs.
     fn mapping(&self) -> String {
-        format!("--registry-endpoint={}={}", self.host, self.proxy.base_url())
+        format!(
+            "--registry-endpoint={}={}",
+            self.host,
+            self.proxy.base_url()
+        )
     }
 
     fn compose(&self, web_tag: &str) -> String {
         format!(
-            "services:\n  web:\n    image: {h}/alice/web:{web_tag}\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo web files: $$(ls /data | tr '\\\\n' ' '); sleep 600\"]\n  db:\n    image: {h}/alice/db:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo db up; sleep 600\"]\n",
+            "services:\n  web:\n    image: {h}/alice/web:{web_tag}\n    network_mode: none\n    environment:\n      - NOTE=${{NOTE:-none}}\n    command: [\"sh\", \"-c\", \"echo web note=$$NOTE; sleep 600\"]\n  db:\n    image: {h}/alice/db:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo db up; sleep 600\"]\n",
             h = self.host
         )
     }
@@ -208,6 +212,12 @@ fn the_official_cli_updates_an_app_in_place_pulling_only_new_layers() {
     std::fs::write(dir.join("v1.yml"), img.compose("v1")).unwrap();
     std::fs::write(dir.join("v2.yml"), img.compose("v2")).unwrap();
     std::fs::write(dir.join(".env"), img.env()).unwrap();
+    // The update brings a variable the first deployment did not allow.
+    std::fs::write(
+        dir.join("v2.env"),
+        format!("{}NOTE=hello-from-v2\n", img.env()),
+    )
+    .unwrap();
 
     let out = phala(
         &cloud,
@@ -216,7 +226,12 @@ fn the_official_cli_updates_an_app_in_place_pulling_only_new_layers() {
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let before = settled(&cloud, "cloud-app");
-    assert_eq!(before["status"], "running", "{}", serial(&cloud, "cloud-app"));
+    assert_eq!(
+        before["status"],
+        "running",
+        "{}",
+        serial(&cloud, "cloud-app")
+    );
     assert_eq!(before["upgrade_authority"], "cloud");
     let id = before["vm_uuid"].as_str().unwrap().to_owned();
     assert_eq!(web_image(&engine, &id), img.v1.image.config.digest);
@@ -226,9 +241,18 @@ fn the_official_cli_updates_an_app_in_place_pulling_only_new_layers() {
     let out = phala(
         &cloud,
         &dir,
-        &["deploy", "--cvm-id", &id, "-c", "v2.yml", "-e", ".env", "--wait"],
+        &[
+            "deploy", "--cvm-id", &id, "-c", "v2.yml", "-e", "v2.env", "--wait",
+        ],
     );
-    assert_eq!(out.code, 0, "{}\n{}\n{}", out.stdout, out.stderr, cloud.output());
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        cloud.output()
+    );
     let after = settled(&cloud, &id);
     assert_eq!(after["status"], "running", "{}", serial(&cloud, &id));
     // The same CVM and app: id, app id (so env key) unchanged.
@@ -236,15 +260,39 @@ fn the_official_cli_updates_an_app_in_place_pulling_only_new_layers() {
     assert_eq!(after["app_id"], before["app_id"]);
     assert_ne!(after["compose_hash"], before["compose_hash"]);
     assert_eq!(web_image(&engine, &id), img.v2.image.config.digest);
-    // The app runs the new version (its top layer's file).
-    let (code, compose) = cloud.request(ADMIN_KEY, None, "GET", &format!("/cvms/{id}/docker-compose.yml"), None);
+    // The new allowed variable and the new sealed env reached the app.
+    let web_logs = || {
+        let ids = engine.docker_out(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.compose.service=web",
+        ]);
+        engine.docker_out(&["logs", ids.split_whitespace().next().unwrap_or("none")])
+    };
+    eventually(10, "the app prints the note", || {
+        web_logs().contains("note=hello-from-v2")
+    });
+    let (code, compose) = cloud.request(
+        ADMIN_KEY,
+        None,
+        "GET",
+        &format!("/cvms/{id}/docker-compose.yml"),
+        None,
+    );
     assert_eq!(code, 200);
     assert!(compose.contains("alice/web:v2"), "{compose}");
 
     // Only what v2 added was downloaded; one manifest GET (web:v2), the
     // unchanged db:1 cost none.
     let (blobs, manifest_gets) = img.fetched_since(mark);
-    let v1_blobs: Vec<&str> = img.v1.image.layers.iter().map(|l| l.digest.as_str()).collect();
+    let v1_blobs: Vec<&str> = img
+        .v1
+        .image
+        .layers
+        .iter()
+        .map(|l| l.digest.as_str())
+        .collect();
     let new_layer = &img.v2.image.layers.last().unwrap().digest;
     assert!(blobs.contains(new_layer), "{blobs:?}");
     for b in &blobs {
@@ -285,14 +333,26 @@ fn only_the_owner_can_upgrade_an_owner_authorized_app() {
     let out = berth_cli(
         &cloud,
         &dir,
-        &["deploy", "-n", "owned-app", "-c", "v1.yml", "-e", ".env", "--wait"],
+        &[
+            "deploy",
+            "-n",
+            "owned-app",
+            "-c",
+            "v1.yml",
+            "-e",
+            ".env",
+            "--wait",
+        ],
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("owner-authorized"), "{}", out.stdout);
     assert!(out.stderr.contains("Created owner key"), "{}", out.stderr);
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("owner-key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("owner-key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let cvm = settled(&cloud, "owned-app");
@@ -303,7 +363,11 @@ fn only_the_owner_can_upgrade_an_owner_authorized_app() {
     assert_eq!(cvm["upgrade_authority"], "owner");
 
     // The owner's update, signed by `berth deploy --update`.
-    let out = berth_cli(&cloud, &dir, &["deploy", "--update", &id, "-c", "v2.yml", "--wait"]);
+    let out = berth_cli(
+        &cloud,
+        &dir,
+        &["deploy", "--update", &id, "-c", "v2.yml", "--wait"],
+    );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("BOOT OK"), "{}", out.stdout);
     let v2 = settled(&cloud, &id);
@@ -328,19 +392,28 @@ fn only_the_owner_can_upgrade_an_owner_authorized_app() {
 
     // Rollback to v1: an update like any other, and nothing to download.
     let mark = img.seen();
-    let out = berth_cli(&cloud, &dir, &["deploy", "--update", &id, "-c", "v1.yml", "--wait"]);
+    let out = berth_cli(
+        &cloud,
+        &dir,
+        &["deploy", "--update", &id, "-c", "v1.yml", "--wait"],
+    );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(web_image(&engine, &id), img.v1.image.config.digest);
     let (blobs, manifest_gets) = img.fetched_since(mark);
     assert!(blobs.is_empty(), "a rollback downloaded {blobs:?}");
     assert_eq!(manifest_gets, 0, "a rollback fetched manifests");
     assert_eq!(bytes_downloaded(&last_boot(&cloud, &id)), 0);
-    let v1_hash = settled(&cloud, &id)["compose_hash"].as_str().unwrap().to_owned();
+    let v1_hash = settled(&cloud, &id)["compose_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(kms_state()["counter"], 2);
 
     // What the control plane (or anyone with the API key) cannot do:
     let compose_v2 = std::fs::read_to_string(dir.join("v2.yml")).unwrap();
-    let owner = kms::owner::OwnerKey::load_or_create(&dir.join("owner-key")).unwrap().0;
+    let owner = kms::owner::OwnerKey::load_or_create(&dir.join("owner-key"))
+        .unwrap()
+        .0;
     let refused = |body: Value, why: &str| {
         let (code, answer) = patch(&cloud, &format!("/cvms/{id}"), &body);
         assert_eq!(code, 403, "{why}: {answer}");
@@ -356,13 +429,20 @@ fn only_the_owner_can_upgrade_an_owner_authorized_app() {
     // ... an update signed for another app,
     let other_app = "ab".repeat(20);
     let elsewhere = owner.authorize(&other_app, &v2_hash, 3).unwrap();
-    refused(json_body(&compose_v2, Some(&elsewhere)), "another app's signature");
+    refused(
+        json_body(&compose_v2, Some(&elsewhere)),
+        "another app's signature",
+    );
     // ... and the owner's earlier signature for v2, replayed.
     let replayed = owner.authorize(&app_id, &v2_hash, 1).unwrap();
     let detail = refused(json_body(&compose_v2, Some(&replayed)), "replayed");
     assert!(detail.contains("replayed"), "{detail}");
     // The official CLI, which cannot sign, hears why.
-    let out = phala(&cloud, &dir, &["deploy", "--cvm-id", &id, "-c", "v2.yml", "-e", ".env"]);
+    let out = phala(
+        &cloud,
+        &dir,
+        &["deploy", "--cvm-id", &id, "-c", "v2.yml", "-e", ".env"],
+    );
     assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
         format!("{}{}", out.stdout, out.stderr).contains("owner-authorized"),
@@ -376,7 +456,11 @@ fn only_the_owner_can_upgrade_an_owner_authorized_app() {
     let h = berth_cli(&cloud, &dir, &["cvms", "history", &id]);
     assert_eq!(h.code, 0, "{}", h.stderr);
     assert_eq!(h.stdout.matches("owner key").count(), 3, "{}", h.stdout);
-    assert!(h.stdout.contains(&v1_hash) && h.stdout.contains(&v2_hash), "{}", h.stdout);
+    assert!(
+        h.stdout.contains(&v1_hash) && h.stdout.contains(&v2_hash),
+        "{}",
+        h.stdout
+    );
 
     // The owner's private key never left the user's side: not in what the
     // cloud printed, not in any file of its state (database, KMS records).

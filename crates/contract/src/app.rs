@@ -37,9 +37,10 @@ impl Measurement {
     /// `app_id: None` is a first manifest: the app id is measured from it.
     pub fn of_app(app_compose_bytes: &[u8], app_id: Option<&str>) -> Self {
         let mut m = Self::of(app_compose_bytes);
-        if let Some(id) = app_id.map(normalize_hex).filter(|a| {
-            a.len() == 40 && a.bytes().all(|b| b.is_ascii_hexdigit())
-        }) {
+        if let Some(id) = app_id
+            .map(normalize_hex)
+            .filter(|a| a.len() == 40 && a.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             m.app_id = id;
         }
         m

@@ -156,7 +156,10 @@ impl AppRegistry {
     pub(crate) fn state(&self, app_id: &str) -> Option<AppUpgradeState> {
         let app_id = normalize_hex(app_id);
         let mut apps = self.apps.lock().unwrap();
-        self.load(&mut apps, &app_id).ok().flatten().map(|r| r.state())
+        self.load(&mut apps, &app_id)
+            .ok()
+            .flatten()
+            .map(|r| r.state())
     }
 
     /// Whether boots measuring `compose_hash` may have the app's env key.
@@ -194,7 +197,9 @@ impl AppRegistry {
             ));
         }
         let genesis = hex::decode(normalize_hex(&req.genesis_app_compose)).map_err(|_| {
-            RegisterError::BadRequest("genesis_app_compose must be hex of the manifest's bytes".into())
+            RegisterError::BadRequest(
+                "genesis_app_compose must be hex of the manifest's bytes".into(),
+            )
         })?;
         let measured = Measurement::of(&genesis);
         if measured.app_id != app_id {
@@ -206,13 +211,16 @@ impl AppRegistry {
         let authority = manifest.upgrade_authority();
 
         let mut apps = self.apps.lock().unwrap();
-        let current = self.load(&mut apps, &app_id).map_err(RegisterError::Io)?.unwrap_or(AppRecord {
-            app_id: app_id.clone(),
-            owner_key: authority.owner_key().map(str::to_owned),
-            compose_hash: measured.compose_hash.clone(),
-            counter: 0,
-            history: Vec::new(),
-        });
+        let current = self
+            .load(&mut apps, &app_id)
+            .map_err(RegisterError::Io)?
+            .unwrap_or(AppRecord {
+                app_id: app_id.clone(),
+                owner_key: authority.owner_key().map(str::to_owned),
+                compose_hash: measured.compose_hash.clone(),
+                counter: 0,
+                history: Vec::new(),
+            });
         let (counter, by) = match &authority {
             UpgradeAuthority::Cloud => {
                 if current.compose_hash == hash {

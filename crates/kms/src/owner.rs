@@ -106,7 +106,11 @@ impl OwnerKey {
 
 impl fmt::Debug for OwnerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OwnerKey(public {}, private [redacted])", self.public_hex())
+        write!(
+            f,
+            "OwnerKey(public {}, private [redacted])",
+            self.public_hex()
+        )
     }
 }
 

@@ -44,8 +44,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use contract::kms::{
-    ComposeHashRegistration, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer, ErrorAnswer, KmsPublicKeyAnswer,
-    PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
+    ComposeHashRegistration, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer,
+    ErrorAnswer, KmsPublicKeyAnswer, PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -344,9 +344,7 @@ async fn register_compose_hash(
                 app.to_hex()
             );
             let status = match e {
-                RegisterError::BadRequest(_) | RegisterError::NotGenesis => {
-                    StatusCode::BAD_REQUEST
-                }
+                RegisterError::BadRequest(_) | RegisterError::NotGenesis => StatusCode::BAD_REQUEST,
                 RegisterError::Io(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::FORBIDDEN,
             };
@@ -621,7 +619,10 @@ mod tests {
         let k = kms();
         let (g, m) = genesis(None);
         let v2 = hex::encode([2u8; 32]);
-        assert_eq!(ticket_for(&k, &m.app_id, &m.compose_hash).await, StatusCode::OK);
+        assert_eq!(
+            ticket_for(&k, &m.app_id, &m.compose_hash).await,
+            StatusCode::OK
+        );
         assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
         let (s, state) = register(&k, &m.app_id, &g, &v2, None).await;
         assert_eq!(s, StatusCode::OK, "{state}");
@@ -629,7 +630,10 @@ mod tests {
         assert_eq!(state["compose_hash"], v2.as_str());
         assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::OK);
         // The old code gets nothing any more, until it is registered again.
-        assert_eq!(ticket_for(&k, &m.app_id, &m.compose_hash).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            ticket_for(&k, &m.app_id, &m.compose_hash).await,
+            StatusCode::FORBIDDEN
+        );
         // A genesis that does not measure to the app id is refused.
         let (other, _) = genesis(Some(&crate::owner::OwnerKey::generate().public_hex()));
         let (s, body) = register(&k, &m.app_id, &other, &v2, None).await;
@@ -640,8 +644,11 @@ mod tests {
     async fn an_owner_authorized_app_needs_a_fresh_owner_signature() {
         let dir = tempfile::tempdir().unwrap();
         let k = Arc::new(
-            Kms::new(KmsRootKey::from_bytes([7u8; 32]), Some("node-secret".into()))
-                .with_registry(dir.path().join("apps")),
+            Kms::new(
+                KmsRootKey::from_bytes([7u8; 32]),
+                Some("node-secret".into()),
+            )
+            .with_registry(dir.path().join("apps")),
         );
         let owner = crate::owner::OwnerKey::generate();
         let (g, m) = genesis(Some(&owner.public_hex()));
@@ -649,46 +656,95 @@ mod tests {
         // Unsigned: refused, and no key for that hash.
         let (s, body) = register(&k, &m.app_id, &g, &v2, None).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
-        assert!(body["detail"].as_str().unwrap().contains("owner-authorized"), "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("owner-authorized"),
+            "{body}"
+        );
         assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
         // Signed by someone else, or for another app: refused.
         let stranger = crate::owner::OwnerKey::generate();
         let forged = stranger.authorize(&m.app_id, &v2, 1).unwrap();
-        assert_eq!(register(&k, &m.app_id, &g, &v2, Some(forged)).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            register(&k, &m.app_id, &g, &v2, Some(forged)).await.0,
+            StatusCode::FORBIDDEN
+        );
         let elsewhere = owner.authorize(&"ab".repeat(20), &v2, 1).unwrap();
-        assert_eq!(register(&k, &m.app_id, &g, &v2, Some(elsewhere)).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            register(&k, &m.app_id, &g, &v2, Some(elsewhere)).await.0,
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
         // The owner's: accepted.
         let first = owner.authorize(&m.app_id, &v2, 1).unwrap();
         let (s, state) = register(&k, &m.app_id, &g, &v2, Some(first.clone())).await;
         assert_eq!(s, StatusCode::OK, "{state}");
-        assert_eq!((state["model"].as_str(), state["counter"].as_u64()), (Some("owner"), Some(1)));
+        assert_eq!(
+            (state["model"].as_str(), state["counter"].as_u64()),
+            (Some("owner"), Some(1))
+        );
         assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::OK);
         // The same request again (a retry) changes nothing and is fine.
-        assert_eq!(register(&k, &m.app_id, &g, &v2, Some(first.clone())).await.0, StatusCode::OK);
+        assert_eq!(
+            register(&k, &m.app_id, &g, &v2, Some(first.clone()))
+                .await
+                .0,
+            StatusCode::OK
+        );
         let second = owner.authorize(&m.app_id, &v3, 2).unwrap();
-        assert_eq!(register(&k, &m.app_id, &g, &v3, Some(second)).await.0, StatusCode::OK);
+        assert_eq!(
+            register(&k, &m.app_id, &g, &v3, Some(second)).await.0,
+            StatusCode::OK
+        );
         // Replaying the first authorization (rollback by the operator): refused.
         let (s, body) = register(&k, &m.app_id, &g, &v2, Some(first)).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
-        assert!(body["detail"].as_str().unwrap().contains("replayed"), "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("replayed"),
+            "{body}"
+        );
         assert_eq!(ticket_for(&k, &m.app_id, &v2).await, StatusCode::FORBIDDEN);
         // A rollback the owner signs is an update like any other.
         let back = owner.authorize(&m.app_id, &m.compose_hash, 3).unwrap();
-        assert_eq!(register(&k, &m.app_id, &g, &m.compose_hash, Some(back)).await.0, StatusCode::OK);
-        assert_eq!(ticket_for(&k, &m.app_id, &m.compose_hash).await, StatusCode::OK);
+        assert_eq!(
+            register(&k, &m.app_id, &g, &m.compose_hash, Some(back))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            ticket_for(&k, &m.app_id, &m.compose_hash).await,
+            StatusCode::OK
+        );
         // The record survives a restart of the KMS; a damaged one accepts nothing.
         let again = Arc::new(
-            Kms::new(KmsRootKey::from_bytes([7u8; 32]), Some("node-secret".into()))
-                .with_registry(dir.path().join("apps")),
+            Kms::new(
+                KmsRootKey::from_bytes([7u8; 32]),
+                Some("node-secret".into()),
+            )
+            .with_registry(dir.path().join("apps")),
         );
-        assert_eq!(ticket_for(&again, &m.app_id, &v3).await, StatusCode::FORBIDDEN);
-        assert_eq!(ticket_for(&again, &m.app_id, &m.compose_hash).await, StatusCode::OK);
+        assert_eq!(
+            ticket_for(&again, &m.app_id, &v3).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ticket_for(&again, &m.app_id, &m.compose_hash).await,
+            StatusCode::OK
+        );
         std::fs::write(dir.path().join(format!("apps/{}.json", m.app_id)), b"{").unwrap();
         let damaged = Arc::new(
-            Kms::new(KmsRootKey::from_bytes([7u8; 32]), Some("node-secret".into()))
-                .with_registry(dir.path().join("apps")),
+            Kms::new(
+                KmsRootKey::from_bytes([7u8; 32]),
+                Some("node-secret".into()),
+            )
+            .with_registry(dir.path().join("apps")),
         );
-        assert_eq!(ticket_for(&damaged, &m.app_id, &m.compose_hash).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            ticket_for(&damaged, &m.app_id, &m.compose_hash).await,
+            StatusCode::FORBIDDEN
+        );
     }
 }

@@ -76,9 +76,15 @@ pub async fn register_compose_hash(
         compose_hash: compose_hash.to_owned(),
         authorization,
     };
-    let resp = state.http.post(&url).json(&body).send().await.map_err(|_| {
-        ApiError::unavailable("the KMS is not answering: updates wait until it is back")
-    })?;
+    let resp = state
+        .http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("the KMS is not answering: updates wait until it is back")
+        })?;
     let status = resp.status();
     if status.is_success() {
         return resp
@@ -106,7 +112,9 @@ pub async fn upgrade_state(
 ) -> Result<Option<contract::kms::AppUpgradeState>, ApiError> {
     let url = state.kms.url(&contract::kms::compose_hash_path(app_id));
     let resp = state.http.get(&url).send().await.map_err(|_| {
-        ApiError::unavailable("the KMS is not answering: the app's upgrade state is unknown until it is back")
+        ApiError::unavailable(
+            "the KMS is not answering: the app's upgrade state is unknown until it is back",
+        )
     })?;
     if resp.status().as_u16() == 404 {
         return Ok(None);

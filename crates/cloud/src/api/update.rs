@@ -128,7 +128,19 @@ pub async fn update_cvm(
         }));
     }
     super::cvms::boot_slot(&state, &cvm).await?;
-    // The KMS first: if it refuses, nothing here has changed.
+    // One update at a time in this process, so the KMS's accepted hash and
+    // the database's current manifest are changed in the same order.
+    static UPDATES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = UPDATES.lock().await;
+    let app = state
+        .db
+        .app(&app.app_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the app is gone"))?;
+    // The KMS first: if it refuses, nothing here has changed. (If the
+    // database write below fails after the KMS accepted, the next boot is
+    // refused its key until the same update is sent again, which the KMS
+    // takes as a no-op and the database then records.)
     let accepted = register_compose_hash(
         &state,
         &app.app_id,
@@ -181,7 +193,10 @@ pub async fn compose_file(
 ) -> Result<impl IntoResponse, ApiError> {
     let (_, app) = find_cvm(&state, &user, &id).await?;
     let yaml = Manifest::of(&app).docker_compose_file.unwrap_or_default();
-    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], yaml))
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        yaml,
+    ))
 }
 
 /// `GET /cvms/{id}/history`: the app's accepted versions, oldest first.
