@@ -125,9 +125,17 @@ impl Node {
             .await
             .map_err(unreachable)?;
         if !resp.status().is_success() {
+            let status = resp.status();
+            // The KMS's own sentence (it never holds a key or a ticket),
+            // e.g. that this compose hash is not the one the app may boot.
+            let detail = resp
+                .json::<contract::kms::ErrorAnswer>()
+                .await
+                .map(|e| format!(": {}", e.detail.chars().take(300).collect::<String>()))
+                .unwrap_or_default();
             return Err((
                 Category::AccessDenied,
-                format!("the KMS refused a boot ticket ({})", resp.status()),
+                format!("the KMS refused a boot ticket ({status}){detail}"),
             ));
         }
         let bytes = zeroize::Zeroizing::new(resp.bytes().await.map_err(unreachable)?.to_vec());
