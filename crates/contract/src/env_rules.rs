@@ -9,6 +9,36 @@ pub const MIN_SEALED_LEN: usize = 32 + 12 + 16;
 /// Longest variable name, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
 
+/// The limits a CVM enforces on its env (the same as dstack's guest agent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most variables allowed.
+    pub max_vars: usize,
+    /// Most bytes of keys plus values, all variables together.
+    pub max_total_bytes: usize,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Limits {
+    /// The guest's limits: 1024 variables, 1 MiB in total, 255-byte keys,
+    /// 128 KiB values.
+    pub const GUEST: Limits = Limits {
+        max_vars: 1024,
+        max_total_bytes: 1024 * 1024,
+        max_key_bytes: MAX_KEY_LEN,
+        max_value_bytes: 128 * 1024,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::GUEST
+    }
+}
+
 /// `^[A-Za-z_][A-Za-z0-9_]*$`, at most [`MAX_KEY_LEN`] bytes.
 pub fn is_valid_key(key: &str) -> bool {
     let mut b = key.bytes();

@@ -52,35 +52,9 @@ impl EnvVar {
     }
 }
 
-/// The limits a CVM enforces on its env (the same as dstack's guest agent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Most variables allowed.
-    pub max_vars: usize,
-    /// Most bytes of keys plus values, all variables together.
-    pub max_total_bytes: usize,
-    /// Longest key, in bytes.
-    pub max_key_bytes: usize,
-    /// Longest value, in bytes.
-    pub max_value_bytes: usize,
-}
-
-impl Limits {
-    /// The guest's limits: 1024 variables, 1 MiB in total, 255-byte keys,
-    /// 128 KiB values.
-    pub const GUEST: Limits = Limits {
-        max_vars: 1024,
-        max_total_bytes: 1024 * 1024,
-        max_key_bytes: MAX_KEY_LEN,
-        max_value_bytes: 128 * 1024,
-    };
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits::GUEST
-    }
-}
+/// The limits a CVM enforces on its env, defined with the name rules in
+/// [`contract::env_rules`] (the control plane tells them to the web console).
+pub use contract::env_rules::Limits;
 
 /// A variable or a set of variables breaks a rule. Names the key and where
 /// it was defined, never the value.
