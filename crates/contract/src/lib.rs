@@ -18,6 +18,7 @@
 //! - [`boot`]: the boot's last serial line ([`BootOutcome`]);
 //! - [`announce`]: what the KMS process tells `berth up` once it serves;
 //! - [`kms`]: the KMS's HTTP messages;
+//! - [`login`]: the registry-login variable names and the ECR host grammar;
 //! - [`Category`]: the failure taxonomy and its exit codes;
 //! - [`reference`]: image references and digests (Docker's grammar);
 //! - [`status`]: a CVM's status ([`CvmStatus`]), as the API and the
@@ -38,6 +39,7 @@ pub mod boot;
 mod category;
 pub mod env_rules;
 pub mod kms;
+pub mod login;
 pub mod policy;
 pub mod reference;
 mod secret;

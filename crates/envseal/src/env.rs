@@ -128,9 +128,8 @@ pub enum ValidationError {
     },
 }
 
-use contract::env_rules::MAX_KEY_LEN;
 /// Whether `key` is a valid variable name: `^[A-Za-z_][A-Za-z0-9_]*$`, at
-/// most [`MAX_KEY_LEN`] bytes. The one rule, shared with the control plane.
+/// most [`contract::env_rules::MAX_KEY_LEN`] bytes. The one rule, shared with the control plane.
 pub use contract::env_rules::is_valid_key;
 
 /// Shortens a key for an error message so a huge key cannot flood the output.

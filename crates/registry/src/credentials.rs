@@ -22,22 +22,10 @@ use contract::SecretValue;
 
 use crate::reference::{DOCKER_HUB, normalize_registry, same_registry};
 
-/// `DSTACK_DOCKER_USERNAME`.
-pub const DOCKER_USERNAME: &str = "DSTACK_DOCKER_USERNAME";
-/// `DSTACK_DOCKER_PASSWORD`.
-pub const DOCKER_PASSWORD: &str = "DSTACK_DOCKER_PASSWORD";
-/// `DSTACK_DOCKER_REGISTRY`.
-pub const DOCKER_REGISTRY: &str = "DSTACK_DOCKER_REGISTRY";
-/// `DSTACK_AWS_ACCESS_KEY_ID`.
-pub const AWS_ACCESS_KEY_ID: &str = "DSTACK_AWS_ACCESS_KEY_ID";
-/// `DSTACK_AWS_SECRET_ACCESS_KEY`.
-pub const AWS_SECRET_ACCESS_KEY: &str = "DSTACK_AWS_SECRET_ACCESS_KEY";
-/// `DSTACK_AWS_REGION`.
-pub const AWS_REGION: &str = "DSTACK_AWS_REGION";
-/// `DSTACK_AWS_ECR_REGISTRY`.
-pub const AWS_ECR_REGISTRY: &str = "DSTACK_AWS_ECR_REGISTRY";
-/// `DSTACK_AWS_SESSION_TOKEN`.
-pub const AWS_SESSION_TOKEN: &str = "DSTACK_AWS_SESSION_TOKEN";
+pub use contract::login::{
+    AWS_ACCESS_KEY_ID, AWS_ECR_REGISTRY, AWS_REGION, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    DOCKER_PASSWORD, DOCKER_REGISTRY, DOCKER_USERNAME,
+};
 
 /// Every variable this module reads, in the order of the design table.
 pub const CREDENTIAL_VARIABLES: [&str; 8] = [
@@ -244,25 +232,7 @@ fn incomplete<'v>(
     }
 }
 
-/// `ACCOUNT.dkr.ecr.REGION.amazonaws.com` or `….amazonaws.com.cn`, where
-/// ACCOUNT is 12 digits and REGION is lowercase letters, digits and `-`
-/// (e.g. `us-east-1`, `cn-north-1`, `us-gov-west-1`). Returns (account,
-/// region).
-fn parse_ecr_host(host: &str) -> Option<(&str, &str)> {
-    let rest = host
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
-    let (account, rest) = rest.split_once(".dkr.ecr.")?;
-    let region = rest;
-    let valid_account = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
-    let valid_region = !region.is_empty()
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !region.starts_with('-')
-        && !region.ends_with('-');
-    (valid_account && valid_region).then_some((account, region))
-}
+use contract::login::parse_ecr_host;
 
 /// Which kind of login a variable belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
