@@ -55,11 +55,18 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
+    // A name that is not loopback, for the insecure-context check; it
+    // resolves to 127.0.0.1, so only loopback is contacted.
+    '--host-resolver-rules=MAP berth-console.test 127.0.0.1',
   ],
 });
 const page = context.pages()[0] || (await context.newPage());
 page.setDefaultTimeout(20000);
-page.on('dialog', (d) => d.accept());
+const dialogs = [];
+page.on('dialog', (d) => {
+  dialogs.push(d.message());
+  d.accept();
+});
 
 async function shot(name) {
   await page.screenshot({ path: path.join(artifacts, `${name}.png`), fullPage: true });
@@ -159,15 +166,24 @@ await check('the page seals what berth unseal opens', async () => {
 });
 
 await check('the page applies the rules the API tells', async () => {
-  const verdicts = await page.evaluate(async ([key, ecrCorpus, keyCorpus]) => {
+  const verdicts = await page.evaluate(async ([key, ecrCorpus, keyCorpus, dotenvCorpus]) => {
     const rules = await (await fetch('/api/v1/berth/rules', { headers: { 'X-API-Key': key } })).json();
     const m = await import('/console/deploy.js');
+    const d = await import('/console/dotenv.js');
+    const parse = (text) => {
+      try {
+        return d.parseDotenv(text).map((v) => [v.key, v.value]);
+      } catch {
+        return null;
+      }
+    };
     return {
       rules,
       ecr: ecrCorpus.map(([host, region]) => m.checkEcr(host, region, rules) === null),
       keys: keyCorpus.map((k) => m.checkEnv([{ key: k, value: 'v' }], rules).length === 0),
+      dotenv: dotenvCorpus.map(parse),
     };
-  }, [cfg.key, cfg.ecr_corpus, cfg.key_corpus]);
+  }, [cfg.key, cfg.ecr_corpus, cfg.key_corpus, cfg.dotenv_corpus]);
   Object.assign(results, verdicts);
 });
 
@@ -199,6 +215,23 @@ await check('an ECR registry in another region is refused before any request', a
   await page.getByRole('button', { name: 'Deploy', exact: true }).click();
   await page.getByText('set by the registry provider').waitFor();
   assert(apiRequestsSince(n).length === 0, `sent: ${JSON.stringify(apiRequestsSince(n))}`);
+});
+
+await check('a compose file the policy refuses is named next to its field', async () => {
+  await page.reload();
+  await page.getByRole('heading', { name: 'Deploy a new CVM' }).waitFor();
+  await byLabel('Name').fill('no-image-app');
+  await byLabel('docker-compose.yml').fill('services:\n  web:\n    command: ["true"]\n');
+  const n = requests.length;
+  expected.add('/api/v1/berth/compose-images');
+  await page.getByRole('button', { name: 'Deploy', exact: true }).click();
+  const slot = page.locator('.field', { has: byLabel('docker-compose.yml') }).locator('p.error');
+  await slot.filter({ hasText: /image/ }).waitFor();
+  expected.delete('/api/v1/berth/compose-images');
+  const sent = apiRequestsSince(n).map((r) => new URL(r.url).pathname);
+  assert(!sent.includes('/api/v1/cvms/provision'), `provisioned: ${sent}`);
+  // The form stays filled in.
+  assert((await byLabel('Name').inputValue()) === 'no-image-app', 'the name was cleared');
 });
 
 await check('images no credentials cover are named before provisioning', async () => {
@@ -272,6 +305,29 @@ await check('deploy with AWS ECR (secrets pasted as .env text): running', async 
   await waitContainerLog(cfg.ecr.message);
 });
 
+await check('deploy with Other registry (host:port): running', async () => {
+  await openDeploy();
+  await byLabel('Name').fill(cfg.other.name);
+  await byLabel('docker-compose.yml').fill(cfg.other.compose);
+  await fillSecretRow(0, 'GREETING', cfg.other.greeting);
+  await openAdvanced();
+  await page.getByRole('radio', { name: 'Other registry' }).check();
+  await byLabel('Registry').fill(cfg.other.registry);
+  await byLabel('Username').fill(cfg.ghcr.user);
+  await byLabel('Password or Access Token').fill(cfg.ghcr.password);
+  await page.getByRole('button', { name: 'Deploy', exact: true }).click();
+  await page.waitForURL(/#\/cvm\//);
+  await waitStatus('running');
+  await waitContainerLog(cfg.other.greeting);
+});
+
+await check('Stop and Start from the CVM page', async () => {
+  await page.getByRole('button', { name: 'Stop', exact: true }).click();
+  await waitStatus('stopped', 60);
+  await page.getByRole('button', { name: 'Start', exact: true }).click();
+  await waitStatus('running');
+});
+
 await check('a wrong password: boot_failed, credentials_rejected, and what to check', async () => {
   await openDeploy();
   await byLabel('Name').fill(cfg.wrong.name);
@@ -286,13 +342,14 @@ await check('a wrong password: boot_failed, credentials_rejected, and what to ch
   await waitStatus('boot_failed');
   const failure = page.getByRole('region', { name: 'Boot failure' });
   await failure.locator('code.category', { hasText: 'credentials_rejected' }).waitFor();
-  await failure.getByText('valid and not expired').waitFor();
-  await failure.getByText('read:packages').waitFor();
+  const steps = failure.locator('ol.steps');
+  await steps.getByText('valid and not expired').waitFor();
+  await steps.getByText('read:packages').waitFor();
   await failure.locator('pre.failure-lines', { hasText: 'BOOT FAILED' }).waitFor({ timeout: 30000 });
   await shot('cvm-page-boot-failed');
 });
 
-await check('Update secrets reaches the app', async () => {
+await check('Update secrets reaches the app; the serial log follows the restart', async () => {
   await page.goto(results.ghcr_url);
   await waitStatus('running');
   await page.getByRole('button', { name: 'Update secrets' }).click();
@@ -300,9 +357,19 @@ await check('Update secrets reaches the app', async () => {
   await page.getByRole('radio', { name: 'GHCR' }).check();
   await byLabel('GitHub Username').fill(cfg.ghcr.user);
   await byLabel('Personal Access Token (PAT)').fill(cfg.ghcr.password);
+  const serialBefore = await page.locator('pre.serial').textContent();
   const n = requests.length;
   await page.locator('form.update-form').getByRole('button', { name: 'Update secrets' }).click();
   await page.getByText('Secrets updated').waitFor();
+  // The restart's boot appears in the serial log without a reload.
+  await page.waitForFunction(
+    (before) => {
+      const t = document.querySelector('pre.serial').textContent;
+      return t !== before && /BOOT OK[^\n]*\n?$/.test(t);
+    },
+    serialBefore,
+    { timeout: 150000 },
+  );
   const patch = apiRequestsSince(n).find((r) => r.method === 'PATCH');
   assert(patch && /\/envs$/.test(patch.url), 'no PATCH /envs');
   await waitContainerLog(cfg.ghcr.greeting2, 150);
@@ -312,10 +379,21 @@ await check('Update secrets reaches the app', async () => {
 await check('the list shows every CVM with its status', async () => {
   await page.getByRole('link', { name: 'CVMs', exact: true }).click();
   const table = page.getByRole('table', { name: 'CVMs' });
-  for (const name of [cfg.ghcr.name, cfg.ecr.name, cfg.wrong.name]) await table.getByRole('link', { name }).waitFor();
+  for (const name of [cfg.ghcr.name, cfg.ecr.name, cfg.other.name, cfg.wrong.name]) await table.getByRole('link', { name }).waitFor();
   await table.locator('tr', { hasText: cfg.wrong.name }).getByText('boot_failed (credentials_rejected)').waitFor();
   await table.locator('tr', { hasText: cfg.ecr.name }).getByText('running').waitFor();
   await shot('cvm-list');
+});
+
+await check('Delete asks first, then the CVM is gone from the list', async () => {
+  const table = page.getByRole('table', { name: 'CVMs' });
+  await table.getByRole('link', { name: cfg.wrong.name }).click();
+  await waitStatus('boot_failed');
+  await page.getByRole('button', { name: 'Delete' }).click();
+  await page.waitForURL(/#\/$/);
+  await table.getByRole('link', { name: cfg.ghcr.name }).waitFor();
+  await table.getByRole('link', { name: cfg.wrong.name }).waitFor({ state: 'detached' });
+  assert(dialogs.some((d) => /Delete this CVM/.test(d)), 'no confirmation');
 });
 
 await check('Sign out forgets the key', async () => {
@@ -323,6 +401,25 @@ await check('Sign out forgets the key', async () => {
   await byLabel('API key').waitFor();
   const left = await page.evaluate(() => sessionStorage.length);
   assert(left === 0, 'key kept');
+});
+
+await check('over plain HTTP on a non-loopback name the page says why it cannot seal', async () => {
+  const port = new URL(base).port;
+  await page.goto(`http://berth-console.test:${port}/#/deploy`);
+  assert(!(await page.evaluate(() => window.isSecureContext)), 'a secure context');
+  await byLabel('API key').fill(cfg.key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Deploy a new CVM' }).waitFor();
+  await page.getByText('cannot encrypt secrets here').first().waitFor();
+  await byLabel('Name').fill('insecure-app');
+  await byLabel('docker-compose.yml').fill(cfg.ghcr.compose);
+  await fillSecretRow(0, 'GREETING', 'x');
+  const n = requests.length;
+  await page.getByRole('button', { name: 'Deploy', exact: true }).click();
+  await page.locator('p[role=alert]', { hasText: 'secure context' }).last().waitFor();
+  assert(apiRequestsSince(n).length === 0, `sent: ${JSON.stringify(apiRequestsSince(n))}`);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await byLabel('API key').waitFor();
 });
 
 await check('no request carries a password or a secret value', async () => {

@@ -6,10 +6,11 @@
 //! through the form with GHCR and with AWS ECR, fails a boot with a wrong
 //! password, updates secrets, and records every request it sends; this
 //! side then checks what a user or an auditor would: the script's verdicts,
-//! that no recorded request and nothing `berth up` said holds a password,
+//! that no recorded request, nothing `berth up` said and nothing in its
+//! database holds a password,
 //! that `berth unseal` opens what the page sealed and refuses it tampered,
 //! and that the page's checks agree with the rules' definitions
-//! (`envseal::Limits::GUEST`, `contract::env_rules`, `registry::credentials`).
+//! (`contract::env_rules`, `registry::credentials`).
 //! Screenshots go to `target/test-artifacts/console/`.
 
 mod common;
@@ -17,8 +18,8 @@ use common::*;
 use serde_json::{Value, json};
 use std::process::Command;
 use testkit::Dockerd;
-use testkit::images::{ImageSpec, PushTarget, push_image};
 use testkit::Registry;
+use testkit::images::{ImageSpec, PushTarget, push_image};
 
 const GHCR_PW: &str = "canary-console-ghcr-pat-41c9";
 const WRONG_PW: &str = "canary-console-wrong-pat-77d0";
@@ -26,6 +27,7 @@ const AWS_SECRET: &str = "canary-console-aws-secret-0b3e";
 const GREETING: &str = "hello-from-the-console-5a1";
 const GREETING2: &str = "updated-from-the-console-9f2";
 const MESSAGE: &str = "ecr-says-hi-3c7";
+const OTHER_GREETING: &str = "other-registry-says-hi-8e4";
 const UNSEAL_VALUE: &str = "sealed in the browser: é \"quoted\"\nsecond line";
 const ADMIN_KEY: &str = "berth_console_admin_key_0123456789";
 
@@ -49,13 +51,24 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
         Some(ADMIN_KEY),
         &[
             &format!("--registry-endpoint=ghcr.io={}", ghcr.base_url()),
-            &format!("--registry-endpoint={}={}", ecr.host, ecr.registry.base_url()),
+            &format!(
+                "--registry-endpoint={}={}",
+                ghcr.host_port(),
+                ghcr.base_url()
+            ),
+            &format!(
+                "--registry-endpoint={}={}",
+                ecr.host,
+                ecr.registry.base_url()
+            ),
         ],
     );
     cmd.env("AWS_ENDPOINT_URL_ECR", ecr.moto.endpoint());
     let cloud = Cloud::spawn(cmd).unwrap_or_else(|out| panic!("berth up did not start:\n{out}"));
     assert!(
-        cloud.output().contains(&format!("Web console:    {}/", cloud.listening)),
+        cloud
+            .output()
+            .contains(&format!("Web console:    {}/", cloud.listening)),
         "berth up prints the console URL:\n{}",
         cloud.output()
     );
@@ -103,19 +116,28 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
             "secret": AWS_SECRET,
             "message": MESSAGE,
         },
+        "other": {
+            "name": "other-app",
+            "compose": compose(&format!("{}/octocat/web:1", ghcr.host_port()), "GREETING"),
+            "registry": ghcr.host_port(),
+            "greeting": OTHER_GREETING,
+        },
         "wrong": {"name": "wrong-pat", "password": WRONG_PW},
-        "secrets": [GHCR_PW, WRONG_PW, AWS_SECRET, GREETING, GREETING2, MESSAGE],
+        "secrets": [GHCR_PW, WRONG_PW, AWS_SECRET, GREETING, GREETING2, MESSAGE, OTHER_GREETING],
         "unseal_pubkey": pubkey,
         "unseal_vars": [{"key": "FIRST", "value": UNSEAL_VALUE}, {"key": "EMPTY", "value": ""}],
         "ecr_corpus": ecr_corpus,
         "key_corpus": key_corpus,
+        "dotenv_corpus": DOTENV_CORPUS,
     });
     let config_file = dir.join("config.json");
     std::fs::write(&config_file, config.to_string()).unwrap();
 
     let script = repo_root().join("e2e/console.mjs");
     assert!(
-        repo_root().join("e2e/node_modules/playwright-core").exists(),
+        repo_root()
+            .join("e2e/node_modules/playwright-core")
+            .exists(),
         "e2e/node_modules is missing: run `make test` (scripts/deps.sh runs npm ci in e2e/)"
     );
     let out = Command::new("node")
@@ -134,34 +156,64 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
         cloud.output()
     );
     let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
-    assert!(passed >= 18, "{summary}");
+    assert!(passed >= 22, "{summary}");
 
     // Screenshots of the form, the list and a CVM page.
-    for png in ["deploy-form", "cvm-list", "cvm-page-running", "cvm-page-boot-failed"] {
+    for png in [
+        "deploy-form",
+        "cvm-list",
+        "cvm-page-running",
+        "cvm-page-boot-failed",
+    ] {
         let p = artifacts.join(format!("{png}.png"));
-        assert!(std::fs::metadata(&p).is_ok_and(|m| m.len() > 1000), "{}", p.display());
+        assert!(
+            std::fs::metadata(&p).is_ok_and(|m| m.len() > 1000),
+            "{}",
+            p.display()
+        );
     }
 
     // What the browser sent, and what berth up said: no plaintext secret.
     let sent = std::fs::read_to_string(artifacts.join("requests.json")).unwrap();
     assert!(sent.contains("/api/v1/cvms/provision") && sent.contains("encrypted_env"));
     let said = cloud.output();
-    for secret in [GHCR_PW, WRONG_PW, AWS_SECRET, GREETING, GREETING2, MESSAGE] {
+    let mut stored = Vec::new();
+    for file in files_under(&dir.join("state")) {
+        if file.to_string_lossy().contains("berth.db") {
+            stored.extend(std::fs::read(&file).unwrap_or_default());
+        }
+    }
+    assert!(!stored.is_empty(), "no database under the state folder");
+    let stored = String::from_utf8_lossy(&stored);
+    for secret in [
+        GHCR_PW,
+        WRONG_PW,
+        AWS_SECRET,
+        GREETING,
+        GREETING2,
+        MESSAGE,
+        OTHER_GREETING,
+    ] {
         assert!(!sent.contains(secret), "a request carried {secret}");
         assert!(!said.contains(secret), "berth up printed {secret}");
+        assert!(!stored.contains(secret), "the database holds {secret}");
     }
 
     // The app's output, read through the API as a user would.
-    for (name, text) in [("ghcr-app", GREETING2), ("ecr-app", MESSAGE)] {
+    for (name, text) in [
+        ("ghcr-app", GREETING2),
+        ("ecr-app", MESSAGE),
+        ("other-app", OTHER_GREETING),
+    ] {
         let (code, comp) = cloud.call(ADMIN_KEY, "GET", &format!("/cvms/{name}/composition"), None);
         assert_eq!(code, 200, "{comp}");
         let url = comp["containers"][0]["log_endpoint"].as_str().unwrap();
         let (_, logs) = curl(&[], url);
         assert!(logs.contains(&format!("app says {text}")), "{name}: {logs}");
     }
-    let (_, wrong) = cloud.call(ADMIN_KEY, "GET", "/cvms/wrong-pat", None);
-    assert_eq!(wrong["status"], "boot_failed", "{wrong}");
-    assert_eq!(wrong["boot_category"], "credentials_rejected", "{wrong}");
+    // The page deleted the CVM whose boot failed.
+    let (code, _) = cloud.call(ADMIN_KEY, "GET", "/cvms/wrong-pat", None);
+    assert_eq!(code, 404, "wrong-pat was not deleted");
 
     let results: Value = serde_json::from_str(&std::fs::read_to_string(&results_file).unwrap())
         .expect("the script wrote its results");
@@ -169,7 +221,10 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
     // berth unseal opens what the page sealed, and refuses it tampered.
     let sealed = results["sealed"].as_str().unwrap().to_owned();
     let key_arg = key_file.to_str().unwrap();
-    let opened = berth(&["unseal", "--key-file", key_arg, "--json"], sealed.as_bytes());
+    let opened = berth(
+        &["unseal", "--key-file", key_arg, "--json"],
+        sealed.as_bytes(),
+    );
     assert_eq!(opened.code, 0, "{}", opened.stderr);
     let env: Value = serde_json::from_str(&opened.stdout).unwrap();
     assert_eq!(
@@ -180,12 +235,16 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
     let at = tampered.len() - 40; // inside the ciphertext
     tampered[at] = if tampered[at] == b'0' { b'1' } else { b'0' };
     let refused = berth(&["unseal", "--key-file", key_arg, "--json"], &tampered);
-    assert_ne!(refused.code, 0, "a tampered env was opened: {}", refused.stdout);
+    assert_ne!(
+        refused.code, 0,
+        "a tampered env was opened: {}",
+        refused.stdout
+    );
     assert!(!refused.stdout.contains("sealed in the browser"));
 
     // The page's checks are the rules' definitions.
     let rules = &results["rules"];
-    let limits = envseal::Limits::GUEST;
+    let limits = contract::env_rules::Limits::GUEST;
     assert_eq!(rules["env"]["max_vars"], limits.max_vars);
     assert_eq!(rules["env"]["max_value_bytes"], limits.max_value_bytes);
     assert_eq!(rules["env"]["max_total_bytes"], limits.max_total_bytes);
@@ -222,12 +281,47 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
             "the page and registry::credentials disagree on {host} in {region}"
         );
     }
+    // The page's Text mode reads `.env` as `berth seal` does.
+    for (i, text) in DOTENV_CORPUS.iter().enumerate() {
+        let ours = envseal::parse_dotenv("t", text).ok().map(|env| {
+            env.vars()
+                .iter()
+                .map(|v| json!([v.key, v.value.expose()]))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            results["dotenv"][i],
+            json!(ours),
+            "the page and envseal read {text:?} differently"
+        );
+    }
     for (i, key) in key_corpus.iter().enumerate() {
         let valid = contract::env_rules::is_valid_key(key) && key.len() <= limits.max_key_bytes;
-        assert_eq!(results["keys"][i], valid, "the page and contract disagree on `{key}`");
+        assert_eq!(
+            results["keys"][i], valid,
+            "the page and contract disagree on `{key}`"
+        );
     }
     cloud.stop();
 }
+
+/// `.env` texts on both sides of envseal's dialect.
+const DOTENV_CORPUS: &[&str] = &[
+    "A=1\nB=two words  \n",
+    "# comment\n\n  export   KEY = value # trailing comment\nX=a#b\n",
+    "Q='single $literal \\n'\nD=\"double \\n \\t \\\" \\\\ \\q\"\n",
+    "M=\"line one\nline two\"\nN='a\r\nb'\r\n",
+    "E=\nF=''\nG=\"\"\n",
+    "export=1\nexportX=2\n",
+    "DUP=1\nDUP=2\n",
+    "NOEQUALS\n",
+    "=value\n",
+    "U='never closed\n",
+    "T=\"closed\" trailing\n",
+    "T2=\"closed\"   # ok\n",
+    "UNI=héllo wörld ✓\n",
+    "P=$HOME ${X} `cmd`\n",
+];
 
 /// (registry host, region) pairs on both sides of registry::credentials'
 /// ECR rule.
@@ -237,16 +331,34 @@ fn ecr_corpus(moto_host: &str) -> Vec<(String, String)> {
         (moto_host, "us-west-2"),
         ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "eu-west-1"),
         ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "eu-west-2"),
-        ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", "cn-north-1"),
-        ("123456789012.dkr.ecr.us-gov-west-1.amazonaws.com", "us-gov-west-1"),
-        ("HTTPS://123456789012.DKR.ECR.US-EAST-1.AMAZONAWS.COM/", "us-east-1"),
+        (
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            "cn-north-1",
+        ),
+        (
+            "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com",
+            "us-gov-west-1",
+        ),
+        (
+            "HTTPS://123456789012.DKR.ECR.US-EAST-1.AMAZONAWS.COM/",
+            "us-east-1",
+        ),
         ("12345678901.dkr.ecr.us-east-1.amazonaws.com", "us-east-1"),
-        ("123456789012.dkr.ecr.-us-east-1.amazonaws.com", "-us-east-1"),
-        ("123456789012.dkr.ecr.us-east-1-.amazonaws.com", "us-east-1-"),
+        (
+            "123456789012.dkr.ecr.-us-east-1.amazonaws.com",
+            "-us-east-1",
+        ),
+        (
+            "123456789012.dkr.ecr.us-east-1-.amazonaws.com",
+            "us-east-1-",
+        ),
         ("123456789012.dkr.ecr..amazonaws.com", ""),
         ("ghcr.io", "us-east-1"),
         ("123456789012.dkr.ecr.us_east_1.amazonaws.com", "us_east_1"),
-        ("123456789012.dkr.ecr.us-east-1.amazonaws.com", " us-east-1 "),
+        (
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            " us-east-1 ",
+        ),
     ]
     .iter()
     .map(|(h, r)| (h.to_string(), r.to_string()))

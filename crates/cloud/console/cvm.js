@@ -69,7 +69,7 @@ export function cvmList(open) {
 }
 
 /** Lines of the serial log that show a failure. */
-const FAILURE_LINE = /BOOT FAILED|error|denied|unauthorized|refused|failed/i;
+const FAILURE_LINE = /BOOT FAILED|troubleshooting|error|denied|unauthorized|refused|failed/i;
 
 /** A CVM's page; refreshes itself until `stop()`. */
 export function cvmPage(id, rules, gone) {
@@ -311,11 +311,11 @@ export function cvmPage(id, rules, gone) {
         step = 'sealing the secrets in this browser';
         const sealed = await sealEnv(pub, env);
         step = 'sending the update';
-        await call('PATCH', `/cvms/${cvm.vm_uuid}/envs`, { encrypted_env: sealed, env_keys: env.map((v) => v.key) });
+        const res = await call('PATCH', `/cvms/${cvm.vm_uuid}/envs`, { encrypted_env: sealed, env_keys: env.map((v) => v.key) });
         secrets.clear();
         registry.clear();
         updateBox.replaceChildren();
-        message.textContent = 'Secrets updated; the CVM restarts with them.';
+        message.textContent = `Secrets updated: ${(res && res.message) || 'the CVM restarts with them'}.`;
         kick();
       } catch (e) {
         error.textContent = `Update failed while ${step}: ${e.message}`;

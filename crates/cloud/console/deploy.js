@@ -189,13 +189,16 @@ export function registryPicker(rules) {
     fields.ghcr.user.wrap, fields.ghcr.pass.wrap);
   panels.ecr = h('div', {}, ...Object.values(fields.ecr).map((f) => f.wrap));
   panels.other = h('div', {}, ...Object.values(fields.other).map((f) => f.wrap));
-  const panelBox = h('div', { class: 'provider-fields' }, ...Object.values(panels));
+  const chosen = () => PROVIDERS.map(([id]) => id).find((id) => radios[id].checked) || 'none';
+  // Only the chosen provider's fields are in the page (Docker Hub and Other
+  // registry share a label); the others keep their values while detached.
+  const panelBox = h('div', { class: 'provider-fields' });
   const show = () => {
-    for (const [id, p] of Object.entries(panels)) p.hidden = !radios[id].checked;
+    const id = chosen();
+    replace(panelBox, panels[id] || null);
   };
   for (const r of Object.values(radios)) r.addEventListener('change', show);
   show();
-  const chosen = () => PROVIDERS.map(([id]) => id).find((id) => radios[id].checked) || 'none';
 
   const el = h('fieldset', { class: 'registry' }, h('legend', { text: 'Private Container Registry' }), radioList, panelBox);
 

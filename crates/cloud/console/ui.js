@@ -43,7 +43,9 @@ export function field(label, input, hint) {
 
 /** A password-type input with a show/hide toggle; not autofilled. */
 export function secretInput(label, hint) {
-  const input = h('input', { type: 'password', autocomplete: 'off', spellcheck: 'false' });
+  // new-password: browsers neither fill a saved password in nor offer to
+  // save this one next to the field before it.
+  const input = h('input', { type: 'password', autocomplete: 'new-password', spellcheck: 'false' });
   input.setAttribute('data-lpignore', 'true');
   const f = field(label, input, hint);
   const toggle = h('button', {

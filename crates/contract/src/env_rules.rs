@@ -39,6 +39,11 @@ impl Default for Limits {
     }
 }
 
+/// [`is_valid_key`]'s grammar as a regular expression, for front ends that
+/// check before sending (the web console; the length is [`MAX_KEY_LEN`]).
+/// Change both together: the console's browser test compares them.
+pub const KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+
 /// `^[A-Za-z_][A-Za-z0-9_]*$`, at most [`MAX_KEY_LEN`] bytes.
 pub fn is_valid_key(key: &str) -> bool {
     let mut b = key.bytes();

@@ -21,6 +21,12 @@ pub const AWS_ECR_REGISTRY: &str = "DSTACK_AWS_ECR_REGISTRY";
 /// `DSTACK_AWS_SESSION_TOKEN`.
 pub const AWS_SESSION_TOKEN: &str = "DSTACK_AWS_SESSION_TOKEN";
 
+/// [`parse_ecr_host`]'s grammar as a regular expression (group 1 the
+/// account, group 2 the region), for front ends that check before sending.
+/// Change both together: the console's browser test compares them.
+pub const ECR_HOST_PATTERN: &str =
+    r"^([0-9]{12})\.dkr\.ecr\.([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)\.amazonaws\.com(?:\.cn)?$";
+
 /// `ACCOUNT.dkr.ecr.REGION.amazonaws.com` or `….amazonaws.com.cn`, where
 /// ACCOUNT is 12 digits and REGION is lowercase letters, digits and `-`
 /// (e.g. `us-east-1`, `cn-north-1`, `us-gov-west-1`). Returns (account,

@@ -4,12 +4,12 @@
 //! (`POST /berth/compose-images`).
 //!
 //! The rules are defined where they are enforced, and this module only
-//! tells them: the env-name grammar and its length from
-//! [`contract::env_rules`], the compose policy and image references from
-//! [`contract::ComposeFile`]. Three rules are enforced in crates the
-//! control plane must not link (`envseal`'s guest limits, `registry`'s
-//! credential variables and ECR host grammar; see ARCHITECTURE.md), so
-//! they are written here as data and pinned to their definitions by
+//! tells them: the guest's limits from [`contract::env_rules::Limits`], the
+//! compose policy and image references from [`contract::ComposeFile`]. The
+//! name grammar is [`contract::env_rules::is_valid_key`] written as a
+//! regular expression for the page, and two rules are enforced in a crate
+//! the control plane does not link (`registry`'s credential variables and
+//! ECR host grammar); these are data here, pinned to their definitions by
 //! `crates/cli/tests/console.rs`, which links both and compares what this
 //! route answers (and what the page concludes from it) with what they do.
 //! Reserved env-name families are not listed: `POST /cvms/provision`
@@ -111,30 +111,30 @@ pub struct NameRules {
 
 /// The rules, as this build enforces them.
 pub fn current() -> Rules {
+    use contract::login;
+    const GUEST: contract::env_rules::Limits = contract::env_rules::Limits::GUEST;
     Rules {
         env: EnvRules {
-            key_pattern: "^[A-Za-z_][A-Za-z0-9_]*$",
-            max_key_bytes: contract::env_rules::MAX_KEY_LEN,
-            // envseal::Limits::GUEST (pinned by crates/cli/tests/console.rs).
-            max_vars: 1024,
-            max_value_bytes: 128 * 1024,
-            max_total_bytes: 1024 * 1024,
+            key_pattern: contract::env_rules::KEY_PATTERN,
+            max_key_bytes: GUEST.max_key_bytes,
+            max_vars: GUEST.max_vars,
+            max_value_bytes: GUEST.max_value_bytes,
+            max_total_bytes: GUEST.max_total_bytes,
         },
         registry: RegistryRules {
-            // registry::credentials (pinned by crates/cli/tests/console.rs).
             docker: DockerVariables {
-                username: "DSTACK_DOCKER_USERNAME",
-                password: "DSTACK_DOCKER_PASSWORD",
-                registry: "DSTACK_DOCKER_REGISTRY",
+                username: login::DOCKER_USERNAME,
+                password: login::DOCKER_PASSWORD,
+                registry: login::DOCKER_REGISTRY,
             },
             ecr: EcrVariables {
-                access_key_id: "DSTACK_AWS_ACCESS_KEY_ID",
-                secret_access_key: "DSTACK_AWS_SECRET_ACCESS_KEY",
-                region: "DSTACK_AWS_REGION",
-                registry: "DSTACK_AWS_ECR_REGISTRY",
-                session_token: "DSTACK_AWS_SESSION_TOKEN",
+                access_key_id: login::AWS_ACCESS_KEY_ID,
+                secret_access_key: login::AWS_SECRET_ACCESS_KEY,
+                region: login::AWS_REGION,
+                registry: login::AWS_ECR_REGISTRY,
+                session_token: login::AWS_SESSION_TOKEN,
             },
-            ecr_registry_pattern: r"^([0-9]{12})\.dkr\.ecr\.([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)\.amazonaws\.com(?:\.cn)?$",
+            ecr_registry_pattern: login::ECR_HOST_PATTERN,
             docker_hub: contract::reference::DOCKER_HUB,
             ghcr: "ghcr.io",
         },

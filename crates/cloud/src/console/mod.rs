@@ -10,7 +10,7 @@
 //! that allows scripts, styles and connections from this origin only and no
 //! inline script, `frame-ancestors 'none'`, `nosniff`, no referrer.
 //!
-//! Why hand-written rather than `rust-embed`/`tower-http`: six fixed files
+//! Why hand-written rather than `rust-embed`/`tower-http`: ten fixed files
 //! and four headers are a table and a match; a crate would add a
 //! dependency tree for no behaviour the table lacks.
 
