@@ -46,4 +46,3 @@ pub fn parse_ecr_host(host: &str) -> Option<(&str, &str)> {
         && !region.ends_with('-');
     (valid_account && valid_region).then_some((account, region))
 }
-
