@@ -276,6 +276,8 @@ await check('deploy with GHCR: running, and the app prints its secret', async ()
   await waitStatus('running');
   await page.locator('pre.serial', { hasText: 'BOOT OK' }).waitFor({ timeout: 30000 });
   await waitContainerLog(cfg.ghcr.greeting);
+  // The service's container state is the engine's, not a guess.
+  await page.locator('.container-state', { hasText: /^running \(Up / }).waitFor({ timeout: 30000 });
   results.ghcr_url = page.url();
   await shot('cvm-page-running');
 });
@@ -324,6 +326,7 @@ await check('deploy with Other registry (host:port): running', async () => {
 await check('Stop and Start from the CVM page', async () => {
   await page.getByRole('button', { name: 'Stop', exact: true }).click();
   await waitStatus('stopped', 60);
+  await page.locator('.container-state', { hasText: /^exited/ }).waitFor({ timeout: 30000 });
   await page.getByRole('button', { name: 'Start', exact: true }).click();
   await waitStatus('running');
 });

@@ -255,12 +255,21 @@ export function cvmPage(id, rules, gone) {
       h('dt', { text: 'Status' }), h('dd', { class: 'cvm-status', text: cvm.status }),
       h('dt', { text: 'App ID' }), h('dd', { class: 'mono', text: cvm.app_id }),
       h('dt', { text: 'Compose hash' }), h('dd', { class: 'mono', text: cvm.compose_hash }),
+      h('dt', { text: 'Upgrades' }), h('dd', { text: cvm.upgrade_authority === 'owner'
+        ? 'owner-authorized (only the owner key can register new code)'
+        : 'cloud-authorized (the operator can register new code)' }),
       h('dt', { text: 'Created' }), h('dd', { text: when(cvm.created_at) }));
     if (changed || force) {
       const containers = await refreshContainers();
-      const running = new Set(containers.map((c) => (c.names && c.names[0] || '').replace(/^\//, '')));
-      replace(services, composeServices().map((s) => h('li', {}, h('span', { class: 'mono', text: s }), ' — container: ',
-        h('span', { class: 'container-state', text: running.has(s) ? (cvm.status === 'running' ? 'running' : 'created') : 'none' }))));
+      // The engine's own state of each service's container (`running`,
+      // `exited`, …) and its status text, as the composition reports them.
+      const byService = new Map(containers.map((c) => [(c.names && c.names[0] || '').replace(/^\//, ''), c]));
+      replace(services, composeServices().map((s) => {
+        const c = byService.get(s);
+        const state = c ? (c.state || 'unknown') + (c.status ? ` (${c.status})` : '') : 'none';
+        return h('li', {}, h('span', { class: 'mono', text: s }), ' — container: ',
+          h('span', { class: 'container-state', text: state }));
+      }));
     } else if (cvm.status === 'running' && ++ticks % 3 === 0) {
       refreshContainers();
     }

@@ -30,6 +30,12 @@ pub struct ContainerView {
     pub id: String,
     /// The compose service.
     pub service: String,
+    /// The engine's state: `running`, `exited`, `created`, `restarting`, …
+    #[serde(default)]
+    pub state: String,
+    /// The engine's status text (`Up 3 minutes`, `Exited (1) 5 seconds ago`).
+    #[serde(default)]
+    pub status: String,
 }
 
 #[derive(Clone)]
@@ -99,14 +105,7 @@ async fn containers(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
     let (cvm, _) = cvm_and_app(&s, &id).await?;
-    Ok(Json(
-        s.node
-            .container_names(&cvm.id)
-            .await?
-            .into_iter()
-            .map(|(id, service)| ContainerView { id, service })
-            .collect(),
-    ))
+    Ok(Json(s.node.container_states(&cvm.id).await?))
 }
 
 async fn logs(
@@ -223,13 +222,11 @@ impl NodeClient {
     }
 
     /// The CVM's containers: (id, service).
-    pub async fn container_names(&self, id: &str) -> Result<Vec<(String, String)>, NodeError> {
+    pub async fn containers(&self, id: &str) -> Result<Vec<ContainerView>, NodeError> {
         let text = self
             .call(self.http.get(Self::url(id, &["containers"])))
             .await?;
-        let list: Vec<ContainerView> =
-            serde_json::from_str(&text).map_err(|_| NodeError::Nonsense)?;
-        Ok(list.into_iter().map(|c| (c.id, c.service)).collect())
+        serde_json::from_str(&text).map_err(|_| NodeError::Nonsense)
     }
 
     /// The app's output (`stderr` or stdout), all services.

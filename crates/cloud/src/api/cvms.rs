@@ -260,13 +260,17 @@ pub async fn composition(
     Path(id): Path<String>,
 ) -> Result<Json<Composition>, ApiError> {
     let (cvm, _) = find_cvm(&state, &user, &id).await?;
-    let names = state.node.container_names(&cvm.id).await?;
-    let containers = names
+    let containers = state
+        .node
+        .containers(&cvm.id)
+        .await?
         .into_iter()
-        .map(|(cid, name)| ContainerItem {
-            log_endpoint: container_log_endpoint(&state, &cvm, &cid),
-            id: cid,
-            names: vec![format!("/{name}")],
+        .map(|c| ContainerItem {
+            log_endpoint: container_log_endpoint(&state, &cvm, &c.id),
+            id: c.id,
+            names: vec![format!("/{}", c.service)],
+            state: c.state,
+            status: c.status,
         })
         .collect();
     Ok(Json(Composition { containers }))

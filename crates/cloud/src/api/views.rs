@@ -440,6 +440,10 @@ pub struct ContainerItem {
     pub id: String,
     /// `/<service>`.
     pub names: Vec<String>,
+    /// The engine's state: `running`, `exited`, `created`, …
+    pub state: String,
+    /// The engine's status text (`Up 3 minutes`).
+    pub status: String,
     /// Its log URL, with the CVM's token.
     pub log_endpoint: String,
 }

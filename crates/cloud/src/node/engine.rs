@@ -171,8 +171,11 @@ impl Node {
         }
     }
 
-    /// The CVM's containers: (id, compose service name).
-    pub async fn container_names(&self, cvm_id: &str) -> Result<Vec<(String, String)>, NodeError> {
+    /// The CVM's containers: id, compose service, state.
+    pub async fn container_states(
+        &self,
+        cvm_id: &str,
+    ) -> Result<Vec<crate::nodeapi::ContainerView>, NodeError> {
         let docker = self.docker()?;
         Ok(self
             .project_containers(&docker, cvm_id)
@@ -184,8 +187,23 @@ impl Node {
                     .as_ref()
                     .and_then(|l| l.get("com.docker.compose.service").cloned())
                     .unwrap_or_default();
-                (c.id.unwrap_or_default(), service)
+                crate::nodeapi::ContainerView {
+                    id: c.id.unwrap_or_default(),
+                    service,
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    status: c.status.unwrap_or_default(),
+                }
             })
+            .collect())
+    }
+
+    /// The CVM's containers: (id, compose service name).
+    pub async fn container_names(&self, cvm_id: &str) -> Result<Vec<(String, String)>, NodeError> {
+        Ok(self
+            .container_states(cvm_id)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.service))
             .collect())
     }
 
