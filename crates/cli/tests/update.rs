@@ -316,6 +316,29 @@ fn the_official_cli_updates_an_app_in_place_pulling_only_new_layers() {
     assert_eq!(versions[1]["authorized_by"], "cloud");
     assert_eq!(versions[1]["compose_hash"], after["compose_hash"]);
     assert_eq!(versions[1]["current"], true);
+
+    // `phala envs update` with a name the app does not allow yet: all the
+    // secrets are replaced, allowed_envs grows (a third version), the app
+    // sees the new values.
+    std::fs::write(
+        dir.join("v3.env"),
+        format!("{}NOTE=changed-by-envs-update\nEXTRA=1\n", img.env()),
+    )
+    .unwrap();
+    let out = phala(&cloud, &dir, &["envs", "update", &id, "-e", "v3.env"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        settled(&cloud, &id)["status"],
+        "running",
+        "{}",
+        serial(&cloud, &id)
+    );
+    eventually(20, "the app prints the new note", || {
+        web_logs().contains("note=changed-by-envs-update")
+    });
+    let h = berth_cli(&cloud, &dir, &["cvms", "history", &id, "--json"]);
+    let h: Value = serde_json::from_str(&h.stdout).unwrap();
+    assert_eq!(h["versions"].as_array().unwrap().len(), 3, "{h}");
     let _ = cloud.stop();
 }
 
@@ -451,6 +474,17 @@ fn only_the_owner_can_upgrade_an_owner_authorized_app() {
         out.stderr
     );
     assert_eq!(web_image(&engine, &id), img.v1.image.config.digest);
+    // Nor can it add env names (that changes the manifest): refused, saying why.
+    std::fs::write(dir.join("extra.env"), format!("{}EXTRA=1\n", img.env())).unwrap();
+    let out = phala(&cloud, &dir, &["envs", "update", &id, "-e", "extra.env"]);
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("owner-authorized"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(settled(&cloud, &id)["compose_hash"], v1_hash.as_str());
 
     // The history: provisioned, owner v2, owner v1.
     let h = berth_cli(&cloud, &dir, &["cvms", "history", &id]);

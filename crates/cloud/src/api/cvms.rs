@@ -230,7 +230,10 @@ pub struct EnvsBody {
 }
 
 /// `PATCH /cvms/{id}/envs`: a new sealed env, taking effect at the boot
-/// that starts now.
+/// that starts now. All variables are replaced together; names outside the
+/// app's `allowed_envs` change its manifest (an update,
+/// [`super::update`]): done for a cloud-authorized app, refused for an
+/// owner-authorized one, whose manifest only its owner can sign.
 pub async fn update_envs(
     State(state): State<Shared>,
     axum::Extension(user): axum::Extension<User>,
@@ -243,14 +246,39 @@ pub async fn update_envs(
         .env_keys
         .clone()
         .unwrap_or_else(|| cvm.env_keys.clone());
-    let allowed = Manifest::of(&app).allowed_envs;
-    let changed = keys.iter().any(|k| !allowed.contains(k));
+    let manifest = Manifest::of(&app);
+    let allowed = &manifest.allowed_envs;
+    if keys.iter().any(|k| !allowed.contains(k)) {
+        let compose = manifest.docker_compose_file.clone().unwrap_or_default();
+        let prepared = super::update::prepare(
+            &state,
+            &user,
+            &app,
+            super::update::NewVersion {
+                compose: &compose,
+                allowed_envs: Some(keys.clone()),
+                public_logs: None,
+                public_sysinfo: None,
+            },
+        )
+        .await?;
+        if prepared.model == "owner" {
+            return Err(ApiError::forbidden(
+                "this app is owner-authorized: new env variable names change its manifest, which only its owner can sign; update it with `berth deploy --update ID -c docker-compose.yml -e .env`; nothing was changed",
+            ));
+        }
+        let answer = super::update::apply(&state, &cvm, prepared, Some(env), None).await?;
+        return Ok(Json(EnvsUpdated::new(true, answer.correlation_id)));
+    }
     boot_slot(&state, &cvm).await?;
     state.db.set_env(&cvm.id, &env, &keys).await?;
     let cvm = state.db.cvm(&cvm.id).await?.unwrap_or(cvm);
     // The new env takes effect at the next boot, which starts now.
     state.node.restart(&cvm.id).await?;
-    Ok(Json(EnvsUpdated::new(changed)))
+    Ok(Json(EnvsUpdated::new(
+        false,
+        uuid::Uuid::new_v4().to_string(),
+    )))
 }
 
 /// `GET /cvms/{id}/composition`: the CVM's containers and their log URLs.

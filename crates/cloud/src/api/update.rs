@@ -13,9 +13,9 @@
 
 use super::kms::{register_compose_hash, upgrade_state};
 use super::views::{History, HistoryEntry, Manifest, SignedEnvKey, Updated};
-use super::{Shared, cvms::find_cvm};
+use super::{AppState, Shared, cvms::find_cvm};
 use crate::appcompose::{self, AppComposeInput};
-use crate::db::{AppUpdate, User};
+use crate::db::{App, AppUpdate, Cvm, User};
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -42,31 +42,40 @@ pub struct UpdateBody {
     berth_owner_authorization: Option<contract::upgrade::OwnerAuthorization>,
 }
 
-/// `PATCH /cvms/{id}`: a new compose file (and optionally allowed envs and
-/// a new sealed env) for a running app. With `X-Prepare-Only: true`, only
-/// the new manifest and its hash are returned (what an owner checks and
-/// signs); nothing changes.
-pub async fn update_cvm(
-    State(state): State<Shared>,
-    axum::Extension(user): axum::Extension<User>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<UpdateBody>,
-) -> Result<Json<Updated>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id).await?;
-    if body
-        .pre_launch_script
-        .as_deref()
-        .is_some_and(|s| !s.trim().is_empty())
-    {
-        return Err(ApiError::unsupported(
-            "a pre-launch script (Berth's boot agent replaces it)",
-        ));
-    }
-    let current = Manifest::of(&app);
-    let allowed = body
+/// What a new version of an app is made of.
+pub(super) struct NewVersion<'a> {
+    /// The compose YAML.
+    pub compose: &'a str,
+    /// Env names allowed into the CVM (`None`: the current ones).
+    pub allowed_envs: Option<Vec<String>>,
+    /// `None`: as now.
+    pub public_logs: Option<bool>,
+    /// `None`: as now.
+    pub public_sysinfo: Option<bool>,
+}
+
+/// A new version, built and checked but not applied.
+pub(super) struct Prepared {
+    built: appcompose::BuiltApp,
+    genesis: Vec<u8>,
+    /// `cloud` or `owner`, from the first manifest.
+    pub model: &'static str,
+    allowed: Vec<String>,
+}
+
+/// Builds the app's next manifest: same name, owner salt and (from the
+/// first manifest, which the app id measures and the KMS reads too, so an
+/// update cannot drop or swap it) owner key; the compose policy and the
+/// env-name rules as at provisioning.
+pub(super) async fn prepare(
+    state: &AppState,
+    user: &User,
+    app: &App,
+    next: NewVersion<'_>,
+) -> Result<Prepared, ApiError> {
+    let current = Manifest::of(app);
+    let allowed = next
         .allowed_envs
-        .clone()
         .unwrap_or_else(|| current.allowed_envs.clone());
     let name = current.name.clone().unwrap_or_else(|| app.name.clone());
     let salt = current
@@ -78,16 +87,14 @@ pub async fn update_cvm(
         .genesis_compose(&app.app_id)
         .await?
         .ok_or_else(|| ApiError::internal("the app's first manifest is missing"))?;
-    // The owner key comes from the first manifest, which the app id measures
-    // and which the KMS reads too: an update cannot drop or swap it.
     let genesis_manifest: Manifest = serde_json::from_slice(&genesis).unwrap_or_default();
     let built = appcompose::build_update(
         &AppComposeInput {
             name: &name,
-            docker_compose_file: &body.docker_compose_file,
+            docker_compose_file: next.compose,
             allowed_envs: &allowed,
-            public_logs: body.public_logs.or(current.public_logs).unwrap_or(true),
-            public_sysinfo: body
+            public_logs: next.public_logs.or(current.public_logs).unwrap_or(true),
+            public_sysinfo: next
                 .public_sysinfo
                 .or(current.public_sysinfo)
                 .unwrap_or(true),
@@ -96,60 +103,52 @@ pub async fn update_cvm(
         },
         &app.app_id,
     )?;
-    let env = body
-        .encrypted_env
-        .as_deref()
-        .map(super::deploy::decode_env)
-        .transpose()?;
-    let model = genesis_manifest.upgrade_authority().to_owned();
-    let prepare_only = headers
-        .get("x-prepare-only")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if prepare_only {
-        let counter = upgrade_state(&state, &app.app_id)
-            .await?
-            .map_or(0, |s| s.counter);
-        let key = super::kms::kms_env_key(&state, &app.app_id).await?;
-        return Ok(Json(Updated {
-            env_key: Some(SignedEnvKey {
-                app_env_encrypt_pubkey: key.public_key,
-                app_env_encrypt_pubkey_signature: key.signature,
-                app_env_encrypt_pubkey_signature_v1: key.signature_v1,
-                app_env_encrypt_pubkey_timestamp: key.timestamp,
-            }),
-            correlation_id: uuid::Uuid::new_v4().to_string(),
-            status: "prepared",
-            app_id: app.app_id,
-            compose_hash: built.compose_hash,
-            upgrade_authority: model,
-            counter,
-            app_compose: Some(String::from_utf8_lossy(&built.bytes).into_owned()),
-        }));
-    }
-    super::cvms::boot_slot(&state, &cvm).await?;
+    Ok(Prepared {
+        built,
+        genesis,
+        model: genesis_manifest.upgrade_authority(),
+        allowed,
+    })
+}
+
+/// Applies a prepared version: the KMS first (if it refuses, nothing has
+/// changed), then the app's manifest, its history and the CVM's env in one
+/// transaction, then a restart.
+pub(super) async fn apply(
+    state: &AppState,
+    cvm: &Cvm,
+    prepared: Prepared,
+    env: Option<Vec<u8>>,
+    authorization: Option<contract::upgrade::OwnerAuthorization>,
+) -> Result<Updated, ApiError> {
+    super::cvms::boot_slot(state, cvm).await?;
     // One update at a time in this process, so the KMS's accepted hash and
     // the database's current manifest are changed in the same order.
     static UPDATES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = UPDATES.lock().await;
     let app = state
         .db
-        .app(&app.app_id)
+        .app(&cvm.app_id)
         .await?
         .ok_or_else(|| ApiError::not_found("the app is gone"))?;
-    // The KMS first: if it refuses, nothing here has changed. (If the
-    // database write below fails after the KMS accepted, the next boot is
-    // refused its key until the same update is sent again, which the KMS
-    // takes as a no-op and the database then records.)
+    let Prepared {
+        built,
+        genesis,
+        allowed,
+        ..
+    } = prepared;
+    // (If the database write below fails after the KMS accepted, the next
+    // boot is refused its key until the same update is sent again, which
+    // the KMS takes as a no-op and the database then records.)
     let accepted = register_compose_hash(
-        &state,
+        state,
         &app.app_id,
         &genesis,
         &built.compose_hash,
-        body.berth_owner_authorization.clone(),
+        authorization,
     )
     .await?;
-    let env = env.map(|e| (e, allowed.clone()));
+    let env = env.map(|e| (e, allowed));
     if built.compose_hash != app.compose_hash {
         let authorized_by = match accepted.owner_key.as_deref() {
             Some(k) => format!("owner key {}…", &k[..k.len().min(16)]),
@@ -173,7 +172,7 @@ pub async fn update_cvm(
         state.db.set_env(&cvm.id, env, keys).await?;
     }
     state.node.restart(&cvm.id).await?;
-    Ok(Json(Updated {
+    Ok(Updated {
         correlation_id: uuid::Uuid::new_v4().to_string(),
         status: "in_progress",
         app_id: app.app_id,
@@ -182,7 +181,75 @@ pub async fn update_cvm(
         counter: accepted.counter,
         app_compose: None,
         env_key: None,
-    }))
+    })
+}
+
+/// `PATCH /cvms/{id}`: a new compose file (and optionally allowed envs and
+/// a new sealed env) for a running app. With `X-Prepare-Only: true`, only
+/// the new manifest and its hash are returned (what an owner checks and
+/// signs); nothing changes.
+pub async fn update_cvm(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<UpdateBody>,
+) -> Result<Json<Updated>, ApiError> {
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
+    if body
+        .pre_launch_script
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty())
+    {
+        return Err(ApiError::unsupported(
+            "a pre-launch script (Berth's boot agent replaces it)",
+        ));
+    }
+    let prepared = prepare(
+        &state,
+        &user,
+        &app,
+        NewVersion {
+            compose: &body.docker_compose_file,
+            allowed_envs: body.allowed_envs.clone(),
+            public_logs: body.public_logs,
+            public_sysinfo: body.public_sysinfo,
+        },
+    )
+    .await?;
+    let env = body
+        .encrypted_env
+        .as_deref()
+        .map(super::deploy::decode_env)
+        .transpose()?;
+    let prepare_only = headers
+        .get("x-prepare-only")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if prepare_only {
+        let counter = upgrade_state(&state, &app.app_id)
+            .await?
+            .map_or(0, |s| s.counter);
+        let key = super::kms::kms_env_key(&state, &app.app_id).await?;
+        return Ok(Json(Updated {
+            env_key: Some(SignedEnvKey {
+                app_env_encrypt_pubkey: key.public_key,
+                app_env_encrypt_pubkey_signature: key.signature,
+                app_env_encrypt_pubkey_signature_v1: key.signature_v1,
+                app_env_encrypt_pubkey_timestamp: key.timestamp,
+            }),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            status: "prepared",
+            app_id: app.app_id,
+            compose_hash: prepared.built.compose_hash,
+            upgrade_authority: prepared.model.to_owned(),
+            counter,
+            app_compose: Some(String::from_utf8_lossy(&prepared.built.bytes).into_owned()),
+        }));
+    }
+    Ok(Json(
+        apply(&state, &cvm, prepared, env, body.berth_owner_authorization).await?,
+    ))
 }
 
 /// `GET /cvms/{id}/docker-compose.yml`: the compose file the CVM runs now.

@@ -412,23 +412,24 @@ pub struct EnvsUpdated {
     pub message: &'static str,
     /// A fresh UUID.
     pub correlation_id: String,
-    /// Always `false` (`allowed_envs` changes with an update of the
-    /// compose file, `PATCH /cvms/{id}`).
+    /// Whether the new names were added to the app's `allowed_envs` (a new
+    /// manifest and compose hash).
     pub allowed_envs_changed: bool,
 }
 
 impl EnvsUpdated {
-    /// The answer; `outside_allowed` when some keys are outside `allowed_envs`.
-    pub fn new(outside_allowed: bool) -> Self {
+    /// The answer; `allowed_envs_changed` when the new names were added to
+    /// the app's `allowed_envs` (a new manifest).
+    pub fn new(allowed_envs_changed: bool, correlation_id: String) -> Self {
         Self {
             status: "in_progress",
-            message: if outside_allowed {
-                "env updated; keys outside allowed_envs are dropped by the CVM (change allowed_envs with an update: phala deploy --cvm-id, or berth deploy --update)"
+            message: if allowed_envs_changed {
+                "env updated; allowed_envs changed (a new compose hash); the CVM is restarting"
             } else {
                 "env updated; the CVM is restarting"
             },
-            correlation_id: uuid::Uuid::new_v4().to_string(),
-            allowed_envs_changed: false,
+            correlation_id,
+            allowed_envs_changed,
         }
     }
 }
