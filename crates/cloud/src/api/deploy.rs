@@ -77,7 +77,10 @@ pub async fn provision(
         public_logs: body.compose_file.public_logs,
         public_sysinfo: body.compose_file.public_sysinfo,
         owner: Some(&user.app_salt),
-        owner_key: body.berth_owner_key.as_deref().filter(|k| !k.trim().is_empty()),
+        owner_key: body
+            .berth_owner_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty()),
     })?;
     let key = kms_env_key(&state, &built.app_id).await?;
     let stored = state
