@@ -58,6 +58,8 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     // A name that is not loopback, for the insecure-context check; it
     // resolves to 127.0.0.1, so only loopback is contacted.
     '--host-resolver-rules=MAP berth-console.test 127.0.0.1',
+    // The HTTPS `berth up`'s test certificate, trusted by its key's hash.
+    ...(cfg.https ? [`--ignore-certificate-errors-spki-list=${cfg.https.spki}`] : []),
   ],
 });
 const page = context.pages()[0] || (await context.newPage());
@@ -323,6 +325,26 @@ await check('deploy with Other registry (host:port): running', async () => {
   await waitContainerLog(cfg.other.greeting);
 });
 
+await check('deploy with Docker Hub: running', async () => {
+  await openDeploy();
+  await byLabel('Name').fill(cfg.hub.name);
+  await byLabel('docker-compose.yml').fill(cfg.hub.compose);
+  await fillSecretRow(0, 'GREETING', cfg.hub.greeting);
+  await openAdvanced();
+  await page.getByRole('radio', { name: 'Docker Hub' }).check();
+  await byLabel('Docker Hub Username').fill(cfg.ghcr.user);
+  await byLabel('Password or Access Token').fill(cfg.ghcr.password);
+  const n = requests.length;
+  await page.getByRole('button', { name: 'Deploy', exact: true }).click();
+  await page.waitForURL(/#\/cvm\//);
+  const prov = apiRequestsSince(n).find((r) => r.url.endsWith('/cvms/provision'));
+  const allowed = JSON.parse(prov.body).compose_file.allowed_envs;
+  // Docker Hub is the default registry: no DSTACK_DOCKER_REGISTRY.
+  assert(JSON.stringify(allowed) === JSON.stringify(['GREETING', 'DSTACK_DOCKER_USERNAME', 'DSTACK_DOCKER_PASSWORD']), `allowed_envs ${allowed}`);
+  await waitStatus('running');
+  await waitContainerLog(cfg.hub.greeting);
+});
+
 await check('Stop and Start from the CVM page', async () => {
   await page.getByRole('button', { name: 'Stop', exact: true }).click();
   await waitStatus('stopped', 60);
@@ -421,6 +443,22 @@ await check('over plain HTTP on a non-loopback name the page says why it cannot 
   await page.getByRole('button', { name: 'Deploy', exact: true }).click();
   await page.locator('p[role=alert]', { hasText: 'secure context' }).last().waitFor();
   assert(apiRequestsSince(n).length === 0, `sent: ${JSON.stringify(apiRequestsSince(n))}`);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await byLabel('API key').waitFor();
+});
+
+await check('over HTTPS (berth up --tls-cert) on a non-loopback name the page seals', async () => {
+  await page.goto(`${cfg.https.url}/#/deploy`);
+  assert(await page.evaluate(() => window.isSecureContext), 'not a secure context');
+  await byLabel('API key').fill(cfg.key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Deploy a new CVM' }).waitFor();
+  assert((await page.getByText('cannot encrypt secrets here').count()) === 0, 'says it cannot seal');
+  results.sealed_https = await page.evaluate(
+    async ([pub, vars]) => (await import('/console/seal.js')).sealEnv(pub, vars),
+    [cfg.unseal_pubkey, cfg.unseal_vars],
+  );
+  assert(/^[0-9a-f]+$/.test(results.sealed_https), 'not hex');
   await page.getByRole('button', { name: 'Sign out' }).click();
   await byLabel('API key').waitFor();
 });

@@ -28,6 +28,7 @@ const GREETING: &str = "hello-from-the-console-5a1";
 const GREETING2: &str = "updated-from-the-console-9f2";
 const MESSAGE: &str = "ecr-says-hi-3c7";
 const OTHER_GREETING: &str = "other-registry-says-hi-8e4";
+const HUB_GREETING: &str = "docker-hub-says-hi-c71";
 const UNSEAL_VALUE: &str = "sealed in the browser: é \"quoted\"\nsecond line";
 const ADMIN_KEY: &str = "berth_console_admin_key_0123456789";
 
@@ -51,6 +52,7 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
         Some(ADMIN_KEY),
         &[
             &format!("--registry-endpoint=ghcr.io={}", ghcr.base_url()),
+            &format!("--registry-endpoint=docker.io={}", ghcr.base_url()),
             &format!(
                 "--registry-endpoint={}={}",
                 ghcr.host_port(),
@@ -72,6 +74,40 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
         "berth up prints the console URL:\n{}",
         cloud.output()
     );
+
+    // A second `berth up`, over HTTPS (`--tls-cert`), for the check that the
+    // page seals in a secure context on a name that is not loopback. Chromium
+    // trusts the test CA's certificate by its key (SPKI hash flag) and
+    // resolves the name to 127.0.0.1.
+    let ca = testkit::TestCa::new("berth console test CA");
+    let cert = ca.issue_server_cert(&["berth-console.test"]);
+    let (cert_file, cert_key) = (dir.join("console.pem"), dir.join("console.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&cert_key, &cert.key_pem).unwrap();
+    let tls_cloud = Cloud::start(
+        &dir.join("tls-state"),
+        &engine.host(),
+        Some(ADMIN_KEY),
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            cert_key.to_str().unwrap(),
+        ],
+    );
+    assert!(tls_cloud.listening.starts_with("https://127.0.0.1:"));
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")
+        .arg("sh")
+        .arg(&cert_file)
+        .output()
+        .expect("openssl");
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_owned();
+    assert_eq!(spki.len(), 44, "SPKI hash of the test certificate");
+    let https_url = tls_cloud
+        .listening
+        .replace("https://127.0.0.1:", "https://berth-console.test:");
 
     let (key_file, pubkey) = keygen(&dir);
     let artifacts = repo_root().join("target/test-artifacts/console");
@@ -122,8 +158,14 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
             "registry": ghcr.host_port(),
             "greeting": OTHER_GREETING,
         },
+        "hub": {
+            "name": "hub-app",
+            "compose": compose("octocat/web:1", "GREETING"),
+            "greeting": HUB_GREETING,
+        },
         "wrong": {"name": "wrong-pat", "password": WRONG_PW},
-        "secrets": [GHCR_PW, WRONG_PW, AWS_SECRET, GREETING, GREETING2, MESSAGE, OTHER_GREETING],
+        "https": {"url": https_url, "spki": spki},
+        "secrets": [GHCR_PW, WRONG_PW, AWS_SECRET, GREETING, GREETING2, MESSAGE, OTHER_GREETING, HUB_GREETING],
         "unseal_pubkey": pubkey,
         "unseal_vars": [{"key": "FIRST", "value": UNSEAL_VALUE}, {"key": "EMPTY", "value": ""}],
         "ecr_corpus": ecr_corpus,
@@ -156,7 +198,7 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
         cloud.output()
     );
     let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
-    assert!(passed >= 22, "{summary}");
+    assert!(passed >= 24, "{summary}");
 
     // Screenshots of the form, the list and a CVM page.
     for png in [
@@ -218,9 +260,18 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
     let results: Value = serde_json::from_str(&std::fs::read_to_string(&results_file).unwrap())
         .expect("the script wrote its results");
 
-    // berth unseal opens what the page sealed, and refuses it tampered.
-    let sealed = results["sealed"].as_str().unwrap().to_owned();
+    // berth unseal opens what the page sealed (on loopback, and over HTTPS
+    // on another name), and refuses it tampered.
     let key_arg = key_file.to_str().unwrap();
+    let over_https = results["sealed_https"].as_str().unwrap().to_owned();
+    let opened = berth(
+        &["unseal", "--key-file", key_arg, "--json"],
+        over_https.as_bytes(),
+    );
+    assert_eq!(opened.code, 0, "{}", opened.stderr);
+    assert!(opened.stdout.contains("FIRST"), "{}", opened.stdout);
+    drop(tls_cloud);
+    let sealed = results["sealed"].as_str().unwrap().to_owned();
     let opened = berth(
         &["unseal", "--key-file", key_arg, "--json"],
         sealed.as_bytes(),
