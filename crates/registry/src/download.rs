@@ -41,8 +41,9 @@ use std::time::Duration;
 
 /// Bytes written between two writeback kicks.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
-/// Bytes a stream buffers before writing them to the file.
-const WRITE_CHUNK: usize = 256 << 10;
+/// Bytes a stream collects before writing them to the file; larger chunks
+/// are written as they come (one copy less).
+const WRITE_CHUNK: usize = 64 << 10;
 /// Bytes the prefix hasher reads back at a time.
 const HASH_CHUNK: usize = 1 << 20;
 /// The first line of a parts record.
@@ -260,7 +261,7 @@ impl BlobDownload {
             .open(&path)?;
         let len = file.metadata()?.len();
         let layout = match std::fs::read_to_string(&record) {
-            Ok(text) => Layout::parse(&text, size).filter(|l| l.furthest() <= len),
+            Ok(text) => Layout::parse(&text, size).filter(|l| l.furthest() <= len && len <= size),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 (len <= size).then(|| Layout::single(size, len))
             }
@@ -396,7 +397,7 @@ impl BlobDownload {
 
     /// One stream from here on: a download left in parts keeps only its
     /// complete prefix (the stream continues from there).
-    pub(crate) fn into_one_stream(&mut self) -> io::Result<()> {
+    pub(crate) fn as_one_stream(&mut self) -> io::Result<()> {
         let mut layout = self.shared.layout();
         if layout.is_single() {
             return Ok(());
@@ -421,10 +422,11 @@ impl BlobDownload {
             .as_mut()
             .expect("one stream hashes inline")
             .update(bytes);
+        let wrote =
+            stage(&self.shared.file, &mut self.buf, self.hashed, bytes).map_err(WriteError::Io)?;
         self.hashed += bytes.len() as u64;
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= WRITE_CHUNK {
-            self.flush().map_err(WriteError::Io)?;
+        if wrote {
+            self.written().map_err(WriteError::Io)?;
         }
         Ok(())
     }
@@ -438,14 +440,20 @@ impl BlobDownload {
         let at = self.hashed - self.buf.len() as u64;
         self.shared.file.write_all_at(&self.buf, at)?;
         self.buf.clear();
-        self.shared.layout().done[0] = self.hashed;
-        if self.hashed - self.writeback_from >= WRITEBACK_CHUNK {
+        self.written()
+    }
+
+    /// One stream: bytes reached the file.
+    fn written(&mut self) -> io::Result<()> {
+        let end = self.hashed - self.buf.len() as u64;
+        self.shared.layout().done[0] = end;
+        if end - self.writeback_from >= WRITEBACK_CHUNK {
             start_writeback(
                 &self.shared.file,
                 self.writeback_from,
-                self.hashed - self.writeback_from,
+                end - self.writeback_from,
             );
-            self.writeback_from = self.hashed;
+            self.writeback_from = end;
         }
         Ok(())
     }
@@ -453,7 +461,7 @@ impl BlobDownload {
     /// Parts from here on: cuts the blob into parts of `part_size` (unless
     /// an earlier run did already: its cut is kept), records the layout,
     /// and returns the parts still missing, in order.
-    pub(crate) fn into_parts(&mut self, part_size: u64) -> io::Result<Vec<Part>> {
+    pub(crate) fn cut_into_parts(&mut self, part_size: u64) -> io::Result<Vec<Part>> {
         self.flush()?;
         {
             let mut layout = self.shared.layout();
@@ -478,7 +486,7 @@ impl BlobDownload {
             shared: self.shared.clone(),
             part,
             pos: part.from,
-            buf: Vec::with_capacity(WRITE_CHUNK),
+            buf: Vec::new(),
             writeback_from: part.from,
         }
     }
@@ -617,10 +625,13 @@ impl PartWriter {
         if self.pos + bytes.len() as u64 > self.part.end {
             return Err(WriteError::TooLarge);
         }
-        self.buf.extend_from_slice(bytes);
+        let wrote =
+            stage(&self.shared.file, &mut self.buf, self.pos, bytes).map_err(WriteError::Io)?;
         self.pos += bytes.len() as u64;
-        if self.buf.len() >= WRITE_CHUNK || self.is_complete() {
+        if self.is_complete() {
             self.flush().map_err(WriteError::Io)?;
+        } else if wrote {
+            self.written().map_err(WriteError::Io)?;
         }
         Ok(())
     }
@@ -628,31 +639,56 @@ impl PartWriter {
     /// Writes out what is buffered and tells the prefix hasher; a complete
     /// part is recorded.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
+        if !self.buf.is_empty() {
+            let at = self.pos - self.buf.len() as u64;
+            self.shared.file.write_all_at(&self.buf, at)?;
+            self.buf.clear();
         }
-        let at = self.pos - self.buf.len() as u64;
-        self.shared.file.write_all_at(&self.buf, at)?;
-        self.buf.clear();
+        self.written()
+    }
+
+    /// Bytes reached the file: the layout and the prefix hasher are told.
+    fn written(&mut self) -> io::Result<()> {
+        let end = self.pos - self.buf.len() as u64;
         {
             let mut layout = self.shared.layout();
             let (start, _) = layout.bounds(self.part.index);
-            layout.done[self.part.index] = self.pos - start;
+            layout.done[self.part.index] = end - start;
         }
         self.shared.grew.notify_all();
-        if self.pos - self.writeback_from >= WRITEBACK_CHUNK || self.is_complete() {
+        let complete = end >= self.part.end;
+        if end - self.writeback_from >= WRITEBACK_CHUNK || (complete && end > self.writeback_from) {
             start_writeback(
                 &self.shared.file,
                 self.writeback_from,
-                self.pos - self.writeback_from,
+                end - self.writeback_from,
             );
-            self.writeback_from = self.pos;
+            self.writeback_from = end;
         }
-        if self.is_complete() {
+        if complete {
             self.shared.save()?;
         }
         Ok(())
     }
+}
+
+/// Puts `bytes`, which belong at offset `at`, on their way to `file`: small
+/// chunks are collected in `buf` (fewer system calls), large ones written as
+/// they come. `buf` holds the bytes just before `at`. Returns whether
+/// anything reached the file.
+fn stage(file: &File, buf: &mut Vec<u8>, at: u64, bytes: &[u8]) -> io::Result<bool> {
+    let mut wrote = false;
+    if !buf.is_empty() && buf.len() + bytes.len() > WRITE_CHUNK {
+        file.write_all_at(buf, at - buf.len() as u64)?;
+        buf.clear();
+        wrote = true;
+    }
+    if buf.is_empty() && bytes.len() >= WRITE_CHUNK {
+        file.write_all_at(bytes, at)?;
+        return Ok(true);
+    }
+    buf.extend_from_slice(bytes);
+    Ok(wrote)
 }
 
 /// The thread hashing the complete prefix of a download in parts.
@@ -693,8 +729,13 @@ fn follow_prefix(
         let (prefix, size) = {
             let mut layout = shared.layout();
             loop {
+                // Whole chunks while the parts flow (fewer wake-ups and
+                // reads); the rest at the end.
                 let prefix = layout.prefix();
-                if prefix > hashed || prefix == layout.size || shared.stop.load(Ordering::SeqCst) {
+                if prefix >= hashed + HASH_CHUNK as u64
+                    || prefix == layout.size
+                    || shared.stop.load(Ordering::SeqCst)
+                {
                     break;
                 }
                 layout = shared
@@ -871,7 +912,7 @@ mod tests {
         // of 3000, writes part 2 whole and part 3 half, and stops.
         let mut first = BlobDownload::open(&store, &digest, size).unwrap();
         first.write(&blob[..1500]).unwrap();
-        let parts = first.into_parts(3000).unwrap();
+        let parts = first.cut_into_parts(3000).unwrap();
         let starts: Vec<u64> = parts.iter().map(|p| p.from).collect();
         assert_eq!(starts, vec![1500, 3000, 6000, 9000]);
         let hashing = first.hash_parts();
@@ -889,7 +930,7 @@ mod tests {
         // The next run fetches only what is missing, and the hash follows.
         let mut dl = BlobDownload::open(&store, &digest, size).unwrap();
         assert_eq!(dl.resumed_from(), 1500 + 3000 + 500);
-        let parts = dl.into_parts(1 << 20).unwrap();
+        let parts = dl.cut_into_parts(1 << 20).unwrap();
         let missing: Vec<(u64, u64)> = parts.iter().map(|p| (p.from, p.end)).collect();
         assert_eq!(missing, vec![(1500, 3000), (3000, 6000), (9500, 10_000)]);
         let hashing = dl.hash_parts();

@@ -157,6 +157,10 @@ impl Puller {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
+            // HTTP/1.1 only: the ranged parts of a blob must travel on
+            // separate connections (a CDN caps each one); HTTP/2 would
+            // multiplex them all on one.
+            .http1_only()
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         let mapped_ecr = opts
             .ecr_endpoint

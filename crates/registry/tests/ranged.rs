@@ -18,17 +18,26 @@ use std::time::{Duration, Instant};
 use testkit::images::{BlobInfo, ImageSpec, PushedImage, push_image};
 use testkit::{FaultProxy, Registry, RequestRecord, Target};
 
-const PART: u64 = 1 << 20;
-/// The big layer's content: seven parts, the last one short (the layer
-/// blob is a little larger, its tar headers).
-const BIG: u64 = 6 * PART + 123_457;
+const MAX_PART: u64 = 1 << 20;
+/// The big layer's content (the layer blob is a little larger: its tar
+/// headers): nine parts on three connections.
+const BIG: u64 = 6 * MAX_PART + 123_457;
 const CONNECTIONS: usize = 3;
+
+/// The length of each part (the last may be shorter), as
+/// `RangedOptions::part_size` says: the blob is cut into the fewest parts of
+/// at most `part_size` that fill every connection in each round.
+fn part_len(size: u64) -> u64 {
+    let connections = CONNECTIONS as u64;
+    let parts = connections * size.div_ceil(connections * MAX_PART);
+    size.div_ceil(parts)
+}
 
 fn ranged_options(store: &Path, budget: Duration) -> PullOptions {
     let mut opts = options(store, budget);
     opts.ranged = RangedOptions {
-        threshold: 2 * PART,
-        part_size: PART,
+        threshold: 2 * MAX_PART,
+        part_size: MAX_PART,
         connections_per_registry: CONNECTIONS,
     };
     opts
@@ -82,8 +91,9 @@ fn range_of(r: &RequestRecord) -> (u64, u64) {
 
 /// The `Range` of each part of a blob of `size`.
 fn part_ranges(size: u64) -> Vec<(u64, u64)> {
-    (0..size.div_ceil(PART))
-        .map(|i| (i * PART, ((i + 1) * PART).min(size) - 1))
+    let part = part_len(size);
+    (0..size.div_ceil(part))
+        .map(|i| (i * part, ((i + 1) * part).min(size) - 1))
         .collect()
 }
 
@@ -176,6 +186,7 @@ fn a_big_blob_arrives_in_parts_on_bounded_connections_and_is_verified_before_it_
 fn a_registry_that_ignores_range_is_read_in_one_stream() {
     let (_reg, proxy, pushed) = setup();
     let big = &pushed.image.layers[0];
+    let part = part_len(big.size);
     proxy.ignore_range();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -190,7 +201,7 @@ fn a_registry_that_ignores_range_is_read_in_one_stream() {
     // that answer was read to the end: no other request.
     let gets = blob_gets(&proxy, big);
     assert_eq!(gets.len(), 1, "{gets:#?}");
-    assert_eq!(range_of(&gets[0]), (0, PART - 1));
+    assert_eq!(range_of(&gets[0]), (0, part - 1));
     assert_eq!((gets[0].status, gets[0].body_bytes), (200, big.size));
     assert!(blob_path(&store, big).is_file());
     assert!(ingest_is_empty(&store));
@@ -201,7 +212,8 @@ fn a_registry_that_ignores_range_is_read_in_one_stream() {
 fn a_part_dropped_midway_is_the_only_one_fetched_again_from_where_it_stopped() {
     let (_reg, proxy, pushed) = setup();
     let big = &pushed.image.layers[0];
-    proxy.drop_part_after(2 * PART, 300_000, 1);
+    let part = part_len(big.size);
+    proxy.drop_part_after(2 * part, 300_000, 1);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     pull_through(
@@ -214,7 +226,7 @@ fn a_part_dropped_midway_is_the_only_one_fetched_again_from_where_it_stopped() {
     let gets = blob_gets(&proxy, big);
     let dropped: Vec<_> = gets.iter().filter(|r| r.fault == Some("drop")).collect();
     assert_eq!(dropped.len(), 1, "{gets:#?}");
-    assert_eq!(range_of(dropped[0]), (2 * PART, 3 * PART - 1));
+    assert_eq!(range_of(dropped[0]), (2 * part, 3 * part - 1));
     let kept = dropped[0].body_bytes;
     assert_eq!(kept, 300_000);
     // Every other part once; the dropped one once more, from where it
@@ -222,7 +234,7 @@ fn a_part_dropped_midway_is_the_only_one_fetched_again_from_where_it_stopped() {
     let mut asked: Vec<(u64, u64)> = gets.iter().map(range_of).collect();
     asked.sort();
     let mut want = part_ranges(big.size);
-    want.push((2 * PART + kept, 3 * PART - 1));
+    want.push((2 * part + kept, 3 * part - 1));
     want.sort();
     assert_eq!(asked, want, "{gets:#?}");
     let served: u64 = gets.iter().map(|r| r.body_bytes).sum();
@@ -235,8 +247,9 @@ fn a_part_dropped_midway_is_the_only_one_fetched_again_from_where_it_stopped() {
 fn a_part_with_wrong_bytes_fails_the_digest_and_nothing_is_committed() {
     let (_reg, proxy, pushed) = setup();
     let big = &pushed.image.layers[0];
+    let part = part_len(big.size);
     // Part 3 comes back with one byte flipped, every time.
-    proxy.corrupt_part(3 * PART, 4242, usize::MAX);
+    proxy.corrupt_part(3 * part, 4242, usize::MAX);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let err = pull_through(
@@ -280,10 +293,11 @@ fn a_part_with_wrong_bytes_fails_the_digest_and_nothing_is_committed() {
 fn a_later_run_fetches_only_the_parts_an_earlier_run_did_not_finish() {
     let (_reg, proxy, pushed) = setup();
     let big = &pushed.image.layers[0];
+    let part = part_len(big.size);
     // Run 1: part 4 stalls after 200 000 bytes until the retry budget is
     // spent.
-    let stop_at = 4 * PART + 200_000;
-    proxy.stall_body_after(Target::RangeFrom(4 * PART), 200_000, 1);
+    let stop_at = 4 * part + 200_000;
+    proxy.stall_body_after(Target::RangeFrom(4 * part), 200_000, 1);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let err = pull_through(
@@ -314,13 +328,13 @@ fn a_later_run_fetches_only_the_parts_an_earlier_run_did_not_finish() {
     assert_eq!(pulled.digest.to_string(), pushed.digest);
     let gets = blob_gets(&proxy, big);
     assert_eq!(gets.len(), 1, "{gets:#?}");
-    assert_eq!(range_of(&gets[0]), (stop_at, 5 * PART - 1));
+    assert_eq!(range_of(&gets[0]), (stop_at, 5 * part - 1));
     assert_eq!(
         (gets[0].status, gets[0].body_bytes),
-        (206, 5 * PART - stop_at)
+        (206, 5 * part - stop_at)
     );
-    assert_eq!(pulled.bytes_downloaded, 5 * PART - stop_at);
-    assert!(pulled.bytes_reused >= big.size - (5 * PART - stop_at));
+    assert_eq!(pulled.bytes_downloaded, 5 * part - stop_at);
+    assert!(pulled.bytes_reused >= big.size - (5 * part - stop_at));
     assert!(blob_path(&store, big).is_file());
     assert!(ingest_is_empty(&store));
     assert_store_consistent(&store);
@@ -330,6 +344,7 @@ fn a_later_run_fetches_only_the_parts_an_earlier_run_did_not_finish() {
 fn a_pull_cut_off_mid_download_resumes_its_parts_in_the_next_run() {
     let (_reg, proxy, pushed) = setup();
     let big = &pushed.image.layers[0];
+    let part = part_len(big.size);
     // A slow link, and run 1 abandoned (its future dropped: nothing is
     // flushed or recorded on the way out, as when the process is killed)
     // once some parts have been sent whole.
@@ -352,7 +367,7 @@ fn a_pull_cut_off_mid_download_resumes_its_parts_in_the_next_run() {
     let whole = |proxy: &FaultProxy| {
         blob_gets(proxy, big)
             .iter()
-            .filter(|r| r.ended.is_some() && r.body_bytes == PART)
+            .filter(|r| r.ended.is_some() && r.body_bytes == part)
             .count()
     };
     while whole(&proxy) < 2 {
@@ -384,10 +399,12 @@ fn a_pull_cut_off_mid_download_resumes_its_parts_in_the_next_run() {
     assert_eq!(pulled.bytes_downloaded, fetched);
     // Parts that run 1 had received whole well before the cut are not asked
     // again; every request of run 2 stays within one part.
-    for done in run1
+    let whole_before_cut: Vec<_> = run1
         .iter()
-        .filter(|r| r.body_bytes == PART && r.ended.is_some_and(|e| e < before_cut))
-    {
+        .filter(|r| r.body_bytes == part && r.ended.is_some_and(|e| e < before_cut))
+        .collect();
+    assert!(!whole_before_cut.is_empty(), "{run1:#?}");
+    for done in whole_before_cut {
         let (first, last) = range_of(done);
         assert!(
             run2.iter().all(|r| {
@@ -399,9 +416,69 @@ fn a_pull_cut_off_mid_download_resumes_its_parts_in_the_next_run() {
     }
     for r in &run2 {
         let (a, b) = range_of(r);
-        assert_eq!(a / PART, b / PART, "{r:#?}");
+        assert_eq!(a / part, b / part, "{r:#?}");
     }
     assert!(blob_path(&store, big).is_file());
     assert!(ingest_is_empty(&store));
     assert_store_consistent(&store);
+}
+
+#[test]
+fn the_parts_travel_on_separate_connections_to_a_tls_registry() {
+    // Each part on a connection of its own (HTTP/2, which a registry or CDN
+    // may offer over TLS, would carry them all on one, under one cap): the
+    // registry's own log shows the client's address of every request.
+    let reg = Registry::builder().tls().start();
+    let pushed = push_image(
+        &reg.push_target(),
+        "lib/big",
+        "1",
+        &ImageSpec::with_layers(&[BIG]),
+    );
+    let big = &pushed.image.layers[0];
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut opts = ranged_options(&store, Duration::from_secs(20));
+    opts.ca_certs_pem = vec![reg.ca_cert_pem().unwrap().as_bytes().to_vec()];
+    let reference: ImageReference = format!("{}/lib/big:1", reg.host_port()).parse().unwrap();
+    runtime()
+        .block_on(async { Puller::new(opts, no_events())?.pull(&reference).await })
+        .expect("the pull succeeds");
+    assert!(blob_path(&store, big).is_file());
+
+    let log = reg.log_contents();
+    let blob_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("response completed")
+                && l.contains("http.request.method=GET")
+                && l.contains("http.request.useragent=berth/")
+                && l.contains(&big.digest)
+        })
+        .collect();
+    assert_eq!(
+        blob_lines.len() as u64,
+        big.size.div_ceil(part_len(big.size)),
+        "{log}"
+    );
+    let field = |line: &str, name: &str| -> String {
+        let rest =
+            &line[line.find(name).unwrap_or_else(|| panic!("{name}: {line}")) + name.len()..];
+        rest.trim_start_matches('"')
+            .split(['"', ' '])
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let mut peers: Vec<String> = blob_lines
+        .iter()
+        .map(|l| field(l, "http.request.remoteaddr="))
+        .collect();
+    peers.sort();
+    peers.dedup();
+    assert!(
+        peers.len() >= 2,
+        "one connection for all parts: {blob_lines:#?}"
+    );
+    assert!(peers.len() <= CONNECTIONS, "{peers:?}");
 }

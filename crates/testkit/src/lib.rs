@@ -10,7 +10,9 @@
 //! - [`FaultProxy`]: a reverse proxy in front of a registry that records
 //!   requests and injects faults (dropped connections, corrupted bytes, 429,
 //!   503, cross-host blob redirects, rate-limit headers, stalls, slow links,
-//!   AWS `ThrottlingException`). [`Registry::stop`]/[`Registry::start_again`]
+//!   AWS `ThrottlingException`, a registry that ignores `Range`), and plays
+//!   a real network ([`FaultProxy::throttled`]: a bandwidth cap per
+//!   connection and round-trip latency). [`Registry::stop`]/[`Registry::start_again`]
 //!   kill and restart the registry on the same port and storage.
 //! - [`Moto`]: moto's server (AWS mock) for ECR `GetAuthorizationToken`.
 //! - [`Dockerd`]: a private Docker engine (own socket, data and exec root).
@@ -45,7 +47,7 @@ pub use dockerd::Dockerd;
 pub use moto::Moto;
 pub use pki::{IssuedCert, TestCa};
 pub use proxy::{
-    Corrupt, DropAfter, FaultProxy, Faults, Listener, RateLimit, Redirect, RequestKind,
+    Corrupt, DropAfter, FaultProxy, Faults, Link, Listener, RateLimit, Redirect, RequestKind,
     RequestRecord, Stall, Target, Throttle, TimesFault, TooManyRequests,
 };
 pub use registry::{Registry, RegistryBuilder};

@@ -33,10 +33,17 @@ mod ranged;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RangedOptions {
     /// Blobs of at least this many bytes are fetched as `Range` parts on
-    /// separate connections; smaller ones as one stream. Default 32 MiB;
-    /// `u64::MAX`: never.
+    /// separate connections; smaller ones as one stream. Default 128 MiB:
+    /// an image's smaller layers already come on parallel connections of
+    /// their own, and where the machine, not the link, is the limit (a
+    /// registry on loopback), parts cost a second read of the file for the
+    /// hash (4 × 100 MB in parts was ~0.3 s slower there, see
+    /// BENCHMARKS.md). `u64::MAX`: never.
     pub threshold: u64,
-    /// Bytes of each part. Default 16 MiB. A download resumed from an
+    /// Most bytes of a part. Default 16 MiB. A blob is cut into the fewest
+    /// equal parts of at most this size that fill every connection in each
+    /// round (a multiple of `connections_per_registry`), so no round ends
+    /// with a few parts on idle connections. A download resumed from an
     /// earlier run keeps the parts it was cut into.
     pub part_size: u64,
     /// Most blob requests in flight to one registry at once, all blobs and
@@ -48,7 +55,7 @@ pub struct RangedOptions {
 impl Default for RangedOptions {
     fn default() -> Self {
         Self {
-            threshold: 32 << 20,
+            threshold: 128 << 20,
             part_size: 16 << 20,
             connections_per_registry: 8,
         }
@@ -184,15 +191,16 @@ impl Puller {
                 match self.fetch_parts(&fetch, &mut download).await? {
                     PartsEnd::Done => {}
                     PartsEnd::OneStream(answer) => {
-                        self.connections.note_ignores_range(&client.registry);
-                        first = Some(answer);
+                        if answer.is_some() {
+                            self.connections.note_ignores_range(&client.registry);
+                        }
+                        first = answer;
                     }
                 }
             }
             if !download.is_complete() {
-                download.into_one_stream().map_err(io)?;
-                self.fetch_stream(&fetch, &mut download, first.flatten())
-                    .await?;
+                download.as_one_stream().map_err(io)?;
+                self.fetch_stream(&fetch, &mut download, first).await?;
             }
             // Verify, then commit.
             download = match download.commit(&self.store).await {
@@ -300,6 +308,7 @@ impl Puller {
                 Ok(dropped) => dropped,
                 Err(WriteError::Io(e)) => return Err(io(e)),
                 Err(WriteError::TooLarge) => {
+                    download.reset().map_err(io)?;
                     return Err(PullError::new(
                         Category::Integrity,
                         format!(

@@ -52,6 +52,14 @@ enum Asked {
     Unsatisfiable,
 }
 
+/// About `part_size`, so that the parts fill every connection in each
+/// round (the last round is not a few parts on idle connections).
+fn even_parts(size: u64, part_size: u64, connections: usize) -> u64 {
+    let connections = connections.max(1) as u64;
+    let rounds = size.div_ceil(connections * part_size.max(1));
+    size.div_ceil(rounds * connections).max(1)
+}
+
 impl Puller {
     /// Fetches the missing parts of `download` in parallel, hashing the
     /// prefix as it grows. On any end, what is in the file is recorded for a
@@ -62,9 +70,13 @@ impl Puller {
         download: &mut BlobDownload,
     ) -> Result<PartsEnd, PullError> {
         let io = fetch.io;
-        let parts = download
-            .into_parts(self.opts.ranged.part_size)
-            .map_err(io)?;
+        let ranged = &self.opts.ranged;
+        let part_size = even_parts(
+            download.size(),
+            ranged.part_size,
+            ranged.connections_per_registry,
+        );
+        let parts = download.cut_into_parts(part_size).map_err(io)?;
         let hasher = download.hash_parts();
         let result = self.run_parts(fetch, download, parts).await;
         let hashed = hasher.finish().await.map_err(io)?;
@@ -266,5 +278,19 @@ impl Puller {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parts_fill_every_connection_in_each_round() {
+        const MB: u64 = 1_000_000;
+        // 1 GB on 8 connections: 64 parts of 15.625 MB, not 60 of 16 MiB.
+        assert_eq!(super::even_parts(1000 * MB, 16 << 20, 8), 15_625_000);
+        // Small enough for one round.
+        assert_eq!(super::even_parts(40 * MB, 16 << 20, 8), 5 * MB);
+        assert_eq!(super::even_parts(7, 16 << 20, 8), 1);
+        assert_eq!(super::even_parts(100, 16 << 20, 1), 100);
     }
 }
