@@ -7,11 +7,32 @@ RUNS="${RUNS:-5}"
 LAYER_MB="${LAYER_MB:-100}"
 cargo build --release --quiet -p berth-cli
 cargo build --release --quiet -p testkit --example bench_pull --example bench_boot
-echo "== berth pull vs skopeo copy (4 x ${LAYER_MB} MB, ${RUNS} runs each, alternating)"
-target/release/examples/bench_pull target/release/berth "$RUNS" "$LAYER_MB"
+# Pull: 4 x LAYER_MB on loopback (RUNS runs); then one PULL_BIG_MB layer on
+# loopback and through the throttling proxy (PULL_LINK_MBPS per connection,
+# PULL_RTT_MS round trip), PULL_BIG_RUNS runs each. PULL_BIG_MB=0 skips those.
+PULL_BIG_MB="${PULL_BIG_MB:-1000}"
+PULL_LINK_MBPS="${PULL_LINK_MBPS:-50}"
+PULL_RTT_MS="${PULL_RTT_MS:-20}"
+PULL_BIG_RUNS="${PULL_BIG_RUNS:-3}"
+echo "== berth pull vs skopeo copy (4 x ${LAYER_MB} MB, ${RUNS} runs each; 1 x ${PULL_BIG_MB} MB on loopback and at ${PULL_LINK_MBPS} MB/s per connection + ${PULL_RTT_MS} ms, ${PULL_BIG_RUNS} runs each; alternating)"
+target/release/examples/bench_pull target/release/berth "$RUNS" "$LAYER_MB" \
+  "$PULL_BIG_MB" "$PULL_LINK_MBPS" "$PULL_RTT_MS" "$PULL_BIG_RUNS"
 echo
-echo "== berth guest boot vs docker login + docker-compose pull + up (cold and warm, ${RUNS} runs each)"
-target/release/examples/bench_boot target/release/berth "$RUNS" "${BOOT_LAYER_MB:-50}"
+# Boot: busybox + 2 x BOOT_LAYER_MB, cold and warm, BOOT_RUNS runs each,
+# through the throttling proxy (BOOT_LINK: MB/s per connection / round-trip
+# ms), then on loopback; then the boot agent's peak RSS for a cold boot of
+# busybox + BOOT_RSS_GB x 1 GB (0 skips it).
+BOOT_LAYER_MB="${BOOT_LAYER_MB:-300}"
+BOOT_RUNS="${BOOT_RUNS:-3}"
+BOOT_LINK="${BOOT_LINK:-50/20}"
+BOOT_RSS_GB="${BOOT_RSS_GB:-4}"
+echo "== berth guest boot vs docker login + docker-compose pull + up (busybox + 2 x ${BOOT_LAYER_MB} MB, cold and warm, ${BOOT_RUNS} runs each, alternating): at ${BOOT_LINK}, then on loopback"
+target/release/examples/bench_boot target/release/berth "$BOOT_RUNS" "$BOOT_LAYER_MB" "$BOOT_LINK"
+target/release/examples/bench_boot target/release/berth "$BOOT_RUNS" "$BOOT_LAYER_MB" none
+if [ "$BOOT_RSS_GB" != 0 ]; then
+  echo "== the boot agent's peak RSS: a cold boot of busybox + ${BOOT_RSS_GB} x 1 GB on loopback"
+  target/release/examples/bench_boot target/release/berth rss "$BOOT_RSS_GB"
+fi
 echo
 echo "== API under load: wrk against GET /api/v1/cvms with ${API_CVMS:-1000} CVMs, next to a no-DB route of the same server"
 cargo build --release --quiet -p testkit --example bench_api

@@ -524,3 +524,195 @@ fn each_failure_ends_the_boot_with_its_category_and_exit_code() {
         );
     }
 }
+
+/// The serial log's lines as (timestamp, text); the RFC 3339 timestamps
+/// (UTC, milliseconds) sort as text.
+fn stamped(out: &Run) -> Vec<(String, String)> {
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let (stamp, text) = l.strip_prefix('[')?.split_once("] ")?;
+            Some((stamp.to_owned(), text.to_owned()))
+        })
+        .collect()
+}
+
+fn first_line<'a>(lines: &'a [(String, String)], what: &str) -> &'a (String, String) {
+    lines
+        .iter()
+        .find(|(_, t)| t.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?}:\n{lines:#?}"))
+}
+
+/// An image whose last layer comes slowly: busybox, 1 MB, then 2 MB at
+/// 1 MB/s. Anonymous registry behind the fault proxy, mapped for the CVM.
+fn slow_late_layer_app(name: &str) -> (Registry, FaultProxy, testkit::images::PushedImage, App) {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(&reg);
+    let host = reg.host_port();
+    let pushed = push_image(
+        &PushTarget::new(&host),
+        "app/slow",
+        "1",
+        &ImageSpec::new().busybox().layer(1_000_000).layer(2_000_000),
+    );
+    let late = &pushed.image.layers[2].digest;
+    proxy.throttle(Target::PathContains(late.clone()), 1_000_000);
+    let app = App::new(name);
+    let yaml = format!(
+        "services:\n  web:\n    image: {host}/app/slow:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo web up; sleep 600\"]\n"
+    );
+    app.compose(
+        name,
+        &yaml,
+        &[],
+        serde_json::json!({"registry_endpoints": {host.clone(): proxy.base_url()}}),
+    );
+    (reg, proxy, pushed, app)
+}
+
+#[test]
+fn the_engine_unpacks_the_first_layers_while_a_late_layer_still_downloads() {
+    let engine = Dockerd::start();
+    let (reg, proxy, pushed, app) = slow_late_layer_app("handoff-overlap");
+    let late = pushed.image.layers[2].digest[7..19].to_owned();
+
+    let first = app.boot(&engine.host(), &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let lines = stamped(&first);
+    // The engine held busybox and the 1 MB layer (a load that the agent
+    // reports once the engine has answered) before the last layer was
+    // verified: the serial log's timestamps show the overlap.
+    let (handed_at, handed) = first_line(&lines, "hand-off: ");
+    assert!(
+        handed.contains(" of 3 in the engine") && !handed.contains("1-3 of 3"),
+        "{handed}"
+    );
+    let (late_at, _) = first_line(&lines, &format!("pull: {late} downloaded"));
+    let (pulled_at, _) = first_line(&lines, "[5/7] pull images: done");
+    assert!(
+        handed_at < late_at && handed_at < pulled_at,
+        "the hand-off began at {handed_at}, the late layer was verified at {late_at}:\n{}",
+        first.stdout
+    );
+    assert!(
+        first.stdout.contains("(loaded into the engine)"),
+        "{}",
+        first.stdout
+    );
+    assert!(container_logs(&engine, "handoff-overlap", "web").contains("web up"));
+    // Nothing for the next boot to clean up.
+    assert!(!app.state.join("handoff-prefixes").exists());
+
+    // The service runs the image ID of the verified config, and the engine
+    // keeps that image and nothing else: no prefix image, no extra name.
+    let image_id = pushed.image.config.digest.clone();
+    let handed_file =
+        std::fs::read_to_string(app.state.join("compose/docker-compose.yml")).unwrap();
+    assert!(
+        handed_file.contains(&format!("image: {image_id}")),
+        "{handed_file}"
+    );
+    let ids = engine.docker_out(&["images", "-a", "--no-trunc", "--format", "{{.ID}}"]);
+    assert_eq!(
+        ids.split_whitespace().collect::<Vec<_>>(),
+        [image_id.as_str()]
+    );
+    let names = engine.docker_out(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.RepoTags}} {{.RepoDigests}}",
+        &image_id,
+    ]);
+    assert_eq!(names.trim(), format!("[{}/app/slow:1] []", reg.host_port()));
+
+    // A restart is still free: no blob fetched, nothing loaded.
+    proxy.clear_requests();
+    let again = app.boot(&engine.host(), &[]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    assert_eq!(proxy.blob_gets(), 0, "{:?}", proxy.requests());
+    assert!(!again.stdout.contains("hand-off: "), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("(already in the engine)")
+            && again.stdout.contains("compose tool not needed"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn a_late_layer_that_fails_its_digest_check_never_reaches_the_engine() {
+    let engine = Dockerd::start();
+    let (_reg, proxy, pushed, app) = slow_late_layer_app("handoff-corrupt");
+    let late = pushed.image.layers[2].digest.clone();
+    proxy.update_faults(|f| {
+        f.corrupt = Some(testkit::Corrupt {
+            target: Target::PathContains(late.clone()),
+            offset: 1_500_000,
+            remaining: usize::MAX,
+        })
+    });
+
+    let out = app.boot(&engine.host(), &["--max-retry-time", "2"]);
+    assert_eq!(out.code, 9, "{}", out.stdout);
+    assert!(
+        last_line(&out).starts_with("BOOT FAILED: integrity: "),
+        "{}",
+        out.stdout
+    );
+    // The first layers went to the engine while the late one was fetched…
+    assert!(out.stdout.contains("hand-off: "), "{}", out.stdout);
+    // …and the boot took them back: no image, no layer of this boot stays.
+    let ids = engine.docker_out(&["images", "-a", "-q"]);
+    assert_eq!(ids.trim(), "", "{}", out.stdout);
+    let layerdb = engine.dir().join("data/image/overlay2/layerdb/sha256");
+    let layers = std::fs::read_dir(&layerdb).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(layers, 0, "layers left in {}", layerdb.display());
+}
+
+#[test]
+fn a_killed_boot_leaves_no_prefix_image_behind_the_next_boot() {
+    use std::io::BufRead;
+    let engine = Dockerd::start();
+    let (_reg, _proxy, pushed, app) = slow_late_layer_app("handoff-killed");
+    // Killed while the late layer downloads, after the engine got the first
+    // layers under a prefix image.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["guest", "boot", "--shared"])
+        .arg(&app.shared)
+        .arg("--state")
+        .arg(&app.state)
+        .arg("--env-key-file")
+        .arg(&app.key)
+        .env("DOCKER_HOST", engine.host())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("hand-off: ") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(seen.contains("hand-off: "), "{seen}");
+    let left = engine.docker_out(&["images", "-a", "-q"]);
+    assert_ne!(left.trim(), "", "the kill came too late to test anything");
+
+    let again = app.boot(&engine.host(), &[]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    let ids = engine.docker_out(&["images", "-a", "--no-trunc", "--format", "{{.ID}}"]);
+    assert_eq!(
+        ids.split_whitespace().collect::<Vec<_>>(),
+        [pushed.image.config.digest.as_str()],
+        "{}",
+        again.stdout
+    );
+}

@@ -272,7 +272,12 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 .as_deref()
                 .is_some_and(|v| !v.is_empty());
             let store = registry::OciStore::open(&store_dir)?;
-            let handoff = handoff::start(store, wanted(&compose), serial.clone());
+            let handoff = handoff::start(
+                store,
+                wanted(&compose),
+                serial.clone(),
+                opts.state.join("handoff-prefixes"),
+            );
             let watch = handoff.watch();
             let log = pull_log(serial);
             let events: registry::EventSink = Arc::new(move |e: &PullEvent| {

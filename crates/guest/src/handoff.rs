@@ -45,6 +45,7 @@ use crate::serial::SerialLog;
 use registry::manifest::ImageManifest;
 use registry::{Category, Digest, OciStore, PullEvent};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -124,8 +125,15 @@ pub struct HandoffTask {
 
 /// Starts handing `wanted` to the engine as the pull into `store` verifies
 /// their blobs. Feed the pull's events to [`HandoffTask::watch`]; then call
-/// [`HandoffTask::finish`] or [`HandoffTask::abandon`].
-pub fn start(store: OciStore, wanted: Vec<Wanted>, serial: SerialLog) -> HandoffTask {
+/// [`HandoffTask::finish`] or [`HandoffTask::abandon`]. `pending` is a file
+/// of the CVM's state naming this boot's prefix images until they are
+/// removed, so that the next boot removes those a killed boot left behind.
+pub fn start(
+    store: OciStore,
+    wanted: Vec<Wanted>,
+    serial: SerialLog,
+    pending: PathBuf,
+) -> HandoffTask {
     let (tx, rx) = watch::channel(PullState::default());
     let watch = PullWatch { tx: Arc::new(tx) };
     let nonce = {
@@ -136,6 +144,9 @@ pub fn start(store: OciStore, wanted: Vec<Wanted>, serial: SerialLog) -> Handoff
     };
     let task = tokio::spawn(async move {
         let runtime = DockerRuntime::connect().await?;
+        remove_left_behind(&runtime, &pending, &serial).await;
+        // Written before the first prefix image can exist.
+        let _ = std::fs::write(&pending, &nonce);
         let jobs = wanted.into_iter().enumerate().map(|(i, want)| {
             let image = Image {
                 runtime: &runtime,
@@ -147,10 +158,16 @@ pub fn start(store: OciStore, wanted: Vec<Wanted>, serial: SerialLog) -> Handoff
             };
             image.hand(rx.clone())
         });
-        futures_util::future::join_all(jobs)
-            .await
-            .into_iter()
-            .collect()
+        let handed = futures_util::future::join_all(jobs).await;
+        // Each image removed its prefix images, whatever happened to it;
+        // if the engine refused a removal, the next boot tries again.
+        let left = runtime
+            .images_labelled(PREFIX_LABEL, &format!("{nonce}-"))
+            .await;
+        if left.is_ok_and(|ids| ids.is_empty()) {
+            let _ = std::fs::remove_file(&pending);
+        }
+        handed.into_iter().collect()
     });
     HandoffTask { watch, task }
 }
@@ -173,6 +190,33 @@ impl HandoffTask {
     pub async fn abandon(self) {
         self.watch.finish(false);
         let _ = self.task.await;
+    }
+}
+
+/// Removes the prefix images of the boot named in `pending` (a boot that
+/// was killed before it could), and the file.
+async fn remove_left_behind(runtime: &DockerRuntime, pending: &Path, serial: &SerialLog) {
+    let Ok(nonce) = std::fs::read_to_string(pending) else {
+        return;
+    };
+    let nonce = nonce.trim();
+    if nonce.is_empty() {
+        return;
+    }
+    // A label value is `<nonce>-<image index>`.
+    match runtime
+        .images_labelled(PREFIX_LABEL, &format!("{nonce}-"))
+        .await
+    {
+        Ok(ids) => {
+            for id in ids {
+                if let Err(e) = runtime.remove_image(&id).await {
+                    serial.line(&format!("warning: hand-off: {e}"));
+                }
+            }
+            let _ = std::fs::remove_file(pending);
+        }
+        Err(e) => serial.line(&format!("warning: hand-off: {e}")),
     }
 }
 
@@ -379,8 +423,8 @@ impl Loads<'_> {
     }
 
     /// The layer files of layers `from..to`, each once.
-    fn carried(&self, from: usize, to: usize) -> Vec<(String, std::path::PathBuf)> {
-        let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
+    fn carried(&self, from: usize, to: usize) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
         for l in &self.manifest.layers[from..to] {
             let name = LoadArchive::layer_name(&l.digest);
             if !out.iter().any(|(n, _)| *n == name) {

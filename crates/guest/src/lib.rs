@@ -10,7 +10,8 @@
 //! [`keys::EnvKeyProvider`] (the seam where hardware attestation plugs in),
 //! open and filter the env, resolve credentials, pull with the `registry`
 //! engine into the CVM's persistent state, hand the images to the Docker
-//! engine ([`runtime`]) and run the compose tool without letting it pull.
+//! engine layer by layer while the pull still runs ([`handoff`],
+//! [`runtime`]) and run the compose tool without letting it pull.
 //!
 //! Why it is built this way: the pull happens here, not in the compose tool,
 //! so that a restart with unchanged digests costs only HEAD requests, every

@@ -113,6 +113,31 @@ impl DockerRuntime {
         self.image_id(image_id).await.as_deref() == Some(image_id)
     }
 
+    /// The IDs of the images whose label `label` has a value starting with
+    /// `prefix`.
+    pub async fn images_labelled(
+        &self,
+        label: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, BootError> {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label", vec![label.to_owned()]);
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_images(Some(opts))
+            .await
+            .map_err(|e| runtime_err(format!("the Docker engine cannot list images: {e}")))?;
+        Ok(list
+            .into_iter()
+            .filter(|i| i.labels.get(label).is_some_and(|v| v.starts_with(prefix)))
+            .map(|i| i.id)
+            .collect())
+    }
+
     /// Removes the image with this ID (its layers stay while another image
     /// holds them).
     pub async fn remove_image(&self, image_id: &str) -> Result<(), BootError> {
