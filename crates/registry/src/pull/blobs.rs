@@ -69,6 +69,12 @@ pub(super) struct Connections {
     limit: usize,
     per_registry: Mutex<HashMap<String, Arc<Semaphore>>>,
     ignore_range: Mutex<HashSet<String>>,
+    /// One blob in parts at a time per registry, taken in the order the
+    /// blobs asked (tokio's mutex is fair, and blobs start in layer
+    /// order): each big layer gets every connection and is verified as
+    /// early as it can be, so the engine can start on it while the next
+    /// one downloads, instead of all big layers finishing together.
+    in_parts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Connections {
@@ -77,7 +83,20 @@ impl Connections {
             limit: limit.max(1),
             per_registry: Mutex::new(HashMap::new()),
             ignore_range: Mutex::new(HashSet::new()),
+            in_parts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no other blob of `registry` is downloading in parts.
+    async fn one_in_parts(&self, registry: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .in_parts
+            .lock()
+            .unwrap()
+            .entry(registry.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Waits for a connection to `registry`.
@@ -188,6 +207,9 @@ impl Puller {
             if size >= self.opts.ranged.threshold
                 && !self.connections.ignores_range(&client.registry)
             {
+                // No connection is held while waiting here (parts take
+                // their own), so this cannot starve the blob in parts.
+                let _turn = self.connections.one_in_parts(&client.registry).await;
                 match self.fetch_parts(&fetch, &mut download).await? {
                     PartsEnd::Done => {}
                     PartsEnd::OneStream(answer) => {
