@@ -61,6 +61,9 @@ BERTH_API_KEY="$(cat "$DEMO/cloud/api-key")"
 export BERTH_API_KEY
 KMS_PUBKEY="$(cat "$DEMO/cloud/kms-public-key")"
 export BERTH_KMS_PUBKEY="$KMS_PUBKEY"
+# The owner key that signs this demo's upgrades (berth deploy creates it);
+# kept with the demo instead of in ~/.config/berth.
+export BERTH_OWNER_KEY="$DEMO/owner-key"
 
 step "3. Deploy an app whose image is private; the credentials are sealed here"
 cat > "$DEMO/app/docker-compose.yml" <<YAML
@@ -111,10 +114,12 @@ The demo keeps running:
                   deploy a second app from the form: its image $IMAGE,
                   provider "Other registry", registry $REGISTRY, user demo,
                   the password in $DEMO/registry-password)
-  try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key) BERTH_KMS_PUBKEY=$KMS_PUBKEY
+  try:            export BERTH_API_URL=$BERTH_API_URL BERTH_API_KEY=\$(cat $DEMO/cloud/api-key) BERTH_KMS_PUBKEY=$KMS_PUBKEY BERTH_OWNER_KEY=$DEMO/owner-key
                   $BERTH cvms list
                   $BERTH cvms get demo-private-app
                   $BERTH cvms logs demo-private-app --serial
+                  $BERTH deploy --update demo-private-app -c $DEMO/app/docker-compose.yml --wait   (signed with the owner key)
+                  $BERTH cvms history demo-private-app
                   $BERTH deploy -n demo-second-app -c $DEMO/app/docker-compose.yml -e $DEMO/app/.env --wait
   official CLI:   PHALA_CLOUD_API_PREFIX=$BERTH_API_URL PHALA_CLOUD_API_KEY=\$(cat $DEMO/cloud/api-key) \\
                   $ROOT/interop/node_modules/.bin/phala cvms list

@@ -221,25 +221,18 @@ impl AppRegistry {
                 counter: 0,
                 history: Vec::new(),
             });
+        if current.compose_hash == hash {
+            // Already the accepted hash (a retried request, or an update
+            // that changes nothing): nothing to authorize, nothing changes.
+            return Ok(current.state());
+        }
         let (counter, by) = match &authority {
-            UpgradeAuthority::Cloud => {
-                if current.compose_hash == hash {
-                    return Ok(current.state());
-                }
-                (current.counter + 1, "cloud".to_owned())
-            }
+            UpgradeAuthority::Cloud => (current.counter + 1, "cloud".to_owned()),
             UpgradeAuthority::Owner { public_key } => {
                 let Some(auth) = &req.authorization else {
-                    if current.compose_hash == hash {
-                        return Ok(current.state());
-                    }
                     return Err(RegisterError::Unsigned);
                 };
                 verify_authorization(public_key, &app_id, &hash, auth)?;
-                if auth.counter == current.counter && current.compose_hash == hash {
-                    // The same authorization again (a retried request).
-                    return Ok(current.state());
-                }
                 if auth.counter <= current.counter {
                     return Err(RegisterError::Replayed {
                         got: auth.counter,
