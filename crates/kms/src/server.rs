@@ -693,6 +693,11 @@ mod tests {
                 .0,
             StatusCode::OK
         );
+        // An update to the hash already accepted changes nothing, not even
+        // the counter, whatever counter it was signed with.
+        let same = owner.authorize(&m.app_id, &v2, 9).unwrap();
+        let (s, state) = register(&k, &m.app_id, &g, &v2, Some(same)).await;
+        assert_eq!((s, state["counter"].as_u64()), (StatusCode::OK, Some(1)));
         let second = owner.authorize(&m.app_id, &v3, 2).unwrap();
         assert_eq!(
             register(&k, &m.app_id, &g, &v3, Some(second)).await.0,
