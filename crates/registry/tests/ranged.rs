@@ -69,6 +69,15 @@ fn pull_through(
     })
 }
 
+/// A pull through `proxy` into `store` with the test's parts, no events.
+fn pull_parts(proxy: &FaultProxy, store: &Path) -> Result<PulledImage, PullError> {
+    pull_through(
+        proxy,
+        ranged_options(store, Duration::from_secs(20)),
+        no_events(),
+    )
+}
+
 /// GETs of one blob seen by the proxy, in order.
 fn blob_gets(proxy: &FaultProxy, blob: &BlobInfo) -> Vec<RequestRecord> {
     proxy
@@ -190,12 +199,7 @@ fn a_registry_that_ignores_range_is_read_in_one_stream() {
     proxy.ignore_range();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let pulled = pull_through(
-        &proxy,
-        ranged_options(&store, Duration::from_secs(20)),
-        no_events(),
-    )
-    .expect("the pull succeeds");
+    let pulled = pull_parts(&proxy, &store).expect("the pull succeeds");
     assert_eq!(pulled.digest.to_string(), pushed.digest);
     // The first part's request was answered 200 with the whole blob, and
     // that answer was read to the end: no other request.
@@ -216,12 +220,7 @@ fn a_part_dropped_midway_is_the_only_one_fetched_again_from_where_it_stopped() {
     proxy.drop_part_after(2 * part, 300_000, 1);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    pull_through(
-        &proxy,
-        ranged_options(&store, Duration::from_secs(20)),
-        no_events(),
-    )
-    .expect("the pull survives the drop");
+    pull_parts(&proxy, &store).expect("the pull survives the drop");
 
     let gets = blob_gets(&proxy, big);
     let dropped: Vec<_> = gets.iter().filter(|r| r.fault == Some("drop")).collect();
@@ -252,12 +251,7 @@ fn a_part_with_wrong_bytes_fails_the_digest_and_nothing_is_committed() {
     proxy.corrupt_part(3 * part, 4242, usize::MAX);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let err = pull_through(
-        &proxy,
-        ranged_options(&store, Duration::from_secs(20)),
-        no_events(),
-    )
-    .unwrap_err();
+    let err = pull_parts(&proxy, &store).unwrap_err();
     assert_eq!(err.category, Category::Integrity, "{err:?}");
     assert!(err.message.contains(&big.digest), "{}", err.message);
     assert!(
@@ -319,12 +313,7 @@ fn a_later_run_fetches_only_the_parts_an_earlier_run_did_not_finish() {
     // part 4 only.
     proxy.clear_faults();
     proxy.clear_requests();
-    let pulled = pull_through(
-        &proxy,
-        ranged_options(&store, Duration::from_secs(20)),
-        no_events(),
-    )
-    .expect("the second run completes the pull");
+    let pulled = pull_parts(&proxy, &store).expect("the second run completes the pull");
     assert_eq!(pulled.digest.to_string(), pushed.digest);
     let gets = blob_gets(&proxy, big);
     assert_eq!(gets.len(), 1, "{gets:#?}");
@@ -386,12 +375,7 @@ fn a_pull_cut_off_mid_download_resumes_its_parts_in_the_next_run() {
 
     proxy.clear_link();
     proxy.clear_requests();
-    let pulled = pull_through(
-        &proxy,
-        ranged_options(&store, Duration::from_secs(20)),
-        no_events(),
-    )
-    .expect("the second run completes the pull");
+    let pulled = pull_parts(&proxy, &store).expect("the second run completes the pull");
     assert_eq!(pulled.digest.to_string(), pushed.digest);
     let run2 = blob_gets(&proxy, big);
     let fetched: u64 = run2.iter().map(|r| r.body_bytes).sum();
@@ -503,12 +487,7 @@ fn big_blobs_come_in_parts_one_after_another_so_the_first_is_ready_first() {
     proxy.set_link(8 << 20, Duration::from_millis(5));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    pull_through(
-        &proxy,
-        ranged_options(&store, Duration::from_secs(20)),
-        no_events(),
-    )
-    .expect("the pull succeeds");
+    pull_parts(&proxy, &store).expect("the pull succeeds");
     let spans: Vec<(Instant, Instant)> = pushed
         .image
         .layers
