@@ -71,6 +71,7 @@
 mod app_id;
 mod apps;
 mod error;
+mod keyfile;
 pub mod owner;
 mod root;
 pub mod server;

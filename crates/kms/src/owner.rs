@@ -15,7 +15,7 @@ use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use rand_core::OsRng;
 use sha2::Digest as _;
 use std::fmt;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -49,34 +49,24 @@ impl OwnerKey {
     }
 
     /// Reads the key from `path` (64 hex characters), or creates it there
-    /// (mode 0600, in a folder made 0700) when there is none. Never replaces
-    /// an existing file; refuses a key file other users can read.
+    /// (mode 0600, in a folder made 0700), complete or not at all (the key
+    /// file rules of [`crate::KmsRootKey::load_or_create`]). Never replaces
+    /// an existing file; refuses a key file other users can read. `true`
+    /// when it was created.
     pub fn load_or_create(path: &Path) -> io::Result<(Self, bool)> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                check_private(path)?;
-                let text = Zeroizing::new(text);
-                let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
-                    io::Error::other(format!("{} does not hold a hex key", path.display()))
-                })?);
-                let key = SigningKey::from_slice(&bytes).map_err(|_| {
-                    io::Error::other(format!("{} does not hold a valid key", path.display()))
-                })?;
-                Ok((Self(key), false))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = Self::generate();
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    create_private_dir(dir)?;
-                }
-                let mut file = new_private_file(path)?;
-                let text = Zeroizing::new(format!("{}\n", hex::encode(key.0.to_bytes())));
-                file.write_all(text.as_bytes())?;
-                file.sync_all()?;
-                Ok((key, true))
-            }
-            Err(e) => Err(e),
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
         }
+        let generate = || Zeroizing::new(SigningKey::random(&mut OsRng).to_bytes().into());
+        let (bytes, created) =
+            crate::keyfile::load_or_create_secret32(path, generate).map_err(owner_words)?;
+        let key = SigningKey::from_slice(bytes.as_ref()).map_err(|_| {
+            io::Error::other(format!(
+                "the owner key at {} is not a valid secp256k1 key",
+                path.display()
+            ))
+        })?;
+        Ok((Self(key), created))
     }
 
     /// The public key, compressed SEC1 hex (what goes into the manifest).
@@ -146,24 +136,6 @@ pub fn parse_owner_key(text: &str) -> Result<VerifyingKey, ParseError> {
 }
 
 #[cfg(unix)]
-fn new_private_file(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn new_private_file(path: &Path) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
-#[cfg(unix)]
 fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
@@ -180,23 +152,38 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-#[cfg(unix)]
-fn check_private(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = std::fs::metadata(path)?.mode();
-    if mode & 0o077 != 0 {
-        return Err(io::Error::other(format!(
-            "{} is readable by other users (mode {:o}); run chmod 600 on it",
-            path.display(),
-            mode & 0o777
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_path: &Path) -> io::Result<()> {
-    Ok(())
+/// A key-file error in the owner key's words (the rules are the root
+/// key's; the messages name the owner key).
+fn owner_words(e: crate::RootKeyError) -> io::Error {
+    use crate::RootKeyError as E;
+    let (kind, text) = match e {
+        E::Read { path, source } => (
+            source.kind(),
+            format!("cannot read the owner key at {}: {source}", path.display()),
+        ),
+        E::Create { path, source } => (
+            source.kind(),
+            format!(
+                "cannot create the owner key at {}: {source}",
+                path.display()
+            ),
+        ),
+        E::Malformed { path, reason } => (
+            io::ErrorKind::InvalidData,
+            format!(
+                "the owner key at {} is malformed: {reason} (expected 64 hex characters); it was not changed",
+                path.display()
+            ),
+        ),
+        E::InsecurePermissions { path, mode } => (
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the owner key at {} has mode {mode:04o}; group and others must have no access (chmod 600 it)",
+                path.display()
+            ),
+        ),
+    };
+    io::Error::new(kind, text)
 }
 
 #[cfg(test)]
@@ -260,6 +247,13 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             let e = OwnerKey::load_or_create(&path).unwrap_err();
             assert!(e.to_string().contains("chmod 600"), "{e}");
+            // A file that is not a key is refused, named, and left alone.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::write(&path, b"").unwrap();
+            let e = OwnerKey::load_or_create(&path).unwrap_err();
+            assert!(e.to_string().contains("the owner key at"), "{e}");
+            assert!(e.to_string().contains("malformed"), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"");
         }
     }
 }

@@ -8,10 +8,7 @@ use k256::ecdsa::SigningKey;
 use rand_core::{CryptoRngCore, OsRng};
 use sha2::Sha256;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 /// HKDF salt: names the scheme, so the same root bytes used by another tool
@@ -21,9 +18,6 @@ const HKDF_SALT: &[u8] = b"berth-kms/v1";
 const SIGNING_KEY_INFO: &[u8] = b"berth-kms/v1/k256-signing-key:";
 /// HKDF info of an app's env key (the app id's 20 bytes follow).
 const ENV_KEY_INFO: &[u8] = b"berth-kms/v1/env-encrypt-key:";
-/// The root key file is 64 hex characters and a newline; anything much
-/// longer is not a root key, and is not read into memory.
-const MAX_FILE_LEN: u64 = 256;
 
 /// The KMS root key: 32 random bytes from which the signing key and every
 /// app's env key are derived.
@@ -67,34 +61,7 @@ impl KmsRootKey {
     /// characters (surrounding whitespace allowed) and be accessible to its
     /// owner only (on Unix: no group or other permission bits).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, RootKeyError> {
-        let path = path.as_ref();
-        let read_err = |source| RootKeyError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(read_err)?;
-        check_permissions(path, &file)?;
-        let mut text = Zeroizing::new(Vec::with_capacity(MAX_FILE_LEN as usize + 1));
-        file.take(MAX_FILE_LEN + 1)
-            .read_to_end(&mut text)
-            .map_err(read_err)?;
-        let malformed = |reason| RootKeyError::Malformed {
-            path: path.to_owned(),
-            reason,
-        };
-        if text.len() as u64 > MAX_FILE_LEN {
-            return Err(malformed("the file is too long"));
-        }
-        let trimmed = text.trim_ascii();
-        if trimmed.is_empty() {
-            return Err(malformed("the file is empty"));
-        }
-        if trimmed.len() != 64 {
-            return Err(malformed("wrong length"));
-        }
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(trimmed, &mut *bytes).map_err(|_| malformed("not hex"))?;
-        Ok(Self::from_zeroizing(bytes))
+        crate::keyfile::read_secret32(path.as_ref()).map(Self::from_zeroizing)
     }
 
     /// Reads the root key from `path`, or, if there is no file there,
@@ -107,61 +74,13 @@ impl KmsRootKey {
     /// hard-linked into place, which fails if the name is taken), so two
     /// processes starting at once agree on one key. The directory must exist.
     pub fn load_or_create(path: impl AsRef<Path>) -> Result<Self, RootKeyError> {
-        let path = path.as_ref();
-        match Self::load(path) {
-            Err(RootKeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            other => return other,
-        }
-        let key = Self::generate();
-        match key.write_new(path) {
-            Ok(()) => Ok(key),
-            // Someone else created it in the meantime: theirs wins.
-            Err(WriteError::Taken) => Self::load(path),
-            Err(WriteError::Io(source)) => Err(RootKeyError::Create {
-                path: path.to_owned(),
-                source,
-            }),
-        }
-    }
-
-    /// Writes the key to a new file at `path`, never replacing one.
-    fn write_new(&self, path: &Path) -> Result<(), WriteError> {
-        let name = path.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name")
+        let (bytes, _) = crate::keyfile::load_or_create_secret32(path.as_ref(), || {
+            use rand_core::RngCore as _;
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            OsRng.fill_bytes(&mut *bytes);
+            bytes
         })?;
-        // Unique per process and call, so concurrent creators never share it.
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.{seq}.tmp", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-
-        let mut file = new_private_file(&tmp)?;
-        let linked = (|| {
-            let mut text = Zeroizing::new(hex::encode(*self.root));
-            text.push('\n');
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::hard_link(&tmp, path)
-        })();
-        // The temporary name goes whether or not the link worked.
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(WriteError::Taken),
-            Err(e) => return Err(e.into()),
-        }
-        // Make the new directory entry durable; not every filesystem lets a
-        // directory be opened for syncing, and the file itself is synced.
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        Ok(Self::from_zeroizing(bytes))
     }
 
     /// The KMS's public key: what clients pin to check env key signatures.
@@ -246,20 +165,6 @@ impl fmt::Debug for KmsRootKey {
     }
 }
 
-/// Why [`KmsRootKey::write_new`] did not write.
-enum WriteError {
-    /// The name is taken: another process created the file first.
-    Taken,
-    /// Anything else.
-    Io(io::Error),
-}
-
-impl From<io::Error> for WriteError {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
 fn hkdf32(root: &[u8; 32], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
     let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), root);
     let mut out = Zeroizing::new([0u8; 32]);
@@ -279,49 +184,10 @@ fn derive_signing_key(root: &[u8; 32]) -> SigningKey {
         .expect("256 HKDF outputs cannot all be invalid secp256k1 scalars")
 }
 
-#[cfg(unix)]
-fn new_private_file(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    // The umask can only take bits away; make the mode exact regardless.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    Ok(file)
-}
-
-#[cfg(not(unix))]
-fn new_private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(path)
-}
-
-#[cfg(unix)]
-fn check_permissions(path: &Path, file: &File) -> Result<(), RootKeyError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = file.metadata().map_err(|source| RootKeyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(RootKeyError::InsecurePermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_path: &Path, _file: &File) -> Result<(), RootKeyError> {
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     fn app(n: u8) -> AppId {

@@ -1,0 +1,170 @@
+//! The files that hold one 32-byte secret as 64 hex characters and a
+//! newline (the KMS root key, a user's owner key): read only when no other
+//! user may access them, created complete and atomically, never replaced.
+
+use crate::RootKeyError;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use zeroize::Zeroizing;
+
+/// A key file is 64 hex characters and a newline; anything much longer is
+/// not a key, and is not read into memory.
+const MAX_FILE_LEN: u64 = 256;
+
+/// Reads the secret at `path`, which must exist, hold 64 hex characters
+/// (surrounding whitespace allowed) and be accessible to its owner only
+/// (on Unix: no group or other permission bits).
+pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, RootKeyError> {
+    let read_err = |source| RootKeyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    check_permissions(path, &file)?;
+    let mut text = Zeroizing::new(Vec::with_capacity(MAX_FILE_LEN as usize + 1));
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_end(&mut text)
+        .map_err(read_err)?;
+    let malformed = |reason| RootKeyError::Malformed {
+        path: path.to_owned(),
+        reason,
+    };
+    if text.len() as u64 > MAX_FILE_LEN {
+        return Err(malformed("the file is too long"));
+    }
+    let trimmed = text.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(malformed("the file is empty"));
+    }
+    if trimmed.len() != 64 {
+        return Err(malformed("wrong length"));
+    }
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(trimmed, &mut *bytes).map_err(|_| malformed("not hex"))?;
+    Ok(bytes)
+}
+
+/// Reads the secret at `path`, or, if there is no file there, writes
+/// `generate()`'s (mode `0600`) and returns it with `true`.
+///
+/// An existing file is never overwritten, whatever it holds: a malformed
+/// one is an error. The new file appears atomically and complete (written
+/// and synced under a temporary name in the same directory, then
+/// hard-linked into place, which fails if the name is taken), so a kill at
+/// any moment leaves no half-written key, and two processes starting at
+/// once agree on one key. The directory must exist.
+pub(crate) fn load_or_create_secret32(
+    path: &Path,
+    generate: impl FnOnce() -> Zeroizing<[u8; 32]>,
+) -> Result<(Zeroizing<[u8; 32]>, bool), RootKeyError> {
+    match read_secret32(path) {
+        Err(RootKeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        other => return other.map(|k| (k, false)),
+    }
+    let bytes = generate();
+    match write_new_secret32(path, &bytes) {
+        Ok(()) => Ok((bytes, true)),
+        // Someone else created it in the meantime: theirs wins.
+        Err(WriteError::Taken) => read_secret32(path).map(|k| (k, false)),
+        Err(WriteError::Io(source)) => Err(RootKeyError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` to a new file at `path`, never replacing one.
+fn write_new_secret32(path: &Path, bytes: &[u8; 32]) -> Result<(), WriteError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    // Unique per process and call, so concurrent creators never share it.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.{seq}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+
+    let mut file = new_private_file(&tmp)?;
+    let linked = (|| {
+        let mut text = Zeroizing::new(hex::encode(bytes));
+        text.push('\n');
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    // The temporary name goes whether or not the link worked.
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(WriteError::Taken),
+        Err(e) => return Err(e.into()),
+    }
+    // Make the new directory entry durable; not every filesystem lets a
+    // directory be opened for syncing, and the file itself is synced.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Why [`write_new_secret32`] did not write.
+enum WriteError {
+    /// The name is taken: another process created the file first.
+    Taken,
+    /// Anything else.
+    Io(io::Error),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+#[cfg(unix)]
+fn new_private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    // The umask can only take bits away; make the mode exact regardless.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+#[cfg(not(unix))]
+fn new_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+#[cfg(unix)]
+fn check_permissions(path: &Path, file: &File) -> Result<(), RootKeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = file.metadata().map_err(|source| RootKeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(RootKeyError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_permissions(_path: &Path, _file: &File) -> Result<(), RootKeyError> {
+    Ok(())
+}
