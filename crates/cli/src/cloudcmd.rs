@@ -193,14 +193,6 @@ pub(crate) fn trust_failure(e: kms::trust::TrustError) -> Failure {
 }
 
 pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
-    if let Some(id) = args.update.clone() {
-        return crate::updatecmd::update(args, &id);
-    }
-    let name = args.name.clone().unwrap_or_default();
-    let api = client(&args.api)?;
-    let compose = std::fs::read_to_string(&args.compose)
-        .map_err(|e| Failure::io(format!("cannot read {}", args.compose.display()), &e))?;
-    let env = envargs::load(&args.env)?;
     if args.env.iter().any(|a| {
         a != "-"
             && !std::path::Path::new(a).is_file()
@@ -211,6 +203,14 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
             "note: -e KEY=VALUE puts the credential in this command's arguments, which other local users can read; prefer -e FILE or -e -"
         );
     }
+    if let Some(id) = args.update.clone() {
+        return crate::updatecmd::update(args, &id);
+    }
+    let name = args.name.clone().unwrap_or_default();
+    let api = client(&args.api)?;
+    let compose = std::fs::read_to_string(&args.compose)
+        .map_err(|e| Failure::io(format!("cannot read {}", args.compose.display()), &e))?;
+    let env = envargs::load(&args.env)?;
     let keys: Vec<String> = env.keys().map(str::to_owned).collect();
     let trusted = trusted_kms_key(args.kms_pubkey.as_deref())?;
     if !args.no_check && keys.iter().any(|k| k.starts_with("DSTACK_")) {
