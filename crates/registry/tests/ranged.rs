@@ -46,13 +46,18 @@ fn ranged_options(store: &Path, budget: Duration) -> PullOptions {
 /// A registry with an image of one big layer and one small one, behind a
 /// proxy.
 fn setup() -> (Registry, FaultProxy, PushedImage) {
+    setup_with(&[BIG, 300_000])
+}
+
+/// A registry with an image of layers of these sizes, behind a proxy.
+fn setup_with(layers: &[u64]) -> (Registry, FaultProxy, PushedImage) {
     let reg = Registry::start();
     let proxy = FaultProxy::start(&reg);
     let pushed = push_image(
         &reg.push_target(),
         "lib/big",
         "1",
-        &ImageSpec::with_layers(&[BIG, 300_000]),
+        &ImageSpec::with_layers(layers),
     );
     (reg, proxy, pushed)
 }
@@ -476,14 +481,7 @@ fn big_blobs_come_in_parts_one_after_another_so_the_first_is_ready_first() {
     // Two big layers: each gets every connection in turn, so the first is
     // verified while the second still downloads (the boot agent hands it to
     // the engine meanwhile), instead of both finishing together at the end.
-    let reg = Registry::start();
-    let proxy = FaultProxy::start(&reg);
-    let pushed = push_image(
-        &reg.push_target(),
-        "lib/big",
-        "1",
-        &ImageSpec::with_layers(&[BIG, BIG + 1]),
-    );
+    let (_reg, proxy, pushed) = setup_with(&[BIG, BIG + 1]);
     proxy.set_link(8 << 20, Duration::from_millis(5));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
