@@ -27,52 +27,19 @@ fn up(state: &Path, docker_host: &str, env: &[(&str, String)], args: &[&str]) ->
 
 /// The official `phala` CLI, hermetic: its own HOME, no update check.
 fn phala(cloud: &Cloud, key: &str, cwd: &Path, args: &[&str]) -> Run {
-    let bin = testkit::interop_path("node_modules/.bin/phala");
-    let home = cwd.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let out = run(
-        Command::new(bin)
-            .args(args)
-            .current_dir(cwd)
-            .env("HOME", &home)
-            .env("PHALA_CLOUD_DIR", home.join(".phala-cloud"))
-            .env("PHALA_DISABLE_UPDATE_CHECK", "1")
-            .env("PHALA_CLOUD_API_PREFIX", &cloud.api)
-            .env("PHALA_CLOUD_API_KEY", key)
-            .env("NO_COLOR", "1"),
-        b"",
-    );
-    assert!(
-        !out.stdout.contains(CANARY) && !out.stderr.contains(CANARY),
-        "canary in phala output"
-    );
-    out
+    cloud.phala(key, cwd, args, CANARY)
 }
 
 fn api_get(cloud: &Cloud, key: &str, path: &str) -> (u16, Value) {
-    let (code, text) = cloud.request(key, Some(LEGACY_SHAPE), "GET", path, None);
-    assert!(!text.contains(CANARY), "canary in an API response");
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    cloud.get_without(key, path, CANARY)
 }
 
 fn wait_status(cloud: &Cloud, key: &str, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (code, v) = api_get(cloud, key, &format!("/cvms/{name}"));
-        assert_eq!(code, 200, "{v}");
-        if !v["in_progress"].as_bool().unwrap_or(false) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "CVM {name} still booting: {v}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    cloud.settled(key, name, CANARY)
 }
 
 fn serial_log(cloud: &Cloud, key: &str, name: &str) -> String {
-    let (_, v) = api_get(cloud, key, &format!("/cvms/{name}"));
-    let url = format!("{}&ch=serial", v["syslog_endpoint"].as_str().unwrap());
-    let out = Command::new("curl").args(["-sf", &url]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cloud.serial_log(key, name, CANARY)
 }
 
 #[test]

@@ -8,7 +8,6 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 use testkit::images::{ImageSpec, PushTarget, PushedImage, push_image};
 use testkit::{Dockerd, Registry};
 use testkit::{FaultProxy, RequestKind};
@@ -94,22 +93,7 @@ fn up(state: &Path, engine: &Dockerd, mapping: &str) -> Cloud {
 }
 
 fn phala(cloud: &Cloud, cwd: &Path, args: &[&str]) -> Run {
-    let home = cwd.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let out = run(
-        Command::new(testkit::interop_path("node_modules/.bin/phala"))
-            .args(args)
-            .current_dir(cwd)
-            .env("HOME", &home)
-            .env("PHALA_CLOUD_DIR", home.join(".phala-cloud"))
-            .env("PHALA_DISABLE_UPDATE_CHECK", "1")
-            .env("PHALA_CLOUD_API_PREFIX", &cloud.api)
-            .env("PHALA_CLOUD_API_KEY", ADMIN_KEY)
-            .env("NO_COLOR", "1"),
-        b"",
-    );
-    assert!(!out.stdout.contains(CANARY) && !out.stderr.contains(CANARY));
-    out
+    cloud.phala(ADMIN_KEY, cwd, args, CANARY)
 }
 
 fn berth_cli(cloud: &Cloud, dir: &Path, args: &[&str]) -> Run {
@@ -128,35 +112,17 @@ fn berth_cli(cloud: &Cloud, dir: &Path, args: &[&str]) -> Run {
     out
 }
 
-fn get(cloud: &Cloud, path: &str) -> (u16, Value) {
-    let (code, text) = cloud.request(ADMIN_KEY, Some(LEGACY_SHAPE), "GET", path, None);
-    assert!(!text.contains(CANARY), "canary in an API answer");
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn patch(cloud: &Cloud, path: &str, body: &Value) -> (u16, Value) {
     cloud.call(ADMIN_KEY, "PATCH", path, Some(body))
 }
 
 /// Waits until the CVM has finished booting, then returns it.
 fn settled(cloud: &Cloud, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (code, v) = get(cloud, &format!("/cvms/{id}"));
-        assert_eq!(code, 200, "{v}");
-        if !v["in_progress"].as_bool().unwrap_or(false) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "still booting: {v}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    cloud.settled(ADMIN_KEY, id, CANARY)
 }
 
 fn serial(cloud: &Cloud, id: &str) -> String {
-    let (_, v) = get(cloud, &format!("/cvms/{id}"));
-    let url = format!("{}&ch=serial", v["syslog_endpoint"].as_str().unwrap());
-    let out = Command::new("curl").args(["-sf", &url]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cloud.serial_log(ADMIN_KEY, id, CANARY)
 }
 
 /// The serial log of the last boot only (from its first step).

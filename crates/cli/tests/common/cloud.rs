@@ -162,6 +162,62 @@ impl Cloud {
         (code, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The OFFICIAL `phala` CLI (npm, pinned in interop/) against this
+    /// cloud with `key`, hermetic (its own HOME under `cwd`, no update
+    /// check); fails the test if its output holds `secret`.
+    pub fn phala(&self, key: &str, cwd: &Path, args: &[&str], secret: &str) -> super::Run {
+        let home = cwd.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let out = super::run(
+            Command::new(testkit::interop_path("node_modules/.bin/phala"))
+                .args(args)
+                .current_dir(cwd)
+                .env("HOME", &home)
+                .env("PHALA_CLOUD_DIR", home.join(".phala-cloud"))
+                .env("PHALA_DISABLE_UPDATE_CHECK", "1")
+                .env("PHALA_CLOUD_API_PREFIX", &self.api)
+                .env("PHALA_CLOUD_API_KEY", key)
+                .env("NO_COLOR", "1"),
+            b"",
+        );
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "a secret in phala's output"
+        );
+        out
+    }
+
+    /// `GET {path}` in the legacy shape: (status, JSON or `Null`); fails the
+    /// test if the answer holds `secret`.
+    pub fn get_without(&self, key: &str, path: &str, secret: &str) -> (u16, Value) {
+        let (code, text) = self.request(key, Some(LEGACY_SHAPE), "GET", path, None);
+        assert!(!text.contains(secret), "a secret in an API answer");
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Waits (at most 120 s) until the CVM `id` has finished booting, and
+    /// returns it; every answer is checked for `secret`.
+    pub fn settled(&self, key: &str, id: &str, secret: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (code, v) = self.get_without(key, &format!("/cvms/{id}"), secret);
+            assert_eq!(code, 200, "{v}");
+            if !v["in_progress"].as_bool().unwrap_or(false) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "CVM {id} still booting: {v}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The CVM's serial log, through the log URL the API hands out.
+    pub fn serial_log(&self, key: &str, id: &str, secret: &str) -> String {
+        let (_, v) = self.get_without(key, &format!("/cvms/{id}"), secret);
+        let url = format!("{}&ch=serial", v["syslog_endpoint"].as_str().unwrap());
+        let out = Command::new("curl").args(["-sf", &url]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// SIGTERM, then waits (at most 30 s) for it to exit; its whole output.
     pub fn stop(mut self) -> String {
         assert!(self.terminate(), "berth up did not stop within 30 s");
