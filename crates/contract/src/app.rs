@@ -100,12 +100,7 @@ impl AppCompose {
     /// app's first manifest (which the app id measures), so a control plane
     /// cannot change it later.
     pub fn upgrade_authority(&self) -> crate::upgrade::UpgradeAuthority {
-        match self.berth_owner_key.as_deref().map(str::trim) {
-            Some(k) if !k.is_empty() => crate::upgrade::UpgradeAuthority::Owner {
-                public_key: normalize_hex(k),
-            },
-            _ => crate::upgrade::UpgradeAuthority::Cloud,
-        }
+        crate::upgrade::UpgradeAuthority::of_owner_key(self.berth_owner_key.as_deref())
     }
 }
 

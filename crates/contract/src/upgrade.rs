@@ -35,6 +35,17 @@ pub enum UpgradeAuthority {
 }
 
 impl UpgradeAuthority {
+    /// The model a manifest's `berth_owner_key` field names: a non-empty
+    /// key makes the app owner-authorized.
+    pub fn of_owner_key(berth_owner_key: Option<&str>) -> Self {
+        match berth_owner_key.map(str::trim) {
+            Some(k) if !k.is_empty() => Self::Owner {
+                public_key: normalize_hex(k),
+            },
+            _ => Self::Cloud,
+        }
+    }
+
     /// `cloud` or `owner`: the name the API and the serial log use.
     pub fn model(&self) -> &'static str {
         match self {

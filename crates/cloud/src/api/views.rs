@@ -83,10 +83,7 @@ impl Manifest {
     /// `owner` when only the owner's key may authorize new code, else
     /// `cloud` ([`contract::upgrade::UpgradeAuthority`]).
     pub fn upgrade_authority(&self) -> &'static str {
-        match self.berth_owner_key.as_deref() {
-            Some(k) if !k.is_empty() => "owner",
-            _ => "cloud",
-        }
+        contract::upgrade::UpgradeAuthority::of_owner_key(self.berth_owner_key.as_deref()).model()
     }
 }
 
