@@ -40,6 +40,7 @@ pub fn check(data: &[u8]) {
     let limits = ServiceLimits {
         cpu_millis: Some(1500),
         memory_bytes: Some(256 << 20),
+        ..Default::default()
     };
     for rendered in [
         file.render(&[]),

@@ -195,7 +195,25 @@ pub struct SysConfig {
     /// The CVM's memory in MiB: the memory limit of each of its
     /// containers. `None`: no limit.
     pub memory_mb: Option<u64>,
+    /// The most processes the CVM may run. `None`:
+    /// [`DEFAULT_CVM_PIDS`].
+    pub pids_max: Option<u64>,
+    /// The cgroup the node made to hold the CVM as a whole (its vCPUs,
+    /// memory and processes); `None`: each container gets a share.
+    pub cgroup_parent: Option<String>,
+    /// Host ports the CVM may not publish, besides those of the mapped
+    /// registries (the API's, say).
+    pub reserved_ports: Vec<crate::policy::ReservedPort>,
 }
+
+/// The processes a CVM may run when the platform does not say.
+pub const DEFAULT_CVM_PIDS: u64 = 4096;
+
+/// Each container's log is rotated at this size…
+pub const CONTAINER_LOG_MAX_BYTES: u64 = 10 << 20;
+
+/// …and this many files are kept.
+pub const CONTAINER_LOG_MAX_FILES: u64 = 3;
 
 impl SysConfig {
     /// The limits every service of the CVM runs with.
@@ -206,7 +224,22 @@ impl SysConfig {
                 .memory_mb
                 .filter(|m| *m > 0)
                 .map(|m| m.saturating_mul(1 << 20)),
+            pids: Some(self.pids_max.filter(|p| *p > 0).unwrap_or(DEFAULT_CVM_PIDS)),
+            cgroup_parent: self.cgroup_parent.clone(),
+            log_max_bytes: Some(CONTAINER_LOG_MAX_BYTES),
+            log_max_files: Some(CONTAINER_LOG_MAX_FILES),
         }
+    }
+
+    /// Every host port the CVM may not publish: [`SysConfig::reserved_ports`]
+    /// and the mapped registries' (see
+    /// [`crate::policy::registry_reserved_ports`]).
+    pub fn all_reserved_ports(&self) -> Vec<crate::policy::ReservedPort> {
+        let mut all = self.reserved_ports.clone();
+        all.extend(crate::policy::registry_reserved_ports(
+            &self.registry_endpoints,
+        ));
+        all
     }
 }
 

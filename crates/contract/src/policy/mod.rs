@@ -43,6 +43,15 @@
 //!   explicit `name` would join an existing network or volume: another
 //!   CVM's, or `host`); `secrets`/`configs` only from `content` or
 //!   `environment` (never `file`, never `external`).
+//! - **Addresses, ports and size** (`network`): no `ipam.config` or
+//!   `ipam.options` (subnets and gateways come from the engine's pool, which
+//!   is Berth's own range), no fixed container addresses, ports published
+//!   only on all of the host's addresses or its loopback
+//!   ([`PUBLISH_ADDRESSES`]) and never on a port the cloud reserves
+//!   ([`ComposeFile::check_reserved_ports`]: its API, a mapped registry), at
+//!   most [`MAX_NETWORKS`] networks and [`MAX_CONTAINERS`] containers.
+//! - **Size of the document**: at most [`MAX_EXPANDED_NODES`] YAML nodes
+//!   once aliases are expanded, counted before the document is built.
 //! - **Interpolation**: compose replaces `$VAR`s with the tenant's env values
 //!   when it runs, after this check, so `network_mode: ${MODE}` could become
 //!   `host`. Every checked value above is refused if it contains `$`.
@@ -52,7 +61,8 @@
 //!   refused; service names follow compose's grammar.
 //!
 //! Everything else is left to compose, which refuses keys it does not know:
-//! ports, environment, healthchecks, resource limits, `x-*` fields, …
+//! environment, healthchecks, resource limits (which the rendering holds to
+//! the CVM's), `x-*` fields, …
 //!
 //! Every [`ComposeError`] names the service and the key and says what to
 //! do, in one sentence. Names from the file are shown with control
@@ -70,6 +80,8 @@
 //! - `render`: the file handed to the compose tool, with the CVM's
 //!   [`ServiceLimits`].
 
+mod network;
+
 mod render;
 
 mod service;
@@ -81,12 +93,18 @@ mod top_level;
 
 mod yaml;
 
+pub use network::{
+    MAX_CONTAINERS, MAX_NETWORKS, PUBLISH_ADDRESSES, PublishedPort, ReservedPort,
+    registry_reserved_ports,
+};
 pub use render::ServiceLimits;
 
 use crate::reference::ImageReference;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeSet;
-use yaml::{escaped, find_tag, resolve_merges, scalar_text, shown};
+use yaml::{check_expanded_size, escaped, find_tag, resolve_merges, scalar_text, shown};
+
+pub use yaml::MAX_EXPANDED_NODES;
 
 /// Service keys refused outright, each with what it would give a tenant on
 /// the shared engine and what to do instead.
@@ -283,6 +301,7 @@ impl ComposeFile {
     ///
     /// This does not apply the policy: use [`ComposeFile::parse_and_check`].
     pub fn parse(yaml: &str) -> Result<Self, ComposeError> {
+        check_expanded_size(yaml)?;
         let mut doc: Value = serde_yaml_ng::from_str(yaml).map_err(|e| {
             let at = e
                 .location()
@@ -400,6 +419,7 @@ impl ComposeFile {
             .get("services")
             .and_then(Value::as_mapping)
             .ok_or_else(|| ComposeError::new("the compose file has no `services`"))?;
+        let mut containers: u64 = 0;
         for (name, svc) in services {
             let Some(name) = name.as_str().filter(|n| service::is_service_name(n)) else {
                 let shown_name = shown(&scalar_text(name));
@@ -416,6 +436,18 @@ impl ComposeFile {
                     .err("is not a mapping: describe the service with `image:` and its settings")
             })?;
             service::check_service(&scope, name, svc)?;
+            let n = network::containers_of(&Site::service(name, "scale"), svc)?;
+            containers = containers.saturating_add(n);
+            if containers > MAX_CONTAINERS {
+                let key = if svc.contains_key("scale") {
+                    "scale"
+                } else {
+                    "deploy"
+                };
+                return Err(Site::service(name, key).err(&format!(
+                    "brings the CVM to {containers} containers (`scale`, `deploy.replicas`), more than the {MAX_CONTAINERS} a CVM may run: run fewer replicas"
+                )));
+            }
         }
         Ok(())
     }

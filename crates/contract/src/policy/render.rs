@@ -16,11 +16,15 @@ impl ComposeFile {
     }
 
     /// [`render`](Self::render), with the CVM's `limits` on every service:
-    /// `cpus` and `mem_limit` (and the `deploy.resources.limits` the
-    /// tenant wrote) are set to the platform's value, or kept where the
-    /// tenant's own is smaller; reservations above the limit are lowered
-    /// to it, and `cpu_quota`/`cpu_period` (which the engine refuses next
-    /// to `cpus`) are dropped.
+    /// `cpus`, `mem_limit` and `pids_limit` (and the
+    /// `deploy.resources.limits` the tenant wrote) are set to the
+    /// platform's value, or kept where the tenant's own is smaller (a 0,
+    /// which the engine reads as "no limit", is no value); reservations
+    /// above the limit are lowered to it, swap is held to it, and
+    /// `cpu_quota`/`cpu_period` (which the engine refuses next to `cpus`)
+    /// are dropped. Every container goes under the CVM's cgroup when
+    /// there is one, else gets an equal share of the CVM (replicas
+    /// counted); logs are rotated at the platform's size.
     pub fn render_with_limits(
         &self,
         replacements: &[(String, String)],
@@ -28,9 +32,21 @@ impl ComposeFile {
     ) -> String {
         let mut doc = self.rendered(replacements);
         if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
+            let containers: u64 = services
+                .iter()
+                .filter_map(|(name, svc)| {
+                    let name = name.as_str()?;
+                    super::network::containers_of(
+                        &super::Site::service(name, "scale"),
+                        svc.as_mapping()?,
+                    )
+                    .ok()
+                })
+                .sum();
+            let each = per_container(limits, containers);
             for (_, svc) in services.iter_mut() {
                 if let Some(svc) = svc.as_mapping_mut() {
-                    limit_service(svc, limits);
+                    limit_service(svc, &each);
                 }
             }
         }
@@ -56,13 +72,48 @@ impl ComposeFile {
     }
 }
 
-/// The resources each container of a CVM may use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The resources of a CVM, and how its containers are held to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceLimits {
     /// CPUs in thousandths (1000 = one CPU).
     pub cpu_millis: Option<u64>,
     /// Memory, bytes.
     pub memory_bytes: Option<u64>,
+    /// Processes (threads included).
+    pub pids: Option<u64>,
+    /// A cgroup (of the engine's cgroup driver) that holds the CVM's
+    /// vCPUs, memory and processes as a whole, made by the node: every
+    /// container is placed under it. Without one, each container gets an
+    /// equal share of the CVM's resources, so that all of them together
+    /// stay within it.
+    pub cgroup_parent: Option<String>,
+    /// Each container's log: the largest file, bytes, and how many files
+    /// are kept (the engine rotates them).
+    pub log_max_bytes: Option<u64>,
+    /// See [`ServiceLimits::log_max_bytes`].
+    pub log_max_files: Option<u64>,
+}
+
+/// The engine refuses a memory limit below 6 MB.
+pub const MIN_MEMORY_BYTES: u64 = 6 << 20;
+
+/// The fewest processes a container is limited to.
+const MIN_PIDS: u64 = 16;
+
+/// What one container may use: the CVM's limits, divided among its
+/// `containers` when no cgroup holds them as a whole.
+fn per_container(limits: &ServiceLimits, containers: u64) -> ServiceLimits {
+    if limits.cgroup_parent.is_some() || containers <= 1 {
+        return limits.clone();
+    }
+    ServiceLimits {
+        cpu_millis: limits.cpu_millis.map(|c| (c / containers).max(10)),
+        memory_bytes: limits
+            .memory_bytes
+            .map(|m| (m / containers).max(MIN_MEMORY_BYTES)),
+        pids: limits.pids.map(|p| (p / containers).max(MIN_PIDS)),
+        ..limits.clone()
+    }
 }
 
 fn limit_service(svc: &mut Mapping, limits: &ServiceLimits) {
@@ -73,6 +124,9 @@ fn limit_service(svc: &mut Mapping, limits: &ServiceLimits) {
             .and_then(|l| l.get(key))
             .cloned()
     };
+    if let Some(parent) = &limits.cgroup_parent {
+        svc.insert(Value::from("cgroup_parent"), Value::from(parent.as_str()));
+    }
     if let Some(max) = limits.cpu_millis {
         let tenant = [svc.get("cpus").cloned(), deploy_limits(svc, "cpus")]
             .into_iter()
@@ -89,12 +143,17 @@ fn limit_service(svc: &mut Mapping, limits: &ServiceLimits) {
         }
     }
     if let Some(max) = limits.memory_bytes {
+        // 0 (or a fraction that rounds to it) means "no limit" to the
+        // engine: it is no value here, so the CVM's applies.
         let tenant = [svc.get("mem_limit").cloned(), deploy_limits(svc, "memory")]
             .into_iter()
             .flatten()
             .filter_map(|v| bytes_of(&v))
+            .filter(|b| *b > 0)
             .min();
-        let bytes = tenant.map_or(max, |t| t.min(max));
+        let bytes = tenant
+            .map_or(max, |t| t.min(max))
+            .max(MIN_MEMORY_BYTES.min(max));
         svc.insert(Value::from("mem_limit"), Value::from(bytes));
         if let Some(l) = resources_mut(svc, "limits") {
             l.insert(Value::from("memory"), Value::from(bytes));
@@ -113,12 +172,63 @@ fn limit_service(svc: &mut Mapping, limits: &ServiceLimits) {
         {
             r.insert(Value::from("memory"), Value::from(bytes));
         }
-        if svc.get("memswap_limit").is_some_and(|v| {
-            !matches!(v.as_i64(), Some(-1)) && bytes_of(v).is_none_or(|s| s < bytes)
-        }) {
+        // No swap beyond the memory limit: -1 (unlimited swap) or a
+        // larger value would let the CVM use more than its memory.
+        if svc.contains_key("memswap_limit") {
             svc.insert(Value::from("memswap_limit"), Value::from(bytes));
         }
     }
+    if let Some(max) = limits.pids {
+        // 0 and -1 mean "no limit" to the engine.
+        let tenant = [svc.get("pids_limit").cloned(), deploy_limits(svc, "pids")]
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+            .filter(|p| *p > 0)
+            .min();
+        let pids = tenant.map_or(max, |t| t.min(max));
+        svc.insert(Value::from("pids_limit"), Value::from(pids));
+        if let Some(l) = resources_mut(svc, "limits") {
+            l.insert(Value::from("pids"), Value::from(pids));
+        }
+    }
+    if let (Some(size), Some(files)) = (limits.log_max_bytes, limits.log_max_files) {
+        limit_logging(svc, size, files);
+    }
+}
+
+/// The `json-file`/`local` log of a container rotated at `size` bytes,
+/// `files` kept (the tenant's smaller values kept); `none` stays.
+fn limit_logging(svc: &mut Mapping, size: u64, files: u64) {
+    let logging = svc
+        .entry(Value::from("logging"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !logging.is_mapping() {
+        *logging = Value::Mapping(Mapping::new());
+    }
+    let logging = logging.as_mapping_mut().expect("a mapping");
+    if logging.get("driver").and_then(Value::as_str) == Some("none") {
+        return;
+    }
+    let options = logging
+        .entry(Value::from("options"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !options.is_mapping() {
+        *options = Value::Mapping(Mapping::new());
+    }
+    let options = options.as_mapping_mut().expect("a mapping");
+    let tenant_size = options
+        .get("max-size")
+        .and_then(bytes_of)
+        .filter(|b| *b > 0);
+    let tenant_files = options
+        .get("max-file")
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+        .filter(|f| *f > 0);
+    let size = tenant_size.map_or(size, |t| t.min(size));
+    let files = tenant_files.map_or(files, |t| t.min(files));
+    options.insert(Value::from("max-size"), Value::from(size.to_string()));
+    options.insert(Value::from("max-file"), Value::from(files.to_string()));
 }
 
 /// `deploy.resources.<which>`, if the tenant wrote it as a mapping.
@@ -183,9 +293,12 @@ mod limit_tests {
         let limits = ServiceLimits {
             cpu_millis: Some(1000),
             memory_bytes: Some(2048 << 20),
+            cgroup_parent: Some("/berth/cvm".into()),
+            ..Default::default()
         };
         let out = c.render_with_limits(&[], &limits);
         let plain = service(&out, "plain");
+        assert_eq!(plain["cgroup_parent"].as_str(), Some("/berth/cvm"));
         assert_eq!(plain["cpus"].as_f64(), Some(1.0));
         assert_eq!(plain["mem_limit"].as_u64(), Some(2048 << 20));
         let greedy = service(&out, "greedy");
@@ -206,6 +319,57 @@ mod limit_tests {
             c.render_with_limits(&[], &ServiceLimits::default()),
             c.render(&[])
         );
+    }
+
+    /// The audit's finding 7: `mem_limit: 0` (or a fraction) was no limit,
+    /// no container had a pids limit, and `scale: 12` gave twelve
+    /// full-size containers.
+    #[test]
+    fn the_cvm_is_bounded_as_a_whole() {
+        let c = ComposeFile::parse_and_check(
+            "services:\n  zero:\n    image: alice/web:1\n    mem_limit: 0\n    pids_limit: -1\n  tiny:\n    image: alice/web:1\n    mem_limit: \"0.0001\"\n    memswap_limit: -1\n  many:\n    image: alice/web:1\n    scale: 6\n    logging: {driver: json-file, options: {max-size: 1g, max-file: \"100\"}}\n  quiet:\n    image: alice/web:1\n    logging: {driver: none}\n",
+        )
+        .unwrap();
+        let limits = ServiceLimits {
+            cpu_millis: Some(2000),
+            memory_bytes: Some(900 << 20),
+            pids: Some(900),
+            cgroup_parent: None,
+            log_max_bytes: Some(10 << 20),
+            log_max_files: Some(3),
+        };
+        // No cgroup for the CVM: nine containers share it.
+        let out = c.render_with_limits(&[], &limits);
+        for name in ["zero", "many", "quiet"] {
+            let s = service(&out, name);
+            assert_eq!(s["mem_limit"].as_u64(), Some(100 << 20), "{name}: {out}");
+            assert_eq!(s["pids_limit"].as_u64(), Some(100), "{name}");
+            assert_eq!(s["cpus"].as_f64(), Some(0.222), "{name}");
+            assert!(s.get("cgroup_parent").is_none());
+        }
+        let tiny = service(&out, "tiny");
+        assert_eq!(tiny["mem_limit"].as_u64(), Some(100 << 20));
+        assert_eq!(tiny["memswap_limit"].as_u64(), Some(100 << 20));
+        let many = service(&out, "many");
+        assert_eq!(
+            many["logging"]["options"]["max-size"].as_str(),
+            Some("10485760")
+        );
+        assert_eq!(many["logging"]["options"]["max-file"].as_str(), Some("3"));
+        let zero = service(&out, "zero");
+        assert_eq!(zero["logging"]["options"]["max-file"].as_str(), Some("3"));
+        assert!(service(&out, "quiet")["logging"].get("options").is_none());
+        // With the CVM's cgroup: each container may use up to all of it,
+        // the cgroup holds them together.
+        let held = ServiceLimits {
+            cgroup_parent: Some("/berth/x".into()),
+            ..limits
+        };
+        let out = c.render_with_limits(&[], &held);
+        let many = service(&out, "many");
+        assert_eq!(many["mem_limit"].as_u64(), Some(900 << 20));
+        assert_eq!(many["pids_limit"].as_u64(), Some(900));
+        assert_eq!(many["cgroup_parent"].as_str(), Some("/berth/x"));
     }
 
     #[test]

@@ -95,7 +95,11 @@ pub(super) fn check_service(scope: &Scope, name: &str, svc: &Mapping) -> Result<
             "logging" => check_logging(&site, value)?,
             "labels" => check_labels(&site, "`labels`", value)?,
             "deploy" => check_deploy(&site, value)?,
-            "networks" => check_refs(&site, value, &scope.networks, true)?,
+            "networks" => {
+                check_refs(&site, value, &scope.networks, true)?;
+                super::network::check_service_networks(&site, value)?;
+            }
+            "ports" => super::network::check_ports(&site, value)?,
             "secrets" => check_refs(&site, value, &scope.secrets, false)?,
             "configs" => check_refs(&site, value, &scope.configs, false)?,
             "post_start" | "pre_stop" => {

@@ -65,10 +65,12 @@ pub(super) fn check_top_volumes(value: &Value) -> Result<(), ComposeError> {
 }
 
 pub(super) fn check_top_networks(value: &Value) -> Result<(), ComposeError> {
+    super::network::check_network_count(value)?;
     for (name, entry) in top_entries("networks", value)? {
         let site = Site::entry("networks", &name);
         external(&site, entry)?;
         driver_only(&site, entry, "bridge")?;
+        super::network::check_network_addresses(&site, entry)?;
         match entry.get("ipam").and_then(|i| i.get("driver")) {
             None | Some(Value::Null) => {}
             Some(Value::String(d)) if d == "default" => {}
@@ -114,7 +116,7 @@ mod tests {
 
     #[test]
     fn top_level_objects() {
-        let ok = "volumes:\n  a:\n  b:\n    driver: local\n    labels: {org.example: x}\nnetworks:\n  n:\n    driver: bridge\n    internal: true\n    ipam: {config: [{subnet: 10.5.0.0/16}]}\nsecrets:\n  s:\n    content: x\nconfigs:\n  c:\n    environment: C\n";
+        let ok = "volumes:\n  a:\n  b:\n    driver: local\n    labels: {org.example: x}\nnetworks:\n  n:\n    driver: bridge\n    internal: true\n    ipam: {driver: default}\nsecrets:\n  s:\n    content: x\nconfigs:\n  c:\n    environment: C\n";
         allowed(&format!("{}{ok}", web("")));
         for (top, key) in [
             ("volumes:\n  v:\n    external: true\n", "volumes"),

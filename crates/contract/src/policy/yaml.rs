@@ -6,6 +6,108 @@
 use super::{ComposeError, MAX_MERGE_PASSES};
 use serde_yaml_ng::Value;
 
+/// The most nodes (scalars, mappings, sequences) a compose document may
+/// hold once its aliases are expanded. A real compose file has a few
+/// thousand; an anchor of 4,000 keys aliased 1,500 times is six million,
+/// gigabytes once parsed. The parser's own guard counts alias jumps, not
+/// what they expand to.
+pub const MAX_EXPANDED_NODES: usize = 100_000;
+
+/// Refuses a document that expands (aliases replayed) to more than
+/// [`MAX_EXPANDED_NODES`] nodes, before anything is built from it: the
+/// count walks the parser's events and stops at the bound, so memory
+/// stays that of the text and time that of the bound.
+pub(super) fn check_expanded_size(yaml: &str) -> Result<(), ComposeError> {
+    use serde::de::DeserializeSeed;
+    let count = std::cell::Cell::new(0usize);
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        match Count(&count).deserialize(doc) {
+            Ok(()) => {}
+            Err(_) if count.get() > MAX_EXPANDED_NODES => {
+                return Err(ComposeError::new(format!(
+                    "the compose file expands to more than {MAX_EXPANDED_NODES} YAML nodes once its anchors and aliases are replaced: write it without aliases that repeat large parts"
+                )));
+            }
+            // Not valid YAML: the real parse says where.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A visitor that builds nothing and counts every node it is shown,
+/// failing once the count passes [`MAX_EXPANDED_NODES`].
+#[derive(Clone, Copy)]
+struct Count<'c>(&'c std::cell::Cell<usize>);
+
+impl Count<'_> {
+    fn one<E: serde::de::Error>(&self) -> Result<(), E> {
+        let n = self.0.get() + 1;
+        self.0.set(n);
+        if n > MAX_EXPANDED_NODES {
+            return Err(E::custom("too many nodes"));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML node")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        use serde::de::DeserializeSeed;
+        self.deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.one()?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.one()?;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.one()?;
+        let ((), variant) = data.variant_seed(self)?;
+        variant.newtype_variant_seed(self)
+    }
+}
+
 /// Resolves merge keys until none is left (one pass of
 /// [`Value::apply_merge`] leaves the merge keys of merged-in anchors).
 pub(super) fn resolve_merges(doc: &mut Value) -> Result<(), ComposeError> {
@@ -155,6 +257,40 @@ mod tests {
         assert!(e.message.contains("n\\r\\n"), "{}", e.message);
         let e = refused(&web(&format!("extends: {}", "x".repeat(500))));
         assert!(e.message.len() < 400, "{}", e.message);
+    }
+
+    /// The audit's finding 6: 52 KB of YAML (one anchor of 4,000 keys
+    /// aliased by 1,500 services) took the API to 2.1 GB. It is refused
+    /// from the count of its expanded nodes, before the document is built.
+    #[test]
+    fn an_alias_bomb_is_refused_by_its_expanded_size() {
+        let keys: String = (0..4000).map(|i| format!("  k{i}: v\n")).collect();
+        let services: String = (0..1500)
+            .map(|i| format!("  s{i}:\n    image: alice/web:1\n    labels: *big\n"))
+            .collect();
+        let bomb = format!("x-big: &big\n{keys}services:\n{services}");
+        assert!(bomb.len() < 120_000, "{}", bomb.len());
+        let e = ComposeFile::parse(&bomb).unwrap_err();
+        assert!(
+            e.message.contains("100000 YAML nodes") && e.message.contains("aliases"),
+            "{}",
+            e.message
+        );
+        // The classic nested form too.
+        let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let prev = format!("*a{}", i - 1);
+            laughs.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        laughs.push_str("services:\n  web:\n    image: alice/web:1\n    labels: {x: 1}\n");
+        assert!(ComposeFile::parse(&laughs).is_err());
+        // Anchors of ordinary size pass.
+        allowed(&format!(
+            "x-env: &env\n  A: 1\nservices:\n{}",
+            (0..20)
+                .map(|i| format!("  s{i}:\n    image: alice/web:1\n    environment: *env\n"))
+                .collect::<String>()
+        ));
     }
 
     #[test]
