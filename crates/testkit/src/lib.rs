@@ -14,6 +14,9 @@
 //!   a real network ([`FaultProxy::throttled`]: a bandwidth cap per
 //!   connection and round-trip latency). [`Registry::stop`]/[`Registry::start_again`]
 //!   kill and restart the registry on the same port and storage.
+//! - [`HostileRegistry`]: a registry that lies in ways a proxy in front of a
+//!   real one cannot (a manifest announcing a layer of another size than
+//!   its blob, 25,000 layers, a body that trickles), served from memory.
 //! - [`Moto`]: moto's server (AWS mock) for ECR `GetAuthorizationToken`.
 //! - [`Dockerd`]: a private Docker engine (own socket, data and exec root).
 //! - [`images`]: builds random OCI images in Rust and pushes them with
@@ -35,6 +38,7 @@ use std::sync::Mutex;
 
 pub mod bench;
 mod dockerd;
+pub mod hostile;
 pub mod images;
 mod moto;
 mod pki;
@@ -44,6 +48,7 @@ mod token;
 mod util;
 
 pub use dockerd::Dockerd;
+pub use hostile::{BlobAnswer, BlobRequest, HostileRegistry};
 pub use moto::Moto;
 pub use pki::{IssuedCert, TestCa};
 pub use proxy::{
