@@ -63,6 +63,32 @@ pub enum RootKeyError {
         /// What is wrong, without the content.
         reason: &'static str,
     },
+    /// The file belongs to another user, who may have planted it.
+    #[error(
+        "the KMS root key at {path} belongs to {owner}, not to this user ({me}), so another user may have put it there: \
+         if it is yours, chown it to this user; otherwise remove it"
+    )]
+    NotOwned {
+        /// The file.
+        path: PathBuf,
+        /// Its owner, e.g. `nobody (uid 65534)`.
+        owner: String,
+        /// The user this process runs as.
+        me: String,
+    },
+    /// A folder on the way to the file lets another user replace it.
+    #[error(
+        "the KMS root key at {path} is in {folder}, which {problem}, so another user could put a key of their own there: \
+         keep the key in a folder that only this user or root can write to"
+    )]
+    UnsafeFolder {
+        /// The file.
+        path: PathBuf,
+        /// The folder.
+        folder: PathBuf,
+        /// What is wrong with it, e.g. `is mode 0777: writable by every user`.
+        problem: String,
+    },
     /// The file is readable or writable by other users.
     #[error(
         "the KMS root key at {path} has mode {mode:04o}; group and others must have no \

@@ -1,6 +1,14 @@
 //! The files that hold one 32-byte secret as 64 hex characters and a
 //! newline (the KMS root key, a user's owner key): read only when no other
 //! user may access them, created complete and atomically, never replaced.
+//!
+//! A key file must belong to the user this process runs as, and every
+//! folder from it up to `/` must belong to that user or root and not be
+//! writable by every user (unless it has the sticky bit, like `/tmp`):
+//! otherwise another user may have planted the key, or may swap it, and
+//! the mode of the file alone says nothing about that. (A folder writable
+//! by its group is accepted: with user-private groups, the usual umask
+//! 002 makes every folder so.)
 
 use crate::RootKeyError;
 use std::fs::{self, File, OpenOptions};
@@ -22,6 +30,7 @@ pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, RootKeyE
         source,
     };
     let file = File::open(path).map_err(read_err)?;
+    check_folders(path)?;
     check_permissions(path, &file)?;
     let mut text = Zeroizing::new(Vec::with_capacity(MAX_FILE_LEN as usize + 1));
     file.take(MAX_FILE_LEN + 1)
@@ -63,6 +72,7 @@ pub(crate) fn load_or_create_secret32(
         Err(RootKeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
         other => return other.map(|k| (k, false)),
     }
+    check_folders(path)?;
     let bytes = generate();
     match write_new_secret32(path, &bytes) {
         Ok(()) => Ok((bytes, true)),
@@ -147,13 +157,90 @@ fn new_private_file(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
 }
 
+/// The folders from `path`'s up to `/`: each must belong to this user or
+/// root, and must not be writable by every user without the sticky bit. A
+/// folder that does not exist is left to the caller's open or create.
+#[cfg(unix)]
+fn check_folders(path: &Path) -> Result<(), RootKeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(dir) = dir.canonicalize() else {
+        return Ok(());
+    };
+    let me = current_uid();
+    for folder in dir.ancestors() {
+        let Ok(meta) = fs::metadata(folder) else {
+            continue;
+        };
+        let unsafe_folder = |problem: String| RootKeyError::UnsafeFolder {
+            path: path.to_owned(),
+            folder: folder.to_owned(),
+            problem,
+        };
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(unsafe_folder(format!(
+                "belongs to {}",
+                user_name(meta.uid())
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(unsafe_folder(format!(
+                "is mode {mode:04o}: writable by every user, without the sticky bit"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_folders(_path: &Path) -> Result<(), RootKeyError> {
+    Ok(())
+}
+
+/// The user this process runs as (its effective uid).
+#[cfg(unix)]
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `name (uid N)`, or `uid N` for a uid with no name.
+#[cfg(unix)]
+fn user_name(uid: u32) -> String {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: an all-zero passwd is a valid out-parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, the buffer's length is
+    // its own, and the result is read only when `found` points at `pw`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() {
+        // SAFETY: getpwuid_r filled pw_name with a NUL-terminated string in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        return format!("{} (uid {uid})", name.to_string_lossy());
+    }
+    format!("uid {uid}")
+}
+
 #[cfg(unix)]
 fn check_permissions(path: &Path, file: &File) -> Result<(), RootKeyError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = file.metadata().map_err(|source| RootKeyError::Read {
         path: path.to_owned(),
         source,
     })?;
+    let me = current_uid();
+    if meta.uid() != me {
+        return Err(RootKeyError::NotOwned {
+            path: path.to_owned(),
+            owner: user_name(meta.uid()),
+            me: user_name(me),
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(RootKeyError::InsecurePermissions {

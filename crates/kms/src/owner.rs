@@ -175,6 +175,25 @@ fn owner_words(e: crate::RootKeyError) -> io::Error {
                 path.display()
             ),
         ),
+        E::NotOwned { path, owner, me } => (
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the owner key at {} belongs to {owner}, not to this user ({me}), so another user may have put it there: if it is yours, chown it to this user; otherwise remove it",
+                path.display()
+            ),
+        ),
+        E::UnsafeFolder {
+            path,
+            folder,
+            problem,
+        } => (
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the owner key at {} is in {}, which {problem}, so another user could put a key of their own there: keep the key in a folder that only this user or root can write to",
+                path.display(),
+                folder.display()
+            ),
+        ),
         E::InsecurePermissions { path, mode } => (
             io::ErrorKind::PermissionDenied,
             format!(
