@@ -323,6 +323,9 @@ fn up_failure(e: UpError) -> Failure {
         UpError::AlreadyRunning { .. } => Failure::config(e).hint(
             "stop it first (Ctrl-C, or kill -TERM its PID), or give this one another --state",
         ),
+        UpError::RegistryInCvmPool { .. } => Failure::config(e).hint(
+            "map the registry (--registry-endpoint) at an address outside that range, or give Berth an engine of your own with DOCKER_HOST",
+        ),
         UpError::NoDockerEngine => Failure::config(e)
             .hint("install Docker (Debian: apt-get install docker.io) or set DOCKER_HOST"),
         UpError::AdminKeyMissing { .. } => {

@@ -97,6 +97,7 @@ async fn fixture() -> Fixture {
             registry_endpoints: Default::default(),
             ca_certs: vec![],
             aws_endpoint_url_ecr: None,
+            reserved_ports: vec![],
         },
         db.clone(),
     );

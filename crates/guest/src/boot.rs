@@ -222,6 +222,9 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
             // The policy again, inside the CVM: the host-shared compose may
             // have been altered after the control plane checked it.
             let compose = ComposeFile::parse_and_check(yaml)?;
+            // No published port on one the cloud keeps (its API, a mapped
+            // registry, whether or not it is up right now).
+            compose.check_reserved_ports(&shared.sys_config.all_reserved_ports())?;
             // Image references are public (measured) text: a registry user
             // name inside one stays readable, and is redacted elsewhere.
             serial.set_public(
@@ -371,13 +374,18 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
             let rendered = compose.render_with_limits(&replacements, &limits);
             if limits != Default::default() {
                 serial.line(&format!(
-                    "limits per container: {} CPUs, {} MiB",
+                    "limits {}: {} CPUs, {} MiB, {} processes",
+                    match &limits.cgroup_parent {
+                        Some(cg) => format!("of the CVM as a whole (cgroup {cg})"),
+                        None => "shared among its containers".to_owned(),
+                    },
                     limits
                         .cpu_millis
                         .map_or("no limit".into(), |m| format!("{:.3}", m as f64 / 1000.0)),
                     limits
                         .memory_bytes
-                        .map_or("no limit".into(), |b| (b >> 20).to_string())
+                        .map_or("no limit".into(), |b| (b >> 20).to_string()),
+                    limits.pids.map_or("no limit".into(), |p| p.to_string())
                 ));
             }
             let fingerprint = fingerprint(

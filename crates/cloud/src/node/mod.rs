@@ -40,6 +40,8 @@
 
 mod boot;
 
+mod cgroup;
+
 mod engine;
 
 mod error;
@@ -100,6 +102,9 @@ pub struct NodeConfig {
     pub ca_certs: Vec<String>,
     /// ECR API endpoint override passed to every CVM.
     pub aws_endpoint_url_ecr: Option<String>,
+    /// Host ports no CVM may publish (the API's), besides the mapped
+    /// registries'.
+    pub reserved_ports: Vec<contract::policy::ReservedPort>,
 }
 
 /// A boot in flight on this node.
@@ -183,6 +188,12 @@ impl Node {
                 let _ = std::fs::remove_file(&env_path);
             }
         }
+        let cpu_millis = u64::try_from(cvm.vcpu)
+            .ok()
+            .filter(|v| *v > 0)
+            .map(|v| v.saturating_mul(1000));
+        let memory_mb = u64::try_from(cvm.memory).ok().filter(|m| *m > 0);
+        let cgroup_parent = self.cvm_cgroup(&cvm.id, cpu_millis, memory_mb).await;
         let sys = SysConfig {
             kms_url: Some(self.cfg.kms_url.clone()),
             registry_endpoints: self.cfg.registry_endpoints.clone(),
@@ -194,11 +205,11 @@ impl Node {
             // the platform says which app this is (the KMS checks that the
             // measured compose hash is the one the app may boot).
             app_id: Some(app.app_id.clone()),
-            cpu_millis: u64::try_from(cvm.vcpu)
-                .ok()
-                .filter(|v| *v > 0)
-                .map(|v| v.saturating_mul(1000)),
-            memory_mb: u64::try_from(cvm.memory).ok().filter(|m| *m > 0),
+            cpu_millis,
+            memory_mb,
+            pids_max: Some(contract::app::DEFAULT_CVM_PIDS),
+            cgroup_parent,
+            reserved_ports: self.cfg.reserved_ports.clone(),
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
         self.db
@@ -224,6 +235,36 @@ impl Node {
             },
         );
         Ok(Started::Booting)
+    }
+
+    /// The cgroup that holds the CVM `id` as a whole, made (or updated)
+    /// now; `None`, said in its serial log, where the node cannot make one
+    /// (the boot agent then gives each container a share of the CVM).
+    async fn cvm_cgroup(
+        &self,
+        id: &str,
+        cpu_millis: Option<u64>,
+        memory_mb: Option<u64>,
+    ) -> Option<String> {
+        let res = cgroup::CvmResources {
+            cpu_millis,
+            memory_bytes: memory_mb.map(|m| m.saturating_mul(1 << 20)),
+            pids: contract::app::DEFAULT_CVM_PIDS,
+        };
+        let docker = self.docker().ok()?;
+        match cgroup::prepare(&docker, &self.cfg.docker_host, &project_of(id), res).await {
+            Ok(parent) => Some(parent),
+            Err(why) => {
+                self.append_serial(
+                    id,
+                    &format!(
+                        "no cgroup for the CVM as a whole ({why}): each container gets an equal share of its vCPUs, memory and processes"
+                    ),
+                )
+                .await;
+                None
+            }
+        }
     }
 
     /// Ends the boot of `id` in flight on this node, if any: its agent's
@@ -282,6 +323,7 @@ impl Node {
         let dir = self.dir(&cvm.id);
         let images = images_of(&dir);
         let engine = self.remove_engine_objects(&cvm.id).await;
+        cgroup::remove(&project_of(&cvm.id));
         let _ = std::fs::remove_dir_all(&dir);
         self.db
             .set_status(&cvm.id, CvmStatus::Deleted, None, None)

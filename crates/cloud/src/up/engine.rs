@@ -5,6 +5,9 @@ use super::UpError;
 use super::children::set_parent_death_signal;
 use super::state::fresh_private_tmp_dir;
 use crate::node::private_dir;
+use contract::app::{CONTAINER_LOG_MAX_BYTES, CONTAINER_LOG_MAX_FILES};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ const SYSTEM_SOCKET: &str = "/var/run/docker.sock";
 pub(crate) async fn docker_host(
     configured: Option<&str>,
     state: &Path,
+    registry_endpoints: &BTreeMap<String, String>,
 ) -> Result<(String, Option<tokio::process::Child>), UpError> {
     if let Some(h) = configured.filter(|h| !h.is_empty()) {
         return Ok((h.to_owned(), None));
@@ -40,6 +44,7 @@ pub(crate) async fn docker_host(
             fresh_private_tmp_dir().map_err(UpError::io("cannot create the dockerd run folder"))?;
     }
     private_dir(&run).map_err(UpError::io("cannot create the dockerd run folder"))?;
+    check_pool(registry_endpoints)?;
     let data = state.join("docker");
     std::fs::create_dir_all(&data).map_err(UpError::io("cannot create the dockerd data folder"))?;
     let host = format!("unix://{}", run.join("docker.sock").display());
@@ -56,12 +61,21 @@ pub(crate) async fn docker_host(
         .arg(run.join("exec"))
         .arg("--pidfile")
         .arg(run.join("docker.pid"))
+        // The engine's own firewall rules isolate the CVMs' networks from
+        // each other (with `--iptables=false` a host that forwards lets one
+        // CVM's container reach another's), its address pool is Berth's
+        // own range, and every container's log is rotated.
         .args([
-            "--iptables=false",
+            "--iptables=true",
             "--ip6tables=false",
             "--bridge=none",
             "--log-level=warn",
         ])
+        .arg(format!(
+            "--default-address-pool=base={CVM_ADDRESS_POOL},size=24"
+        ))
+        .arg(format!("--log-opt=max-size={CONTAINER_LOG_MAX_BYTES}"))
+        .arg(format!("--log-opt=max-file={CONTAINER_LOG_MAX_FILES}"))
         .stdout(log.try_clone().map_err(UpError::io("dockerd log"))?)
         .stderr(log)
         .kill_on_drop(true)
@@ -74,6 +88,38 @@ pub(crate) async fn docker_host(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(UpError::DockerdSilent { log: log_path })
+}
+
+/// The range the private engine takes every CVM network's subnet from (a
+/// /24 each): Berth's own, so a CVM never gets a subnet of the file's
+/// choosing, and the engine's default pools stay for the host.
+pub const CVM_ADDRESS_POOL: &str = "10.240.0.0/12";
+
+/// Refuses to start when a mapped registry's address lies in
+/// [`CVM_ADDRESS_POOL`]: a CVM network would be given that address, and a
+/// boot's pull would reach the CVM instead of the registry.
+fn check_pool(registry_endpoints: &BTreeMap<String, String>) -> Result<(), UpError> {
+    let (base, bits) = CVM_ADDRESS_POOL.split_once('/').expect("a CIDR");
+    let base = u32::from(base.parse::<Ipv4Addr>().expect("an IPv4 address"));
+    let mask = u32::MAX << (32 - bits.parse::<u32>().expect("a prefix length"));
+    for (name, url) in registry_endpoints {
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, r)| r)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default();
+        if let Ok(ip) = host.parse::<Ipv4Addr>()
+            && u32::from(ip) & mask == base & mask
+        {
+            return Err(UpError::RegistryInCvmPool {
+                registry: name.clone(),
+                address: ip.to_string(),
+                pool: CVM_ADDRESS_POOL,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether the engine at `host` answers `/_ping` within 2 s.

@@ -71,6 +71,34 @@ pub enum UpError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A file or folder of the state belongs to another user, who may have
+    /// planted it.
+    #[error(
+        "{} belongs to {owner}, not to this user ({me}), so another user may have put it there: if it is yours, chown it to this user; otherwise remove it, or use another state folder",
+        .path.display()
+    )]
+    NotOwned {
+        /// The file or folder.
+        path: PathBuf,
+        /// Its owner, e.g. `nobody (uid 65534)`.
+        owner: String,
+        /// The user this process runs as.
+        me: String,
+    },
+    /// A folder above the state folder lets another user replace it.
+    #[error(
+        "the state folder {} is in {}, which {problem}, so another user could replace what is in it: use a state folder under folders only this user or root can write to",
+        .state.display(),
+        .folder.display()
+    )]
+    UnsafeFolder {
+        /// The state folder.
+        state: PathBuf,
+        /// The folder above it.
+        folder: PathBuf,
+        /// What is wrong with it, e.g. `is mode 0777: writable by every user`.
+        problem: String,
+    },
     /// Another local cloud holds the state folder.
     #[error("another `berth up` ({}) is running on {}", holder(.pid), .state.display())]
     AlreadyRunning {
@@ -84,6 +112,19 @@ pub enum UpError {
         "no Docker engine: DOCKER_HOST is not set, /var/run/docker.sock does not answer, and dockerd is not installed"
     )]
     NoDockerEngine,
+    /// A mapped registry's address lies in the range CVM networks are
+    /// given addresses from.
+    #[error(
+        "the registry mapped for {registry} is at {address}, inside {pool}, the range Berth's engine gives CVM networks their addresses from: a CVM network could take that address and receive the pulls meant for the registry"
+    )]
+    RegistryInCvmPool {
+        /// The registry name as mapped.
+        registry: String,
+        /// Its address.
+        address: String,
+        /// The range.
+        pool: &'static str,
+    },
     /// The private `dockerd` started but never answered.
     #[error("the private dockerd did not answer within 60 s; see {}", .log.display())]
     DockerdSilent {

@@ -6,7 +6,9 @@
 //!
 //! 1. the listen settings, checked before anything starts (TLS off
 //!    loopback, a public URL when listening on every address);
-//! 2. the state folder: created 0700, locked for one local cloud
+//! 2. the state folder: refused if another user owns it or could replace
+//!    it (a folder above it another user owns, or every user may write
+//!    to without the sticky bit), created 0700, locked for one local cloud
 //!    (`STATE/berth.lock`, holding the PID), and locked down (modes an
 //!    older Berth or a careless umask left open are fixed, and reported);
 //! 3. the KMS, its own process (`berth kms serve`) on a socket in the 0700
@@ -83,8 +85,13 @@ pub struct UpConfig {
     pub limits: crate::db::Limits,
     /// How long a client has to send its request headers.
     pub header_timeout: Duration,
+    /// How long a client has, from a request's headers, to send its body.
+    pub body_timeout: Duration,
     /// The most connections the API serves at once.
     pub max_connections: usize,
+    /// The most connections the API serves at once for one client address
+    /// (loopback excepted).
+    pub max_connections_per_client: usize,
     /// The `berth` executable, which the KMS and the node run as.
     pub berth_exe: PathBuf,
 }
@@ -241,6 +248,7 @@ pub async fn run(
 ) -> Result<(), UpError> {
     state::private_umask();
     let listen = listen::check(&config)?;
+    state::check_state_owner(&config.state)?;
     crate::node::private_dir(&config.state).map_err(UpError::io(format!(
         "cannot create {}",
         config.state.display()
@@ -262,7 +270,12 @@ pub async fn run(
         &state.join(KMS_PUBLIC_KEY_FILE),
         format!("{}\n", kms_ready.public_key).as_bytes(),
     );
-    let (docker_host, dockerd) = engine::docker_host(config.docker_host.as_deref(), &state).await?;
+    let (docker_host, dockerd) = engine::docker_host(
+        config.docker_host.as_deref(),
+        &state,
+        &config.registry_endpoints,
+    )
+    .await?;
 
     let db = Arc::new(
         crate::Db::open(&state.join("berth.db")).map_err(|e| UpError::Database(e.to_string()))?,
@@ -276,8 +289,20 @@ pub async fn run(
     .await?;
     let log_secret = state::log_secret(&state, config.rotate_log_secret, &events)?;
 
+    // The API's port is bound before the node starts, so that no CVM may
+    // publish it.
+    let listener = tokio::net::TcpListener::bind(listen.addr)
+        .await
+        .map_err(UpError::io(format!("cannot listen on {}", config.listen)))?;
+    let addr = listener.local_addr().map_err(UpError::io("listener"))?;
+    let reserved_ports = vec![contract::policy::ReservedPort {
+        port: addr.port(),
+        what: "the cloud's API".into(),
+    }];
+
     // The node: its own process, the only other holder of the node secret.
     let node_settings = NodeSettings {
+        reserved_ports,
         node_secret: node_secret.to_string(),
         kms_url: kms_ready.url.clone(),
         docker_host: docker_host.clone(),
@@ -289,10 +314,6 @@ pub async fn run(
     let (node, resumed) = start_node(&exe, &state, &node_settings, &events).await?;
     let node = Supervised::new(Part::Node, node);
 
-    let listener = tokio::net::TcpListener::bind(listen.addr)
-        .await
-        .map_err(UpError::io(format!("cannot listen on {}", config.listen)))?;
-    let addr = listener.local_addr().map_err(UpError::io("listener"))?;
     let scheme = if listen.tls.is_some() {
         "https"
     } else {
@@ -346,7 +367,9 @@ pub async fn run(
     };
     let opts = crate::serve::ServeOptions {
         header_timeout: config.header_timeout.max(Duration::from_secs(1)),
+        body_timeout: config.body_timeout.max(Duration::from_secs(1)),
         max_connections: config.max_connections.max(1),
+        max_connections_per_client: config.max_connections_per_client.max(1),
         tls: listen.tls,
     };
     let served = crate::serve::serve(listener, crate::router(app_state), opts, stop)
@@ -392,7 +415,9 @@ mod debug_tests {
             rotate_log_secret: false,
             limits: crate::db::Limits::default(),
             header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
             max_connections: 1,
+            max_connections_per_client: 1,
             berth_exe: "/b".into(),
         };
         assert!(!format!("{config:?}").contains(key));

@@ -18,6 +18,9 @@ pub(crate) struct NodeSettings {
     pub registry_endpoints: BTreeMap<String, String>,
     pub ca_certs: Vec<String>,
     pub aws_endpoint_url_ecr: Option<String>,
+    /// Host ports no CVM may publish (the API's).
+    #[serde(default)]
+    pub reserved_ports: Vec<contract::policy::ReservedPort>,
 }
 
 impl NodeSettings {
@@ -144,6 +147,7 @@ pub async fn serve_node(
             registry_endpoints: settings.registry_endpoints,
             ca_certs: settings.ca_certs,
             aws_endpoint_url_ecr: settings.aws_endpoint_url_ecr,
+            reserved_ports: settings.reserved_ports,
         },
         db.clone(),
     );
@@ -220,6 +224,7 @@ mod tests {
             registry_endpoints: BTreeMap::new(),
             ca_certs: Vec::new(),
             aws_endpoint_url_ecr: None,
+            reserved_ports: Vec::new(),
         };
         assert!(!format!("{s:?}").contains("s3cret"));
         let line = s.into_line();
