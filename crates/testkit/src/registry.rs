@@ -29,9 +29,17 @@ pub struct RegistryBuilder {
     users: Vec<(String, String)>,
     tls: bool,
     log_level: String,
+    ip: Ipv4Addr,
 }
 
 impl RegistryBuilder {
+    /// Listens on `ip` instead of `127.0.0.1` (an address of a network
+    /// namespace the test made: it must exist where the test runs).
+    pub fn listen_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.ip = ip;
+        self
+    }
+
     /// Enables htpasswd (HTTP Basic) auth with these users (bcrypt hashes).
     pub fn htpasswd(mut self, users: &[(&str, &str)]) -> Self {
         self.auth = Auth::Htpasswd;
@@ -141,6 +149,7 @@ impl Registry {
             users: Vec::new(),
             tls: false,
             log_level: "info".into(),
+            ip: Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -219,8 +228,8 @@ impl Registry {
         let log_path = dir.join("registry.log");
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            let port = crate::free_port();
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let port = crate::free_port_on(b.ip);
+            let addr = SocketAddr::from((b.ip, port));
             let config = format!(
                 "version: 0.1\n\
                  log:\n  level: {level}\n  formatter: text\n\
