@@ -25,6 +25,13 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 /// Largest manifest accepted (the distribution spec suggests 4 MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// Most layers of an image pulled: the Docker engine's layer store chains at
+/// most 125 (`maxLayerDepth` in moby's `layer/layer_store.go`: the 127
+/// lower directories of some storage drivers, less the two of a container's
+/// read-write layer), so an image of more cannot run. A manifest of 25,000
+/// layers (it fits in [`MAX_MANIFEST_BYTES`]) kept a boot busy for minutes
+/// before the engine refused it.
+pub const MAX_LAYERS: usize = 125;
 
 /// A content descriptor.
 #[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -50,6 +57,24 @@ pub struct ImageManifest {
     pub config: Descriptor,
     /// The layers, base first.
     pub layers: Vec<Descriptor>,
+}
+
+impl ImageManifest {
+    /// Refuses an image of more layers than [`MAX_LAYERS`], naming `image`:
+    /// checked when the manifest is read, before any blob is fetched.
+    pub fn check_layer_count(&self, image: &str) -> Result<(), PullError> {
+        if self.layers.len() <= MAX_LAYERS {
+            return Ok(());
+        }
+        Err(PullError::new(
+            Category::RegistryError,
+            format!(
+                "{image} has {} layers; the Docker engine runs images of at most {MAX_LAYERS}, so nothing of it was fetched",
+                self.layers.len()
+            ),
+        )
+        .hint("rebuild the image with fewer layers (fewer RUN/COPY steps, or a multi-stage build that copies the result into one layer)"))
+    }
 }
 
 /// An image index or manifest list.

@@ -324,6 +324,8 @@ impl Puller {
                     )
                 }
             };
+        // Stage: refuse what the engine could not run, before any blob.
+        image_manifest.check_layer_count(image)?;
         (self.events)(&PullEvent::Resolved {
             image: image.to_owned(),
             digest: manifest_desc.digest.clone(),

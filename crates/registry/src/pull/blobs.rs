@@ -1,6 +1,9 @@
 //! The blob stage of a [`Puller`]: one [`BlobDownload`] per blob, bounded
 //! concurrency, one retry [`Budget`] per download (restored whenever bytes
-//! arrive), verified before it is committed.
+//! arrive) and a bound on its requests ([`REQUESTS_PER_BLOB_BEYOND_PLAN`]),
+//! verified before it is committed. An answer whose length is not what was
+//! asked for (a `Content-Length` other than the manifest's size or the
+//! range's, a body that ends by itself short of it) is final, never retried.
 //!
 //! A blob of at least [`RangedOptions::threshold`] bytes is fetched as
 //! `Range` parts on separate connections (`ranged`), one that is smaller, or
@@ -22,12 +25,22 @@ use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod ranged;
+
+/// Requests a blob's download may send beyond those it plans (one per part,
+/// one for a blob in one stream): resumes after a drop, restarts after the
+/// registry ignored `Range`, the second try after a digest mismatch. Bytes
+/// arriving restore the retry budget, so the budget alone lets a registry
+/// that keeps answering and never completes the blob (each answer cut
+/// short, `Range` ignored, one byte per answer) be asked forever: issue 23
+/// saw 631 requests in 120 s. 32 resumes of one blob is far more than a
+/// flaky link needs, and what arrived stays in `ingest/` for the next pull.
+const REQUESTS_PER_BLOB_BEYOND_PLAN: u32 = 32;
 
 /// How big blobs are fetched in parts ([`super::PullOptions::ranged`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,11 +154,71 @@ pub(super) struct Fetch<'a> {
     pub(super) client: &'a RegistryClient,
     pub(super) repo: &'a str,
     pub(super) path: String,
+    pub(super) digest: &'a crate::Digest,
+    /// The blob's size, as its manifest declares it.
+    pub(super) size: u64,
     pub(super) budget: Budget,
+    /// Requests sent for the blob, and how many it may send (those
+    /// planned, plus [`REQUESTS_PER_BLOB_BEYOND_PLAN`]).
+    pub(super) requests: AtomicU32,
+    pub(super) allowed: AtomicU32,
     /// Bytes received by this pull.
     pub(super) downloaded: AtomicU64,
     /// A file-system failure, worded (a full disk names what the image needs).
     pub(super) io: &'a (dyn Fn(std::io::Error) -> PullError + Sync),
+}
+
+impl Fetch<'_> {
+    /// The download plans `n` more requests: one per part, or one for the
+    /// blob in one stream.
+    pub(super) fn plan(&self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let _ = self
+            .allowed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_add(n))
+            });
+    }
+
+    /// Sends a request for the blob (or part of it, as `headers` say),
+    /// unless the blob has had every request it may have; `kept`: the bytes
+    /// of it in the file, for the message.
+    pub(super) async fn ask(&self, headers: HeaderMap, kept: u64) -> Result<Response, PullError> {
+        let sent = self.requests.fetch_add(1, Ordering::Relaxed);
+        if sent >= self.allowed.load(Ordering::Relaxed) {
+            return Err(PullError::new(
+                Category::RegistryError,
+                format!(
+                    "{} was asked for blob {} {sent} times and never sent all of it; \
+                     {kept} of {} bytes are kept for the next attempt",
+                    self.client.registry, self.digest, self.size
+                ),
+            ));
+        }
+        self.client
+            .send(
+                Method::GET,
+                &self.path,
+                self.repo,
+                headers,
+                Expect::Blob,
+                &self.budget,
+            )
+            .await
+    }
+}
+
+/// Whether an answer announces where its body ends (a length, or chunked
+/// encoding's last chunk), so that a body ending early was ended by the
+/// registry, not cut by the network. A body that ends only with its
+/// connection ends the same way as a drop, and is resumed as one.
+fn ends_by_itself(resp: &Response) -> bool {
+    resp.content_length().is_some()
+        || resp
+            .headers()
+            .get(header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
 }
 
 impl Puller {
@@ -196,7 +269,11 @@ impl Puller {
             client,
             repo,
             path: format!("/v2/{repo}/blobs/{digest}"),
+            digest,
+            size,
             budget: Budget::new(self.opts.retry),
+            requests: AtomicU32::new(0),
+            allowed: AtomicU32::new(REQUESTS_PER_BLOB_BEYOND_PLAN),
             downloaded: AtomicU64::new(0),
             io: &io,
         };
@@ -272,17 +349,16 @@ impl Puller {
         first: Option<(Response, OwnedSemaphorePermit)>,
     ) -> Result<(), PullError> {
         let Fetch {
-            client,
-            repo,
-            budget,
-            io,
-            ..
+            client, budget, io, ..
         } = fetch;
         let (digest, size) = (download.digest().clone(), download.size());
         // One connection, held until the stream ends.
         let (mut first, _connection) = match first {
             Some((resp, permit)) => (Some(resp), permit),
-            None => (None, self.connections.acquire(&client.registry).await),
+            None => {
+                fetch.plan(1);
+                (None, self.connections.acquire(&client.registry).await)
+            }
         };
         while !download.is_complete() {
             let resp = match first.take() {
@@ -292,16 +368,7 @@ impl Puller {
                     if let Some(range) = download.range() {
                         headers.insert(header::RANGE, range);
                     }
-                    client
-                        .send(
-                            Method::GET,
-                            &fetch.path,
-                            repo,
-                            headers,
-                            Expect::Blob,
-                            budget,
-                        )
-                        .await?
+                    fetch.ask(headers, download.offset()).await?
                 }
             };
             let status = resp.status();
@@ -326,6 +393,15 @@ impl Puller {
             } else {
                 return Err(self.refused(fetch, &digest, resp).await);
             }
+            // The body must be what is missing, no more, no less: a registry
+            // announcing another length is not asked again.
+            let from = download.offset();
+            if let Some(len) = resp.content_length()
+                && len != size - from
+            {
+                return Err(wrong_length(fetch, status, from, len));
+            }
+            let ends_by_itself = ends_by_itself(&resp);
             let dropped = match self.read_body(fetch, download, resp).await {
                 Ok(dropped) => dropped,
                 Err(WriteError::Io(e)) => return Err(io(e)),
@@ -341,6 +417,16 @@ impl Puller {
                 }
             };
             if !download.is_complete() {
+                if dropped.is_none() && ends_by_itself {
+                    return Err(PullError::new(
+                        Category::Integrity,
+                        format!(
+                            "{} ended blob {digest} after {} bytes, short of the {size} bytes its manifest declares; it was not stored",
+                            client.registry,
+                            download.offset()
+                        ),
+                    ));
+                }
                 let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
                 let offset = download.offset();
                 let on_retry = |attempt, delay| {
@@ -446,6 +532,28 @@ impl Puller {
             }
         }
     }
+}
+
+/// The error for an answer whose `Content-Length` (`len`) is not what is
+/// missing of the blob from byte `from`: the whole blob of another size than
+/// its manifest declares (a `200`), or a resumed range of another length.
+fn wrong_length(fetch: &Fetch<'_>, status: StatusCode, from: u64, len: u64) -> PullError {
+    let (registry, digest, size) = (&fetch.client.registry, fetch.digest, fetch.size);
+    if status == StatusCode::PARTIAL_CONTENT {
+        return PullError::new(
+            Category::RegistryError,
+            format!(
+                "{registry} answered the request for bytes {from}-{} of blob {digest} with {len} bytes",
+                size.saturating_sub(1)
+            ),
+        );
+    }
+    PullError::new(
+        Category::Integrity,
+        format!(
+            "blob {digest} from {registry} is {len} bytes, but its manifest declares {size}; it was not stored"
+        ),
+    )
 }
 
 /// How long a blob body may stay silent: the budget, at most [`BODY_IDLE`].

@@ -8,14 +8,13 @@
 //! closely. A worker holds one of the registry's connections per part.
 //! A dropped part is asked again from where it stopped, within the blob's
 //! one retry [`crate::retry::Budget`] (restored by bytes arriving on any
-//! part). A `200` (the registry ignores `Range`) or `416` ends the parts:
+//! part) and its bound on requests. A `200` (the registry ignores `Range`) or `416` ends the parts:
 //! the blob is fetched in one stream (`super::Puller::fetch_stream`).
 //!
 //! Hand-written, like `download`: no crate does resumable parallel ranged
 //! downloads under this crate's retry and integrity rules.
 
-use super::{Fetch, PartsEnd, body_idle, silent_for};
-use crate::client::Expect;
+use super::{Fetch, PartsEnd, body_idle, ends_by_itself, silent_for};
 use crate::download::{BlobDownload, Part, PartAnswer, PartWriter, WriteError};
 use crate::error::{Category, PullError};
 use crate::events::{PullEvent, retrying};
@@ -23,7 +22,7 @@ use crate::pull::Puller;
 use crate::transport::classify;
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -77,6 +76,7 @@ impl Puller {
             ranged.connections_per_registry,
         );
         let parts = download.cut_into_parts(part_size).map_err(io)?;
+        fetch.plan(parts.len());
         let hasher = download.hash_parts();
         let result = self.run_parts(fetch, download, parts).await;
         let hashed = hasher.finish().await.map_err(io)?;
@@ -150,6 +150,8 @@ impl Puller {
                 }
             };
             loop {
+                let ends_by_itself = ends_by_itself(&resp);
+                let asked = writer.rest();
                 let dropped = match self.read_part(fetch, download, &mut writer, resp).await {
                     Ok(dropped) => dropped,
                     Err(WriteError::Io(e)) => return Err((fetch.io)(e).into()),
@@ -170,6 +172,21 @@ impl Puller {
                     break;
                 }
                 writer.flush().map_err(fetch.io)?;
+                if dropped.is_none() && ends_by_itself {
+                    // The answer's own end, not a drop: the registry sent
+                    // less than the range it confirmed.
+                    return Err(PullError::new(
+                        Category::RegistryError,
+                        format!(
+                            "{} ended its answer for bytes {}-{} of blob {digest} at byte {}",
+                            fetch.client.registry,
+                            asked.from,
+                            asked.end - 1,
+                            writer.rest().from
+                        ),
+                    )
+                    .into());
+                }
                 let reason = dropped.unwrap_or_else(|| "the connection ended early".to_owned());
                 let from = writer.rest().from;
                 let on_retry = |attempt, delay| {
@@ -207,17 +224,7 @@ impl Puller {
         let part = writer.rest();
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, part.range());
-        let resp = fetch
-            .client
-            .send(
-                Method::GET,
-                &fetch.path,
-                fetch.repo,
-                headers,
-                Expect::Blob,
-                &fetch.budget,
-            )
-            .await?;
+        let resp = fetch.ask(headers, download.present()).await?;
         let status = resp.status();
         if !status.is_success() && status != StatusCode::RANGE_NOT_SATISFIABLE {
             return Err(self.refused(fetch, download.digest(), resp).await);
@@ -227,7 +234,19 @@ impl Puller {
             .get(header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok());
         match download.accept_part(writer, status, content_range) {
-            Ok(PartAnswer::Body) => Ok(Asked::Body(resp)),
+            Ok(PartAnswer::Body) => match resp.content_length() {
+                Some(len) if len != part.end - part.from => Err(PullError::new(
+                    Category::RegistryError,
+                    format!(
+                        "{} answered the request for bytes {}-{} of blob {} with {len} bytes",
+                        fetch.client.registry,
+                        part.from,
+                        part.end - 1,
+                        download.digest()
+                    ),
+                )),
+                _ => Ok(Asked::Body(resp)),
+            },
             Ok(PartAnswer::WholeBlob) => Ok(Asked::WholeBlob(resp)),
             Ok(PartAnswer::Unsatisfiable) => Ok(Asked::Unsatisfiable),
             Err(_wrong_range) => Err(PullError::new(
