@@ -18,6 +18,7 @@ const CODES: &[&str] = &[
     "conflict",
     "quota_exceeded",
     "too_many_requests",
+    "request_timeout",
     "unsupported",
     "upstream_error",
     "unavailable",
@@ -77,6 +78,10 @@ impl ApiError {
     pub fn quota(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "quota_exceeded", message)
     }
+    /// 408: the request did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
     /// 429: the control plane is at one of its caps for now.
     pub fn too_many(message: impl Into<String>) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
@@ -128,7 +133,10 @@ impl From<DbError> for ApiError {
             DbError::Busy { .. } => Self::unavailable(message),
             DbError::UserExists { .. } | DbError::NameTaken { .. } => Self::conflict(message),
             DbError::TooManyCvms { .. } => Self::quota(message),
-            DbError::TooManyBoots { .. } => Self::too_many(message),
+            DbError::TooManyBoots { .. }
+            | DbError::TooManyBootsOfUser { .. }
+            | DbError::TooManyUncommittedApps { .. } => Self::too_many(message),
+            DbError::AppGone => Self::not_found(message),
             DbError::Sql(_) | DbError::Internal(_) => Self::internal(message),
         }
     }

@@ -209,6 +209,7 @@ async fn caps_on_cvms_per_user_and_boots_in_flight() {
     let limits = Limits {
         max_cvms_per_user: 2,
         max_boots_in_flight: 3,
+        ..Limits::default()
     };
     let f = fixture(limits, DbOptions::default()).await;
     let (alice, bob) = (&f.keys[1], &f.keys[2]);

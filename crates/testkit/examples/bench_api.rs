@@ -41,6 +41,8 @@ fn seed(db_path: &Path, cvms: usize) {
         let limits = Limits {
             max_cvms_per_user: usize::MAX,
             max_boots_in_flight: usize::MAX,
+            max_boots_per_user: usize::MAX,
+            ..Limits::default()
         };
         let envs = vec!["DSTACK_DOCKER_USERNAME".to_owned(), "DSTACK_DOCKER_PASSWORD".to_owned(), "GREETING".to_owned()];
         for i in 0..cvms {

@@ -49,14 +49,15 @@ pub(super) async fn find_cvm(
     })
 }
 
-/// 429 when a new boot would pass the cap on boots in flight.
+/// 429 when a new boot would pass the CVM owner's cap on their own boots
+/// in flight, or the cap on all boots in flight.
 pub(super) async fn boot_slot(state: &AppState, cvm: &Cvm) -> Result<(), ApiError> {
-    let booting = state.db.boots_in_flight().await?;
     // A CVM already booting holds its slot.
-    if !cvm.status.in_progress() && booting >= state.limits.max_boots_in_flight {
-        return Err(state.limits.too_many_boots(booting).into());
+    if cvm.status.in_progress() {
+        return Ok(());
     }
-    Ok(())
+    let (of_user, all) = state.db.boots_in_flight_with_user(cvm.user_id).await?;
+    Ok(state.limits.check_boot(of_user, all)?)
 }
 
 /// `GET /cvms/{id}`.

@@ -83,17 +83,22 @@ pub async fn provision(
             .filter(|k| !k.trim().is_empty()),
     })?;
     let key = kms_env_key(&state, &built.app_id).await?;
+    // The user's cap on apps never committed, and their expiry, are kept
+    // in the insert's transaction.
     let stored = state
         .db
-        .upsert_app(&App {
-            app_id: built.app_id.clone(),
-            user_id: user.id,
-            name: body.name.clone(),
-            app_compose: built.bytes,
-            compose_hash: built.compose_hash.clone(),
-            env_pubkey: key.public_key.clone(),
-            env_pubkey_signature: key.signature.clone(),
-        })
+        .provision_app(
+            &App {
+                app_id: built.app_id.clone(),
+                user_id: user.id,
+                name: body.name.clone(),
+                app_compose: built.bytes,
+                compose_hash: built.compose_hash.clone(),
+                env_pubkey: key.public_key.clone(),
+                env_pubkey_signature: key.signature.clone(),
+            },
+            state.limits,
+        )
         .await?;
     if stored.user_id != user.id {
         // Only a sha256 collision of two salted manifests gets here.

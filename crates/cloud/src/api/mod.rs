@@ -20,7 +20,8 @@
 //! - [`views`]: every answer as a type, with the two CVM shapes
 //!   `X-Phala-Version` selects ([`views::PhalaVersion`]).
 //!
-//! Calls Berth does not implement get a JSON 501 that says so. Request logs
+//! Calls Berth does not implement get a JSON 501 that says so. Every answer
+//! carries `X-Content-Type-Options: nosniff`. Request logs
 //! carry method, path (no query: log URLs hold a token), status and body
 //! length, never a body.
 
@@ -99,7 +100,7 @@ pub fn router(state: Shared) -> Router {
         .route("/kms/{kms}/pubkey/{app_id}", get(kms::kms_pubkey))
         .merge(rules::routes())
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), Arc::new(auth::InFlight::default())),
             auth::authenticate,
         ));
     // Log URLs carry their own token: the official clients fetch them
@@ -114,8 +115,18 @@ pub fn router(state: Shared) -> Router {
         .nest("/api/v1", authed.merge(logs).fallback(unknown))
         .merge(crate::console::router())
         .fallback(unknown)
+        .layer(middleware::map_response(nosniff))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every answer (API, log URLs, console) says its `Content-Type` is the
+/// truth: a browser must not sniff a log line or a JSON error into HTML.
+async fn nosniff(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(header::HeaderValue::from_static("nosniff"));
+    resp
 }
 
 async fn unknown(req: Request) -> ApiError {

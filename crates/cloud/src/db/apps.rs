@@ -1,7 +1,8 @@
 //! The `apps` table: each app's byte-exact `app-compose.json`, its compose
 //! hash and its env public key, stored once per app id.
 
-use super::{Db, DbError, now};
+use super::cvms::UNCOMMITTED_APP_TTL;
+use super::{Db, DbError, Limits, now};
 use rusqlite::{OptionalExtension, params};
 
 /// An app: a measured `app-compose.json` and its env key.
@@ -77,6 +78,20 @@ pub struct AppUpdate {
     pub counter: u64,
     /// A new sealed env and its keys, when the update brings one.
     pub env: Option<(Vec<u8>, Vec<String>)>,
+}
+
+/// An app no CVM uses, has ever used, or updated (as an SQL condition on
+/// `apps`): provisioned and never committed.
+const UNUSED: &str = "NOT EXISTS (SELECT 1 FROM cvms WHERE cvms.app_id = apps.app_id) AND NOT EXISTS (SELECT 1 FROM app_updates WHERE app_updates.app_id = apps.app_id)";
+
+/// Inserts `app` unless its id is taken; the stored app either way.
+fn insert_or_get(tx: &rusqlite::Transaction<'_>, app: &App) -> rusqlite::Result<App> {
+    tx.execute(
+        "INSERT INTO apps (app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (app_id) DO NOTHING",
+        params![app.app_id, app.user_id, app.name, app.app_compose, app.compose_hash, app.env_pubkey, app.env_pubkey_signature, now()],
+    )?;
+    tx.query_row(APP_SELECT, params![app.app_id], app_row)
 }
 
 impl Db {
@@ -161,20 +176,48 @@ impl Db {
         .await
     }
 
+    /// Stores a newly provisioned app for its user, or returns the existing
+    /// one with the same id, in one transaction with the rules of
+    /// provisioning: the user's apps that no CVM ever used and that are
+    /// older than [`UNCOMMITTED_APP_TTL`] are dropped, and a new app is
+    /// refused (429) when the user already has
+    /// `limits.max_uncommitted_apps_per_user` apps no CVM uses.
+    pub async fn provision_app(&self, app: &App, limits: Limits) -> Result<App, DbError> {
+        let app = app.clone();
+        self.write(self.inner.opts.request_patience, move |tx| {
+            let expired = std::time::SystemTime::now()
+                .checked_sub(UNCOMMITTED_APP_TTL)
+                .unwrap_or(std::time::UNIX_EPOCH)
+                .max(std::time::UNIX_EPOCH);
+            let expired = humantime::format_rfc3339_seconds(expired).to_string();
+            tx.execute(
+                &format!("DELETE FROM apps WHERE user_id = ?1 AND created_at < ?2 AND {UNUSED}"),
+                params![app.user_id, expired],
+            )?;
+            if Self::app_on(tx, &app.app_id)?.is_none() {
+                let have = super::count(
+                    tx,
+                    &format!("SELECT COUNT(*) FROM apps WHERE user_id = ?1 AND {UNUSED}"),
+                    &[rusqlite::types::Value::Integer(app.user_id)],
+                )?;
+                if have >= limits.max_uncommitted_apps_per_user {
+                    return Err(DbError::TooManyUncommittedApps {
+                        have,
+                        max: limits.max_uncommitted_apps_per_user,
+                    }
+                    .into());
+                }
+            }
+            Ok(insert_or_get(tx, &app)?)
+        })
+        .await
+    }
+
     /// Stores an app, or returns the existing one with the same id.
     pub async fn upsert_app(&self, app: &App) -> Result<App, DbError> {
         let app = app.clone();
         self.write(self.inner.opts.request_patience, move |tx| {
-            tx.execute(
-                "INSERT INTO apps (app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (app_id) DO NOTHING",
-                params![app.app_id, app.user_id, app.name, app.app_compose, app.compose_hash, app.env_pubkey, app.env_pubkey_signature, now()],
-            )?;
-            Ok(tx.query_row(
-                "SELECT app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature FROM apps WHERE app_id = ?1",
-                params![app.app_id],
-                app_row,
-            )?)
+            Ok(insert_or_get(tx, &app)?)
         })
         .await
     }

@@ -61,7 +61,8 @@ pub struct NewCvm {
     pub disk_size: i64,
 }
 
-/// The operator's caps (`berth up --max-cvms-per-user`, `--max-boots`).
+/// The operator's caps (`berth up --max-cvms-per-user`, `--max-boots`,
+/// `--max-boots-per-user`, `--max-requests-per-user`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The most CVMs (not deleted) one user may have.
@@ -69,13 +70,30 @@ pub struct Limits {
     /// The most CVMs booting (`provisioning` or `starting`) at once, all
     /// users together.
     pub max_boots_in_flight: usize,
+    /// The most CVMs one user may have booting at once, so that one user's
+    /// stuck boots cannot take every slot of [`Limits::max_boots_in_flight`].
+    pub max_boots_per_user: usize,
+    /// The most apps one user may have provisioned and never committed
+    /// (`POST /cvms/provision` without `POST /cvms`); each also expires
+    /// after [`UNCOMMITTED_APP_TTL`].
+    pub max_uncommitted_apps_per_user: usize,
+    /// The most requests one user's API keys may have in progress at once
+    /// (a slow body holds one until the server's body timeout).
+    pub max_requests_per_user: usize,
 }
+
+/// How long a provisioned app that no CVM uses is kept: it is dropped at
+/// the user's next provisioning after that.
+pub const UNCOMMITTED_APP_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_cvms_per_user: 50,
             max_boots_in_flight: 8,
+            max_boots_per_user: 4,
+            max_uncommitted_apps_per_user: 20,
+            max_requests_per_user: 16,
         }
     }
 }
@@ -95,6 +113,28 @@ impl Limits {
             booting,
             max: self.max_boots_in_flight,
         }
+    }
+
+    /// The user has `booting` boots in flight: a new one would pass their
+    /// own cap.
+    pub fn too_many_boots_of_user(&self, booting: usize) -> DbError {
+        DbError::TooManyBootsOfUser {
+            booting,
+            max: self.max_boots_per_user,
+        }
+    }
+
+    /// Whether a new boot may start, with `of_user` of the user's own and
+    /// `all` in flight: the user's own cap is checked first, so a user at
+    /// it is told about their own boots, not everyone's.
+    pub fn check_boot(&self, of_user: usize, all: usize) -> Result<(), DbError> {
+        if of_user >= self.max_boots_per_user.max(1) {
+            return Err(self.too_many_boots_of_user(of_user));
+        }
+        if all >= self.max_boots_in_flight {
+            return Err(self.too_many_boots(all));
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +202,8 @@ impl Db {
     /// Creates a CVM row in `provisioning`, in one transaction with the
     /// rules a commit keeps: its name is not taken among the user's live
     /// CVMs (409), the user is under `limits.max_cvms_per_user` (403), and
-    /// fewer than `limits.max_boots_in_flight` CVMs are booting (429).
+    /// fewer than `limits.max_boots_per_user` of the user's CVMs and fewer
+    /// than `limits.max_boots_in_flight` CVMs in all are booting (429).
     pub async fn create_cvm(&self, new: NewCvm, limits: Limits) -> Result<Cvm, DbError> {
         let id = uuid::Uuid::new_v4().to_string();
         self.write(self.inner.opts.request_patience, move |tx| {
@@ -187,9 +228,10 @@ impl Db {
             if have >= limits.max_cvms_per_user {
                 return Err(limits.too_many_cvms(have).into());
             }
-            let booting = boots_in_flight(tx)?;
-            if booting >= limits.max_boots_in_flight {
-                return Err(limits.too_many_boots(booting).into());
+            limits.check_boot(boots_in_flight_of(tx, new.user_id)?, boots_in_flight(tx)?)?;
+            // A provisioned app may have expired since the caller read it.
+            if Db::app_on(tx, &new.app_id)?.is_none() {
+                return Err(DbError::AppGone.into());
             }
             let instance_id: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(instance_id), 0) + 1 FROM cvms",
@@ -296,6 +338,12 @@ impl Db {
         self.read(|conn| Ok(boots_in_flight(conn)?)).await
     }
 
+    /// How many CVMs are booting: (the user's, all users').
+    pub async fn boots_in_flight_with_user(&self, user_id: i64) -> Result<(usize, usize), DbError> {
+        self.read(move |conn| Ok((boots_in_flight_of(conn, user_id)?, boots_in_flight(conn)?)))
+            .await
+    }
+
     /// Moves the CVM `id` to `to` (with the boot failure, if any) only if
     /// its status is one of `from`, atomically; says whether it did. Retried
     /// while the database is busy, for the status patience (30 s); an
@@ -373,6 +421,18 @@ fn boots_in_flight(conn: &Connection) -> rusqlite::Result<usize> {
         conn,
         "SELECT COUNT(*) FROM cvms WHERE status IN (?1, ?2)",
         &[
+            text(CvmStatus::Provisioning.as_str()),
+            text(CvmStatus::Starting.as_str()),
+        ],
+    )
+}
+
+fn boots_in_flight_of(conn: &Connection, user_id: i64) -> rusqlite::Result<usize> {
+    count(
+        conn,
+        "SELECT COUNT(*) FROM cvms WHERE user_id = ?1 AND status IN (?2, ?3)",
+        &[
+            rusqlite::types::Value::Integer(user_id),
             text(CvmStatus::Provisioning.as_str()),
             text(CvmStatus::Starting.as_str()),
         ],
@@ -459,6 +519,7 @@ mod tests {
         let wide = Limits {
             max_cvms_per_user: 50,
             max_boots_in_flight: 50,
+            ..Limits::default()
         };
         let first = db
             .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
@@ -488,6 +549,7 @@ mod tests {
         let two = Limits {
             max_cvms_per_user: 2,
             max_boots_in_flight: 50,
+            ..Limits::default()
         };
         db.create_cvm(new_cvm("second", a.id, &app_a.app_id), two)
             .await
@@ -513,6 +575,7 @@ mod tests {
         let four = Limits {
             max_cvms_per_user: 50,
             max_boots_in_flight: 4,
+            ..Limits::default()
         };
         let busy = db
             .create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
@@ -532,6 +595,40 @@ mod tests {
         db.create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
             .await
             .unwrap();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_user_at_their_own_boot_cap_leaves_the_other_slots_to_others() {
+        let path = temp_db_path();
+        let db = Db::open(&path).unwrap();
+        let a = db.create_user("a", "ka", false).await.unwrap();
+        let b = db.create_user("b", "kb", false).await.unwrap();
+        let app_a = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
+        let app_b = db.upsert_app(&app_of(b.id, 'b')).await.unwrap();
+        let limits = Limits {
+            max_boots_in_flight: 8,
+            max_boots_per_user: 2,
+            ..Limits::default()
+        };
+        for n in ["a-one", "a-two"] {
+            db.create_cvm(new_cvm(n, a.id, &app_a.app_id), limits)
+                .await
+                .unwrap();
+        }
+        let own = db
+            .create_cvm(new_cvm("a-three", a.id, &app_a.app_id), limits)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(own, DbError::TooManyBootsOfUser { booting: 2, max: 2 }),
+            "{own:?}"
+        );
+        assert!(own.to_string().contains("--max-boots-per-user 2"), "{own}");
+        db.create_cvm(new_cvm("b-one", b.id, &app_b.app_id), limits)
+            .await
+            .unwrap();
+        assert_eq!(db.boots_in_flight_with_user(a.id).await.unwrap(), (2, 3));
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

@@ -42,7 +42,7 @@ mod users;
 
 pub use apps::{App, AppUpdate, AppVersion};
 
-pub use cvms::{Cvm, Limits, NewCvm};
+pub use cvms::{Cvm, Limits, NewCvm, UNCOMMITTED_APP_TTL};
 
 pub use error::DbError;
 

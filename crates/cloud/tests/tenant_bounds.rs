@@ -1,0 +1,207 @@
+//! What one tenant may take of what all tenants share (audit findings 4 and
+//! 11): boot slots (a user's own bound, so their stuck boots leave other
+//! users' boots alone), apps provisioned and never committed (a bound per
+//! user, and an expiry), and `X-Content-Type-Options: nosniff` on every
+//! answer. The API in process, a real KMS, no node (commits store the CVM
+//! and answer the node's 503).
+
+mod support;
+
+use axum::http::StatusCode;
+use cloud::db::Limits;
+use contract::CvmStatus;
+use serde_json::Value;
+use support::*;
+
+#[tokio::test]
+async fn one_user_s_boots_cannot_take_every_boot_slot() {
+    let limits = Limits {
+        max_boots_in_flight: 4,
+        max_boots_per_user: 2,
+        ..Limits::default()
+    };
+    let f = fixture(limits).await;
+    let (alice, mallory) = (&f.keys[1], &f.keys[2]);
+    let (s, p) = provision(&f, mallory, "stuck-app", COMPOSE).await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    for name in ["stuck-one", "stuck-two"] {
+        let (s, e) = commit(&f, mallory, &p, name).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    }
+    // Mallory is at her own bound: 429 naming it, though slots are free.
+    let (s, e) = commit(&f, mallory, &p, "stuck-three").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{e}");
+    assert_eq!(e["error_code"], "too_many_requests");
+    assert_eq!(
+        e["detail"],
+        "you have 2 CVMs booting, the most one user may boot at once (berth up --max-boots-per-user 2): try again when one of them is running, or stop one that is stuck"
+    );
+    // Alice still boots.
+    let (s, ap) = provision(&f, alice, "alice-app", COMPOSE).await;
+    assert_eq!(s, StatusCode::OK, "{ap}");
+    let (s, e) = commit(&f, alice, &ap, "alice-one").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    assert_eq!(f.state.db.boots_in_flight().await.unwrap(), 3);
+
+    // A start is a boot too: with one of hers stopped and another
+    // committed, her start of the stopped one is refused by her bound.
+    let mallory_id = f
+        .state
+        .db
+        .user_by_name("mallory")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let stopped = f.state.db.cvms_of(mallory_id).await.unwrap().remove(0);
+    f.state
+        .db
+        .set_status(&stopped.id, CvmStatus::Stopped, None, None)
+        .await
+        .unwrap();
+    let (s, e) = commit(&f, mallory, &p, "stuck-three").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    let (s, _, e) = call(
+        &f,
+        Some(mallory),
+        "POST",
+        &format!("/api/v1/cvms/{}/start", stopped.id),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--max-boots-per-user 2"),
+        "{e}"
+    );
+    // The cap on all boots still holds, and names itself.
+    let (s, e) = commit(&f, alice, &ap, "alice-two").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    let admin = &f.keys[0];
+    let (s, op) = provision(&f, admin, "operator-app", COMPOSE).await;
+    assert_eq!(s, StatusCode::OK, "{op}");
+    let (s, e) = commit(&f, admin, &op, "operator-one").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("--max-boots 4"),
+        "{e}"
+    );
+}
+
+fn compose(i: usize) -> String {
+    format!("services:\n  web{i}:\n    image: nginx:1.27\n")
+}
+
+#[tokio::test]
+async fn apps_provisioned_and_never_committed_are_bounded_per_user_and_expire() {
+    let limits = Limits {
+        max_uncommitted_apps_per_user: 3,
+        ..Limits::default()
+    };
+    let f = fixture(limits).await;
+    let (alice, mallory) = (&f.keys[1], &f.keys[2]);
+    let mut apps: Vec<Value> = Vec::new();
+    for i in 0..3 {
+        let (s, p) = provision(&f, mallory, &format!("app-{i}"), &compose(i)).await;
+        assert_eq!(s, StatusCode::OK, "{p}");
+        apps.push(p);
+    }
+    let (s, e) = provision(&f, mallory, "app-3", &compose(3)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{e}");
+    let detail = e["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(
+            "you have 3 provisioned apps that no CVM uses yet, the most one user may keep (3)"
+        ) && detail.contains("dropped an hour after"),
+        "{detail}"
+    );
+    // Provisioning one of them again reuses it; another user is not bound
+    // by mallory's apps.
+    let (s, again) = provision(&f, mallory, "app-1", &compose(1)).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["app_id"], apps[1]["app_id"]);
+    let (s, e) = provision(&f, alice, "app-3", &compose(3)).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    // A committed app no longer counts.
+    let (s, e) = commit(&f, mallory, &apps[0], "kept-app").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    let (s, p3) = provision(&f, mallory, "app-3", &compose(3)).await;
+    assert_eq!(s, StatusCode::OK, "{p3}");
+
+    // An hour later the uncommitted ones are dropped at her next
+    // provisioning; the committed one stays.
+    let db = rusqlite::Connection::open(f.dir.join("berth.db")).unwrap();
+    db.execute(
+        "UPDATE apps SET created_at = '2000-01-01T00:00:00Z' WHERE user_id = (SELECT id FROM users WHERE username = 'mallory')",
+        [],
+    )
+    .unwrap();
+    let (s, e) = provision(&f, mallory, "app-4", &compose(4)).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let id = |p: &Value| p["app_id"].as_str().unwrap().to_owned();
+    assert!(f.state.db.app(&id(&apps[0])).await.unwrap().is_some());
+    for gone in [&apps[1], &apps[2], &p3] {
+        assert!(f.state.db.app(&id(gone)).await.unwrap().is_none());
+    }
+    // Committing an expired app says to provision it again.
+    let (s, e) = commit(&f, mallory, &apps[1], "too-late").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("call POST /cvms/provision first"),
+        "{e}"
+    );
+    // Alice's app (not aged) is still there.
+    let alice_apps: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM apps WHERE user_id = (SELECT id FROM users WHERE username = 'alice')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(alice_apps, 1);
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let f = fixture(Limits::default()).await;
+    let alice = f.keys[1].clone();
+    let uuid = "00000000-0000-0000-0000-000000000000";
+    let cases = [
+        (Some(alice.as_str()), "/api/v1/auth/me", StatusCode::OK),
+        (None, "/api/v1/auth/me", StatusCode::UNAUTHORIZED),
+        (
+            Some(alice.as_str()),
+            "/api/v1/cvms/no-such-cvm",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            None,
+            &format!("/api/v1/cvms/{uuid}/syslog?token=forged") as &str,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            None,
+            &format!("/api/v1/cvms/{uuid}/containers/web/logs?token=forged"),
+            StatusCode::NOT_FOUND,
+        ),
+        (None, "/api/v1/no-such-route", StatusCode::NOT_IMPLEMENTED),
+        (None, "/", StatusCode::OK),
+    ];
+    for (key, path, _) in &cases {
+        let (status, headers, _) = call(&f, *key, "GET", path, None).await;
+        assert_eq!(
+            headers
+                .get_all("x-content-type-options")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["nosniff"],
+            "GET {path} ({status})"
+        );
+    }
+}
