@@ -29,6 +29,15 @@ pub struct UpArgs {
     /// The most CVMs booting at once, all users together (more answer 429).
     #[arg(long = "max-boots", value_name = "N", default_value_t = 8)]
     max_boots: usize,
+    /// The most CVMs one user may have booting at once (more answer 429),
+    /// so one user's stuck boots leave the others' slots alone; default:
+    /// half of --max-boots, at least 1.
+    #[arg(long = "max-boots-per-user", value_name = "N")]
+    max_boots_per_user: Option<usize>,
+    /// The most API requests one user may have in progress at once (more
+    /// answer 429).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_requests_per_user: usize,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -50,9 +59,18 @@ pub struct UpArgs {
     /// Seconds a client has to send its request headers.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     header_timeout: u64,
+    /// Seconds a client has, from a request's headers, to send its body
+    /// (then 408).
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    body_timeout: u64,
     /// The most connections the API serves at once (others wait).
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
+    /// The most connections one client address may hold at once (more are
+    /// closed); loopback clients, which all share 127.0.0.1, are bounded by
+    /// --max-requests-per-user instead.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections_per_client: usize,
 }
 
 #[derive(Args)]
@@ -128,8 +146,11 @@ pub fn kms_serve(args: KmsServeArgs) -> Result<(), Failure> {
         eprintln!("kms: simulated TEE: env keys are released against a one-time boot ticket and a computed measurement, not a hardware attestation");
     }));
     served.map_err(|e| match e {
-        kms::server::ServeError::RootKey(e) => Failure::config(e)
-            .hint("the KMS root key file must be readable by this user only (chmod 600)"),
+        kms::server::ServeError::RootKey(e @ kms::RootKeyError::InsecurePermissions { .. }) => {
+            Failure::config(e)
+                .hint("the KMS root key file must be readable by this user only (chmod 600)")
+        }
+        kms::server::ServeError::RootKey(e) => Failure::config(e),
         kms::server::ServeError::Bind { socket, source } => {
             Failure::io(format!("cannot listen on {}", socket.display()), &source)
         }
@@ -207,9 +228,14 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         limits: cloud::db::Limits {
             max_cvms_per_user: args.max_cvms_per_user,
             max_boots_in_flight: args.max_boots,
+            max_boots_per_user: args.max_boots_per_user.unwrap_or(args.max_boots / 2).max(1),
+            max_requests_per_user: args.max_requests_per_user,
+            ..cloud::db::Limits::default()
         },
         header_timeout: std::time::Duration::from_secs(args.header_timeout),
+        body_timeout: std::time::Duration::from_secs(args.body_timeout),
         max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
         berth_exe: current_exe()?,
     };
     crate::runtime().block_on(async move {
@@ -326,6 +352,8 @@ fn up_failure(e: UpError) -> Failure {
         UpError::RegistryInCvmPool { .. } => Failure::config(e).hint(
             "map the registry (--registry-endpoint) at an address outside that range, or give Berth an engine of your own with DOCKER_HOST",
         ),
+        UpError::NotOwned { .. } | UpError::UnsafeFolder { .. } => Failure::config(e)
+            .hint("or give --state a folder of your own, e.g. under your home folder"),
         UpError::NoDockerEngine => Failure::config(e)
             .hint("install Docker (Debian: apt-get install docker.io) or set DOCKER_HOST"),
         UpError::AdminKeyMissing { .. } => {

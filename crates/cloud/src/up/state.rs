@@ -1,5 +1,14 @@
-//! The state folder of the local cloud: its lock, its modes, and the
-//! secrets kept in it (the admin's API key, the log URL secret).
+//! The state folder of the local cloud: who owns it, its lock, its modes,
+//! and the secrets kept in it (the admin's API key, the log URL secret).
+//!
+//! A state folder (and each folder and file Berth keeps in it) must belong
+//! to the user `berth up` runs as, and every folder above it must belong to
+//! that user or root and not be writable by every user (unless it has the
+//! sticky bit, like `/tmp`): a folder another user made, or could rename,
+//! may hold a database, keys or a KMS root key of theirs, and its mode
+//! alone says nothing about that. (A folder writable by its group is
+//! accepted: with user-private groups, the usual umask 002 makes every
+//! folder so.) The KMS checks its root key file the same way.
 
 use super::{AdminKey, UpError, UpEvent, UpEvents};
 use crate::db::Db;
@@ -26,6 +35,96 @@ const PRIVATE_FILES: &[&str] = &[
     KMS_PUBLIC_KEY_FILE,
     "dockerd.log",
 ];
+
+/// Refuses a state folder that another user owns, or that lies under a
+/// folder another user (not root) owns or every user may write to without
+/// the sticky bit. A state folder that does not exist yet is checked by
+/// the folders above it (it is created by this user afterwards).
+pub(crate) fn check_state_owner(state: &Path) -> Result<(), UpError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = current_uid();
+    let absolute = std::path::absolute(state).map_err(UpError::io("state folder"))?;
+    let mut nearest = absolute.clone();
+    while std::fs::symlink_metadata(&nearest).is_err() {
+        if !nearest.pop() {
+            return Ok(());
+        }
+    }
+    let nearest = nearest
+        .canonicalize()
+        .map_err(UpError::io(format!("cannot resolve {}", nearest.display())))?;
+    let state_exists = std::fs::symlink_metadata(&absolute).is_ok();
+    if state_exists {
+        check_owned(&nearest)?;
+    }
+    // The folders above (the state folder's own mode is made 0700 later).
+    let above = if state_exists {
+        nearest.parent()
+    } else {
+        Some(nearest.as_path())
+    };
+    for folder in above.into_iter().flat_map(Path::ancestors) {
+        let Ok(meta) = std::fs::metadata(folder) else {
+            continue;
+        };
+        let unsafe_folder = |problem: String| UpError::UnsafeFolder {
+            state: absolute.clone(),
+            folder: folder.to_owned(),
+            problem,
+        };
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(unsafe_folder(format!(
+                "belongs to {}",
+                user_name(meta.uid())
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(unsafe_folder(format!(
+                "is mode {mode:04o}: writable by every user, without the sticky bit"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `path` (not following a link) if it exists and belongs to
+/// another user.
+fn check_owned(path: &Path) -> Result<(), UpError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = current_uid();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.uid() != me => Err(UpError::NotOwned {
+            path: path.to_owned(),
+            owner: user_name(meta.uid()),
+            me: user_name(me),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The user this process runs as (its effective uid).
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `name (uid N)`, or `uid N` for a uid with no name.
+fn user_name(uid: u32) -> String {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: an all-zero passwd is a valid out-parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, the buffer's length is
+    // its own, and the result is read only when `found` points at `pw`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() {
+        // SAFETY: getpwuid_r filled pw_name with a NUL-terminated string in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        return format!("{} (uid {uid})", name.to_string_lossy());
+    }
+    format!("uid {uid}")
+}
 
 /// New files and folders of this process are its owner's alone.
 pub(crate) fn private_umask() {
@@ -75,9 +174,16 @@ pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, UpError> {
 }
 
 /// Makes the state folder private: 0700 folders, 0600 files (fixing, and
-/// saying so, what an older Berth or a careless umask left open).
+/// saying so, what an older Berth or a careless umask left open). A folder
+/// or file of the state that belongs to another user is refused, not fixed.
 pub(crate) fn lock_down_state(state: &Path, events: &UpEvents) -> Result<(), UpError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for dir in ["", "kms", "cvms", "node", "run"] {
+        check_owned(&state.join(dir))?;
+    }
+    for f in PRIVATE_FILES.iter().chain(&["kms/root.key"]) {
+        check_owned(&state.join(f))?;
+    }
     for dir in ["", "kms", "cvms", "node", "run"] {
         let d = state.join(dir);
         let was = std::fs::metadata(&d).map(|m| m.mode() & 0o777).ok();
