@@ -46,14 +46,87 @@ pub struct BootReport {
     pub elapsed: Duration,
 }
 
+/// How long a boot may take, all its steps together, unless the caller says
+/// otherwise ([`boot_within`]). Bytes arriving restore a pull's retry budget,
+/// so without a deadline a registry that trickles a layer (or keeps
+/// answering without completing it) holds a boot, and the node's boot slot,
+/// as long as it likes. 30 minutes pulls a 10 GB image over 100 Mbit/s
+/// twice over.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Time a failed pull's hand-off gets to remove its prefix images, past the
+/// deadline (what it leaves, the next boot removes).
+const ABANDON_GRACE: Duration = Duration::from_secs(10);
+
+/// The boot's deadline: when it passes, the step running fails.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn after(limit: Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + limit,
+            limit,
+        }
+    }
+
+    /// `f`, unless the deadline passes first: then the failure of step `n`
+    /// (`name`).
+    async fn bound<T, F>(&self, n: usize, name: &str, f: F) -> Result<T, BootError>
+    where
+        F: std::future::Future<Output = Result<T, BootError>>,
+    {
+        match tokio::time::timeout_at(self.at, f).await {
+            Ok(out) => out,
+            Err(_) => Err(self.passed(n, name)),
+        }
+    }
+
+    /// The failure of step `n` (`name`), running when the deadline passed:
+    /// the images that did not arrive, or the step that did not end.
+    fn passed(&self, n: usize, name: &str) -> BootError {
+        let limit = humantime::format_duration(self.limit);
+        if n == PULL_STEP {
+            return BootError::new(
+                Category::Unreachable,
+                format!(
+                    "the images did not arrive within the boot's deadline of {limit}: the registry, or the link to it, was too slow, or kept answering without completing a layer"
+                ),
+            )
+            .hint("boot again when the registry is faster, or use a smaller image; the node's operator sets the boot deadline");
+        }
+        let category = if n > PULL_STEP {
+            Category::Runtime
+        } else {
+            Category::Unreachable
+        };
+        BootError::new(
+            category,
+            format!(
+                "step {n}/{} ({name}) had not ended when the boot's deadline of {limit} passed",
+                Steps::TOTAL
+            ),
+        )
+    }
+}
+
+/// The step that pulls (it bounds its pull itself, to clean up after it).
+const PULL_STEP: usize = 5;
+
 struct Steps<'a> {
     serial: &'a SerialLog,
     n: usize,
+    deadline: Deadline,
 }
 
 impl Steps<'_> {
     const TOTAL: usize = 7;
 
+    /// Runs the next step, `name`, ended by the boot's deadline if it is
+    /// still running then.
     async fn run<T, F>(&mut self, name: &str, f: F) -> Result<T, BootError>
     where
         F: std::future::Future<Output = Result<T, BootError>>,
@@ -62,7 +135,11 @@ impl Steps<'_> {
         let started = Instant::now();
         self.serial
             .line(&format!("[{}/{}] {name}", self.n, Self::TOTAL));
-        let out = f.await;
+        let out = if self.n == PULL_STEP {
+            f.await
+        } else {
+            self.deadline.bound(self.n, name, f).await
+        };
         let ms = started.elapsed().as_millis();
         match &out {
             Ok(_) => self.serial.line(&format!(
@@ -94,11 +171,27 @@ pub fn project_name(app_name: &str, app_id: &str) -> String {
     p
 }
 
-/// Runs the boot, writing to `serial`. The caller writes the last line
-/// ([`final_line`]).
+/// Runs the boot, writing to `serial`, within [`BOOT_DEADLINE`]. The
+/// caller writes the last lines ([`final_lines`]).
 pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, BootError> {
+    boot_within(opts, BOOT_DEADLINE, serial).await
+}
+
+/// Runs the boot, writing to `serial`; when `deadline` has passed, the step
+/// running fails (the pull's with [`Category::Unreachable`]) and so does the
+/// boot.
+pub async fn boot_within(
+    opts: BootOptions,
+    deadline: Duration,
+    serial: &SerialLog,
+) -> Result<BootReport, BootError> {
     let started = Instant::now();
-    let mut steps = Steps { serial, n: 0 };
+    let deadline = Deadline::after(deadline);
+    let mut steps = Steps {
+        serial,
+        n: 0,
+        deadline,
+    };
 
     // 1. Measure.
     let (shared, measurement) = steps
@@ -295,11 +388,14 @@ pub async fn boot(opts: BootOptions, serial: &SerialLog) -> Result<BootReport, B
                 }
             };
             let refs: Vec<_> = compose.images.iter().map(|i| i.reference.clone()).collect();
-            let pulled = match puller.pull_all(&refs).await {
+            let pull = async { puller.pull_all(&refs).await.map_err(BootError::from) };
+            let pulled = match deadline.bound(PULL_STEP, "pull images", pull).await {
                 Ok(p) => p,
                 Err(e) => {
-                    handoff.abandon().await;
-                    return Err(e.into());
+                    // The pull is dropped: its connections close, what it
+                    // downloaded stays in the store for the next boot.
+                    let _ = tokio::time::timeout(ABANDON_GRACE, handoff.abandon()).await;
+                    return Err(e);
                 }
             };
             let counts = puller.request_counts().await;
@@ -605,4 +701,58 @@ fn pull_log(serial: &SerialLog) -> registry::EventSink {
         }
         PullEvent::Done { .. } => {}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_step_still_running_at_the_deadline_fails_naming_it() {
+        let deadline = Deadline::after(Duration::from_millis(200));
+        let started = Instant::now();
+        let never = std::future::pending::<Result<(), BootError>>();
+        let err = deadline
+            .bound(6, "hand images to the container runtime", never)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(err.category, Category::Runtime);
+        assert!(
+            err.message
+                .contains("step 6/7 (hand images to the container runtime)")
+                && err.message.contains("200ms"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pull_still_running_at_the_deadline_fails_as_unreachable() {
+        let deadline = Deadline::after(Duration::from_millis(200));
+        let never = std::future::pending::<Result<(), BootError>>();
+        let err = deadline
+            .bound(PULL_STEP, "pull images", never)
+            .await
+            .unwrap_err();
+        assert_eq!(err.category, Category::Unreachable);
+        assert!(err.message.contains("did not arrive"), "{}", err.message);
+        let line = outcome(&Err(err), Duration::from_millis(200)).render();
+        assert!(line.starts_with("BOOT FAILED: unreachable: the images did not arrive within the boot's deadline of 200ms"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_step_that_ends_in_time_keeps_its_outcome() {
+        let deadline = Deadline::after(Duration::from_secs(60));
+        let failed = async { Err::<(), _>(BootError::new(Category::Config, "bad")) };
+        assert_eq!(
+            deadline
+                .bound(4, "read the compose file", failed)
+                .await
+                .unwrap_err()
+                .message,
+            "bad"
+        );
+        assert_eq!(deadline.bound(4, "x", async { Ok(7) }).await.unwrap(), 7);
+    }
 }

@@ -30,7 +30,7 @@ pub mod runtime;
 pub mod serial;
 pub mod shared;
 
-pub use boot::{BootOptions, BootReport, boot, final_lines, outcome};
+pub use boot::{BOOT_DEADLINE, BootOptions, BootReport, boot, boot_within, final_lines, outcome};
 pub use error::{BootError, Hint};
 pub use keys::{EnvKeyProvider, KeyFile, Kms};
 pub use serial::SerialLog;
