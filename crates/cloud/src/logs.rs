@@ -1,9 +1,10 @@
 //! Log files read from disk: the last lines of a file within a byte cap, and
-//! what was appended since the last read (by file offset).
+//! what was appended since the last read (by file offset); and the bounds
+//! of a container log answer ([`MAX_TAIL_LINES`], [`LastBytes`]).
 //!
-//! Every function here does blocking file I/O; the API calls them on
-//! tokio's blocking pool ([`tail`], [`Follower::next`]), never on an async
-//! worker.
+//! Every function here that touches a file does blocking I/O; the API calls
+//! them on tokio's blocking pool ([`tail`], [`Follower::next`]), never on an
+//! async worker.
 
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -15,6 +16,10 @@ pub const DEFAULT_TAIL: usize = 1000;
 pub const MAX_ANSWER_BYTES: u64 = 4 << 20;
 /// The most bytes one follow stream sends after its first part.
 pub const MAX_FOLLOW_BYTES: u64 = 64 << 20;
+/// The most lines asked of the engine for one container log answer:
+/// `tail=all`, or a larger `tail`, asks for this many (the engine reads a
+/// tail backwards, so the cost does not grow with the log).
+pub const MAX_TAIL_LINES: usize = 10_000;
 /// The most bytes read from disk at a time.
 const CHUNK: u64 = 64 << 10;
 
@@ -109,6 +114,73 @@ pub fn tail(path: &Path, lines: Option<usize>, max_bytes: u64) -> io::Result<Tai
     })
 }
 
+/// The lines a container log read asks of the engine for a `tail` (all
+/// when `None`): never more than [`MAX_TAIL_LINES`].
+pub fn engine_tail(tail: Option<usize>) -> usize {
+    tail.map_or(MAX_TAIL_LINES, |n| n.min(MAX_TAIL_LINES))
+}
+
+/// The last `max` bytes of a stream, kept while it is read: it never holds
+/// more than `max` and a quarter (plus the chunk being pushed), however
+/// long the stream.
+#[derive(Debug)]
+pub struct LastBytes {
+    max: usize,
+    buf: Vec<u8>,
+    cut: bool,
+}
+
+impl LastBytes {
+    /// Keeps at most the last `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            buf: Vec::new(),
+            cut: false,
+        }
+    }
+
+    /// Appends `chunk`, dropping from the front what is beyond the cap.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if chunk.len() >= self.max {
+            self.cut |= !self.buf.is_empty() || chunk.len() > self.max;
+            self.buf.clear();
+            self.buf.extend_from_slice(&chunk[chunk.len() - self.max..]);
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() > self.max + self.max / 4 {
+            let excess = self.buf.len() - self.max;
+            self.buf.drain(..excess);
+            self.cut = true;
+        }
+    }
+
+    /// The last `max` bytes as text (invalid UTF-8 replaced); when the
+    /// front was cut, from the first whole line on.
+    pub fn into_text(self) -> String {
+        String::from_utf8(self.into_bytes())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// The last `max` bytes; when the front was cut, from the first whole
+    /// line on.
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        if self.buf.len() > self.max {
+            let excess = self.buf.len() - self.max;
+            self.buf.drain(..excess);
+            self.cut = true;
+        }
+        if self.cut {
+            match self.buf.iter().position(|b| *b == b'\n') {
+                Some(i) => drop(self.buf.drain(..=i)),
+                None => self.buf.clear(),
+            }
+        }
+        self.buf
+    }
+}
+
 /// Reads what is appended to a file, from an offset it keeps. A file that
 /// was replaced (another inode) or truncated is read again from its start.
 #[derive(Clone, Debug)]
@@ -186,6 +258,27 @@ mod tests {
         assert_eq!(t.bytes.len(), 100);
         assert!(t.bytes.starts_with(b"000000990\n"));
         assert!(tail(&p, Some(500), 105).unwrap().bytes.len() <= 105);
+    }
+
+    #[test]
+    fn last_bytes_keeps_the_end_from_a_whole_line() {
+        let mut all = LastBytes::new(100);
+        all.push(b"one\ntwo\n");
+        assert_eq!(all.into_bytes(), b"one\ntwo\n");
+        let mut last = LastBytes::new(25);
+        for i in 0..10_000 {
+            last.push(format!("line {i:05}\n").as_bytes());
+            assert!(last.buf.len() <= 25 + 6 + 11);
+        }
+        // 25 bytes hold the end of one line and two whole lines.
+        assert_eq!(last.into_bytes(), b"line 09998\nline 09999\n");
+        let mut big = LastBytes::new(8);
+        big.push(b"a\n");
+        big.push(b"0123456789\nabcdef\n");
+        assert_eq!(big.into_bytes(), b"abcdef\n");
+        assert_eq!(engine_tail(None), MAX_TAIL_LINES);
+        assert_eq!(engine_tail(Some(5)), 5);
+        assert_eq!(engine_tail(Some(usize::MAX)), MAX_TAIL_LINES);
     }
 
     #[test]

@@ -57,7 +57,21 @@ pub fn router(node: Arc<Node>, db: Arc<Db>) -> Router {
         .with_state(NodeState { node, db })
 }
 
+/// The CVM `id` and its app, when the CVM exists and is not being deleted
+/// (a `deleting` CVM only takes a delete again: [`delete`]).
 async fn cvm_and_app(
+    s: &NodeState,
+    id: &str,
+) -> Result<(crate::db::Cvm, crate::db::App), NodeError> {
+    let (cvm, app) = any_cvm_and_app(s, id).await?;
+    if cvm.status == contract::CvmStatus::Deleting {
+        return Err(NodeError::NoSuchCvm);
+    }
+    Ok((cvm, app))
+}
+
+/// The CVM `id` (also while it is being deleted) and its app.
+async fn any_cvm_and_app(
     s: &NodeState,
     id: &str,
 ) -> Result<(crate::db::Cvm, crate::db::App), NodeError> {
@@ -95,7 +109,7 @@ async fn delete(
     State(s): State<NodeState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (cvm, _) = cvm_and_app(&s, &id).await?;
+    let (cvm, _) = any_cvm_and_app(&s, &id).await?;
     s.node.delete(&cvm).await?;
     Ok(StatusCode::NO_CONTENT)
 }

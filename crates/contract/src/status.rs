@@ -2,8 +2,10 @@
 //!
 //! The API writes `provisioning` when a CVM is committed; the node writes
 //! `starting` when it starts a boot agent and `running` or `boot_failed`
-//! when the agent's confirmed final line says so; stop and delete write
-//! `stopped` and `deleted`. `deleted` is final. The same words are the
+//! when the agent's confirmed final line says so; stop writes `stopped`;
+//! delete writes `deleting` before it removes anything, then `deleted`, so
+//! a node that dies in between finishes the delete when it starts again
+//! instead of booting the CVM. `deleted` is final. The same words are the
 //! `status` field of the Phala-compatible API and the database column, so
 //! they live here once.
 
@@ -23,6 +25,10 @@ pub enum CvmStatus {
     BootFailed,
     /// Stopped by its owner (or the node); a start boots it again.
     Stopped,
+    /// Being deleted: the node recorded the intent and removes its
+    /// containers and folders; a node restart finishes the delete. Only
+    /// `deleted` follows.
+    Deleting,
     /// Deleted: its containers and folders are gone. Final.
     Deleted,
 }
@@ -30,22 +36,25 @@ pub enum CvmStatus {
 /// A status word that is not one of [`CvmStatus`]'s.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{0}` is not a CVM status (provisioning, starting, running, boot_failed, stopped, deleted)"
+    "`{0}` is not a CVM status (provisioning, starting, running, boot_failed, stopped, deleting, deleted)"
 )]
 pub struct UnknownStatus(pub String);
 
 impl CvmStatus {
     /// Every status, in life order.
-    pub const ALL: [CvmStatus; 6] = [
+    pub const ALL: [CvmStatus; 7] = [
         CvmStatus::Provisioning,
         CvmStatus::Starting,
         CvmStatus::Running,
         CvmStatus::BootFailed,
         CvmStatus::Stopped,
+        CvmStatus::Deleting,
         CvmStatus::Deleted,
     ];
 
-    /// Every status but `deleted`: those a CVM can leave.
+    /// Every status but `deleting` and `deleted`: those a start, a stop or
+    /// a boot's end can move a CVM from (a delete, once begun, only ends in
+    /// `deleted`).
     pub const LIVE: [CvmStatus; 5] = [
         CvmStatus::Provisioning,
         CvmStatus::Starting,
@@ -62,6 +71,7 @@ impl CvmStatus {
             CvmStatus::Running => "running",
             CvmStatus::BootFailed => "boot_failed",
             CvmStatus::Stopped => "stopped",
+            CvmStatus::Deleting => "deleting",
             CvmStatus::Deleted => "deleted",
         }
     }
@@ -71,7 +81,8 @@ impl CvmStatus {
         matches!(self, CvmStatus::Provisioning | CvmStatus::Starting)
     }
 
-    /// Whether the CVM still exists (anything but `deleted`).
+    /// Whether the CVM still exists (anything but `deleted`; a `deleting`
+    /// CVM is still there until its delete ends).
     pub fn is_live(self) -> bool {
         self != CvmStatus::Deleted
     }
@@ -149,7 +160,9 @@ mod tests {
         assert_eq!(busy, [CvmStatus::Provisioning, CvmStatus::Starting]);
         assert!(!CvmStatus::Deleted.is_live());
         assert!(!CvmStatus::LIVE.contains(&CvmStatus::Deleted));
-        assert_eq!(CvmStatus::LIVE.len() + 1, CvmStatus::ALL.len());
+        assert!(!CvmStatus::LIVE.contains(&CvmStatus::Deleting));
+        assert!(CvmStatus::Deleting.is_live() && !CvmStatus::Deleting.in_progress());
+        assert_eq!(CvmStatus::LIVE.len() + 2, CvmStatus::ALL.len());
         assert!(CvmStatus::BootFailed == "boot_failed");
     }
 }

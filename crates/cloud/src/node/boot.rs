@@ -68,8 +68,8 @@ impl Node {
         };
         // Only the current boot of a CVM still `starting` records its end:
         // a stop, restart or delete meanwhile keeps its own status.
-        if current(&self.boots.lock().unwrap()) {
-            let _ = self
+        let recorded = current(&self.boots.lock().unwrap())
+            && self
                 .db
                 .transition(
                     &id,
@@ -78,11 +78,41 @@ impl Node {
                     cat.as_deref(),
                     msg.as_deref(),
                 )
-                .await;
+                .await
+                .unwrap_or(false);
+        // A failed boot leaves nothing running: the containers it started
+        // before it failed are stopped. A start meanwhile waits for this
+        // (it ends this boot first), so it never loses its own containers.
+        if recorded && status == CvmStatus::BootFailed {
+            self.stop_failed_boot_containers(&id).await;
         }
         let mut boots = self.boots.lock().unwrap();
         if current(&boots) {
             boots.remove(&id);
+        }
+    }
+
+    /// Stops the containers of a boot that failed, and says so in the
+    /// serial log.
+    async fn stop_failed_boot_containers(&self, id: &str) {
+        match self.stop_containers(id).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.append_serial(
+                    id,
+                    &format!(
+                        "the boot failed: the node stopped the {n} container(s) it had started"
+                    ),
+                )
+                .await
+            }
+            Err(e) => {
+                self.append_serial(
+                    id,
+                    &format!("the boot failed, and its containers could not be stopped: {e}"),
+                )
+                .await
+            }
         }
     }
 

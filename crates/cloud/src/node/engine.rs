@@ -23,15 +23,26 @@ impl Node {
             .map_err(NodeError::EngineUnreachable)
     }
 
-    pub(super) async fn stop_containers(&self, id: &str) -> Result<(), NodeError> {
+    /// Stops the CVM's containers (SIGTERM, SIGKILL after 5 s); how many
+    /// of them were running and stopped.
+    pub(super) async fn stop_containers(&self, id: &str) -> Result<usize, NodeError> {
         let docker = self.docker()?;
-        for c in self.containers(&docker, id).await? {
+        let mut stopped = 0;
+        for c in self.project_containers(&docker, id).await? {
+            let (Some(cid), running) = (
+                c.id,
+                c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            ) else {
+                continue;
+            };
             let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
                 .t(5)
                 .build();
-            let _ = docker.stop_container(&c, Some(opts)).await;
+            if docker.stop_container(&cid, Some(opts)).await.is_ok() && running {
+                stopped += 1;
+            }
         }
-        Ok(())
+        Ok(stopped)
     }
 
     /// Removes the CVM's containers (with their anonymous volumes), then
@@ -207,14 +218,16 @@ impl Node {
             .collect())
     }
 
-    /// One container's output (stdout and stderr interleaved), if it belongs to the CVM.
+    /// One container's output (stdout and stderr interleaved), if it
+    /// belongs to the CVM: its last `tail` lines (all when `None`), at most
+    /// [`crate::logs::MAX_TAIL_LINES`] and
+    /// [`crate::logs::MAX_ANSWER_BYTES`].
     pub async fn one_container_logs(
         &self,
         cvm_id: &str,
         container: &str,
         tail: Option<usize>,
     ) -> Result<String, NodeError> {
-        use futures_util::StreamExt;
         let mine = self.container_names(cvm_id).await?;
         let Some((id, _)) = mine
             .into_iter()
@@ -223,44 +236,61 @@ impl Node {
             return Err(NodeError::NoSuchContainer);
         };
         let docker = self.docker()?;
-        let mut b = bollard::query_parameters::LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true);
-        if let Some(n) = tail {
-            b = b.tail(&n.to_string());
-        }
-        let mut out = String::new();
-        let mut stream = docker.logs(&id, Some(b.build()));
-        while let Some(Ok(chunk)) = stream.next().await {
-            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        }
-        Ok(out)
+        let opts = log_options(true, true, tail);
+        Ok(last_log_text(&docker, &id, opts, crate::logs::MAX_ANSWER_BYTES as usize).await)
     }
 
-    /// The app's container output (`stderr` or stdout), all services, oldest first.
+    /// The app's container output (`stderr` or stdout), all services, one
+    /// after the other: of each, its last `tail` lines (all when `None`),
+    /// at most [`crate::logs::MAX_TAIL_LINES`] and an equal share of
+    /// [`crate::logs::MAX_ANSWER_BYTES`].
     pub async fn container_logs(
         &self,
         cvm_id: &str,
         stderr: bool,
         tail: Option<usize>,
     ) -> Result<String, NodeError> {
-        use futures_util::StreamExt;
         let docker = self.docker()?;
+        let ids = self.containers(&docker, cvm_id).await?;
+        let share = crate::logs::MAX_ANSWER_BYTES as usize / ids.len().max(1);
         let mut out = String::new();
-        for id in self.containers(&docker, cvm_id).await? {
-            let mut b = bollard::query_parameters::LogsOptionsBuilder::new()
-                .stdout(!stderr)
-                .stderr(stderr);
-            if let Some(n) = tail {
-                b = b.tail(&n.to_string());
-            }
-            let mut stream = docker.logs(&id, Some(b.build()));
-            while let Some(Ok(chunk)) = stream.next().await {
-                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-            }
+        for id in ids {
+            let opts = log_options(!stderr, stderr, tail);
+            out.push_str(&last_log_text(&docker, &id, opts, share).await);
         }
         Ok(out)
     }
+}
+
+/// Log options for a read of `tail` lines (never more than
+/// [`crate::logs::MAX_TAIL_LINES`]: `tail=all` is that many).
+fn log_options(
+    stdout: bool,
+    stderr: bool,
+    tail: Option<usize>,
+) -> bollard::query_parameters::LogsOptions {
+    bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(stdout)
+        .stderr(stderr)
+        .tail(&crate::logs::engine_tail(tail).to_string())
+        .build()
+}
+
+/// The last `max` bytes of a container's log as text, streamed from the
+/// engine: the node holds little more than `max`, however much it logged.
+async fn last_log_text(
+    docker: &bollard::Docker,
+    id: &str,
+    opts: bollard::query_parameters::LogsOptions,
+    max: usize,
+) -> String {
+    use futures_util::StreamExt;
+    let mut last = crate::logs::LastBytes::new(max);
+    let mut stream = docker.logs(id, Some(opts));
+    while let Some(Ok(chunk)) = stream.next().await {
+        last.push(&chunk.into_bytes());
+    }
+    last.into_text()
 }
 
 fn project_label(cvm_id: &str) -> String {

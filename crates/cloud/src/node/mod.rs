@@ -64,7 +64,7 @@ use contract::{CvmStatus, SysConfig};
 use engine::images_of;
 use files::BootLock;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,10 +161,38 @@ impl Node {
     /// Writes the CVM's host-shared folder and boots it in the background.
     /// A boot of it already in flight on this node is ended first; one
     /// that another process runs (its state lock is held) is a conflict.
+    /// When its folders cannot be written (a full disk), a CVM that is not
+    /// running records `boot_failed` with the reason, as far as the
+    /// database can still be written.
     pub async fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
-        match self.try_start(cvm, app).await? {
-            Started::Booting => Ok(()),
-            Started::AlreadyBooting => Err(NodeError::AlreadyBooting { id: cvm.id.clone() }),
+        match self.try_start(cvm, app).await {
+            Ok(Started::Booting) => Ok(()),
+            Ok(Started::AlreadyBooting) => Err(NodeError::AlreadyBooting { id: cvm.id.clone() }),
+            Err(e @ NodeError::Folder(_)) => {
+                let line = contract::BootOutcome::Failed {
+                    category: contract::Category::Runtime,
+                    message: format!("the node {e}"),
+                }
+                .render();
+                self.append_serial(&cvm.id, &line).await;
+                let _ = self
+                    .db
+                    .transition(
+                        &cvm.id,
+                        &[
+                            CvmStatus::Provisioning,
+                            CvmStatus::Starting,
+                            CvmStatus::Stopped,
+                            CvmStatus::BootFailed,
+                        ],
+                        CvmStatus::BootFailed,
+                        Some(contract::Category::Runtime.as_str()),
+                        Some(&line),
+                    )
+                    .await;
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -212,9 +240,14 @@ impl Node {
             reserved_ports: self.cfg.reserved_ports.clone(),
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
-        self.db
+        // A CVM being deleted (or deleted) does not boot.
+        if !self
+            .db
             .set_status(&cvm.id, CvmStatus::Starting, None, None)
-            .await?;
+            .await?
+        {
+            return Err(NodeError::NoSuchCvm);
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
         let me = self.clone();
@@ -287,15 +320,17 @@ impl Node {
 
     /// Stops the CVM: its boot (the agent's whole process group) and its
     /// containers, and records `stopped`, also when the engine cannot be
-    /// reached (the serial log says what was left running).
+    /// reached (the serial log says what was left running). The status is
+    /// written first: when it cannot be (a full disk), the containers keep
+    /// running and the status stays true.
     pub async fn stop(&self, cvm: &Cvm) -> Result<(), NodeError> {
         self.end_boot(&cvm.id).await;
-        let engine = self.stop_containers(&cvm.id).await;
         self.db
             .set_status(&cvm.id, CvmStatus::Stopped, None, None)
             .await?;
+        let engine = self.stop_containers(&cvm.id).await;
         match engine {
-            Ok(()) => self.append_serial(&cvm.id, "CVM stopped by the node").await,
+            Ok(_) => self.append_serial(&cvm.id, "CVM stopped by the node").await,
             Err(e) => {
                 self.append_serial(
                     &cvm.id,
@@ -313,12 +348,23 @@ impl Node {
         self.start(cvm, app).await
     }
 
-    /// Deletes the CVM: ends its boot, removes what it made in the engine
-    /// (containers, compose networks and named volumes, and, in the
-    /// background, the images it loaded that no other CVM runs) and its
-    /// folders, and records `deleted`, also when the engine cannot be
-    /// reached.
+    /// Deletes the CVM: records `deleting` first (a node that dies from
+    /// then on finishes the delete when it starts again, see
+    /// [`Node::resume`], and never boots the CVM), ends its boot, removes
+    /// what it made in the engine (containers, compose networks and named
+    /// volumes, and, in the background, the images it loaded that no other
+    /// CVM runs) and its folders, and records `deleted`, also when the
+    /// engine cannot be reached.
     pub async fn delete(self: &Arc<Self>, cvm: &Cvm) -> Result<(), NodeError> {
+        let mut from = CvmStatus::LIVE.to_vec();
+        from.push(CvmStatus::Deleting);
+        if !self
+            .db
+            .transition(&cvm.id, &from, CvmStatus::Deleting, None, None)
+            .await?
+        {
+            return Err(NodeError::NoSuchCvm);
+        }
         self.end_boot(&cvm.id).await;
         let dir = self.dir(&cvm.id);
         let images = images_of(&dir);
@@ -326,7 +372,13 @@ impl Node {
         cgroup::remove(&project_of(&cvm.id));
         let _ = std::fs::remove_dir_all(&dir);
         self.db
-            .set_status(&cvm.id, CvmStatus::Deleted, None, None)
+            .transition(
+                &cvm.id,
+                &[CvmStatus::Deleting],
+                CvmStatus::Deleted,
+                None,
+                None,
+            )
             .await?;
         if let Err(e) = engine {
             eprintln!(
@@ -338,7 +390,8 @@ impl Node {
         Ok(())
     }
 
-    /// After a restart of `berth up`: CVMs that were running and still are
+    /// After a restart of `berth up`: deletes that a crash interrupted
+    /// (`deleting`) are finished; CVMs that were running and still are
     /// stay as they are; CVMs that were booting, or were running but whose
     /// containers are gone, boot again (their state folder makes that
     /// cheap), unless a boot of theirs is still alive (its state lock is
@@ -346,6 +399,16 @@ impl Node {
     pub async fn resume(self: &Arc<Self>) -> Result<usize, NodeError> {
         let mut resumed = 0;
         for cvm in self.db.live_cvms().await? {
+            if cvm.status == CvmStatus::Deleting {
+                eprintln!(
+                    "node: CVM {} was being deleted when the node stopped: finishing the delete",
+                    cvm.id
+                );
+                if let Err(e) = self.delete(&cvm).await {
+                    eprintln!("node: the delete of CVM {} failed again: {e}", cvm.id);
+                }
+                continue;
+            }
             let again = match cvm.status {
                 CvmStatus::Provisioning | CvmStatus::Starting => true,
                 CvmStatus::Running => !self.containers_running(&cvm.id).await,
@@ -373,22 +436,5 @@ impl Node {
             }
         }
         Ok(resumed)
-    }
-
-    /// The last `tail` lines (all when `None`) of a file.
-    pub fn tail_file(path: &Path, tail: Option<usize>) -> String {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        match tail {
-            None => text,
-            Some(n) => {
-                let lines: Vec<&str> = text.lines().collect();
-                let start = lines.len().saturating_sub(n);
-                let mut out = lines[start..].join("\n");
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                out
-            }
-        }
     }
 }
