@@ -36,7 +36,7 @@ pub struct UpArgs {
     max_boots_per_user: Option<usize>,
     /// The most API requests one user may have in progress at once (more
     /// answer 429).
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 64)]
     max_requests_per_user: usize,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]

@@ -136,7 +136,13 @@ fn twenty_cvms_deploy_at_once_and_the_api_stays_responsive() {
         &state,
         &engine.host(),
         Some(ADMIN_KEY),
-        &[&mapped, "--max-boots", &CVMS.to_string()],
+        &[
+            &mapped,
+            "--max-boots",
+            &CVMS.to_string(),
+            "--max-boots-per-user",
+            &CVMS.to_string(),
+        ],
     );
     let port = cloud.port();
     std::fs::write(

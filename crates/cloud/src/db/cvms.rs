@@ -93,7 +93,7 @@ impl Default for Limits {
             max_boots_in_flight: 8,
             max_boots_per_user: 4,
             max_uncommitted_apps_per_user: 20,
-            max_requests_per_user: 16,
+            max_requests_per_user: 64,
         }
     }
 }
