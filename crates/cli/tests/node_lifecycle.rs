@@ -205,6 +205,71 @@ fn vcpu_and_memory_bound_every_container() {
     let _ = cloud.stop();
 }
 
+/// The second audit's finding 7: `mem_limit: 0` was no limit, no
+/// container had a pids limit, and `scale: 12` gave twelve full-size
+/// containers. Every container of a CVM now sits in the CVM's cgroup,
+/// which holds its vCPUs, memory and processes as a whole, and has a
+/// memory and pids limit of its own.
+#[test]
+fn a_cvm_is_bounded_as_a_whole() {
+    let engine = Dockerd::start();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
+    let dir = tempdir("node-cgroup");
+    let cloud = up(&dir.join("state"), &engine.host(), &[&endpoint]);
+    let compose = format!(
+        "services:\n  many:\n    image: {host}/acme/tiny:1\n    network_mode: none\n    command: [\"sleep\", \"600\"]\n    scale: 3\n    mem_limit: 0\n    pids_limit: -1\n"
+    );
+    let id = cloud.deploy("bounded", &compose);
+    let v = cloud.wait_booted(&id);
+    assert_eq!(v["status"], "running", "{v}");
+    let memory_mb = v["resource"]["memory_in_gb"]
+        .as_f64()
+        .map(|g| (g * 1024.0).round() as u64)
+        .or(v["memory"].as_u64())
+        .expect("memory");
+    let project = project_of(&id);
+    let label = format!("label=com.docker.compose.project={project}");
+    let containers = lines(&engine, &["ps", "-q", "--filter", &label]);
+    assert_eq!(containers.len(), 3);
+    for c in &containers {
+        let out = engine.docker_out(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.CgroupParent}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+            c,
+        ]);
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f[0], format!("/berth/{project}"), "{out}");
+        assert_eq!(f[1].parse::<u64>().unwrap(), memory_mb << 20, "{out}");
+        assert!(f[2].parse::<i64>().unwrap() > 0, "no pids limit: {out}");
+    }
+    // The CVM's cgroup: its memory and processes, all containers together.
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_owned());
+    let v1 = format!("/sys/fs/cgroup/memory/berth/{project}/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup/berth/{project}/memory.max");
+    let limit = read(&v1).or_else(|_| read(&v2)).expect("the CVM's cgroup");
+    assert_eq!(limit.parse::<u64>().unwrap(), memory_mb << 20);
+    let pids = read(&format!("/sys/fs/cgroup/pids/berth/{project}/pids.max"))
+        .or_else(|_| read(&format!("/sys/fs/cgroup/berth/{project}/pids.max")))
+        .unwrap();
+    assert_eq!(pids, "4096");
+    let tasks = read(&format!("/sys/fs/cgroup/pids/berth/{project}/pids.current"))
+        .or_else(|_| read(&format!("/sys/fs/cgroup/berth/{project}/pids.current")))
+        .unwrap();
+    assert!(tasks.parse::<u64>().unwrap() >= 3, "{tasks}");
+    // Deleting the CVM removes its cgroup.
+    let (code, body) = cloud.admin("DELETE", &format!("/cvms/{id}"), None);
+    assert!(code == 204 || code == 200, "{code} {body}");
+    for gone in [
+        format!("/sys/fs/cgroup/pids/berth/{project}"),
+        format!("/sys/fs/cgroup/memory/berth/{project}"),
+        format!("/sys/fs/cgroup/berth/{project}"),
+    ] {
+        assert!(!std::path::Path::new(&gone).exists(), "{gone} stayed");
+    }
+    let _ = cloud.stop();
+}
+
 /// Stop in the middle of a boot ends the agent and the compose tool it
 /// runs, records `stopped` for good; a second node process on the same
 /// state does not boot a CVM whose boot is alive; with the engine gone,
