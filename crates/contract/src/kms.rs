@@ -12,8 +12,11 @@ pub const KMS_SOCKET_URL_SCHEME: &str = "unix:";
 pub const PUBKEY_PATH: &str = "/kms/v1/pubkey";
 /// `POST` [`TicketRequest`] → [`TicketAnswer`]; node only (bearer secret).
 pub const TICKET_PATH: &str = "/kms/v1/boot-tickets";
-/// `POST` [`EnvKeyRequest`] → [`EnvKeyAnswer`]; redeems a ticket once.
+/// `POST` [`EnvKeyRequest`] → [`EnvKeyAnswer`]; redeems a boot ticket once.
 pub const ENV_KEY_PATH: &str = "/kms/v1/env-key";
+/// `POST` [`EnvKeyRequest`] → [`AppKeyAnswer`]; redeems a guest agent's
+/// ticket ([`TicketPurpose::Agent`]) once.
+pub const APP_KEY_PATH: &str = "/kms/v1/app-key";
 
 /// `GET` path of an app's signed env public key ([`EnvPublicKeyAnswer`]).
 pub fn env_pubkey_path(app_id: &str) -> String {
@@ -90,6 +93,22 @@ pub struct TicketRequest {
     pub app_id: String,
     /// The compose hash registered for the app at provisioning, 64 hex.
     pub compose_hash: String,
+    /// Which key the ticket may be redeemed for (a boot's env key by
+    /// default).
+    #[serde(default)]
+    pub purpose: TicketPurpose,
+}
+
+/// What a ticket may be redeemed for: each process of a CVM gets the one key
+/// it needs, and a ticket of one kind is refused at the other's path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketPurpose {
+    /// The boot agent: the env key ([`ENV_KEY_PATH`]).
+    #[default]
+    Boot,
+    /// The guest agent: the app key ([`APP_KEY_PATH`]).
+    Agent,
 }
 
 /// A ticket: redeemable once, for that app and hash, before it expires.
@@ -156,6 +175,32 @@ impl std::fmt::Debug for EnvKeyAnswer {
     }
 }
 
+/// The app's secp256k1 key and the KMS's signature over it (dstack's
+/// `k256_key` and `k256_signature`): what the guest agent derives the app's
+/// keys from.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct AppKeyAnswer {
+    /// The app id, 40 hex.
+    pub app_id: String,
+    /// The app key's secret scalar, 64 hex.
+    pub app_key: String,
+    /// The KMS's recoverable signature over `keccak256("dstack-kms-issued"
+    /// || ":" || app_id || app public key (compressed))`, 130 hex.
+    pub app_key_signature: String,
+    /// The signer: the KMS public key, compressed, 66 hex.
+    pub kms_public_key: String,
+    /// The seed of the simulated TEE's attestation key (the same for every
+    /// CVM of this KMS), 64 hex. Simulated: not Intel's key.
+    #[serde(default)]
+    pub attestation_seed: String,
+}
+
+impl std::fmt::Debug for AppKeyAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AppKeyAnswer(app {}, key [redacted])", self.app_id)
+    }
+}
+
 /// Every error answer of the KMS.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ErrorAnswer {
@@ -207,6 +252,24 @@ impl KmsEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticket_purpose_defaults_to_boot_and_secrets_are_redacted() {
+        let t: TicketRequest =
+            serde_json::from_str(r#"{"app_id":"a","compose_hash":"h"}"#).unwrap();
+        assert_eq!(t.purpose, TicketPurpose::Boot);
+        let t: TicketRequest =
+            serde_json::from_str(r#"{"app_id":"a","compose_hash":"h","purpose":"agent"}"#).unwrap();
+        assert_eq!(t.purpose, TicketPurpose::Agent);
+        let a = AppKeyAnswer {
+            app_id: "a".into(),
+            app_key: "s3cr3t".into(),
+            app_key_signature: "sig".into(),
+            kms_public_key: "pk".into(),
+            attestation_seed: "seed".into(),
+        };
+        assert!(!format!("{a:?}").contains("s3cr3t"));
+    }
 
     #[test]
     fn endpoints() {

@@ -11,7 +11,10 @@
 //! - a **signature over each env public key**
 //!   ([`KmsRootKey::sign_env_public_key`]), so a client can check that the key
 //!   it is about to seal credentials to comes from the KMS it trusts and not
-//!   from a control plane that swapped it for its own.
+//!   from a control plane that swapped it for its own;
+//! - each app's **app key** ([`KmsRootKey::app_key_for`]), the secp256k1 key
+//!   the guest agent derives the app's keys from, with the KMS's signature
+//!   over it, both exactly as dstack's KMS makes them ([`app_key`]).
 //!
 //! # Why derive instead of store
 //!
@@ -69,6 +72,7 @@
 #![deny(missing_docs)]
 
 mod app_id;
+pub mod app_key;
 mod apps;
 mod error;
 mod keyfile;
@@ -79,6 +83,7 @@ mod signature;
 pub mod trust;
 
 pub use app_id::AppId;
+pub use app_key::{AppKey, recover_app_key_signer};
 pub use error::{ParseError, RootKeyError, VerifyError};
 pub use root::KmsRootKey;
 pub use signature::{

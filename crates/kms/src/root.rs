@@ -18,6 +18,8 @@ const HKDF_SALT: &[u8] = b"berth-kms/v1";
 const SIGNING_KEY_INFO: &[u8] = b"berth-kms/v1/k256-signing-key:";
 /// HKDF info of an app's env key (the app id's 20 bytes follow).
 const ENV_KEY_INFO: &[u8] = b"berth-kms/v1/env-encrypt-key:";
+/// HKDF info of the seed of the simulated TEE's attestation key.
+const ATTESTATION_SEED_INFO: &[u8] = b"berth-kms/v1/simulated-attestation-seed";
 
 /// The KMS root key: 32 random bytes from which the signing key and every
 /// app's env key are derived.
@@ -140,6 +142,28 @@ impl KmsRootKey {
             public_key,
             timestamp,
         }
+    }
+
+    /// The app key of `app_id`: a secp256k1 key derived from the KMS's
+    /// k256 signing key as dstack's KMS derives it, with the KMS's signature
+    /// over its public half (see [`crate::app_key`]). Released, like the env
+    /// key, only against a boot ticket.
+    pub fn app_key_for(&self, app_id: &AppId) -> crate::AppKey {
+        crate::app_key::derive(&self.signing, app_id)
+    }
+
+    /// The seed of the key that signs the simulated TEE's quotes: one per
+    /// KMS (every CVM's guest agent gets it with its app key), so a quote
+    /// can be checked against one Berth attestation key. It is not Intel's:
+    /// a real DCAP verifier rejects every quote it signs.
+    pub fn attestation_seed(&self) -> Zeroizing<[u8; 32]> {
+        hkdf32(&self.root, &[ATTESTATION_SEED_INFO])
+    }
+
+    /// The signing key's scalar, for tests that recompute a derivation.
+    #[cfg(test)]
+    pub(crate) fn signing_key_bytes_for_tests(&self) -> [u8; 32] {
+        self.signing.to_bytes().into()
     }
 
     fn sign_digest(&self, digest: &[u8; 32]) -> EnvKeySignature {

@@ -17,6 +17,11 @@
 //!   presenting the hash the ticket was issued for, which must be the hash
 //!   the KMS accepts for the app now. The ticket is burnt by its first use,
 //!   right or wrong.
+//! - `POST /kms/v1/app-key` (same request): the app's secp256k1 **app
+//!   key** and the KMS's signature over it ([`crate::app_key`]), to a
+//!   caller redeeming a guest agent's ticket (`purpose: agent`) under the
+//!   same rules. A ticket is good for one purpose: a boot's ticket gets no
+//!   app key, an agent's no env key.
 //! - `POST /kms/v1/apps/{app_id}/compose-hash` (`GET` to read it): the
 //!   compose hash the app's boots get the key for from now on (an update).
 //!   Until an app's first update, only its first manifest's hash (whose
@@ -44,8 +49,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use contract::kms::{
-    ComposeHashRegistration, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest, EnvPublicKeyAnswer,
-    ErrorAnswer, KmsPublicKeyAnswer, PUBKEY_PATH, TICKET_PATH, TicketAnswer, TicketRequest,
+    APP_KEY_PATH, AppKeyAnswer, ComposeHashRegistration, ENV_KEY_PATH, EnvKeyAnswer, EnvKeyRequest,
+    EnvPublicKeyAnswer, ErrorAnswer, KmsPublicKeyAnswer, PUBKEY_PATH, TICKET_PATH, TicketAnswer,
+    TicketPurpose, TicketRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +68,7 @@ pub const MAX_OPEN_TICKETS: usize = 10_000;
 struct Ticket {
     app_id: String,
     compose_hash: String,
+    purpose: TicketPurpose,
     expires: Instant,
 }
 
@@ -129,6 +136,7 @@ pub fn router(kms: Arc<Kms>) -> Router {
         )
         .route(TICKET_PATH, post(mint_ticket))
         .route(ENV_KEY_PATH, post(env_key))
+        .route(APP_KEY_PATH, post(app_key))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(kms)
 }
@@ -231,12 +239,14 @@ async fn mint_ticket(
             Ticket {
                 app_id: app.to_hex(),
                 compose_hash: hash.clone(),
+                purpose: req.purpose,
                 expires: now + TICKET_LIFETIME,
             },
         );
     }
     eprintln!(
-        "kms: boot ticket issued for app {} (compose hash {hash})",
+        "kms: {} ticket issued for app {} (compose hash {hash})",
+        purpose_name(req.purpose),
         app.to_hex()
     );
     Json(TicketAnswer {
@@ -246,63 +256,117 @@ async fn mint_ticket(
     .into_response()
 }
 
-async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) -> Response {
-    let req_ticket = Zeroizing::new(req.ticket.clone());
-    let app = match parse_app(&req.app_id) {
-        Ok(a) => a,
-        Err(r) => return *r,
+fn purpose_name(purpose: TicketPurpose) -> &'static str {
+    match purpose {
+        TicketPurpose::Boot => "boot",
+        TicketPurpose::Agent => "guest agent",
+    }
+}
+
+/// Redeems the ticket of `req` for a key of `purpose`: the app, when the
+/// ticket is known, unexpired, issued for this app, this purpose and the
+/// measured compose hash, which the KMS still accepts. The ticket is burnt
+/// whatever the answer.
+fn redeem(kms: &Kms, req: &EnvKeyRequest, purpose: TicketPurpose) -> Result<AppId, Box<Response>> {
+    let what = match purpose {
+        TicketPurpose::Boot => "env key",
+        TicketPurpose::Agent => "app key",
     };
+    let req_ticket = Zeroizing::new(req.ticket.clone());
+    let app = parse_app(&req.app_id)?;
     let hash = contract::app::normalize_hex(&req.compose_hash);
     let refuse = |why: &str| {
         eprintln!(
-            "kms: refused the env key of app {} to a caller measuring compose hash {}: {why}",
+            "kms: refused the {what} of app {} to a caller measuring compose hash {}: {why}",
             app.to_hex(),
             hash.chars().take(64).collect::<String>()
         );
-        error(
+        Box::new(error(
             StatusCode::FORBIDDEN,
-            format!("the env key is not released: {why}"),
-        )
+            format!("the {what} is not released: {why}"),
+        ))
     };
     if req_ticket.trim().is_empty() {
-        return refuse(
-            "no boot ticket was presented; the key is released only to a boot the node started",
-        );
+        return Err(refuse(
+            "no boot ticket was presented; the key is released only to a process the node started",
+        ));
     }
     // Burnt by its first use, right or wrong: a ticket cannot be guessed at twice.
     let ticket = kms.tickets.lock().unwrap().remove(&ticket_id(&req_ticket));
     let Some(ticket) = ticket else {
-        return refuse("the boot ticket is unknown, already used or expired");
+        return Err(refuse("the ticket is unknown, already used or expired"));
     };
     if ticket.expires <= Instant::now() {
-        return refuse("the boot ticket has expired");
+        return Err(refuse("the ticket has expired"));
+    }
+    if ticket.purpose != purpose {
+        return Err(refuse(&format!(
+            "the ticket was issued for the {}, not for this key",
+            purpose_name(ticket.purpose)
+        )));
     }
     if ticket.app_id != app.to_hex() {
-        return refuse("the boot ticket was issued for another app");
+        return Err(refuse("the ticket was issued for another app"));
     }
     if ticket.compose_hash != hash || !kms.apps.accepts(&ticket.app_id, &hash) {
-        return refuse("the measured compose hash is not the one registered for this app");
+        return Err(refuse(
+            "the measured compose hash is not the one registered for this app",
+        ));
     }
     if req.attestation.kind != "simulated" {
-        return refuse("this KMS understands only simulated attestation (local mode)");
+        return Err(refuse(
+            "this KMS understands only simulated attestation (local mode)",
+        ));
     }
     eprintln!(
-        "kms: released the env key of app {} to the boot measuring compose hash {hash} (simulated TEE: measurement not hardware-attested)",
-        app.to_hex()
+        "kms: released the {what} of app {} to the {} measuring compose hash {hash} (simulated TEE: measurement not hardware-attested)",
+        app.to_hex(),
+        purpose_name(purpose)
     );
-    let key = kms.root.env_key_for(&app);
-    let answer = EnvKeyAnswer {
-        app_id: app.to_hex(),
-        env_private_key: key.to_hex().to_string(),
-    };
-    let body = Zeroizing::new(serde_json::to_vec(&answer).expect("json"));
-    let mut answer = answer;
-    zeroize::Zeroize::zeroize(&mut answer.env_private_key);
+    Ok(app)
+}
+
+/// A JSON answer whose bytes are zeroized once sent.
+fn secret_json(body: Zeroizing<Vec<u8>>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body.to_vec(),
     )
         .into_response()
+}
+
+async fn env_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) -> Response {
+    let app = match redeem(&kms, &req, TicketPurpose::Boot) {
+        Ok(app) => app,
+        Err(r) => return *r,
+    };
+    let key = kms.root.env_key_for(&app);
+    let mut answer = EnvKeyAnswer {
+        app_id: app.to_hex(),
+        env_private_key: key.to_hex().to_string(),
+    };
+    let body = Zeroizing::new(serde_json::to_vec(&answer).expect("json"));
+    zeroize::Zeroize::zeroize(&mut answer.env_private_key);
+    secret_json(body)
+}
+
+async fn app_key(State(kms): State<Arc<Kms>>, Json(req): Json<EnvKeyRequest>) -> Response {
+    let app = match redeem(&kms, &req, TicketPurpose::Agent) {
+        Ok(app) => app,
+        Err(r) => return *r,
+    };
+    let key = kms.root.app_key_for(&app);
+    let mut answer = AppKeyAnswer {
+        app_id: app.to_hex(),
+        app_key: hex::encode(**key.secret()),
+        app_key_signature: hex::encode(key.signature()),
+        kms_public_key: kms.root.public_key().to_hex(),
+        attestation_seed: hex::encode(*kms.root.attestation_seed()),
+    };
+    let body = Zeroizing::new(serde_json::to_vec(&answer).expect("json"));
+    zeroize::Zeroize::zeroize(&mut answer.app_key);
+    zeroize::Zeroize::zeroize(&mut answer.attestation_seed);
+    secret_json(body)
 }
 
 async fn compose_hash_state(State(kms): State<Arc<Kms>>, Path(app_id): Path<String>) -> Response {
@@ -569,6 +633,73 @@ mod tests {
         let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&t, HASH)).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert!(body["detail"].as_str().unwrap().contains("already used"));
+    }
+
+    #[tokio::test]
+    async fn an_agent_ticket_opens_the_app_key_once_and_nothing_else() {
+        let k = kms();
+        let mint = |purpose: &'static str| {
+            let k = k.clone();
+            async move {
+                let (s, t) = post(
+                    &k,
+                    TICKET_PATH,
+                    Some("node-secret"),
+                    serde_json::json!({"app_id": APP, "compose_hash": HASH, "purpose": purpose}),
+                )
+                .await;
+                assert_eq!(s, StatusCode::OK, "{t}");
+                t["ticket"].as_str().unwrap().to_owned()
+            }
+        };
+        // A boot's ticket gets no app key, an agent's no env key (and each is burnt).
+        let boot = mint("boot").await;
+        let (s, body) = post(&k, APP_KEY_PATH, None, key_req(&boot, HASH)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("issued for the boot"),
+            "{body}"
+        );
+        let agent = mint("agent").await;
+        let (s, body) = post(&k, ENV_KEY_PATH, None, key_req(&agent, HASH)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.get("env_private_key").is_none());
+        // The agent's own ticket: the app key, signed by the KMS, once.
+        let agent = mint("agent").await;
+        let (s, body) = post(&k, APP_KEY_PATH, None, key_req(&agent, HASH)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let app = AppId::from_hex(APP).unwrap();
+        let want = k.root.app_key_for(&app);
+        assert_eq!(body["app_key"], hex::encode(**want.secret()));
+        assert_eq!(body["kms_public_key"], k.root.public_key().to_hex());
+        let sig: [u8; 65] = hex::decode(body["app_key_signature"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            crate::recover_app_key_signer(&app, want.public_key(), &sig),
+            Some(k.root.public_key().to_compressed_bytes())
+        );
+        assert_eq!(
+            post(&k, APP_KEY_PATH, None, key_req(&agent, HASH)).await.0,
+            StatusCode::FORBIDDEN
+        );
+        // Without a ticket, or for a hash the app may not boot: nothing.
+        assert_eq!(
+            post(&k, APP_KEY_PATH, None, key_req("", HASH)).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let agent = mint("agent").await;
+        let other = format!("{APP}ffffffffffffffffffffffff");
+        assert_eq!(
+            post(&k, APP_KEY_PATH, None, key_req(&agent, &other))
+                .await
+                .0,
+            StatusCode::FORBIDDEN
+        );
     }
 
     fn genesis(owner_key: Option<&str>) -> (Vec<u8>, contract::Measurement) {

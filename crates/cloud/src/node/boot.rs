@@ -7,7 +7,7 @@
 use super::files::BootLock;
 use super::serial::{SERIAL_LOG_MAX_BYTES, SerialFile};
 use super::{Boot, Node, STOP_GRACE};
-use contract::kms::{KmsEndpoint, TICKET_PATH, TicketAnswer, TicketRequest};
+use contract::kms::{KmsEndpoint, TICKET_PATH, TicketAnswer, TicketPurpose, TicketRequest};
 use contract::{BootOutcome, Category, CvmStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,6 +150,7 @@ impl Node {
             .json(&TicketRequest {
                 app_id: app_id.to_owned(),
                 compose_hash: compose_hash.to_owned(),
+                purpose: TicketPurpose::Boot,
             })
             .send()
             .await
