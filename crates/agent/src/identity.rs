@@ -33,7 +33,10 @@ impl std::fmt::Debug for AgentIdentity {
             .field("instance_id", &self.instance_id)
             .field("compose_hash", &self.compose_hash)
             .field("app_key", &"[redacted]")
-            .field("kms_root_public_key", &hex::encode(self.kms_root_public_key))
+            .field(
+                "kms_root_public_key",
+                &hex::encode(self.kms_root_public_key),
+            )
             .field("os_image_hash", &self.os_image_hash)
             .finish_non_exhaustive()
     }
@@ -55,12 +58,14 @@ impl AttestationKey {
             let mut okm = Zeroizing::new([0u8; 32]);
             // 32 bytes is far below HKDF-SHA256's limit.
             if hk
-                .expand(&[b"attestation-key".as_slice(), &[counter]].concat(), okm.as_mut())
+                .expand(
+                    &[b"attestation-key".as_slice(), &[counter]].concat(),
+                    okm.as_mut(),
+                )
                 .is_ok()
+                && let Ok(key) = p256::ecdsa::SigningKey::from_slice(okm.as_ref())
             {
-                if let Ok(key) = p256::ecdsa::SigningKey::from_slice(okm.as_ref()) {
-                    return Self { key };
-                }
+                return Self { key };
             }
         }
         unreachable!("256 HKDF outputs all outside the P-256 scalar range")
@@ -75,6 +80,13 @@ impl AttestationKey {
 
     pub(crate) fn signing_key(&self) -> &p256::ecdsa::SigningKey {
         &self.key
+    }
+
+    /// The secret scalar, as seed for keys derived from this one.
+    pub(crate) fn seed(&self) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&self.key.to_bytes());
+        out
     }
 }
 

@@ -17,9 +17,21 @@
 
 #![deny(missing_docs)]
 
+mod api;
+mod decode;
+mod eventlog;
 mod identity;
+mod kdf;
+mod quote;
+mod server;
+mod tls;
 
 pub use identity::{AgentIdentity, AttestationKey, AttestationPublicKey};
+pub use quote::{QuoteError, SIMULATED_QE_VENDOR_ID, VerifiedQuote, verify_quote};
+
+/// What `Info` (and a boot's serial log) says about the TEE: it is
+/// simulated.
+pub const SIMULATED_NOTICE: &str = "simulated TEE (Berth): keys, signature chains and the event log are real; quotes are signed by Berth's attestation key, not by Intel TDX hardware";
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,8 +59,16 @@ impl std::fmt::Debug for AgentConfig {
 
 /// Serves the guest-agent API on every socket of `config` until `shutdown`
 /// completes. Binding errors are returned before anything is served.
+/// The identity is checked first: `app_id`, `compose_hash` (the sha256 of
+/// `app_compose`) and the KMS signature over the app key (it must recover
+/// to `kms_root_public_key`); a mismatch is an `InvalidInput` error.
 pub async fn serve(config: AgentConfig, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let _ = config;
-    shutdown.await;
-    Ok(())
+    let AgentConfig {
+        identity,
+        sockets,
+        attestation_key,
+    } = config;
+    let state = api::AgentState::new(identity, attestation_key)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    server::run(state, sockets, shutdown).await
 }
