@@ -42,11 +42,14 @@ pub fn check(data: &[u8]) {
         memory_bytes: Some(256 << 20),
         ..Default::default()
     };
-    for rendered in [
-        file.render(&[]),
-        file.render(&replacements),
-        file.render_with_limits(&replacements, &limits),
-    ] {
+    // Without a guest agent, a file mounting its socket renders to an
+    // error (with one, the socket's host path is the platform's own and is
+    // not for the tenant's policy to accept).
+    let limited = file.render_with_limits(&replacements, &limits).ok();
+    for rendered in [file.render(&[]), file.render(&replacements)]
+        .into_iter()
+        .chain(limited)
+    {
         let again = ComposeFile::parse_and_check(&rendered).unwrap_or_else(|e| {
             panic!("passed the policy, but its rendering does not: {e}\n--- input\n{yaml}\n--- rendered\n{rendered}")
         });

@@ -204,6 +204,10 @@ pub struct SysConfig {
     /// Host ports the CVM may not publish, besides those of the mapped
     /// registries (the API's, say).
     pub reserved_ports: Vec<crate::policy::ReservedPort>,
+    /// The host folder of this CVM's guest agent sockets (`dstack.sock`,
+    /// `tappd.sock`), which the node binds and serves: a service that
+    /// mounts the agent socket gets these. `None`: no guest agent.
+    pub agent_socket_dir: Option<String>,
 }
 
 /// The processes a CVM may run when the platform does not say.
@@ -228,6 +232,7 @@ impl SysConfig {
             cgroup_parent: self.cgroup_parent.clone(),
             log_max_bytes: Some(CONTAINER_LOG_MAX_BYTES),
             log_max_files: Some(CONTAINER_LOG_MAX_FILES),
+            agent_socket_dir: self.agent_socket_dir.clone(),
         }
     }
 

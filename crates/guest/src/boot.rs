@@ -467,7 +467,7 @@ pub async fn boot_within(
             })?;
             // The CVM's vCPUs and memory bound every container.
             let limits = shared.sys_config.limits();
-            let rendered = compose.render_with_limits(&replacements, &limits);
+            let rendered = compose.render_with_limits(&replacements, &limits)?;
             if limits != Default::default() {
                 serial.line(&format!(
                     "limits {}: {} CPUs, {} MiB, {} processes",

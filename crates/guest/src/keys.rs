@@ -77,72 +77,7 @@ const MAX_KMS_ANSWER: usize = 64 * 1024;
 impl EnvKeyProvider for Kms {
     fn env_key<'a>(&'a self, measurement: &'a Measurement) -> KeyFuture<'a> {
         Box::pin(async move {
-            let endpoint = KmsEndpoint::parse(&self.url).ok_or_else(|| {
-                BootError::new(
-                    Category::Config,
-                    "sys-config.json names a KMS that is neither `unix:/path` nor an http(s) URL",
-                )
-            })?;
-            let Some(ticket) = &self.ticket else {
-                return Err(BootError::new(
-                    Category::AccessDenied,
-                    "no boot ticket: the KMS releases the env key only to a boot the node started with a ticket",
-                )
-                .hint("start CVMs through the node (berth up), or give the boot agent a key file"));
-            };
-            let body = Zeroizing::new(
-                serde_json::to_vec(&EnvKeyRequest {
-                    app_id: measurement.app_id.clone(),
-                    compose_hash: measurement.compose_hash.clone(),
-                    ticket: ticket.to_string(),
-                    attestation: Attestation {
-                        kind: "simulated".into(),
-                    },
-                })
-                .expect("json"),
-            );
-            let unreachable =
-                |e: reqwest::Error| {
-                    BootError::new(
-                    Category::Unreachable,
-                    format!("cannot reach the KMS at {}: {}", self.url, registry_free(&e)),
-                )
-                .hint("check that the KMS is running (berth up) and that sys-config.json names it")
-                };
-            let mut builder =
-                reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-            if let KmsEndpoint::Unix(path) = &endpoint {
-                builder = builder.unix_socket(path.clone());
-            }
-            let client = builder.build().map_err(unreachable)?;
-            let mut resp = client
-                .post(endpoint.url(ENV_KEY_PATH))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_vec())
-                .send()
-                .await
-                .map_err(unreachable)?;
-            let status = resp.status();
-            let mut bytes = Zeroizing::new(Vec::new());
-            while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-                if bytes.len() + chunk.len() > MAX_KMS_ANSWER {
-                    return Err(BootError::new(
-                        Category::RegistryError,
-                        format!("the KMS answered with more than {MAX_KMS_ANSWER} bytes"),
-                    ));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            if !status.is_success() {
-                let detail = serde_json::from_slice::<ErrorAnswer>(&bytes)
-                    .map(|e| e.detail.chars().take(300).collect::<String>())
-                    .unwrap_or_default();
-                return Err(BootError::new(
-                    Category::AccessDenied,
-                    format!("the KMS refused the env key ({status}): {detail}"),
-                )
-                .hint("the KMS releases an app's key once per boot ticket, only to a CVM running the app-compose.json registered for it"));
-            }
+            let bytes = self.redeem(ENV_KEY_PATH, measurement, "env key").await?;
             let answer: EnvKeyAnswer = serde_json::from_slice(&bytes).map_err(|_| {
                 BootError::new(Category::RegistryError, "the KMS answered without a key")
             })?;
@@ -158,6 +93,88 @@ impl EnvKeyProvider for Kms {
             "the KMS at {} (simulated TEE: measurement computed, not attested)",
             self.url
         )
+    }
+}
+
+impl Kms {
+    /// Redeems the ticket at the KMS's `path` for the app measured as
+    /// `measurement`: the answer's bytes (a secret), or why not. `what`
+    /// names the key in errors.
+    pub(crate) async fn redeem(
+        &self,
+        path: &str,
+        measurement: &Measurement,
+        what: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, BootError> {
+        let endpoint = KmsEndpoint::parse(&self.url).ok_or_else(|| {
+            BootError::new(
+                Category::Config,
+                "sys-config.json names a KMS that is neither `unix:/path` nor an http(s) URL",
+            )
+        })?;
+        let Some(ticket) = &self.ticket else {
+            return Err(BootError::new(
+                Category::AccessDenied,
+                format!("no boot ticket: the KMS releases the {what} only to a process the node started with a ticket"),
+            )
+            .hint("start CVMs through the node (berth up), or give the boot agent a key file"));
+        };
+        let body = Zeroizing::new(
+            serde_json::to_vec(&EnvKeyRequest {
+                app_id: measurement.app_id.clone(),
+                compose_hash: measurement.compose_hash.clone(),
+                ticket: ticket.to_string(),
+                attestation: Attestation {
+                    kind: "simulated".into(),
+                },
+            })
+            .expect("json"),
+        );
+        let unreachable = |e: reqwest::Error| {
+            BootError::new(
+                Category::Unreachable,
+                format!(
+                    "cannot reach the KMS at {}: {}",
+                    self.url,
+                    registry_free(&e)
+                ),
+            )
+            .hint("check that the KMS is running (berth up) and that sys-config.json names it")
+        };
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let KmsEndpoint::Unix(path) = &endpoint {
+            builder = builder.unix_socket(path.clone());
+        }
+        let client = builder.build().map_err(unreachable)?;
+        let mut resp = client
+            .post(endpoint.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        let mut bytes = Zeroizing::new(Vec::new());
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            if bytes.len() + chunk.len() > MAX_KMS_ANSWER {
+                return Err(BootError::new(
+                    Category::RegistryError,
+                    format!("the KMS answered with more than {MAX_KMS_ANSWER} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<ErrorAnswer>(&bytes)
+                .map(|e| e.detail.chars().take(300).collect::<String>())
+                .unwrap_or_default();
+            return Err(BootError::new(
+                Category::AccessDenied,
+                format!("the KMS refused the {what} ({status}): {detail}"),
+            )
+            .hint("the KMS releases an app's key once per boot ticket, only to a CVM running the app-compose.json registered for it"));
+        }
+        Ok(bytes)
     }
 }
 

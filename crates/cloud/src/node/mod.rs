@@ -238,6 +238,7 @@ impl Node {
             pids_max: Some(contract::app::DEFAULT_CVM_PIDS),
             cgroup_parent,
             reserved_ports: self.cfg.reserved_ports.clone(),
+            agent_socket_dir: None,
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
         // A CVM being deleted (or deleted) does not boot.

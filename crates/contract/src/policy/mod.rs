@@ -28,8 +28,10 @@
 //!     `service:NAME`; `uts`: nothing; `cgroup`: `private` (never `host`,
 //!     never `container:…`, never another network's name);
 //!   - `volumes`: named volumes, anonymous volumes and tmpfs only (no bind
-//!     mounts, no `image`/`npipe`/`cluster` volumes); the dstack guest agent
-//!     socket gets its own message (Berth has no per-CVM guest agent yet);
+//!     mounts, no `image`/`npipe`/`cluster` volumes), except a bind of
+//!     the dstack guest agent socket from one of [`AGENT_SOCKET_PATHS`]
+//!     (to any target), which [`ComposeFile::render_with_limits`] maps to
+//!     the CVM's own agent socket;
 //!   - `volumes_from`, `links`, `extends` (without `file`), `networks`,
 //!     `secrets`, `configs`: only what this file defines;
 //!   - `logging`: drivers `json-file`, `local` or `none` (the others ship
@@ -239,6 +241,17 @@ pub const LOGGING_DRIVERS: &[&str] = &["json-file", "local", "none"];
 
 /// File names of the dstack guest agent socket (current and older).
 const AGENT_SOCKETS: &[&str] = &["dstack.sock", "tappd.sock"];
+
+/// The host paths of dstack's guest agent socket that a compose file may
+/// bind-mount (short or long syntax, any target): the rendering mounts the
+/// CVM's own agent socket of the same file name there
+/// ([`ServiceLimits::agent_socket_dir`]). Every other host path is refused.
+pub const AGENT_SOCKET_PATHS: &[&str] = &[
+    "/var/run/dstack.sock",
+    "/run/dstack.sock",
+    "/var/run/tappd.sock",
+    "/run/tappd.sock",
+];
 
 /// How many nested levels of merge keys are resolved before giving up.
 const MAX_MERGE_PASSES: usize = 64;

@@ -25,13 +25,26 @@ impl ComposeFile {
     /// are dropped. Every container goes under the CVM's cgroup when
     /// there is one, else gets an equal share of the CVM (replicas
     /// counted); logs are rotated at the platform's size.
+    ///
+    /// A mount of the guest agent socket (one of
+    /// [`super::AGENT_SOCKET_PATHS`]) becomes a bind of the CVM's own
+    /// socket of the same file name in [`ServiceLimits::agent_socket_dir`];
+    /// without one, the file is refused (this CVM has no guest agent).
     pub fn render_with_limits(
         &self,
         replacements: &[(String, String)],
         limits: &ServiceLimits,
-    ) -> String {
+    ) -> Result<String, super::ComposeError> {
         let mut doc = self.rendered(replacements);
         if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
+            for (name, svc) in services.iter_mut() {
+                let name = name.as_str().unwrap_or("?").to_owned();
+                if let Some(volumes) = svc.get_mut("volumes").and_then(Value::as_sequence_mut) {
+                    for v in volumes.iter_mut() {
+                        map_agent_socket(&name, v, limits.agent_socket_dir.as_deref())?;
+                    }
+                }
+            }
             let containers: u64 = services
                 .iter()
                 .filter_map(|(name, svc)| {
@@ -50,7 +63,7 @@ impl ComposeFile {
                 }
             }
         }
-        serde_yaml_ng::to_string(&doc).expect("a parsed document serializes")
+        Ok(serde_yaml_ng::to_string(&doc).expect("a parsed document serializes"))
     }
 
     /// The document with the images replaced and `pull_policy` dropped.
@@ -92,6 +105,71 @@ pub struct ServiceLimits {
     pub log_max_bytes: Option<u64>,
     /// See [`ServiceLimits::log_max_bytes`].
     pub log_max_files: Option<u64>,
+    /// The host folder holding this CVM's guest agent sockets
+    /// (`dstack.sock`, `tappd.sock`), which its containers' mounts of the
+    /// agent socket are given. `None`: the CVM has no guest agent, and a
+    /// file that mounts its socket is refused.
+    pub agent_socket_dir: Option<String>,
+}
+
+/// A `volumes` entry of service `service` that mounts the guest agent
+/// socket, rewritten as a bind of the CVM's own socket in `dir` (long
+/// syntax, so no path in it is split at a `:`); other entries are left.
+fn map_agent_socket(
+    service: &str,
+    v: &mut Value,
+    dir: Option<&str>,
+) -> Result<(), super::ComposeError> {
+    let (source, target, read_only) = match &*v {
+        Value::String(s) => {
+            let Some((source, rest)) = s.split_once(':') else {
+                return Ok(());
+            };
+            let mut parts = rest.splitn(2, ':');
+            let target = parts.next().unwrap_or_default().to_owned();
+            let read_only = parts.next() == Some("ro");
+            (
+                source.to_owned(),
+                Value::from(target),
+                Value::from(read_only),
+            )
+        }
+        Value::Mapping(m) => {
+            let Some(source) = m.get("source").and_then(Value::as_str) else {
+                return Ok(());
+            };
+            (
+                source.to_owned(),
+                m.get("target").cloned().unwrap_or(Value::Null),
+                m.get("read_only").cloned().unwrap_or(Value::from(false)),
+            )
+        }
+        _ => return Ok(()),
+    };
+    let Some(file) = super::service::agent_socket_of(&source) else {
+        return Ok(());
+    };
+    let Some(dir) = dir else {
+        return Err(super::ComposeError {
+            service: Some(super::yaml::shown(service)),
+            key: Some("volumes".into()),
+            message: format!(
+                "service `{}` mounts the guest agent socket `{}`, but this CVM has no guest agent (the node writes `agent_socket_dir` into sys-config.json when it runs one): deploy through the node, or remove this volume",
+                super::yaml::shown(service),
+                super::yaml::shown(&source)
+            ),
+        });
+    };
+    let mut m = Mapping::new();
+    m.insert(Value::from("type"), Value::from("bind"));
+    m.insert(
+        Value::from("source"),
+        Value::from(format!("{}/{file}", dir.trim_end_matches('/'))),
+    );
+    m.insert(Value::from("target"), target);
+    m.insert(Value::from("read_only"), read_only);
+    *v = Value::Mapping(m);
+    Ok(())
 }
 
 /// The engine refuses a memory limit below 6 MB.
@@ -296,7 +374,7 @@ mod limit_tests {
             cgroup_parent: Some("/berth/cvm".into()),
             ..Default::default()
         };
-        let out = c.render_with_limits(&[], &limits);
+        let out = c.render_with_limits(&[], &limits).unwrap();
         let plain = service(&out, "plain");
         assert_eq!(plain["cgroup_parent"].as_str(), Some("/berth/cvm"));
         assert_eq!(plain["cpus"].as_f64(), Some(1.0));
@@ -316,7 +394,8 @@ mod limit_tests {
         assert_eq!(interp["mem_limit"].as_u64(), Some(2048 << 20));
         // No limits: the plain rendering.
         assert_eq!(
-            c.render_with_limits(&[], &ServiceLimits::default()),
+            c.render_with_limits(&[], &ServiceLimits::default())
+                .unwrap(),
             c.render(&[])
         );
     }
@@ -337,9 +416,10 @@ mod limit_tests {
             cgroup_parent: None,
             log_max_bytes: Some(10 << 20),
             log_max_files: Some(3),
+            agent_socket_dir: None,
         };
         // No cgroup for the CVM: nine containers share it.
-        let out = c.render_with_limits(&[], &limits);
+        let out = c.render_with_limits(&[], &limits).unwrap();
         for name in ["zero", "many", "quiet"] {
             let s = service(&out, name);
             assert_eq!(s["mem_limit"].as_u64(), Some(100 << 20), "{name}: {out}");
@@ -365,11 +445,73 @@ mod limit_tests {
             cgroup_parent: Some("/berth/x".into()),
             ..limits
         };
-        let out = c.render_with_limits(&[], &held);
+        let out = c.render_with_limits(&[], &held).unwrap();
         let many = service(&out, "many");
         assert_eq!(many["mem_limit"].as_u64(), Some(900 << 20));
         assert_eq!(many["pids_limit"].as_u64(), Some(900));
         assert_eq!(many["cgroup_parent"].as_str(), Some("/berth/x"));
+    }
+
+    #[test]
+    fn agent_socket_mounts_become_the_cvms_own_socket() {
+        let c = ComposeFile::parse_and_check(
+            "services:\n  web:\n    image: alice/web:1\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n      - /run/tappd.sock:/app/t.sock:ro\n      - data:/data\n      - type: bind\n        source: /run/dstack.sock\n        target: /x/d.sock\nvolumes:\n  data: {}\n",
+        )
+        .unwrap();
+        let limits = ServiceLimits {
+            agent_socket_dir: Some("/state/cvms/a b:c/agent/".into()),
+            ..Default::default()
+        };
+        let out = c.render_with_limits(&[], &limits).unwrap();
+        let web = service(&out, "web");
+        let v = web["volumes"].as_sequence().unwrap();
+        let bind = |i: usize| {
+            (
+                v[i]["type"].as_str().unwrap().to_owned(),
+                v[i]["source"].as_str().unwrap().to_owned(),
+                v[i]["target"].as_str().unwrap().to_owned(),
+                v[i]["read_only"].as_bool().unwrap(),
+            )
+        };
+        let dir = "/state/cvms/a b:c/agent";
+        assert_eq!(
+            bind(0),
+            (
+                "bind".into(),
+                format!("{dir}/dstack.sock"),
+                "/var/run/dstack.sock".into(),
+                false
+            )
+        );
+        assert_eq!(
+            bind(1),
+            (
+                "bind".into(),
+                format!("{dir}/tappd.sock"),
+                "/app/t.sock".into(),
+                true
+            )
+        );
+        assert_eq!(v[2].as_str(), Some("data:/data"));
+        assert_eq!(
+            bind(3),
+            (
+                "bind".into(),
+                format!("{dir}/dstack.sock"),
+                "/x/d.sock".into(),
+                false
+            )
+        );
+        // No guest agent on this CVM: refused with a sentence.
+        let e = c
+            .render_with_limits(&[], &ServiceLimits::default())
+            .unwrap_err();
+        assert_eq!(e.service.as_deref(), Some("web"));
+        assert!(
+            e.message.contains("this CVM has no guest agent"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

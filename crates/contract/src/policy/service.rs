@@ -3,7 +3,10 @@
 //! file, `logging`, `labels`, `deploy`) and compose's name grammars.
 
 use super::yaml::{scalar_text, shown};
-use super::{AGENT_SOCKETS, ComposeError, FORBIDDEN_SERVICE_KEYS, LOGGING_DRIVERS, Scope, Site};
+use super::{
+    AGENT_SOCKET_PATHS, AGENT_SOCKETS, ComposeError, FORBIDDEN_SERVICE_KEYS, LOGGING_DRIVERS,
+    Scope, Site,
+};
 use crate::reference::ImageReference;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeSet;
@@ -204,6 +207,17 @@ fn check_volume(site: &Site, v: &Value) -> Result<(), ComposeError> {
             match s.split_once(':') {
                 // A single path: an anonymous volume.
                 None => Ok(()),
+                Some((source, rest)) if agent_socket_of(source).is_some() => {
+                    let mut parts = rest.splitn(2, ':');
+                    let target = parts.next().unwrap_or_default();
+                    match parts.next() {
+                        None | Some("ro") | Some("rw") => check_agent_target(site, target),
+                        Some(mode) => Err(site.err(&format!(
+                            "mounts the guest agent socket in `volumes` with the option `{}`: use `ro`, `rw` or no option",
+                            shown(mode)
+                        ))),
+                    }
+                }
                 Some((source, _)) => check_volume_source(site, source),
             }
         }
@@ -218,11 +232,6 @@ fn check_volume(site: &Site, v: &Value) -> Result<(), ComposeError> {
                     return Err(site.err("has a `volumes` entry whose `source` is not a string: name a volume of this file"));
                 }
             };
-            if let Some(source) = source
-                && is_agent_socket(source)
-            {
-                return Err(agent_socket(site, source));
-            }
             let kind = match m.get("type") {
                 Some(Value::String(t)) if t.contains('$') => {
                     return Err(site.interpolated("the `type` of an entry of `volumes`"));
@@ -232,6 +241,16 @@ fn check_volume(site: &Site, v: &Value) -> Result<(), ComposeError> {
                     return Err(site.err("has a `volumes` entry without a `type`: use `type: volume` with a volume name, or `type: tmpfs`"));
                 }
             };
+            if let Some(source) = source
+                && agent_socket_of(source).is_some()
+            {
+                return check_agent_bind(site, kind, m);
+            }
+            if let Some(source) = source
+                && is_agent_socket(source)
+            {
+                return Err(agent_socket(site, source));
+            }
             match kind {
                 "volume" => match source {
                     None => Ok(()),
@@ -250,6 +269,52 @@ fn check_volume(site: &Site, v: &Value) -> Result<(), ComposeError> {
         }
         _ => Err(site.err("has a `volumes` entry that is neither a string nor a mapping: write `NAME:/path` for a named volume")),
     }
+}
+
+/// A long-syntax mount of the guest agent socket: `type: bind`, a target,
+/// and nothing that reaches further than the socket (`read_only`, and
+/// `bind.create_host_path`, are all it may say).
+fn check_agent_bind(site: &Site, kind: &str, m: &Mapping) -> Result<(), ComposeError> {
+    if kind != "bind" {
+        return Err(site.err(&format!(
+            "mounts the guest agent socket in `volumes` with `type: {}`: mount it with `type: bind`",
+            shown(kind)
+        )));
+    }
+    for (key, value) in m {
+        match key.as_str().unwrap_or_default() {
+            "type" | "source" | "read_only" => {}
+            "target" => check_agent_target(site, value.as_str().unwrap_or_default())?,
+            "bind" => {
+                let only_create = value
+                    .as_mapping()
+                    .is_some_and(|b| b.keys().all(|k| k.as_str() == Some("create_host_path")));
+                if !only_create {
+                    return Err(site.err("mounts the guest agent socket in `volumes` with `bind` options: remove them (only `create_host_path` is allowed)"));
+                }
+            }
+            other => {
+                return Err(site.err(&format!(
+                    "mounts the guest agent socket in `volumes` with `{}`: remove it (`type`, `source`, `target` and `read_only` are what such a mount may say)",
+                    shown(other)
+                )));
+            }
+        }
+    }
+    if !m.contains_key("target") {
+        return Err(site.err("mounts the guest agent socket in `volumes` without a `target`: name the path inside the container, like `/var/run/dstack.sock`"));
+    }
+    Ok(())
+}
+
+fn check_agent_target(site: &Site, target: &str) -> Result<(), ComposeError> {
+    if !target.starts_with('/') || target.contains('$') {
+        return Err(site.err(&format!(
+            "mounts the guest agent socket in `volumes` at `{}`, which is not an absolute path in the container: write it like `/var/run/dstack.sock`",
+            shown(target)
+        )));
+    }
+    Ok(())
 }
 
 /// The source of a short-syntax volume or of a `type: volume` entry: a
@@ -273,6 +338,18 @@ fn check_volume_source(site: &Site, source: &str) -> Result<(), ComposeError> {
     Ok(())
 }
 
+/// The socket file (`dstack.sock` or `tappd.sock`) of the CVM's guest agent
+/// that a mount's `source` names, when it is one of [`AGENT_SOCKET_PATHS`]:
+/// such a mount is rendered with the CVM's own socket as its source.
+pub(super) fn agent_socket_of(source: &str) -> Option<&'static str> {
+    let path = source.trim_end_matches('/');
+    AGENT_SOCKET_PATHS
+        .contains(&path)
+        .then(|| AGENT_SOCKETS.iter().find(|f| path.ends_with(*f)).copied())
+        .flatten()
+}
+
+/// A path elsewhere that names an agent socket file.
 fn is_agent_socket(source: &str) -> bool {
     let path = source.trim_end_matches('/');
     path.contains('/')
@@ -284,7 +361,7 @@ fn is_agent_socket(source: &str) -> bool {
 
 fn agent_socket(site: &Site, source: &str) -> ComposeError {
     site.err(&format!(
-        "mounts `{}` in `volumes`: this is the dstack guest agent socket, and Berth's local mode has no per-CVM guest agent yet, so the mount is refused rather than mapped to a host path: remove this volume for now",
+        "mounts `{}` in `volumes`: the dstack guest agent socket is mapped to the CVM's own agent only from `/var/run/dstack.sock`, `/run/dstack.sock`, `/var/run/tappd.sock` or `/run/tappd.sock` with a bind mount, and no other host path is mounted: use one of those",
         shown(source)
     ))
 }
@@ -580,24 +657,65 @@ mod tests {
     }
 
     #[test]
-    fn dstack_socket() {
+    fn dstack_socket_is_allowed_from_its_four_paths() {
         for yaml in [
             web("volumes:\n  - /var/run/dstack.sock:/var/run/dstack.sock"),
-            web("volumes:\n  - /var/run/tappd.sock:/var/run/tappd.sock"),
+            web("volumes:\n  - /run/dstack.sock:/app/agent.sock:ro"),
+            web("volumes:\n  - /var/run/tappd.sock:/var/run/tappd.sock:rw"),
+            web("volumes:\n  - /run/tappd.sock:/run/tappd.sock"),
             web(
                 "volumes:\n  - type: bind\n    source: /var/run/dstack.sock\n    target: /var/run/dstack.sock",
             ),
+            web(
+                "volumes:\n  - type: bind\n    source: /run/tappd.sock\n    target: /x.sock\n    read_only: true\n    bind:\n      create_host_path: true",
+            ),
+        ] {
+            allowed(&yaml);
+        }
+    }
+
+    #[test]
+    fn dstack_socket_elsewhere_or_with_options_is_refused() {
+        for (yaml, part) in [
+            (
+                web("volumes:\n  - /tmp/dstack.sock:/var/run/dstack.sock"),
+                "only from `/var/run/dstack.sock`",
+            ),
+            (
+                web("volumes:\n  - /var/run/dstack.sock:/var/run/dstack.sock:z"),
+                "the option `z`",
+            ),
+            (
+                web("volumes:\n  - /var/run/dstack.sock:relative"),
+                "not an absolute path",
+            ),
+            (
+                web("volumes:\n  - type: volume\n    source: /var/run/dstack.sock\n    target: /x"),
+                "`type: bind`",
+            ),
+            (
+                web(
+                    "volumes:\n  - type: bind\n    source: /var/run/dstack.sock\n    target: /x\n    bind:\n      propagation: shared",
+                ),
+                "`bind` options",
+            ),
+            (
+                web("volumes:\n  - type: bind\n    source: /var/run/dstack.sock"),
+                "without a `target`",
+            ),
+            (
+                web(
+                    "volumes:\n  - type: bind\n    source: /var/run/docker.sock\n    target: /var/run/dstack.sock",
+                ),
+                "mount a host path",
+            ),
+            (
+                web("volumes:\n  - /var/run/:/var/run/"),
+                "bind-mounts the host path",
+            ),
         ] {
             let e = refused_at(&yaml, "volumes");
-            for part in [
-                "the dstack guest agent socket",
-                "Berth's local mode has no per-CVM guest agent yet",
-                "refused rather than mapped to a host path",
-                "remove this volume for now",
-            ] {
-                assert!(e.message.contains(part), "{}", e.message);
-            }
-            assert!(!e.message.contains("bind-mount"), "{}", e.message);
+            assert!(e.message.contains(part), "{part}: {}", e.message);
         }
     }
 
