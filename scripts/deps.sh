@@ -58,6 +58,12 @@ if ! "$VPY" -c 'import cryptography.hazmat.primitives.ciphers.aead' >/dev/null 2
   "$VPY" -m pip install --quiet --disable-pip-version-check --no-input 'cryptography>=42'
 fi
 
+# The official Python dstack SDK, for the guest agent's interop test.
+if ! "$VPY" -c 'import dstack_sdk' >/dev/null 2>&1; then
+  echo "deps: pip install dstack-sdk into .deps/venv"
+  "$VPY" -m pip install --quiet --disable-pip-version-check --no-input 'dstack-sdk==0.5.4'
+fi
+
 # The test runner: cargo-nextest is on the machine image; fall back to cargo test.
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: cargo-nextest not found; the suite will run with cargo test"
