@@ -1,4 +1,5 @@
-//! `berth guest boot`: the CVM boot agent.
+//! `berth guest boot`: the CVM boot agent; `berth guest agent`: the CVM's
+//! guest agent (dstack.sock / tappd.sock).
 
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
@@ -10,6 +11,27 @@ use std::time::{Duration, Instant};
 pub enum GuestCommand {
     /// Boot the app: open the env, pull the images, start the compose app.
     Boot(BootArgs),
+    /// Serve the guest agent API (dstack.sock, tappd.sock) to the CVM's containers.
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The host-shared folder (app-compose.json, sys-config.json).
+    #[arg(long, value_name = "DIR")]
+    shared: PathBuf,
+    /// A private folder (0700) for the agent's sockets.
+    #[arg(long, value_name = "DIR")]
+    sockets_dir: PathBuf,
+    /// A listening Unix socket inherited from the node, by descriptor
+    /// number (repeatable). Without any, the agent binds dstack.sock and
+    /// tappd.sock in --sockets-dir itself.
+    #[arg(long = "listen-fd", value_name = "FD")]
+    listen_fds: Vec<i32>,
+    /// Read the one-time KMS ticket from the first line of standard input
+    /// (how the node hands it over: never on the command line).
+    #[arg(long)]
+    kms_ticket_stdin: bool,
 }
 
 #[derive(Args)]
@@ -38,6 +60,68 @@ pub struct BootArgs {
 pub fn run(cmd: GuestCommand) -> Result<(), Failure> {
     match cmd {
         GuestCommand::Boot(args) => boot(args),
+        GuestCommand::Agent(args) => agent(args),
+    }
+}
+
+fn read_ticket() -> Result<zeroize::Zeroizing<String>, Failure> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::io("cannot read the ticket from standard input", &e))?;
+    Ok(zeroize::Zeroizing::new(line.trim().to_owned()))
+}
+
+fn agent(args: AgentArgs) -> Result<(), Failure> {
+    let serial = SerialLog::new(Box::new(std::io::stdout()));
+    serial.line(&format!(
+        "berth guest agent {} (simulated TEE: quotes are not signed by Intel)",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let kms_ticket = if args.kms_ticket_stdin {
+        Some(read_ticket()?)
+    } else {
+        None
+    };
+    let mut listeners = Vec::new();
+    for fd in args.listen_fds {
+        // SAFETY: the node opened these descriptors for this process and
+        // nothing else in it uses them.
+        let l = unsafe { guest::agent_process::inherited_listener(fd) }
+            .map_err(|e| Failure::io("cannot use a socket the node handed over", &e))?;
+        listeners.push(l);
+    }
+    let opts = guest::agent_process::AgentProcessOptions {
+        shared: args.shared,
+        kms_ticket,
+        listeners,
+        sockets_dir: args.sockets_dir,
+    };
+    let rt = crate::runtime();
+    let result = rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        guest::agent_process::run(opts, &serial, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            serial.line("guest agent stopped");
+            Ok(())
+        }
+        Err(e) => {
+            serial.line(&format!(
+                "guest agent failed: {}: {}",
+                e.category.as_str(),
+                e
+            ));
+            Err(Failure::silent(crate::failure::exit_code(e.category)))
+        }
     }
 }
 
@@ -53,11 +137,7 @@ fn boot(args: BootArgs) -> Result<(), Failure> {
         .env_key_file
         .map(|path| Box::new(KeyFile(path)) as Box<dyn guest::EnvKeyProvider>);
     let kms_ticket = if args.kms_ticket_stdin {
-        let mut line = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| Failure::io("cannot read the boot ticket from standard input", &e))?;
-        Some(zeroize::Zeroizing::new(line.trim().to_owned()))
+        Some(read_ticket()?)
     } else {
         None
     };

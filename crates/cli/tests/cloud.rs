@@ -830,7 +830,9 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
         &serde_json::json!({"name": "hostile-app", "compose_file": {"docker_compose_file": secrets_file, "allowed_envs": []}}),
     );
     assert_eq!(code, 422, "{body}");
-    // The dstack guest-agent socket gets its own explanation.
+    // The dstack guest-agent socket is mapped to the CVM's own agent; the
+    // same file name anywhere else on the host is refused with its own
+    // explanation.
     let dstack = format!(
         "services:\n  app:\n    image: {host}/alice/app:1\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n"
     );
@@ -840,12 +842,22 @@ fn tenants_and_local_users_cannot_reach_keys_state_or_host() {
         "/cvms/provision",
         &serde_json::json!({"name": "dstack-app", "compose_file": {"docker_compose_file": dstack, "allowed_envs": []}}),
     );
+    assert_eq!(code, 200, "{body}");
+    let elsewhere = format!(
+        "services:\n  app:\n    image: {host}/alice/app:1\n    volumes:\n      - /tmp/dstack.sock:/var/run/dstack.sock\n"
+    );
+    let (code, body) = api_post(
+        &cloud,
+        ADMIN_KEY,
+        "/cvms/provision",
+        &serde_json::json!({"name": "dstack-elsewhere", "compose_file": {"docker_compose_file": elsewhere, "allowed_envs": []}}),
+    );
     assert_eq!(code, 422, "{body}");
     assert!(
         body["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("dstack"),
+            .contains("/var/run/dstack.sock"),
         "{body}"
     );
     // Env names that would steer host-side programs are refused at provisioning.

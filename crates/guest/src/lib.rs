@@ -19,8 +19,13 @@
 //! env never leaves this process except as the compose tool's environment.
 //! Every line written passes through a [`redact::Redactor`] holding every
 //! value of the decrypted env.
+//!
+//! The CVM's second process, the guest agent (`berth guest agent`), is
+//! [`agent_process::run`]: it redeems its own ticket for the app key and
+//! serves the `agent` crate's API on the sockets the node handed it.
 #![deny(missing_docs)]
 
+pub mod agent_process;
 pub mod boot;
 pub mod error;
 pub mod handoff;

@@ -33,7 +33,7 @@ impl Node {
     ) {
         let _images = self.images.read().await;
         let result = tokio::select! {
-            ticket = self.mint_ticket(&app_id, &compose_hash) => match ticket {
+            ticket = self.mint_ticket(&app_id, &compose_hash, TicketPurpose::Boot) => match ticket {
                 Ok(ticket) => self.run_boot(&id, ticket, &lock, &mut cancel).await,
                 Err(e) => Err(e),
             },
@@ -85,6 +85,7 @@ impl Node {
         // (it ends this boot first), so it never loses its own containers.
         if recorded && status == CvmStatus::BootFailed {
             self.stop_failed_boot_containers(&id).await;
+            self.end_agent(&id).await;
         }
         let mut boots = self.boots.lock().unwrap();
         if current(&boots) {
@@ -116,11 +117,13 @@ impl Node {
         }
     }
 
-    /// A one-time boot ticket for the app's registered compose hash.
-    async fn mint_ticket(
+    /// A one-time ticket for the app's registered compose hash, for a boot
+    /// (the env key) or a guest agent (the app key).
+    pub(super) async fn mint_ticket(
         &self,
         app_id: &str,
         compose_hash: &str,
+        purpose: TicketPurpose,
     ) -> Result<zeroize::Zeroizing<String>, (Category, String)> {
         let endpoint = KmsEndpoint::parse(&self.cfg.kms_url).ok_or((
             Category::Config,
@@ -150,7 +153,7 @@ impl Node {
             .json(&TicketRequest {
                 app_id: app_id.to_owned(),
                 compose_hash: compose_hash.to_owned(),
-                purpose: TicketPurpose::Boot,
+                purpose,
             })
             .send()
             .await
@@ -166,7 +169,7 @@ impl Node {
                 .unwrap_or_default();
             return Err((
                 Category::AccessDenied,
-                format!("the KMS refused a boot ticket ({status}){detail}"),
+                format!("the KMS refused a ticket ({status}){detail}"),
             ));
         }
         let bytes = zeroize::Zeroizing::new(resp.bytes().await.map_err(unreachable)?.to_vec());
@@ -316,7 +319,7 @@ impl Node {
 
 /// Resolves once `cancel` holds `true` (never, if its sender is gone
 /// without saying so).
-async fn cancelled(cancel: &mut tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn cancelled(cancel: &mut tokio::sync::watch::Receiver<bool>) {
     loop {
         if *cancel.borrow_and_update() {
             return;
@@ -330,10 +333,10 @@ async fn cancelled(cancel: &mut tokio::sync::watch::Receiver<bool>) {
 /// A boot agent's process group (its id is the agent's pid). Dropped
 /// before the agent is reaped (the node shutting down, a boot task
 /// aborted), it kills the whole group.
-struct ProcessGroup(Option<i32>);
+pub(super) struct ProcessGroup(pub(super) Option<i32>);
 
 impl ProcessGroup {
-    fn signal(&self, signal: i32) {
+    pub(super) fn signal(&self, signal: i32) {
         if let Some(pgid) = self.0 {
             // SAFETY: killpg has no memory-safety preconditions; the
             // leader is not reaped, so `pgid` is still this group's.
@@ -345,7 +348,7 @@ impl ProcessGroup {
 
     /// Resolves when the group's leader (the agent) has exited, without
     /// reaping it: until it is reaped, its pid (the group id) is not reused.
-    async fn leader_exited(&self) {
+    pub(super) async fn leader_exited(&self) {
         let Some(pid) = self.0 else { return };
         while !exited_unreaped(pid) {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -38,6 +38,8 @@
 //! container logs; `serial`: the rotating serial log; `files`: private
 //! folders and files and the boot lock.
 
+mod agent;
+
 mod boot;
 
 mod cgroup;
@@ -119,6 +121,8 @@ pub struct Node {
     cfg: NodeConfig,
     db: Arc<Db>,
     boots: Mutex<HashMap<String, Boot>>,
+    /// The guest agent watcher of each running CVM.
+    agents: Mutex<HashMap<String, agent::AgentRun>>,
     generation: AtomicU64,
     /// Boots hold it shared; removing a deleted CVM's images takes it
     /// exclusively, so no image goes while a boot may be about to run it.
@@ -139,6 +143,7 @@ impl Node {
             cfg,
             db,
             boots: Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             images: tokio::sync::RwLock::new(()),
         })
@@ -238,7 +243,7 @@ impl Node {
             pids_max: Some(contract::app::DEFAULT_CVM_PIDS),
             cgroup_parent,
             reserved_ports: self.cfg.reserved_ports.clone(),
-            agent_socket_dir: None,
+            agent_socket_dir: Some(self.agent_dir(&cvm.id).display().to_string()),
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
         // A CVM being deleted (or deleted) does not boot.
@@ -249,6 +254,11 @@ impl Node {
         {
             return Err(NodeError::NoSuchCvm);
         }
+        // The guest agent's sockets exist before compose runs (an engine
+        // would make a folder where a mounted path is missing).
+        self.start_agent(&cvm.id, &app.app_id, &app.compose_hash)
+            .await
+            .map_err(io)?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
         let me = self.clone();
@@ -326,6 +336,7 @@ impl Node {
     /// running and the status stays true.
     pub async fn stop(&self, cvm: &Cvm) -> Result<(), NodeError> {
         self.end_boot(&cvm.id).await;
+        self.end_agent(&cvm.id).await;
         self.db
             .set_status(&cvm.id, CvmStatus::Stopped, None, None)
             .await?;
@@ -367,6 +378,7 @@ impl Node {
             return Err(NodeError::NoSuchCvm);
         }
         self.end_boot(&cvm.id).await;
+        self.end_agent(&cvm.id).await;
         let dir = self.dir(&cvm.id);
         let images = images_of(&dir);
         let engine = self.remove_engine_objects(&cvm.id).await;
@@ -415,6 +427,19 @@ impl Node {
                 CvmStatus::Running => !self.containers_running(&cvm.id).await,
                 _ => false,
             };
+            if cvm.status == CvmStatus::Running
+                && !again
+                && let Some(app) = self.db.app(&cvm.app_id).await?
+            {
+                // Its agent died with the node that ran it. Containers that
+                // mount the old socket keep a dead one until they restart.
+                if let Err(e) = self
+                    .start_agent(&cvm.id, &app.app_id, &app.compose_hash)
+                    .await
+                {
+                    eprintln!("node: the guest agent of CVM {} cannot start: {e}", cvm.id);
+                }
+            }
             let Some(app) = (if again {
                 self.db.app(&cvm.app_id).await?
             } else {
