@@ -73,11 +73,9 @@ fn read_ticket() -> Result<zeroize::Zeroizing<String>, Failure> {
 }
 
 fn agent(args: AgentArgs) -> Result<(), Failure> {
+    // One line once it serves, one if it fails, none when it is stopped:
+    // the boot's final line stays the serial log's last after a boot.
     let serial = SerialLog::new(Box::new(std::io::stdout()));
-    serial.line(&format!(
-        "berth guest agent {} (simulated TEE: quotes are not signed by Intel)",
-        env!("CARGO_PKG_VERSION")
-    ));
     let kms_ticket = if args.kms_ticket_stdin {
         Some(read_ticket()?)
     } else {
@@ -97,7 +95,11 @@ fn agent(args: AgentArgs) -> Result<(), Failure> {
         listeners,
         sockets_dir: args.sockets_dir,
     };
-    let rt = crate::runtime();
+    // One thread: an idle agent per CVM should cost little memory.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::io("cannot start the async runtime", &e))?;
     let result = rt.block_on(async {
         let shutdown = async {
             let mut term =
@@ -110,10 +112,7 @@ fn agent(args: AgentArgs) -> Result<(), Failure> {
         guest::agent_process::run(opts, &serial, shutdown).await
     });
     match result {
-        Ok(()) => {
-            serial.line("guest agent stopped");
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             serial.line(&format!(
                 "guest agent failed: {}: {}",

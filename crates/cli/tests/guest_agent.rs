@@ -191,6 +191,44 @@ fn rss_kib(pid: i32) -> u64 {
 
 const GET_KEY: &str = r#"{"path":"/wallet/0","purpose":"ethereum"}"#;
 
+/// The signer (compressed, hex) of the 65-byte recoverable `sig` (hex) over
+/// keccak256(`message`), with k256 alone.
+fn recover(message: &[u8], sig: &str) -> String {
+    use sha3::Digest as _;
+    let sig = hex::decode(sig.trim_start_matches("0x")).unwrap();
+    assert_eq!(sig.len(), 65);
+    let digest: [u8; 32] = sha3::Keccak256::digest(message).into();
+    let key = k256::ecdsa::VerifyingKey::recover_from_prehash(
+        &digest,
+        &k256::ecdsa::Signature::from_slice(&sig[..64]).unwrap(),
+        k256::ecdsa::RecoveryId::from_byte(sig[64]).unwrap(),
+    )
+    .unwrap();
+    hex::encode(key.to_encoded_point(true).as_bytes())
+}
+
+/// Checks a `GetKey` answer's chain as an outside verifier would: the
+/// derived key's public half signed by the app key (`purpose ":" hex(pub)`),
+/// the app key signed by the KMS (`"dstack-kms-issued:" app_id app_pub`).
+fn check_chain(answer: &Value, purpose: &str, app_id: &str, kms_pubkey: &str) {
+    let secret = hex::decode(answer["key"].as_str().unwrap()).unwrap();
+    let derived = k256::ecdsa::SigningKey::from_slice(&secret).unwrap();
+    let derived_pub = hex::encode(derived.verifying_key().to_encoded_point(true).as_bytes());
+    let chain = answer["signature_chain"].as_array().unwrap();
+    let app_pub = recover(
+        format!("{purpose}:{derived_pub}").as_bytes(),
+        chain[0].as_str().unwrap(),
+    );
+    let mut kms_msg = b"dstack-kms-issued:".to_vec();
+    kms_msg.extend(hex::decode(app_id).unwrap());
+    kms_msg.extend(hex::decode(&app_pub).unwrap());
+    assert_eq!(
+        recover(&kms_msg, chain[1].as_str().unwrap()),
+        kms_pubkey.trim_start_matches("0x").to_lowercase(),
+        "the chain does not end at the KMS key"
+    );
+}
+
 fn compose(host: &str, volume: &str) -> String {
     format!(
         "services:\n  app:\n    image: {host}/acme/tiny:1\n    command: [\"sleep\", \"600\"]\n    volumes:\n{volume}"
@@ -272,6 +310,9 @@ fn each_cvm_reaches_its_own_agent_and_no_one_else_does() {
     assert_eq!(key_a["key"].as_str().unwrap().len(), 64, "{key_a}");
     assert_ne!(key_a["key"], key_b["key"]);
     assert_eq!(key_a["signature_chain"].as_array().unwrap().len(), 2);
+    // Each chain ends at this KMS's public key, checked with k256 alone.
+    check_chain(&key_a, "ethereum", &app_a, &cloud.kms_pubkey);
+    check_chain(&key_b, "ethereum", &app_b, &cloud.kms_pubkey);
 
     // The folders are private; the sockets open only through them.
     use std::os::unix::fs::PermissionsExt;
@@ -292,7 +333,21 @@ fn each_cvm_reaches_its_own_agent_and_no_one_else_does() {
     // Idle memory of an agent.
     let agents = agents_of(&a);
     assert_eq!(agents.len(), 1, "{agents:?}");
-    eprintln!("guest agent idle RSS: {} KiB", rss_kib(agents[0].0));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agents[0].0)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "guest agent idle RSS: {} KiB (anonymous {} KiB, file {} KiB, threads {})",
+        rss_kib(agents[0].0),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:")
+    );
     // No key or ticket on any command line.
     assert!(!agents[0].1.contains(key_a["key"].as_str().unwrap()));
 }

@@ -106,7 +106,7 @@ fn all_containers(engine: &Dockerd, id: &str) -> Vec<String> {
 
 /// Whether a boot agent of the CVM runs.
 fn agent_runs(id: &str) -> bool {
-    let needle = format!("cvms/{id}/shared");
+    let needle = format!("cvms/{id}/shared --state");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()

@@ -290,7 +290,7 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     eventually(60, "the compose tool to run", || {
         !processes_with(&format!("--project-name {project}")).is_empty()
     });
-    let agents = processes_with(&format!("cvms/{id}/shared"));
+    let agents = processes_with(&format!("cvms/{id}/shared --state"));
     assert_eq!(agents.len(), 1, "{agents:?}");
     let (agent, group, _) = agents[0].clone();
     assert_eq!(agent, group, "the agent leads its own process group");
@@ -341,7 +341,10 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     let stderr = String::from_utf8_lossy(&second_out.stderr);
     assert_eq!(resumed.trim(), "node resumed 0", "{stderr}");
     assert!(stderr.contains("already booting"), "{stderr}");
-    assert_eq!(processes_with(&format!("cvms/{id}/shared")).len(), 1);
+    assert_eq!(
+        processes_with(&format!("cvms/{id}/shared --state")).len(),
+        1
+    );
 
     // Stop: the whole group ends, the status is `stopped` and stays so.
     let t = Instant::now();
@@ -349,7 +352,7 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     assert_eq!(code, 200, "{v}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert!(processes_with(&format!("--project-name {project}")).is_empty());
-    assert!(processes_with(&format!("cvms/{id}/shared")).is_empty());
+    assert!(processes_with(&format!("cvms/{id}/shared --state")).is_empty());
     let label = format!("label=com.docker.compose.project={project}");
     assert!(lines(&engine, &["ps", "-q", "--filter", &label]).is_empty());
     std::thread::sleep(Duration::from_secs(2));
@@ -418,7 +421,7 @@ fn resume_skips_a_cvm_whose_boot_lock_is_held() {
     std::thread::sleep(Duration::from_secs(2));
     let out = cloud.output();
     assert!(out.contains("already booting"), "{out}");
-    assert!(processes_with(&format!("cvms/{id}/shared")).is_empty());
+    assert!(processes_with(&format!("cvms/{id}/shared --state")).is_empty());
     assert!(lines(&engine, &["ps", "-aq", "--filter", &label]).is_empty());
     let _ = cloud.stop();
     let _ = holder.kill();

@@ -228,7 +228,8 @@ pub async fn run(
         })
         .collect::<Result<_, _>>()?;
     serial.line(&format!(
-        "guest agent serving app {app_id} (simulated TEE: quotes are signed by Berth's key, not Intel's)"
+        "berth guest agent {} serving app {app_id} (simulated TEE: quotes are signed by Berth's key, not Intel's)",
+        env!("CARGO_PKG_VERSION")
     ));
     let served = agent::serve(config, shutdown).await;
     for r in relays {

@@ -45,6 +45,10 @@ const AGENT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "TZ"];
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The lock a node holds on a CVM's agent folder while it runs the CVM's
+/// agent: a second node process on the same state leaves it alone.
+const AGENT_LOCK_FILE: &str = ".agent.lock";
+
 /// A CVM's agent watcher on this node.
 pub(super) struct AgentRun {
     cancel: tokio::sync::watch::Sender<bool>,
@@ -102,20 +106,29 @@ impl Node {
         compose_hash: &str,
     ) -> std::io::Result<()> {
         self.end_agent(id).await;
-        let listeners = bind_agent_sockets(&self.agent_dir(id))?;
+        let dir = self.agent_dir(id);
+        super::files::private_dir(&dir)?;
+        let Some(lock) = super::files::BootLock::try_take(&dir.join(AGENT_LOCK_FILE))? else {
+            eprintln!(
+                "node: the guest agent of CVM {id} runs under another node process; leaving it"
+            );
+            return Ok(());
+        };
+        let listeners = bind_agent_sockets(&dir)?;
         let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
         let me = self.clone();
         let (id2, app_id, hash) = (id.to_owned(), app_id.to_owned(), compose_hash.to_owned());
         let mut agents = self.agents.lock().unwrap();
         let handle = tokio::spawn(async move {
             me.agent_task(id2, app_id, hash, listeners, cancel_rx).await;
+            drop(lock);
         });
         agents.insert(id.to_owned(), AgentRun { cancel, handle });
         Ok(())
     }
 
     /// Ends the CVM's agent (its process group: SIGTERM, then SIGKILL) and
-    /// its watcher, and removes its sockets.
+    /// its watcher, and removes its sockets, when this node runs it.
     pub(super) async fn end_agent(&self, id: &str) {
         let run = self.agents.lock().unwrap().remove(id);
         if let Some(run) = run {
@@ -128,9 +141,9 @@ impl Node {
                 handle.abort();
                 let _ = handle.await;
             }
-        }
-        for name in AGENT_SOCKETS {
-            let _ = std::fs::remove_file(self.agent_dir(id).join(name));
+            for name in AGENT_SOCKETS {
+                let _ = std::fs::remove_file(self.agent_dir(id).join(name));
+            }
         }
     }
 
