@@ -3,8 +3,8 @@
 //! (or `tappd.sock`) boots, its container's mount is the CVM's own agent
 //! socket and answers with the CVM's app id, two apps get two different
 //! keys, no unprivileged host user can connect, a killed agent is started
-//! again on the same socket with the same identity, a restart keeps the
-//! keys, and stop and delete end the agent.
+//! again on the same socket with the same identity, a restart and an
+//! update in place keep the keys, and stop and delete end the agent.
 //!
 //! The container's side is reached from the host through
 //! `/proc/<container pid>/root`, i.e. in the container's own mount
@@ -404,6 +404,25 @@ fn a_killed_agent_comes_back_with_its_identity_and_ends_with_its_cvm() {
     assert_eq!(call(&sock, "/Info", None)["app_id"], app.as_str());
     assert_eq!(call(&sock, "/GetKey", Some(GET_KEY))["key"], key);
     assert_eq!(agents_of(&id).len(), 1);
+
+    // An update in place: a new compose hash, the same app, the same keys.
+    let hash_before = call(&sock, "/Info", None)["compose_hash"].clone();
+    let v2 = compose(&host, "      - /var/run/dstack.sock:/var/run/dstack.sock\n")
+        .replace("\"600\"", "\"700\"");
+    let (code, body) = admin(
+        &cloud,
+        "PATCH",
+        &format!("/cvms/{id}"),
+        Some(&serde_json::json!({"docker_compose_file": v2, "allowed_envs": []})),
+    );
+    assert!(code == 200 || code == 202, "{code} {body}");
+    wait_running(&cloud, &id);
+    let (_, pid) = container_of(&engine, &id);
+    let sock = in_container(pid, "/var/run/dstack.sock");
+    let info = call(&sock, "/Info", None);
+    assert_eq!(info["app_id"], app.as_str());
+    assert_ne!(info["compose_hash"], hash_before, "{info}");
+    assert_eq!(call(&sock, "/GetKey", Some(GET_KEY))["key"], key);
 
     // Stop ends the agent and removes its sockets; delete too.
     let (code, body) = admin(&cloud, "POST", &format!("/cvms/{id}/stop"), None);
