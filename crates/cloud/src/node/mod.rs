@@ -31,9 +31,17 @@
 //! long as any process of that boot lives, no other node process on the
 //! same state boots the CVM again.
 //!
+//! **The guest agent.** For as long as a CVM runs, the node holds its agent
+//! sockets (`<cvm>/agent/dstack.sock`, `tappd.sock`, bound before the boot
+//! so compose finds them) and runs one `berth guest agent` on them, with a
+//! ticket of its own, started again with backoff when it ends, ended by
+//! stop, delete and a failed boot (`agent`). The node never holds the app
+//! key: the agent redeems its ticket itself.
+//!
 //! **Layout.** This file: [`Node`] and [`NodeConfig`], and the start, stop,
 //! restart, delete and resume of a CVM; `boot`: one boot (the ticket, the
-//! agent in its own process group, its final status); `engine`: what a CVM
+//! agent in its own process group, its final status); `agent`: the CVM's
+//! guest agent (its sockets, its watcher); `engine`: what a CVM
 //! owns in the Docker engine (containers, networks, volumes, images) and its
 //! container logs; `serial`: the rotating serial log; `files`: private
 //! folders and files and the boot lock.
