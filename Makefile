@@ -13,8 +13,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@# Architecture invariant: the control plane links no code that can derive
 	@# an env private key or open a sealed env.
-	@if $(CARGO) tree -p cloud -e normal --prefix none | grep -E '^(envseal|kms|guest) '; then \
-	  echo "error: crate cloud depends on envseal/kms/guest (see ARCHITECTURE.md)"; exit 1; fi
+	@if $(CARGO) tree -p cloud -e normal --prefix none | grep -E '^(envseal|kms|guest|agent) '; then \
+	  echo "error: crate cloud depends on envseal/kms/guest/agent (see ARCHITECTURE.md)"; exit 1; fi
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
