@@ -321,6 +321,12 @@ fn each_cvm_reaches_its_own_agent_and_no_one_else_does() {
         std::fs::metadata(agent_dir).unwrap().permissions().mode() & 0o777,
         0o700
     );
+    // The socket itself is open to any user of a container that mounts it
+    // (a non-root app user too); the folder is what keeps the host out.
+    assert_eq!(
+        std::fs::metadata(&sock_a).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
     // Root on the host reaches the socket by its path (so the path is
     // usable); `nobody` does not (curl: exit 7, could not connect).
     assert!(sock_a.as_os_str().len() < 100, "{}", sock_a.display());
