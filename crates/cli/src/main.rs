@@ -2,6 +2,7 @@
 //! the libraries, and turns their typed errors into one sentence, a hint and
 //! an exit code. It is the only crate that knows about terminals and exit codes.
 
+mod attestcmd;
 mod cloudcmd;
 mod envargs;
 mod envcmd;
@@ -55,6 +56,9 @@ enum Command {
     /// Manage the API's users and their keys.
     #[command(subcommand)]
     Users(userscmd::UsersCommand),
+    /// Check a CVM's attestation (its guest agent's simulated quote).
+    #[command(subcommand)]
+    Attest(attestcmd::AttestCommand),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => cloudcmd::deploy(args),
         Command::Cvms(cmd) => cloudcmd::cvms(cmd),
         Command::Users(cmd) => userscmd::run(cmd),
+        Command::Attest(cmd) => attestcmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

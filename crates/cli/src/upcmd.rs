@@ -321,6 +321,10 @@ fn print_ready(r: &cloud::up::Ready) {
         "KMS public key: {}  (berth deploy checks env keys against it)",
         r.kms_public_key
     );
+    println!(
+        "Attestation key: {}  (simulated TEE: checks the CVMs' quotes; berth attest verify)",
+        r.attestation_public_key
+    );
     println!("State:          {}", r.state.display());
     println!("Docker engine:  {}", r.docker_host);
     if r.resumed > 0 {

@@ -453,3 +453,89 @@ fn a_killed_agent_comes_back_with_its_identity_and_ends_with_its_cvm() {
         agents_of(&id).is_empty()
     });
 }
+
+/// `berth attest verify` checks a CVM's quote as a user's verification
+/// code would: this cloud's attestation key (asked of the API), the
+/// compose hash, the report data and the event log; a wrong hash, other
+/// report data, a changed byte or an altered event log each fail with the
+/// integrity exit code and a sentence.
+#[test]
+fn berth_attest_verify_checks_a_cvms_quote() {
+    let engine = Dockerd::start();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
+    let dir = tempdir("gq");
+    let state = dir.join("state");
+    let cloud = Cloud::start(&state, &engine.host(), Some(ADMIN_KEY), &[&endpoint]);
+    assert!(
+        cloud.output().contains("Attestation key: "),
+        "{}",
+        cloud.output()
+    );
+    let id = deploy_running(
+        &cloud,
+        "attested",
+        &compose(&host, "      - /var/run/dstack.sock:/var/run/dstack.sock\n"),
+    );
+    let (_, pid) = container_of(&engine, &id);
+    let sock = in_container(pid, "/var/run/dstack.sock");
+    let report_data = "0xc0ffee";
+    let answer = call(&sock, &format!("/GetQuote?report_data={report_data}"), None);
+    let info = call(&sock, "/Info", None);
+    let compose_hash = info["compose_hash"].as_str().unwrap().to_owned();
+    let good = dir.join("quote.json");
+    std::fs::write(&good, answer.to_string()).unwrap();
+    let verify = |quote: &Path, hash: &str, extra: &[&str]| {
+        run(
+            Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["attest", "verify", "--quote"])
+                .arg(quote)
+                .args(["--compose-hash", hash])
+                .args(extra)
+                .env("BERTH_API_URL", &cloud.api)
+                .env("BERTH_API_KEY", ADMIN_KEY)
+                .env_remove("BERTH_ATTESTATION_KEY"),
+            b"",
+        )
+    };
+    let ok = verify(
+        &good,
+        &compose_hash,
+        &["--report-data", report_data, "--json"],
+    );
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    let v: Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["simulated"], true);
+    assert_eq!(v["event_log_replayed"], true);
+    assert_eq!(v["compose_hash"], compose_hash.as_str());
+
+    let other_hash = "00".repeat(32);
+    let wrong = verify(&good, &other_hash, &[]);
+    assert_eq!(wrong.code, 9, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("compose hash"), "{}", wrong.stderr);
+    let wrong = verify(&good, &compose_hash, &["--report-data", "0xbeef"]);
+    assert_eq!(wrong.code, 9, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("report data"), "{}", wrong.stderr);
+    // One byte of the quote changed.
+    let mut quote = hex::decode(answer["quote"].as_str().unwrap()).unwrap();
+    quote[100] ^= 1;
+    let tampered = dir.join("tampered.hex");
+    std::fs::write(&tampered, hex::encode(&quote)).unwrap();
+    let bad = verify(&tampered, &compose_hash, &[]);
+    assert_eq!(bad.code, 9, "{}", bad.stderr);
+    assert!(bad.stderr.contains("does not verify"), "{}", bad.stderr);
+    // An event log that says another compose hash.
+    let mut altered = answer.clone();
+    let log = answer["event_log"]
+        .as_str()
+        .unwrap()
+        .replace(&compose_hash, &other_hash);
+    assert_ne!(log, answer["event_log"].as_str().unwrap());
+    altered["event_log"] = Value::from(log);
+    let altered_path = dir.join("altered.json");
+    std::fs::write(&altered_path, altered.to_string()).unwrap();
+    let bad = verify(&altered_path, &compose_hash, &[]);
+    assert_eq!(bad.code, 9, "{}", bad.stderr);
+    assert!(bad.stderr.contains("event log"), "{}", bad.stderr);
+    let _ = cloud.stop();
+}

@@ -352,6 +352,18 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /berth/attestation-key` (Berth): the public key that checks
+    /// this cloud's simulated quotes, hex.
+    pub async fn attestation_key(&self) -> Result<String, ClientError> {
+        let v = self
+            .call(reqwest::Method::GET, "/berth/attestation-key", None)
+            .await?;
+        Ok(v["attestation_public_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// `GET /cvms/{id}/history` (Berth).
     pub async fn history(&self, id: &str) -> Result<Value, ClientError> {
         self.call(reqwest::Method::GET, &format!("/cvms/{id}/history"), None)

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! kms listening on unix:/STATE/kms/kms.sock
+//! kms attestation key 5f1c…
 //! kms public key 02ab…
 //! ```
 //!
@@ -11,7 +12,10 @@
 
 /// The first line's prefix; the rest is the KMS's URL.
 const LISTENING: &str = "kms listening on ";
-/// The second line's prefix; the rest is the KMS public key (hex).
+/// The second line's prefix; the rest is the simulated TEE's attestation
+/// public key (P-256, raw `x ‖ y`, hex).
+const ATTESTATION_KEY: &str = "kms attestation key ";
+/// The last line's prefix; the rest is the KMS public key (hex).
 const PUBLIC_KEY: &str = "kms public key ";
 
 /// A KMS that serves: where, and the public key clients pin.
@@ -21,12 +25,18 @@ pub struct KmsReady {
     pub url: String,
     /// The KMS public key (compressed secp256k1, hex).
     pub public_key: String,
+    /// The public key that checks the simulated quotes of this KMS's CVMs
+    /// (P-256, raw `x ‖ y`, 128 hex characters; not Intel's).
+    pub attestation_public_key: String,
 }
 
 impl KmsReady {
     /// The lines the KMS writes, each ending in a newline.
     pub fn render(&self) -> String {
-        format!("{LISTENING}{}\n{PUBLIC_KEY}{}\n", self.url, self.public_key)
+        format!(
+            "{LISTENING}{}\n{ATTESTATION_KEY}{}\n{PUBLIC_KEY}{}\n",
+            self.url, self.attestation_public_key, self.public_key
+        )
     }
 }
 
@@ -34,6 +44,7 @@ impl KmsReady {
 #[derive(Debug, Default)]
 pub struct KmsReadyReader {
     url: Option<String>,
+    attestation: Option<String>,
 }
 
 impl KmsReadyReader {
@@ -41,10 +52,13 @@ impl KmsReadyReader {
     pub fn line(&mut self, line: &str) -> Option<KmsReady> {
         if let Some(url) = line.strip_prefix(LISTENING) {
             self.url = Some(url.to_owned());
+        } else if let Some(key) = line.strip_prefix(ATTESTATION_KEY) {
+            self.attestation = Some(key.to_owned());
         } else if let Some(key) = line.strip_prefix(PUBLIC_KEY) {
             return Some(KmsReady {
                 url: self.url.take()?,
                 public_key: key.to_owned(),
+                attestation_public_key: self.attestation.take()?,
             });
         }
         None
@@ -60,6 +74,7 @@ mod tests {
         let ready = KmsReady {
             url: "unix:/s/kms/kms.sock".into(),
             public_key: "02ab".into(),
+            attestation_public_key: "5f1c".into(),
         };
         let mut r = KmsReadyReader::default();
         let mut got = None;

@@ -67,6 +67,10 @@ pub struct AppUpgradeState {
 pub struct KmsPublicKeyAnswer {
     /// Compressed secp256k1 public key, hex.
     pub kms_public_key: String,
+    /// The simulated TEE's attestation public key (P-256, raw `x ‖ y`,
+    /// hex), which checks the quotes of this KMS's CVMs. Not Intel's.
+    #[serde(default)]
+    pub attestation_public_key: String,
 }
 
 /// Answer of [`env_pubkey_path`]: dstack's two signatures over the key.

@@ -144,8 +144,19 @@ pub fn router(kms: Arc<Kms>) -> Router {
 async fn pubkey(State(kms): State<Arc<Kms>>) -> Response {
     Json(KmsPublicKeyAnswer {
         kms_public_key: kms.root.public_key().to_hex(),
+        attestation_public_key: attestation_public_key(&kms.root),
     })
     .into_response()
+}
+
+/// The public half of the key the agents of this KMS's CVMs sign their
+/// simulated quotes with (`agent::AttestationKey` from the root's seed), hex.
+pub fn attestation_public_key(root: &KmsRootKey) -> String {
+    hex::encode(
+        agent::AttestationKey::from_seed(&root.attestation_seed())
+            .public_key()
+            .to_raw(),
+    )
 }
 
 fn parse_app(app_id: &str) -> Result<AppId, Box<Response>> {
@@ -512,6 +523,7 @@ pub async fn run(
             config.socket.display()
         ),
         public_key: root.public_key().to_hex(),
+        attestation_public_key: attestation_public_key(&root),
     });
     let kms = Arc::new(Kms::new(root, config.node_secret).with_registry(config.apps_dir));
     serve(listener, kms).await.map_err(ServeError::Stopped)

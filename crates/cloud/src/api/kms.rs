@@ -60,6 +60,33 @@ pub async fn kms_pubkey(
     }))
 }
 
+/// `GET /berth/attestation-key`: the public key that checks the
+/// simulated quotes of this cloud's CVMs (`berth attest verify` uses it).
+pub async fn attestation_key(
+    State(state): State<Shared>,
+) -> Result<Json<super::views::AttestationKeyView>, ApiError> {
+    let url = state.kms.url(contract::kms::PUBKEY_PATH);
+    let resp = state.http.get(&url).send().await.map_err(|_| {
+        ApiError::unavailable("the KMS is not answering: try again when it is back")
+    })?;
+    if !resp.status().is_success() {
+        return Err(ApiError::upstream(format!(
+            "the KMS answered {}",
+            resp.status()
+        )));
+    }
+    let answer: contract::kms::KmsPublicKeyAnswer = resp
+        .json()
+        .await
+        .map_err(|_| ApiError::upstream("the KMS answered without a key"))?;
+    Ok(Json(super::views::AttestationKeyView {
+        attestation_public_key: answer.attestation_public_key,
+        kms_public_key: answer.kms_public_key,
+        simulated: true,
+        note: "quotes of this cloud's CVMs are signed by this key, not by Intel TDX hardware: a quote that verifies proves what this cloud's node ran, not what a TEE measured",
+    }))
+}
+
 /// Asks the KMS to make `compose_hash` the app's accepted hash. A refusal
 /// (an owner-authorized app without its owner's fresh signature) is a 403
 /// with the KMS's sentence; nothing is changed then.

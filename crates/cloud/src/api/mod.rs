@@ -98,6 +98,7 @@ pub fn router(state: Shared) -> Router {
         .route("/apps", get(cvms::list_apps))
         .route("/status/batch", post(cvms::status_batch))
         .route("/kms/{kms}/pubkey/{app_id}", get(kms::kms_pubkey))
+        .route("/berth/attestation-key", get(kms::attestation_key))
         .merge(rules::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), Arc::new(auth::InFlight::default())),

@@ -493,6 +493,20 @@ pub struct KmsPubkey {
     pub signature: String,
 }
 
+/// `GET /berth/attestation-key`: the key that checks this cloud's
+/// simulated quotes, and what it is.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttestationKeyView {
+    /// P-256 public key, raw `x ‖ y`, hex.
+    pub attestation_public_key: String,
+    /// The KMS's public key, for the GetKey signature chains.
+    pub kms_public_key: String,
+    /// Always `true`: there is no TEE hardware behind these quotes.
+    pub simulated: bool,
+    /// One sentence on what the key proves.
+    pub note: &'static str,
+}
+
 // ----------------------------------------------------------------- users
 
 /// `GET /auth/me` in the `2025-10-28` shape.

@@ -131,6 +131,8 @@ pub struct Ready {
     pub api_key_file: PathBuf,
     /// The KMS public key clients pin (also in [`KMS_PUBLIC_KEY_FILE`]).
     pub kms_public_key: String,
+    /// The public key that checks the CVMs' simulated quotes.
+    pub attestation_public_key: String,
     /// The state folder (canonical).
     pub state: PathBuf,
     /// The Docker engine CVMs run on.
@@ -343,6 +345,7 @@ pub async fn run(
         admin_key,
         api_key_file,
         kms_public_key: kms_ready.public_key.clone(),
+        attestation_public_key: kms_ready.attestation_public_key.clone(),
         state: state.clone(),
         docker_host,
         resumed,
