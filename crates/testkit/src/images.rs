@@ -4,6 +4,11 @@
 //!
 //! A layer is a gzip (stored, level 0) tarball holding one file of `size`
 //! random bytes, so its blob is about `size + 2 KiB`.
+//!
+//! Runnable images are made of the host's own files (nothing is
+//! downloaded): Debian's static busybox ([`ImageSpec::busybox`]), and any
+//! host files or programs with their shared libraries
+//! ([`ImageSpec::host_files`], [`host_programs`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,6 +82,9 @@ struct LayerSpec {
     /// A runnable root filesystem (`/bin/busybox` and its applets) instead
     /// of random data.
     busybox: bool,
+    /// Host files instead of random data: `(host path, path in the image)`
+    /// (see [`ImageSpec::host_files`]).
+    files: Vec<(PathBuf, String)>,
 }
 
 /// What image to build.
@@ -118,6 +126,7 @@ impl ImageSpec {
             size,
             seed: None,
             busybox: false,
+            files: Vec::new(),
         });
         self
     }
@@ -129,6 +138,7 @@ impl ImageSpec {
             size,
             seed: Some(seed),
             busybox: false,
+            files: Vec::new(),
         });
         self
     }
@@ -142,6 +152,32 @@ impl ImageSpec {
             size: 0,
             seed: None,
             busybox: true,
+            files: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a layer of files taken from this host, each `(host path, path
+    /// in the image)`. A host file is followed if it is a symlink (its
+    /// content goes in, executable bits kept); a host folder goes in whole,
+    /// the symlinks inside it kept as links. Parent folders are created.
+    /// With [`ImageSpec::busybox`] and [`host_programs`], this makes images
+    /// that run host programs (e.g. `node` and an npm package) without
+    /// downloading anything.
+    pub fn host_files<P: AsRef<Path>>(mut self, files: &[(P, &str)]) -> Self {
+        self.layers.push(LayerSpec {
+            size: 0,
+            seed: None,
+            busybox: false,
+            files: files
+                .iter()
+                .map(|(host, image)| {
+                    (
+                        host.as_ref().to_path_buf(),
+                        image.trim_start_matches('/').to_string(),
+                    )
+                })
+                .collect(),
         });
         self
     }
@@ -332,9 +368,114 @@ fn busybox_tar() -> Vec<u8> {
     tar.into_inner().expect("tar finish")
 }
 
+/// The host `programs` (absolute paths) and every shared library `ldd`
+/// lists for them, the dynamic loader included, each at its own path: the
+/// files [`ImageSpec::host_files`] needs to run these programs in an image.
+/// Panics when `ldd` fails (e.g. a program is missing).
+pub fn host_programs(programs: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut files = std::collections::BTreeSet::new();
+    for program in programs {
+        files.insert(program.to_string());
+        let out = Command::new("ldd")
+            .arg(program)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ldd");
+        assert!(
+            out.status.success(),
+            "testkit: ldd {program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or
+            // `/lib64/ld-linux-x86-64.so.2 (0x…)`; vdso has no file.
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(path) = path.filter(|p| p.starts_with('/')) {
+                files.insert(path.to_string());
+            }
+        }
+    }
+    files.into_iter().map(|p| (PathBuf::from(&p), p)).collect()
+}
+
+fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// Appends the host `path` at `name` (see [`ImageSpec::host_files`]);
+/// `follow`: a symlink at `path` is followed (only at the top).
+fn append_host_path(tar: &mut tar::Builder<Vec<u8>>, path: &Path, name: &str, follow: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = if follow {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    }
+    .unwrap_or_else(|e| panic!("testkit: {}: {e}", path.display()));
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path).expect("read link");
+        let mut h = tar_header(tar::EntryType::Symlink, 0o777, 0);
+        tar.append_link(&mut h, name, target).expect("tar link");
+    } else if meta.is_dir() {
+        let mut h = tar_header(tar::EntryType::Directory, mode, 0);
+        tar.append_data(&mut h, format!("{name}/"), std::io::empty())
+            .expect("tar dir");
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .expect("read dir")
+            .map(|e| e.expect("dir entry").file_name())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let child = format!("{name}/{}", entry.to_string_lossy());
+            append_host_path(tar, &path.join(&entry), &child, false);
+        }
+    } else {
+        let data = std::fs::read(path).expect("read host file");
+        let mut h = tar_header(tar::EntryType::Regular, mode, data.len() as u64);
+        tar.append_data(&mut h, name, data.as_slice())
+            .expect("tar file");
+    }
+}
+
+fn host_files_tar(files: &[(PathBuf, String)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut parents = std::collections::BTreeSet::new();
+    for (_, name) in files {
+        let mut p = Path::new(name).parent();
+        while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
+            parents.insert(dir.to_string_lossy().into_owned());
+            p = dir.parent();
+        }
+    }
+    for dir in &parents {
+        let mut h = tar_header(tar::EntryType::Directory, 0o755, 0);
+        tar.append_data(&mut h, format!("{dir}/"), std::io::empty())
+            .expect("tar dir");
+    }
+    for (host, name) in files {
+        append_host_path(&mut tar, host, name, true);
+    }
+    tar.into_inner().expect("tar finish")
+}
+
 fn make_layer(index: usize, spec: &LayerSpec) -> (Vec<u8>, String) {
-    if spec.busybox {
-        let tar = busybox_tar();
+    if spec.busybox || !spec.files.is_empty() {
+        let tar = if spec.busybox {
+            busybox_tar()
+        } else {
+            host_files_tar(&spec.files)
+        };
         let diff_id = util::sha256_digest(&tar);
         let mut gz = flate2::GzBuilder::new()
             .mtime(0)
