@@ -37,3 +37,7 @@ echo
 echo "== API under load: wrk against GET /api/v1/cvms with ${API_CVMS:-1000} CVMs, next to a no-DB route of the same server"
 cargo build --release --quiet -p testkit --example bench_api
 target/release/examples/bench_api target/release/berth "${API_CVMS:-1000}" "${API_SECONDS:-10}" "${API_CONNECTIONS:-16}"
+echo
+echo "== the guest agent: GetKey and GetQuote latency over its Unix socket (${AGENT_CALLS:-2000} calls each) and the serving process's RSS"
+cargo build --release --quiet -p agent --example bench_agent
+target/release/examples/bench_agent "${AGENT_CALLS:-2000}"
