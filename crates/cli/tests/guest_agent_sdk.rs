@@ -274,9 +274,11 @@ fn official_js_sdk_and_curl_inside_a_cvm_reach_its_agent() {
         &[&endpoint],
     );
 
-    // The compose file of a Phala example: both sockets, short syntax.
+    // The volumes of a Phala example: both sockets, short syntax. No
+    // network: the agent is reached by its sockets alone (and a busy test
+    // host may have no address pool left for one).
     let compose = format!(
-        "services:\n  app:\n    image: {host}/acme/sdk:1\n    command: [\"sh\", \"-c\", \"node /sdk/guest-agent-sdk-cvm.mjs || echo BERTH-SDK-FAILED; {python} /sdk/guest-agent-sdk-cvm.py || echo BERTH-PY-SDK-FAILED; exec sleep 600\"]\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n      - /var/run/tappd.sock:/var/run/tappd.sock\n"
+        "services:\n  app:\n    image: {host}/acme/sdk:1\n    network_mode: none\n    command: [\"sh\", \"-c\", \"node /sdk/guest-agent-sdk-cvm.mjs || echo BERTH-SDK-FAILED; {python} /sdk/guest-agent-sdk-cvm.py || echo BERTH-PY-SDK-FAILED; exec sleep 600\"]\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n      - /var/run/tappd.sock:/var/run/tappd.sock\n"
     );
     let (code, p) = admin(
         &cloud,
