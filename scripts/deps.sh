@@ -64,6 +64,16 @@ if ! "$VPY" -c 'import dstack_sdk' >/dev/null 2>&1; then
   "$VPY" -m pip install --quiet --disable-pip-version-check --no-input 'dstack-sdk==0.5.4'
 fi
 
+# Bridges of Docker engines that are gone (a test engine killed before it
+# could remove its networks) keep their subnets routed, and enough of them
+# take every default address pool of the next engines. With no dockerd
+# running, no br-* bridge has an owner.
+if ! pgrep -x dockerd >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then
+  for b in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^br-' || true); do
+    $SUDO ip link delete "$b" 2>/dev/null || true
+  done
+fi
+
 # The test runner: cargo-nextest is on the machine image; fall back to cargo test.
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: cargo-nextest not found; the suite will run with cargo test"

@@ -539,3 +539,54 @@ fn berth_attest_verify_checks_a_cvms_quote() {
     assert!(bad.stderr.contains("event log"), "{}", bad.stderr);
     let _ = cloud.stop();
 }
+
+/// `berth up` stopped and started again while a CVM's containers keep
+/// running (an engine of its own): the new node binds the agent sockets
+/// again and restarts the containers that mount them, so the app reaches
+/// its agent again, with the same identity.
+#[test]
+fn a_restarted_cloud_gives_running_containers_their_agent_again() {
+    let engine = Dockerd::start();
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
+    let dir = tempdir("gr");
+    let state = dir.join("state");
+    let cloud = Cloud::start(&state, &engine.host(), Some(ADMIN_KEY), &[&endpoint]);
+    let id = deploy_running(
+        &cloud,
+        "survivor",
+        &compose(&host, "      - /var/run/dstack.sock:/var/run/dstack.sock\n"),
+    );
+    let (_, pid) = container_of(&engine, &id);
+    let before = call(&in_container(pid, "/var/run/dstack.sock"), "/Info", None);
+    let _ = cloud.stop();
+    let cloud = Cloud::start(&state, &engine.host(), Some(ADMIN_KEY), &[&endpoint]);
+    let mut after = Value::Null;
+    eventually(60, "the container to reach its agent again", || {
+        // The container may be restarting: no pid yet is "not yet".
+        let label = format!("label=com.docker.compose.project={}", project_of(&id));
+        let ids = engine.docker_out(&["ps", "-q", "--filter", &label]);
+        let Some(cid) = ids.lines().next() else {
+            return false;
+        };
+        let Ok(pid) = engine
+            .docker_out(&["inspect", "-f", "{{.State.Pid}}", cid])
+            .trim()
+            .parse::<u32>()
+        else {
+            return false;
+        };
+        let (rc, code, v) = call_as(
+            None,
+            &in_container(pid, "/var/run/dstack.sock"),
+            "/Info",
+            None,
+        );
+        after = v;
+        rc == 0 && code == 200
+    });
+    assert_eq!(after["app_id"], before["app_id"]);
+    let (code, v) = admin(&cloud, "GET", &format!("/cvms/{id}"), None);
+    assert_eq!(code, 200);
+    assert_eq!(v["status"], "running", "{v}");
+    let _ = cloud.stop();
+}

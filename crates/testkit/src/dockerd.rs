@@ -143,6 +143,15 @@ impl Drop for Dockerd {
                     .status();
             }
         }
+        // Networks too: an engine that stops leaves its bridges on the
+        // host, and those left by finished tests would take every default
+        // address pool of the next engines.
+        let _ = self
+            .docker()
+            .args(["network", "prune", "-f"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut child) = self.child.take() {
             // SIGTERM, then SIGKILL if it does not stop in time.
             let _ = Command::new("kill")

@@ -125,6 +125,36 @@ pub(super) fn remove(project: &str) {
     }
 }
 
+/// Removes every CVM cgroup that holds no process and is older than ten
+/// minutes: those of CVMs deleted while no node ran, or whose state went
+/// away. A cgroup with a process in
+/// it cannot be removed (the kernel refuses), so a running CVM's, of this
+/// node or another, stays; an empty one of a stopped CVM is made again at
+/// its next boot.
+pub(super) fn remove_unused() {
+    let root = Path::new(ROOT);
+    for parent in [
+        root.join(BERTH),
+        root.join("memory").join(BERTH),
+        root.join("pids").join(BERTH),
+        root.join("cpu").join(BERTH),
+    ] {
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            // One made in the last minutes may be a boot's (of another
+            // node) whose containers are not in it yet.
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < std::time::Duration::from_secs(600));
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && !recent {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

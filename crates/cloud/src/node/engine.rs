@@ -133,6 +133,42 @@ impl Node {
         });
     }
 
+    /// Restarts the CVM's running containers that bind-mount a path under
+    /// `dir` (its agent sockets, bound again by this node: a container's
+    /// mount holds the old socket until the container starts again); how
+    /// many it restarted.
+    pub(super) async fn restart_containers_mounting(
+        &self,
+        id: &str,
+        dir: &Path,
+    ) -> Result<usize, NodeError> {
+        let docker = self.docker()?;
+        let mut restarted = 0;
+        for c in self.project_containers(&docker, id).await? {
+            let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let mounts_dir = c.mounts.iter().flatten().any(|m| {
+                m.source
+                    .as_deref()
+                    .is_some_and(|s| Path::new(s).starts_with(dir))
+            });
+            let Some(cid) = c.id.filter(|_| running && mounts_dir) else {
+                continue;
+            };
+            let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new()
+                .t(5)
+                .build();
+            docker
+                .restart_container(&cid, Some(opts))
+                .await
+                .map_err(|source| NodeError::Engine {
+                    what: "restart a container",
+                    source,
+                })?;
+            restarted += 1;
+        }
+        Ok(restarted)
+    }
+
     /// Every container of the CVM's compose project, running or not.
     async fn project_containers(
         &self,

@@ -418,6 +418,7 @@ impl Node {
     /// cheap), unless a boot of theirs is still alive (its state lock is
     /// held): those are reported and left alone, so no CVM boots twice.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, NodeError> {
+        let _ = tokio::task::spawn_blocking(cgroup::remove_unused).await;
         let mut resumed = 0;
         for cvm in self.db.live_cvms().await? {
             if cvm.status == CvmStatus::Deleting {
@@ -440,12 +441,38 @@ impl Node {
                 && let Some(app) = self.db.app(&cvm.app_id).await?
             {
                 // Its agent died with the node that ran it. Containers that
-                // mount the old socket keep a dead one until they restart.
-                if let Err(e) = self
+                // mount the old socket keep a dead one until they start
+                // again: those are restarted on the new one.
+                match self
                     .start_agent(&cvm.id, &app.app_id, &app.compose_hash)
                     .await
                 {
-                    eprintln!("node: the guest agent of CVM {} cannot start: {e}", cvm.id);
+                    Err(e) => {
+                        eprintln!("node: the guest agent of CVM {} cannot start: {e}", cvm.id)
+                    }
+                    Ok(()) => match self
+                        .restart_containers_mounting(&cvm.id, &self.agent_dir(&cvm.id))
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            self.append_serial(
+                                &cvm.id,
+                                &format!(
+                                    "node restarted: {n} container(s) mounting the guest agent restarted on its new socket"
+                                ),
+                            )
+                            .await
+                        }
+                        Err(e) => self
+                            .append_serial(
+                                &cvm.id,
+                                &format!(
+                                    "node restarted: the containers mounting the guest agent could not be restarted ({e}); restart the CVM"
+                                ),
+                            )
+                            .await,
+                    },
                 }
             }
             let Some(app) = (if again {
