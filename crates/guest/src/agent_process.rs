@@ -228,8 +228,9 @@ pub async fn run(
         })
         .collect::<Result<_, _>>()?;
     serial.line(&format!(
-        "berth guest agent {} serving app {app_id} (simulated TEE: quotes are signed by Berth's key, not Intel's)",
-        env!("CARGO_PKG_VERSION")
+        "berth guest agent {} serving app {app_id} ({})",
+        env!("CARGO_PKG_VERSION"),
+        agent::SIMULATED_NOTICE
     ));
     let served = agent::serve(config, shutdown).await;
     for r in relays {
