@@ -84,6 +84,8 @@
 
 mod network;
 
+mod pin;
+
 mod render;
 
 mod service;
@@ -99,6 +101,7 @@ pub use network::{
     MAX_CONTAINERS, MAX_NETWORKS, PUBLISH_ADDRESSES, PublishedPort, ReservedPort,
     registry_reserved_ports,
 };
+pub use pin::{PinnedCompose, pin_images};
 pub use render::ServiceLimits;
 
 use crate::reference::ImageReference;
