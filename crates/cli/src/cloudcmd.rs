@@ -54,6 +54,11 @@ pub struct DeployArgs {
     /// The KMS public key to trust (default: BERTH_KMS_PUBKEY, else the one `berth up` wrote).
     #[arg(long, value_name = "HEX")]
     pub(crate) kms_pubkey: Option<String>,
+    /// Deploy the images as written: do not pin each tag to the manifest
+    /// digest it names now (by default the compose file is deployed with
+    /// `image: name:tag@sha256:…`, so its hash measures exact images).
+    #[arg(long)]
+    pub(crate) no_pin: bool,
     /// Skip the registry pre-flight (the checks of `berth check`, run here).
     #[arg(long)]
     pub(crate) no_check: bool,
@@ -216,6 +221,7 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     if !args.no_check && keys.iter().any(|k| k.starts_with("DSTACK_")) {
         preflight(&args, &env, &compose)?;
     }
+    let compose = pin(&args, &env, &compose, None)?;
     let owner = if args.cloud_upgrades {
         None
     } else {
@@ -297,6 +303,113 @@ pub(crate) fn preflight(
             code: crate::failure::exit_code(e.category),
         }
     })
+}
+
+/// The compose file with every tag pinned to the manifest digest it names
+/// now (HEAD requests with the env's credentials), and one line per service
+/// saying what was pinned. With `current` (an update), each line also says
+/// whether the digest changed from the CVM's current compose file. An image
+/// whose digest cannot be learnt is deployed as written, with a warning.
+pub(crate) fn pin(
+    args: &DeployArgs,
+    env: &envseal::Env,
+    compose: &str,
+    current: Option<&str>,
+) -> Result<String, Failure> {
+    use contract::policy::ComposeFile;
+    use std::collections::BTreeMap;
+    if args.no_pin {
+        return Ok(compose.to_owned());
+    }
+    let file = ComposeFile::parse(compose).map_err(|e| Failure::config(e.message))?;
+    let mut to_resolve: Vec<(String, registry::ImageReference)> = Vec::new();
+    for i in &file.images {
+        if i.reference.digest().is_none() && !to_resolve.iter().any(|(w, _)| *w == i.written) {
+            to_resolve.push((i.written.clone(), i.reference.clone()));
+        }
+    }
+    let mut digests: BTreeMap<String, String> = BTreeMap::new();
+    if !to_resolve.is_empty() {
+        let refs: Vec<_> = to_resolve.iter().map(|(_, r)| r.clone()).collect();
+        let results =
+            crate::pullcmd::resolve_digests(env, &args.registry_endpoint, &args.ca_cert, &refs)
+                .map_err(|e| Failure::config(format!("cannot pin the images: {}", e.message)))?;
+        for ((written, _), r) in to_resolve.iter().zip(results) {
+            match r {
+                Ok(d) => {
+                    digests.insert(written.clone(), d.to_string());
+                }
+                Err(e) => eprintln!(
+                    "warning: {written} is not pinned ({}: {}): each boot runs whatever its tag names then; pass --no-pin to deploy unpinned on purpose",
+                    e.category, e.message
+                ),
+            }
+        }
+    }
+    let pins: BTreeMap<String, String> = digests
+        .iter()
+        .map(|(w, d)| (w.clone(), format!("{w}@{d}")))
+        .collect();
+    let pinned = contract::policy::pin_images(compose, &pins)
+        .map_err(|e| Failure::config(format!("cannot pin the images: {}", e.message)))?;
+    if pinned.rerendered {
+        eprintln!(
+            "note: the compose file was re-rendered to pin its images (comments and layout are not kept)"
+        );
+    }
+    let before: BTreeMap<String, Option<String>> = current
+        .and_then(|c| ComposeFile::parse(c).ok())
+        .map(|f| {
+            f.images
+                .into_iter()
+                .map(|i| (i.service, i.reference.digest().map(|d| d.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let width = file
+        .images
+        .iter()
+        .map(|i| i.service.len())
+        .max()
+        .unwrap_or(0);
+    let mut changed = 0;
+    println!("Pinned images:");
+    for i in &file.images {
+        let service = i.service.escape_debug().to_string();
+        let digest = i
+            .reference
+            .digest()
+            .map(|d| d.to_string())
+            .or_else(|| digests.get(&i.written).cloned());
+        let Some(digest) = digest else {
+            println!("{service:width$}  {}  (not pinned)", i.written);
+            continue;
+        };
+        let shown = i.written.split('@').next().unwrap_or(&i.written);
+        let note = match current.map(|_| before.get(&i.service)) {
+            None => String::new(),
+            Some(Some(Some(old))) if *old == digest => "  (unchanged)".to_owned(),
+            Some(Some(Some(old))) => {
+                changed += 1;
+                format!("  (changed, was {old})")
+            }
+            Some(_) => {
+                changed += 1;
+                "  (changed, was not pinned)".to_owned()
+            }
+        };
+        println!("{service:width$}  {shown} -> {digest}{note}");
+    }
+    if current.is_some() {
+        match changed {
+            0 => println!("No pinned digest changed."),
+            n => println!(
+                "{n} pinned digest{} changed.",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
+    }
+    Ok(pinned.yaml)
 }
 
 /// Prints the serial log as the CVM boots; exits with the boot's category.

@@ -278,6 +278,46 @@ pub fn preflight(
     check_refs(opts, &refs, false, &mut std::io::stderr())
 }
 
+/// The manifest digest each image's tag names now, from HEAD requests with
+/// the env's credentials (and the Docker client's logins): for `berth
+/// deploy` to pin. One result per image, in order.
+pub fn resolve_digests(
+    env: &Env,
+    registry_endpoint: &[String],
+    ca_cert: &[PathBuf],
+    refs: &[ImageReference],
+) -> Result<Vec<Result<registry::Digest, PullError>>, PullError> {
+    let args = RegistryArgs {
+        env: Vec::new(),
+        registry_endpoint: registry_endpoint.to_vec(),
+        ca_cert: ca_cert.to_vec(),
+        config: std::env::var_os("BERTH_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+        json: false,
+        max_retry_time: 60,
+    };
+    let opts = options_with_env(&args, scratch_store(), env)?;
+    let scratch = opts.store.clone();
+    let puller = Puller::new(opts, registry::no_events())?;
+    let results = crate::runtime().block_on(futures_join(&puller, refs));
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(results
+        .into_iter()
+        .zip(refs)
+        .map(|(r, reference)| {
+            r.and_then(|c| {
+                c.digest.ok_or_else(|| {
+                    PullError::new(
+                        registry::Category::RegistryError,
+                        format!("{} did not report the digest of {reference}", c.registry),
+                    )
+                })
+            })
+        })
+        .collect())
+}
+
 fn scratch_store() -> PathBuf {
     std::env::temp_dir().join(format!("berth-check-{}", std::process::id()))
 }

@@ -112,8 +112,27 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
         Some(_) => Some(trusted_kms_key(args.kms_pubkey.as_deref())?),
         None => None,
     };
+    let (cvm, compose) = if args.no_pin {
+        let cvm = crate::runtime()
+            .block_on(api.get(id))
+            .map_err(api_failure)?;
+        (cvm, compose)
+    } else {
+        let (cvm, current) = crate::runtime().block_on(async {
+            let cvm = api.get(id).await.map_err(api_failure)?;
+            let current = api.compose_file(&cvm.id).await.map_err(api_failure)?;
+            Ok::<_, Failure>((cvm, current))
+        })?;
+        let empty = envseal::Env::default();
+        let compose = crate::cloudcmd::pin(
+            &args,
+            env.as_ref().unwrap_or(&empty),
+            &compose,
+            Some(&current),
+        )?;
+        (cvm, compose)
+    };
     crate::runtime().block_on(async {
-        let cvm = api.get(id).await.map_err(api_failure)?;
         let prepared = api
             .prepare_update(&cvm.id, &compose, keys.as_deref())
             .await

@@ -364,6 +364,31 @@ impl ApiClient {
             .to_owned())
     }
 
+    /// `GET /cvms/{id}/docker-compose.yml`: the compose file the CVM runs.
+    pub async fn compose_file(&self, id: &str) -> Result<String, ClientError> {
+        let url = format!("{}/cvms/{id}/docker-compose.yml", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .header("X-API-Key", &self.key)
+            .header("X-Phala-Version", "2025-10-28")
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                base: self.base.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ClientError::Refused {
+                status,
+                detail: format!("HTTP {status}"),
+            });
+        }
+        Ok(text)
+    }
+
     /// `GET /cvms/{id}/history` (Berth).
     pub async fn history(&self, id: &str) -> Result<Value, ClientError> {
         self.call(reqwest::Method::GET, &format!("/cvms/{id}/history"), None)
