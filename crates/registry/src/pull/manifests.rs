@@ -128,9 +128,13 @@ impl Puller {
             .or(header_dig)
             .unwrap_or_else(|| crate::store::sha256_digest(&bytes));
         if !crate::store::verify(&expected, &bytes) {
+            let got = crate::store::sha256_digest(&bytes);
             return Err(PullError::new(
                 Category::Integrity,
-                format!("the manifest of {image} does not match its digest {expected}"),
+                format!(
+                    "{} answered a manifest of digest {got} for {image}, not the digest {expected} it was asked for",
+                    client.registry
+                ),
             ));
         }
         self.store.put_blob(&expected, &bytes)?;
