@@ -630,6 +630,13 @@ fn kms_releases_an_env_key_only_to_a_boot_the_node_started() {
         format!("kms listening on unix:{}", socket.display()),
         "the KMS listens on its socket, not on a TCP port"
     );
+    // Then the attestation key of its CVMs' simulated quotes, and last the
+    // KMS public key.
+    let attestation = lines.next().unwrap().unwrap();
+    assert!(
+        attestation.starts_with("kms attestation key ") && attestation.len() == 20 + 128,
+        "{attestation}"
+    );
     let kms_pub = lines
         .next()
         .unwrap()
