@@ -37,7 +37,11 @@ impl Cloud {
         admin_key: Option<&str>,
         args: &[&str],
     ) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        // BERTH_TEST_BERTH runs another build of `berth` (a release build,
+        // for the memory numbers in BENCHMARKS.md); the tests' own otherwise.
+        let bin = std::env::var_os("BERTH_TEST_BERTH")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_berth").into());
+        let mut cmd = Command::new(bin);
         cmd.args(["up", "--state"])
             .arg(state)
             .args(["--listen", "127.0.0.1:0"])
