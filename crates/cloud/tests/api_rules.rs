@@ -3,74 +3,22 @@
 //! after the database work a commit does). Plus the API served on a
 //! loopback port while another connection holds the database's lock.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use cloud::db::{DbOptions, Limits};
-use cloud::{AppState, Db, NodeClient};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt as _;
 
-struct Fixture {
-    dir: PathBuf,
-    state: Arc<AppState>,
-    keys: Vec<String>,
-    _kms: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn private_dir(p: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(p).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
-}
+mod support;
+use support::Fixture;
 
 /// An API with users `admin` (keys[0]), `alice` (keys[1]) and `bob`
 /// (keys[2]), a KMS, and no node.
 async fn fixture(limits: Limits, opts: DbOptions) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("berth-api-{}", uuid::Uuid::new_v4()));
-    private_dir(&dir.join("kms"));
-    let sock = dir.join("kms/kms.sock");
-    let listener = kms::server::bind_socket(&sock).unwrap();
-    let k = Arc::new(kms::server::Kms::new(kms::KmsRootKey::generate(), None));
-    let kms_task = tokio::spawn(async move {
-        let _ = kms::server::serve(listener, k).await;
-    });
-    let db = Arc::new(Db::open_with(&dir.join("berth.db"), opts).unwrap());
-    let mut keys = Vec::new();
-    for (name, admin) in [("admin", true), ("alice", false), ("bob", false)] {
-        let key = cloud::new_api_key();
-        db.create_user(name, &key, admin).await.unwrap();
-        keys.push(key);
-    }
-    let state = Arc::new(AppState {
-        db,
-        node: NodeClient::new(&dir.join("node/no-such.sock")),
-        kms: contract::kms::KmsEndpoint::Unix(sock.clone()),
-        cvms_root: dir.join("cvms"),
-        public_url: "http://127.0.0.1:9".into(),
-        http: reqwest::Client::builder()
-            .unix_socket(sock)
-            .build()
-            .unwrap(),
-        log_secret: [9; 32],
-        limits,
-    });
-    Fixture {
-        dir,
-        state,
-        keys,
-        _kms: kms_task,
-    }
+    support::fixture_with(limits, opts, "bob").await
 }
 
+/// One request through the router in process: status and JSON body.
 async fn call(
     f: &Fixture,
     key: Option<&str>,
@@ -78,28 +26,8 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("/api/v1{path}"));
-    if let Some(k) = key {
-        req = req.header("x-api-key", k);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let resp = cloud::router(f.state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let (status, _, v) = support::call(f, key, method, &format!("/api/v1{path}"), body).await;
+    (status, v)
 }
 
 const COMPOSE: &str = "services:\n  web:\n    image: nginx:1.27\n";

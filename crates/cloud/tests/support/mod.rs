@@ -33,6 +33,12 @@ impl Drop for Fixture {
 pub const COMPOSE: &str = "services:\n  web:\n    image: nginx:1.27\n";
 
 pub async fn fixture(limits: Limits) -> Fixture {
+    fixture_with(limits, DbOptions::default(), "mallory").await
+}
+
+/// [`fixture`] with the database's options, and the third user named
+/// `third` (`keys[2]`).
+pub async fn fixture_with(limits: Limits, opts: DbOptions, third: &str) -> Fixture {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("berth-audit-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(dir.join("kms")).unwrap();
@@ -43,9 +49,9 @@ pub async fn fixture(limits: Limits) -> Fixture {
     let kms_task = tokio::spawn(async move {
         let _ = kms::server::serve(listener, k).await;
     });
-    let db = Arc::new(Db::open_with(&dir.join("berth.db"), DbOptions::default()).unwrap());
+    let db = Arc::new(Db::open_with(&dir.join("berth.db"), opts).unwrap());
     let mut keys = Vec::new();
-    for (name, admin) in [("admin", true), ("alice", false), ("mallory", false)] {
+    for (name, admin) in [("admin", true), ("alice", false), (third, false)] {
         let key = cloud::new_api_key();
         db.create_user(name, &key, admin).await.unwrap();
         keys.push(key);
