@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use testkit::Dockerd;
 
 const ADMIN_KEY: &str = "berth_test_admin_key_0123456789";
@@ -29,41 +29,17 @@ const MAX_ANSWER: usize = 4 << 20;
 
 impl Cloud {
     fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let (code, text) = self.request(ADMIN_KEY, None, method, path, body);
-        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.json_as(ADMIN_KEY, method, path, body)
     }
 
     /// Provisions and commits `name`, returning the CVM's id.
     fn deploy(&self, name: &str, compose: &str) -> String {
-        let (code, p) = self.admin(
-            "POST",
-            "/cvms/provision",
-            Some(&serde_json::json!({"name": name, "compose_file": {"docker_compose_file": compose, "allowed_envs": []}})),
-        );
-        assert_eq!(code, 200, "provision {name}: {p}");
-        let (code, c) = self.admin(
-            "POST",
-            "/cvms",
-            Some(&serde_json::json!({"app_id": p["app_id"], "compose_hash": p["compose_hash"], "name": name})),
-        );
-        assert_eq!(code, 200, "commit {name}: {c}");
-        let (code, v) = self.admin("GET", &format!("/cvms/{name}"), None);
-        assert_eq!(code, 200, "{v}");
-        v["id"].as_str().unwrap().to_owned()
+        self.deploy_public_as(ADMIN_KEY, name, compose)
     }
 
     /// Waits until the CVM's boot has ended; its view then.
     fn wait_booted(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (code, v) = self.admin("GET", &format!("/cvms/{id}"), None);
-            assert_eq!(code, 200, "{v}");
-            if !v["in_progress"].as_bool().unwrap_or(false) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "CVM {id} still booting: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.wait_booted_as(ADMIN_KEY, id)
     }
 
     /// The pid of the node process (`berth node serve`, a child of `berth up`).

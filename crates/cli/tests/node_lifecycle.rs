@@ -23,45 +23,22 @@ impl Cloud {
     /// `METHOD /api/v1{path}` with the admin key, in the current shape:
     /// (status, JSON body).
     fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let (code, text) = self.request(ADMIN_KEY, None, method, path, body);
-        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.json_as(ADMIN_KEY, method, path, body)
     }
 
     /// Provisions and commits `name` (no env: public images), returning
     /// the CVM's id without waiting for its boot.
     fn deploy(&self, name: &str, compose: &str) -> String {
-        let (code, p) = self.admin(
-            "POST",
-            "/cvms/provision",
-            Some(&serde_json::json!({"name": name, "compose_file": {"docker_compose_file": compose, "allowed_envs": []}})),
-        );
-        assert_eq!(code, 200, "provision {name}: {p}");
-        let (code, c) = self.admin(
-            "POST",
-            "/cvms",
-            Some(&serde_json::json!({"app_id": p["app_id"], "compose_hash": p["compose_hash"], "name": name})),
-        );
-        assert_eq!(code, 200, "commit {name}: {c}");
-        self.cvm(name)["id"].as_str().unwrap().to_owned()
+        self.deploy_public_as(ADMIN_KEY, name, compose)
     }
 
     fn cvm(&self, id: &str) -> Value {
-        let (code, v) = self.admin("GET", &format!("/cvms/{id}"), None);
-        assert_eq!(code, 200, "{v}");
-        v
+        self.cvm_as(ADMIN_KEY, id)
     }
 
     /// Waits until the CVM's boot has ended; its view then.
     fn wait_booted(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let v = self.cvm(id);
-            if !v["in_progress"].as_bool().unwrap_or(false) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "CVM {id} still booting: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.wait_booted_as(ADMIN_KEY, id)
     }
 }
 

@@ -159,6 +159,60 @@ impl Cloud {
         super::curl(&args, &format!("{}{path}", self.api))
     }
 
+    /// `METHOD {api}{path}` as `key`, in the current shape: (status, JSON
+    /// body or `Null`).
+    pub fn json_as(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let (code, text) = self.request(key, None, method, path, body);
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Provisions and commits `name` as `key` (no env: public images or a
+    /// mapped registry without login); the CVM's id, without waiting for
+    /// its boot.
+    pub fn deploy_public_as(&self, key: &str, name: &str, compose: &str) -> String {
+        let (code, p) = self.json_as(
+            key,
+            "POST",
+            "/cvms/provision",
+            Some(&serde_json::json!({"name": name, "compose_file": {"docker_compose_file": compose, "allowed_envs": []}})),
+        );
+        assert_eq!(code, 200, "provision {name}: {p}");
+        let (code, c) = self.json_as(
+            key,
+            "POST",
+            "/cvms",
+            Some(&serde_json::json!({"app_id": p["app_id"], "compose_hash": p["compose_hash"], "name": name})),
+        );
+        assert_eq!(code, 200, "commit {name}: {c}");
+        self.cvm_as(key, name)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /cvms/{id}` as `key`; fails the test unless it answers 200.
+    pub fn cvm_as(&self, key: &str, id: &str) -> Value {
+        let (code, v) = self.json_as(key, "GET", &format!("/cvms/{id}"), None);
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Waits (at most 120 s) until the CVM's boot has ended; its view then.
+    pub fn wait_booted_as(&self, key: &str, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.cvm_as(key, id);
+            if !v["in_progress"].as_bool().unwrap_or(false) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "CVM {id} still booting: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// [`Cloud::request`] in the legacy shape the official CLI's deploy
     /// reads: (status, JSON body or `Null`).
     pub fn call(&self, key: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
