@@ -162,7 +162,6 @@ fn new_private_file(path: &Path) -> io::Result<File> {
 /// folder that does not exist is left to the caller's open or create.
 #[cfg(unix)]
 fn check_folders(path: &Path) -> Result<(), RootKeyError> {
-    use std::os::unix::fs::MetadataExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -170,27 +169,13 @@ fn check_folders(path: &Path) -> Result<(), RootKeyError> {
     let Ok(dir) = dir.canonicalize() else {
         return Ok(());
     };
-    let me = current_uid();
     for folder in dir.ancestors() {
-        let Ok(meta) = fs::metadata(folder) else {
-            continue;
-        };
-        let unsafe_folder = |problem: String| RootKeyError::UnsafeFolder {
-            path: path.to_owned(),
-            folder: folder.to_owned(),
-            problem,
-        };
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(unsafe_folder(format!(
-                "belongs to {}",
-                user_name(meta.uid())
-            )));
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(unsafe_folder(format!(
-                "is mode {mode:04o}: writable by every user, without the sticky bit"
-            )));
+        if let Some(problem) = ownership::folder_problem(folder) {
+            return Err(RootKeyError::UnsafeFolder {
+                path: path.to_owned(),
+                folder: folder.to_owned(),
+                problem,
+            });
         }
     }
     Ok(())
@@ -201,31 +186,6 @@ fn check_folders(_path: &Path) -> Result<(), RootKeyError> {
     Ok(())
 }
 
-/// The user this process runs as (its effective uid).
-#[cfg(unix)]
-fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// `name (uid N)`, or `uid N` for a uid with no name.
-#[cfg(unix)]
-fn user_name(uid: u32) -> String {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: an all-zero passwd is a valid out-parameter.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call, the buffer's length is
-    // its own, and the result is read only when `found` points at `pw`.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc == 0 && !found.is_null() {
-        // SAFETY: getpwuid_r filled pw_name with a NUL-terminated string in `buf`.
-        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-        return format!("{} (uid {uid})", name.to_string_lossy());
-    }
-    format!("uid {uid}")
-}
-
 #[cfg(unix)]
 fn check_permissions(path: &Path, file: &File) -> Result<(), RootKeyError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -233,12 +193,12 @@ fn check_permissions(path: &Path, file: &File) -> Result<(), RootKeyError> {
         path: path.to_owned(),
         source,
     })?;
-    let me = current_uid();
+    let me = ownership::current_uid();
     if meta.uid() != me {
         return Err(RootKeyError::NotOwned {
             path: path.to_owned(),
-            owner: user_name(meta.uid()),
-            me: user_name(me),
+            owner: ownership::user_name(meta.uid()),
+            me: ownership::user_name(me),
         });
     }
     let mode = meta.permissions().mode() & 0o7777;

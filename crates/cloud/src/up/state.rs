@@ -41,8 +41,6 @@ const PRIVATE_FILES: &[&str] = &[
 /// the sticky bit. A state folder that does not exist yet is checked by
 /// the folders above it (it is created by this user afterwards).
 pub(crate) fn check_state_owner(state: &Path) -> Result<(), UpError> {
-    use std::os::unix::fs::MetadataExt;
-    let me = current_uid();
     let absolute = std::path::absolute(state).map_err(UpError::io("state folder"))?;
     let mut nearest = absolute.clone();
     while std::fs::symlink_metadata(&nearest).is_err() {
@@ -64,25 +62,12 @@ pub(crate) fn check_state_owner(state: &Path) -> Result<(), UpError> {
         Some(nearest.as_path())
     };
     for folder in above.into_iter().flat_map(Path::ancestors) {
-        let Ok(meta) = std::fs::metadata(folder) else {
-            continue;
-        };
-        let unsafe_folder = |problem: String| UpError::UnsafeFolder {
-            state: absolute.clone(),
-            folder: folder.to_owned(),
-            problem,
-        };
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(unsafe_folder(format!(
-                "belongs to {}",
-                user_name(meta.uid())
-            )));
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(unsafe_folder(format!(
-                "is mode {mode:04o}: writable by every user, without the sticky bit"
-            )));
+        if let Some(problem) = ownership::folder_problem(folder) {
+            return Err(UpError::UnsafeFolder {
+                state: absolute.clone(),
+                folder: folder.to_owned(),
+                problem,
+            });
         }
     }
     Ok(())
@@ -92,38 +77,15 @@ pub(crate) fn check_state_owner(state: &Path) -> Result<(), UpError> {
 /// another user.
 fn check_owned(path: &Path) -> Result<(), UpError> {
     use std::os::unix::fs::MetadataExt;
-    let me = current_uid();
+    let me = ownership::current_uid();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.uid() != me => Err(UpError::NotOwned {
             path: path.to_owned(),
-            owner: user_name(meta.uid()),
-            me: user_name(me),
+            owner: ownership::user_name(meta.uid()),
+            me: ownership::user_name(me),
         }),
         _ => Ok(()),
     }
-}
-
-/// The user this process runs as (its effective uid).
-fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// `name (uid N)`, or `uid N` for a uid with no name.
-fn user_name(uid: u32) -> String {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: an all-zero passwd is a valid out-parameter.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call, the buffer's length is
-    // its own, and the result is read only when `found` points at `pw`.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc == 0 && !found.is_null() {
-        // SAFETY: getpwuid_r filled pw_name with a NUL-terminated string in `buf`.
-        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-        return format!("{} (uid {uid})", name.to_string_lossy());
-    }
-    format!("uid {uid}")
 }
 
 /// New files and folders of this process are its owner's alone.
