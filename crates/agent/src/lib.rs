@@ -72,3 +72,19 @@ pub async fn serve(config: AgentConfig, shutdown: impl Future<Output = ()>) -> s
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     server::run(state, sockets, shutdown).await
 }
+
+/// [`serve`] on sockets someone else bound and keeps (a node that holds a
+/// CVM's sockets across restarts of its agent, so the containers' mounts
+/// stay the same inode); they are left in place at the end. The identity
+/// is checked as [`serve`] checks it.
+pub async fn serve_listeners(
+    identity: AgentIdentity,
+    attestation_key: AttestationKey,
+    listeners: Vec<tokio::net::UnixListener>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let state = api::AgentState::new(identity, attestation_key)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    server::serve_listeners(state, listeners, shutdown).await;
+    Ok(())
+}

@@ -154,6 +154,19 @@ pub(crate) async fn run(
     for path in &paths {
         listeners.push(bind(path)?);
     }
+    serve_listeners(state, listeners, shutdown).await;
+    for path in &paths {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Serves on `listeners` (bound here or by someone else) until `shutdown`.
+pub(crate) async fn serve_listeners(
+    state: AgentState,
+    listeners: Vec<UnixListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let state = Arc::new(state);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = tokio::task::JoinSet::new();
@@ -163,8 +176,4 @@ pub(crate) async fn run(
     shutdown.await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    for path in &paths {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
 }

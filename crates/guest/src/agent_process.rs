@@ -13,10 +13,8 @@
 //! restarted. So the node binds `dstack.sock` and `tappd.sock` once per
 //! start of the CVM and hands the listening descriptors to every agent it
 //! starts ([`inherited_listener`]); connections made while the agent is
-//! down wait in the backlog. The agent crate serves on paths of its own, so
-//! this process serves it on a socket in a private folder (relative to it,
-//! so no path gets near `sun_path`'s 108 bytes) and relays each connection
-//! from the inherited listeners to it, inside this one process.
+//! down wait in the backlog. The agent serves on those listeners directly
+//! (`agent::serve_listeners`).
 
 use crate::error::BootError;
 use crate::keys::Kms;
@@ -33,9 +31,6 @@ use zeroize::Zeroizing;
 /// The file names of the sockets a CVM's containers mount (each serves
 /// every route).
 pub const AGENT_SOCKET_NAMES: &[&str] = &["dstack.sock", "tappd.sock"];
-
-/// The agent's own socket in its private folder (relative to it).
-const INNER_SOCKET: &str = "agent.sock";
 
 /// How one guest agent process runs.
 pub struct AgentProcessOptions {
@@ -208,60 +203,29 @@ pub async fn run(
     };
     std::env::set_current_dir(&opts.sockets_dir)
         .map_err(|e| runtime("cannot enter its sockets folder", e))?;
-    let listeners = std::mem::take(&mut opts.listeners);
-    let sockets = if listeners.is_empty() {
-        AGENT_SOCKET_NAMES.iter().map(PathBuf::from).collect()
-    } else {
-        vec![PathBuf::from(INNER_SOCKET)]
-    };
-    let config = agent::AgentConfig {
-        identity,
-        sockets,
-        attestation_key,
-    };
-    let relays: Vec<_> = listeners
+    let listeners = std::mem::take(&mut opts.listeners)
         .into_iter()
         .map(|l| {
             tokio::net::UnixListener::from_std(l)
-                .map(|l| tokio::spawn(relay(l, PathBuf::from(INNER_SOCKET))))
                 .map_err(|e| runtime("cannot use a socket the node handed over", e))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     serial.line(&format!(
         "berth guest agent {} serving app {app_id} ({})",
         env!("CARGO_PKG_VERSION"),
         agent::SIMULATED_NOTICE
     ));
-    let served = agent::serve(config, shutdown).await;
-    for r in relays {
-        r.abort();
-    }
-    served.map_err(|e| runtime("stopped", e))
-}
-
-/// Relays every connection accepted on `listener` to the agent's own
-/// socket at `inner` (the agent may still be binding it: a refused
-/// connect is retried for a few seconds).
-async fn relay(listener: tokio::net::UnixListener, inner: PathBuf) {
-    loop {
-        let Ok((mut outer, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
+    let served = if listeners.is_empty() {
+        // No node handed sockets over: bind them here (relative to the
+        // sockets folder, so no path nears `sun_path`'s 108 bytes).
+        let config = agent::AgentConfig {
+            identity,
+            sockets: AGENT_SOCKET_NAMES.iter().map(PathBuf::from).collect(),
+            attestation_key,
         };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let mut tries = 0;
-            let mut to = loop {
-                match tokio::net::UnixStream::connect(&inner).await {
-                    Ok(s) => break s,
-                    Err(_) if tries < 100 => {
-                        tries += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-                    }
-                    Err(_) => return,
-                }
-            };
-            let _ = tokio::io::copy_bidirectional(&mut outer, &mut to).await;
-        });
-    }
+        agent::serve(config, shutdown).await
+    } else {
+        agent::serve_listeners(identity, attestation_key, listeners, shutdown).await
+    };
+    served.map_err(|e| runtime("stopped", e))
 }
