@@ -51,7 +51,8 @@
 //!   only on all of the host's addresses or its loopback
 //!   ([`PUBLISH_ADDRESSES`]) and never on a port the cloud reserves
 //!   ([`ComposeFile::check_reserved_ports`]: its API, a mapped registry), at
-//!   most [`MAX_NETWORKS`] networks and [`MAX_CONTAINERS`] containers.
+//!   most [`MAX_NETWORKS`] networks, [`MAX_CONTAINERS`] containers and
+//!   [`MAX_PUBLISHED_PORTS`] published ports.
 //! - **Size of the document**: at most [`MAX_EXPANDED_NODES`] YAML nodes
 //!   once aliases are expanded, counted before the document is built.
 //! - **Interpolation**: compose replaces `$VAR`s with the tenant's env values
@@ -98,8 +99,8 @@ mod top_level;
 mod yaml;
 
 pub use network::{
-    MAX_CONTAINERS, MAX_NETWORKS, PUBLISH_ADDRESSES, PublishedPort, ReservedPort,
-    registry_reserved_ports,
+    MAX_CONTAINERS, MAX_NETWORKS, MAX_PUBLISHED_PORTS, PUBLISH_ADDRESSES, PublishedPort,
+    ReservedPort, registry_reserved_ports,
 };
 pub use pin::{PinnedCompose, pin_images};
 pub use render::ServiceLimits;
@@ -436,6 +437,7 @@ impl ComposeFile {
             .and_then(Value::as_mapping)
             .ok_or_else(|| ComposeError::new("the compose file has no `services`"))?;
         let mut containers: u64 = 0;
+        let mut published: u32 = 0;
         for (name, svc) in services {
             let Some(name) = name.as_str().filter(|n| service::is_service_name(n)) else {
                 let shown_name = shown(&scalar_text(name));
@@ -452,6 +454,17 @@ impl ComposeFile {
                     .err("is not a mapping: describe the service with `image:` and its settings")
             })?;
             service::check_service(&scope, name, svc)?;
+            if let Some(ports) = svc.get("ports") {
+                published = published.saturating_add(network::published_count(
+                    &Site::service(name, "ports"),
+                    ports,
+                ));
+                if published > MAX_PUBLISHED_PORTS {
+                    return Err(Site::service(name, "ports").err(&format!(
+                        "brings the ports the CVM publishes in `ports` to {published}, more than the {MAX_PUBLISHED_PORTS} a CVM may publish (each is a listener on the host): publish fewer ports"
+                    )));
+                }
+            }
             let n = network::containers_of(&Site::service(name, "scale"), svc)?;
             containers = containers.saturating_add(n);
             if containers > MAX_CONTAINERS {

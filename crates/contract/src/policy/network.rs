@@ -108,6 +108,17 @@ pub fn registry_reserved_ports(
 struct PortEntry {
     host_ip: Option<String>,
     host: Option<(u16, u16)>,
+    /// How many ports the entry publishes (a container range publishes
+    /// one per port): a listener on the host each.
+    ports: u32,
+}
+
+/// The most ports a compose file may publish (each is a listener on the
+/// host: `1-30000:1-30000` would be thirty thousand).
+pub const MAX_PUBLISHED_PORTS: u32 = 100;
+
+fn range_len((a, b): (u16, u16)) -> u32 {
+    u32::from(b - a) + 1
 }
 
 /// `8080` or `8000-8010`; `None` when not a port or range.
@@ -130,6 +141,7 @@ fn port_entry(site: &Site, v: &Value) -> Result<PortEntry, ComposeError> {
         Value::Number(_) => Ok(PortEntry {
             host_ip: None,
             host: None,
+            ports: 1,
         }),
         Value::String(s) => {
             if s.contains('$') {
@@ -151,7 +163,7 @@ fn port_entry(site: &Site, v: &Value) -> Result<PortEntry, ComposeError> {
                 (Some(ip), [h, c]) => (Some(ip), Some(*h), *c),
                 _ => return Err(bad(s)),
             };
-            port_range(container).ok_or_else(|| bad(s))?;
+            let container = port_range(container).ok_or_else(|| bad(s))?;
             let host = match host {
                 None | Some("") => None,
                 Some(h) => Some(port_range(h).ok_or_else(|| bad(s))?),
@@ -159,6 +171,7 @@ fn port_entry(site: &Site, v: &Value) -> Result<PortEntry, ComposeError> {
             Ok(PortEntry {
                 host_ip: ip.filter(|i| !i.is_empty()),
                 host,
+                ports: range_len(container),
             })
         }
         Value::Mapping(m) => {
@@ -190,12 +203,29 @@ fn port_entry(site: &Site, v: &Value) -> Result<PortEntry, ComposeError> {
                 Some(Value::String(s)) => Some(port_range(s).ok_or_else(|| bad(s))?),
                 Some(other) => return Err(bad(&scalar_text(other))),
             };
+            let ports = match m.get("target") {
+                Some(Value::String(t)) => port_range(t).map_or(1, range_len),
+                _ => 1,
+            };
             Ok(PortEntry {
                 host_ip: host_ip.filter(|i| !i.is_empty()),
                 host,
+                ports,
             })
         }
         other => Err(bad(&scalar_text(other))),
+    }
+}
+
+/// How many ports a service's `ports` publish (after [`check_ports`]).
+pub(super) fn published_count(site: &Site, value: &Value) -> u32 {
+    match value {
+        Value::Sequence(items) => items
+            .iter()
+            .filter_map(|i| port_entry(site, i).ok())
+            .map(|e| e.ports)
+            .fold(0u32, u32::saturating_add),
+        _ => 0,
     }
 }
 
@@ -335,6 +365,7 @@ impl ComposeFile {
                 if let Ok(PortEntry {
                     host_ip,
                     host: Some((first, last)),
+                    ..
                 }) = port_entry(&site, item)
                 {
                     out.push(PublishedPort {
@@ -446,6 +477,14 @@ mod tests {
         refused_at(&web("deploy: {replicas: 33}"), "deploy");
         refused_at(&web("scale: ${N}"), "scale");
         allowed(&web("scale: 3"));
+        // Published ports: each a listener on the host.
+        let e = refused_at(&web("ports: [\"20000-29999:20000-29999\"]"), "ports");
+        assert!(e.message.contains("100"), "{}", e.message);
+        refused_at(
+            &web("ports:\n  - target: \"1000-1200\"\n    published: \"1000-1200\""),
+            "ports",
+        );
+        allowed(&web("ports: [\"8000-8009:8000-8009\", \"9000-9200:80\"]"));
     }
 
     #[test]
