@@ -243,7 +243,7 @@ impl Authenticator {
     }
 
     fn unreachable(&self, reason: &str) -> PullError {
-        crate::client::unreachable(&self.registry, &self.base, reason)
+        crate::helpers::unreachable(&self.registry, &self.base, reason)
     }
 
     async fn fetch_token(
@@ -301,7 +301,7 @@ impl Authenticator {
             let Some(sent) = budget.bounded(req.send()).await else {
                 return Err(self.unreachable(&format!(
                     "token service {realm_host} sent no answer within the retry budget of {}",
-                    crate::client::human_duration(budget.total())
+                    crate::helpers::human_duration(budget.total())
                 )));
             };
             let (wait, reason) = match sent {
@@ -327,7 +327,7 @@ impl Authenticator {
                         || status.is_server_error()
                     {
                         (
-                            crate::client::retry_after(resp.headers()),
+                            crate::helpers::retry_after(resp.headers()),
                             format!("token service answered {status}"),
                         )
                     } else {

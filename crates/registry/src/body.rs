@@ -71,7 +71,7 @@ impl BodyError {
             BodyError::Transport(e) => crate::transport::classify(e).1,
             BodyError::TimedOut => format!(
                 "the answer did not arrive within {}",
-                crate::client::human_duration(cap.deadline)
+                crate::helpers::human_duration(cap.deadline)
             ),
         }
     }

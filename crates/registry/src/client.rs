@@ -20,7 +20,8 @@ use crate::auth::{Authenticator, Login, no_credentials_hint};
 use crate::challenge::{Challenge, parse_challenge};
 use crate::error::{Category, Hint, PullError};
 use crate::events::{EventSink, PullEvent, retrying};
-use crate::ratelimit::{RateLimit, parse_retry_after};
+use crate::helpers::{human_duration, retry_after, unreachable};
+use crate::ratelimit::RateLimit;
 use crate::retry::Budget;
 use crate::targets::{refused_by_resolver, refused_error};
 use crate::transport::{HopError, Transport, classify};
@@ -28,7 +29,7 @@ use contract::SecretValue;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use url::Url;
 
 #[doc(hidden)]
@@ -434,24 +435,6 @@ impl RegistryClient {
     }
 }
 
-/// `cannot reach REGISTRY at ENDPOINT: REASON`, an [`Category::Unreachable`].
-pub(crate) fn unreachable(registry: &str, base: &Url, reason: &str) -> PullError {
-    PullError::new(
-        Category::Unreachable,
-        format!(
-            "cannot reach {registry} at {}: {reason}",
-            base.as_str().trim_end_matches('/')
-        ),
-    )
-    .registry(registry)
-}
-
-/// `Retry-After` as a duration, if present and valid.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    parse_retry_after(v, SystemTime::now()).ok()
-}
-
 /// The error codes of a distribution error body.
 #[derive(Debug, Default)]
 pub(crate) struct ErrorBody {
@@ -503,28 +486,4 @@ pub(crate) async fn error_codes(resp: Response) -> ErrorBody {
         !c.is_empty() && c.len() <= 40 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     });
     ErrorBody { codes }
-}
-
-/// `90 s`, `4 min`, `2 h 5 min`.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s < 120 {
-        format!("{} s", s.max(1))
-    } else if s < 7200 {
-        format!("{} min", s.div_ceil(60))
-    } else {
-        format!("{} h {} min", s / 3600, (s % 3600) / 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_duration(Duration::from_secs(30)), "30 s");
-        assert_eq!(human_duration(Duration::from_secs(600)), "10 min");
-        assert_eq!(human_duration(Duration::from_secs(21600)), "6 h 0 min");
-    }
 }

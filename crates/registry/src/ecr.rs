@@ -156,7 +156,7 @@ impl EcrTokenSource {
                     Category::Unreachable,
                     format!(
                         "the ECR API at {host} sent no answer within the retry budget of {}",
-                        crate::client::human_duration(budget.total())
+                        crate::helpers::human_duration(budget.total())
                     ),
                 ));
             };
@@ -176,7 +176,7 @@ impl EcrTokenSource {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let wait = crate::client::retry_after(resp.headers());
+                    let wait = crate::helpers::retry_after(resp.headers());
                     if status.is_success() {
                         let cap = crate::body::AUTH_ANSWER.within(budget.total());
                         let body = crate::body::read_capped(resp, cap).await.map_err(|e| match e {

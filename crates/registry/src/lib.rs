@@ -44,6 +44,7 @@ pub mod ecr;
 pub mod endpoint;
 pub mod error;
 pub mod events;
+mod helpers;
 pub mod manifest;
 pub mod pull;
 pub mod retry;

@@ -208,11 +208,31 @@ pub(crate) fn refused_by_resolver(err: &reqwest::Error) -> Option<Refused> {
     None
 }
 
+/// The resolver could not resolve `host` (see [`GuardedResolver`]); the
+/// transport recognises it by type, walking an error's `source()`.
+#[derive(Debug)]
+pub(crate) struct NameNotResolved {
+    pub(crate) host: String,
+    pub(crate) source: std::io::Error,
+}
+
+impl std::fmt::Display for NameNotResolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} does not resolve", self.host)
+    }
+}
+
+impl std::error::Error for NameNotResolved {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// The HTTP client's resolver. Under [`PrivateTargets::OnlyMapped`] a host
 /// name that is not mapped and resolves to any private address is refused,
 /// so a second lookup cannot land on one the pre-request check did not see.
 /// In every mode a name that does not resolve fails with a typed
-/// [`crate::transport::NameNotResolved`], which the transport recognises
+/// [`NameNotResolved`], which the transport recognises
 /// without reading messages.
 pub(crate) struct GuardedResolver {
     enforcing: bool,
@@ -241,7 +261,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let addrs = match looked_up {
                 Ok(addrs) => addrs,
                 Err(source) => {
-                    return Err(Box::new(crate::transport::NameNotResolved { host, source }) as _);
+                    return Err(Box::new(NameNotResolved { host, source }) as _);
                 }
             };
             if !free && addrs.iter().any(|a| is_private_ip(a.ip())) {

@@ -11,7 +11,7 @@
 //! resolver's [`NameNotResolved`], found by walking `source()` (and into an
 //! `io::Error`'s inner error) — never by the text of their messages.
 
-use crate::targets::{Refused, TargetGuard};
+use crate::targets::{NameNotResolved, Refused, TargetGuard};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response};
 use std::error::Error;
@@ -20,25 +20,6 @@ use std::time::Duration;
 use url::Url;
 
 const MAX_REDIRECTS: usize = 5;
-
-/// The resolver could not resolve `host` (see `targets::GuardedResolver`).
-#[derive(Debug)]
-pub(crate) struct NameNotResolved {
-    pub(crate) host: String,
-    pub(crate) source: std::io::Error,
-}
-
-impl std::fmt::Display for NameNotResolved {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} does not resolve", self.host)
-    }
-}
-
-impl Error for NameNotResolved {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&self.source)
-    }
-}
 
 /// What went wrong below HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -567,7 +567,7 @@ fn body_idle(budget: &Budget) -> Duration {
 fn silent_for(idle: Duration) -> String {
     format!(
         "the registry sent nothing for {}",
-        crate::client::human_duration(idle)
+        crate::helpers::human_duration(idle)
     )
 }
 
