@@ -208,6 +208,47 @@ pub struct SysConfig {
     /// `tappd.sock`), which the node binds and serves: a service that
     /// mounts the agent socket gets these. `None`: no guest agent.
     pub agent_socket_dir: Option<String>,
+    /// The CVM's isolation boundary, which decides the compose rules the
+    /// boot agent applies ([`crate::policy::ComposeFile::parse_for`]).
+    /// Absent in older files: [`Isolation::Shared`].
+    pub isolation: Isolation,
+}
+
+/// The isolation boundary a CVM runs in.
+///
+/// - `shared`: the CVM's containers run on the node's one engine, next to
+///   every other CVM's; the compose policy refuses whatever would be root on
+///   the host (the fast mode, no isolation between CVMs).
+/// - `container`: the CVM is a system container of its own (own user,
+///   mount, network, PID, IPC, UTS and cgroup namespaces, its own engine
+///   inside); the compose rules are dstack's, since privileges, host paths
+///   and the engine's socket mean the CVM's own machine.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// One engine shared by every CVM of the node.
+    #[default]
+    Shared,
+    /// A system container per CVM, with its own engine inside.
+    Container,
+}
+
+impl Isolation {
+    /// The lowercase name, as in `sys-config.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Shared => "shared",
+            Isolation::Container => "container",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The processes a CVM may run when the platform does not say.
@@ -308,5 +349,20 @@ mod tests {
             .insert("ghcr.io".into(), "http://127.0.0.1:5000".into());
         let back: SysConfig = serde_json::from_str(&c.render()).unwrap();
         assert_eq!(back, c);
+        c.isolation = Isolation::Container;
+        assert!(c.render().contains("\"isolation\": \"container\""));
+        let back: SysConfig = serde_json::from_str(&c.render()).unwrap();
+        assert_eq!(back.isolation, Isolation::Container);
+    }
+
+    #[test]
+    fn sys_config_without_isolation_is_shared() {
+        let old: SysConfig = serde_json::from_str(r#"{"kms_url":"unix:/k.sock"}"#).unwrap();
+        assert_eq!(old.isolation, Isolation::Shared);
+        assert_eq!(Isolation::default(), Isolation::Shared);
+        assert_eq!(Isolation::Container.to_string(), "container");
+        assert_eq!(Isolation::Shared.to_string(), "shared");
+        let bad = serde_json::from_str::<SysConfig>(r#"{"isolation":"vm"}"#);
+        assert!(bad.is_err());
     }
 }

@@ -46,7 +46,7 @@ mod secret;
 pub mod status;
 pub mod upgrade;
 
-pub use app::{AppCompose, AppComposeInput, Measurement, SysConfig};
+pub use app::{AppCompose, AppComposeInput, Isolation, Measurement, SysConfig};
 pub use boot::BootOutcome;
 pub use category::{Category, UnknownCategory};
 pub use policy::{ComposeError, ComposeFile, ServiceImage};

@@ -252,6 +252,7 @@ impl Node {
             cgroup_parent,
             reserved_ports: self.cfg.reserved_ports.clone(),
             agent_socket_dir: Some(self.agent_dir(&cvm.id).display().to_string()),
+            isolation: contract::Isolation::Shared,
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
         // A CVM being deleted (or deleted) does not boot.
