@@ -10,7 +10,8 @@ pub const EXIT_IO: u8 = 1;
 
 /// The process exit code of a failure category: 2 config, 3
 /// credentials_rejected, 4 access_denied, 5 not_found, 6 rate_limited,
-/// 7 unreachable, 8 registry_error, 9 integrity, 10 runtime.
+/// 7 unreachable, 8 registry_error, 9 integrity, 10 runtime,
+/// 11 untrusted_image.
 pub fn exit_code(category: registry::Category) -> u8 {
     // The codes are a contract with the node, which reads a boot agent's
     // exit code back: they live with the category in `contract`.
@@ -142,6 +143,7 @@ mod tests {
                 ("registry_error", 8),
                 ("integrity", 9),
                 ("runtime", 10),
+                ("untrusted_image", 11),
             ]
         );
     }

@@ -93,6 +93,10 @@ pub struct AppCompose {
     /// ([`crate::upgrade::UpgradeAuthority`]).
     #[serde(default)]
     pub berth_owner_key: Option<String>,
+    /// The app's image policy ([`crate::image_policy`]), as written; read
+    /// and checked by [`AppCompose::image_policy`].
+    #[serde(default)]
+    pub berth_image_policy: Option<serde_json::Value>,
 }
 
 impl AppCompose {
@@ -101,6 +105,21 @@ impl AppCompose {
     /// cannot change it later.
     pub fn upgrade_authority(&self) -> crate::upgrade::UpgradeAuthority {
         crate::upgrade::UpgradeAuthority::of_owner_key(self.berth_owner_key.as_deref())
+    }
+
+    /// The app's image policy, checked; `None` when the manifest has none
+    /// (or an empty one).
+    pub fn image_policy(
+        &self,
+    ) -> Result<Option<crate::image_policy::ImagePolicy>, crate::image_policy::ImagePolicyError>
+    {
+        match &self.berth_image_policy {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => {
+                let p = crate::image_policy::ImagePolicy::from_value(v)?;
+                Ok((!p.is_empty()).then_some(p))
+            }
+        }
     }
 }
 
@@ -133,6 +152,16 @@ impl AppComposeInput<'_> {
     /// and documented. Validation is the caller's ([`crate::policy`],
     /// [`crate::env_rules`]).
     pub fn render(&self) -> Vec<u8> {
+        self.render_with_policy(None)
+    }
+
+    /// The manifest bytes with the app's image policy (rendered as
+    /// `berth_image_policy`, so the compose hash measures it; an empty
+    /// policy renders no field).
+    pub fn render_with_policy(
+        &self,
+        image_policy: Option<&crate::image_policy::ImagePolicy>,
+    ) -> Vec<u8> {
         let mut allowed: Vec<&String> = Vec::new();
         for k in self.allowed_envs {
             if !allowed.contains(&k) {
@@ -162,6 +191,10 @@ impl AppComposeInput<'_> {
         }
         if let Some(key) = self.owner_key {
             value["berth_owner_key"] = serde_json::Value::from(normalize_hex(key));
+        }
+        if let Some(policy) = image_policy.filter(|p| !p.is_empty()) {
+            value[crate::image_policy::IMAGE_POLICY_FIELD] =
+                serde_json::to_value(policy).expect("json");
         }
         serde_json::to_vec(&value).expect("json")
     }

@@ -29,11 +29,15 @@ pub enum Category {
     Integrity,
     /// The container runtime or the compose tool failed (boot only).
     Runtime,
+    /// An image fails the app's image policy (no signature, a signature by
+    /// a key the policy does not name, a signed payload for another digest,
+    /// or no digest where the policy requires one): nothing of it is run.
+    UntrustedImage,
 }
 
 impl Category {
-    /// Every category, in the documented order (the CLI's exit codes 2 to 10).
-    pub const ALL: [Category; 9] = [
+    /// Every category, in the documented order (the CLI's exit codes 2 to 11).
+    pub const ALL: [Category; 10] = [
         Category::Config,
         Category::CredentialsRejected,
         Category::AccessDenied,
@@ -43,6 +47,7 @@ impl Category {
         Category::RegistryError,
         Category::Integrity,
         Category::Runtime,
+        Category::UntrustedImage,
     ];
 
     /// The machine-readable name (`credentials_rejected`, …).
@@ -57,6 +62,7 @@ impl Category {
             Category::RegistryError => "registry_error",
             Category::Integrity => "integrity",
             Category::Runtime => "runtime",
+            Category::UntrustedImage => "untrusted_image",
         }
     }
 }
@@ -69,7 +75,7 @@ impl fmt::Display for Category {
 
 impl Category {
     /// The process exit code of a run that failed with this category
-    /// (`berth pull`, `berth check`, `berth guest boot`): 2 to 10 in the
+    /// (`berth pull`, `berth check`, `berth guest boot`): 2 to 11 in the
     /// order of [`Category::ALL`]. 0 is success, 1 an internal error.
     pub fn exit_code(self) -> u8 {
         match self {
@@ -82,6 +88,7 @@ impl Category {
             Category::RegistryError => 8,
             Category::Integrity => 9,
             Category::Runtime => 10,
+            Category::UntrustedImage => 11,
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   policy of the shared-engine mode, checked at provisioning and again in
 //!   the boot agent;
 //! - [`env_rules`]: env variable names (grammar, reserved families);
+//! - [`image_policy`]: the app's image policy (digests required, cosign
+//!   keys per registry or repository prefix), measured in its manifest;
 //! - [`upgrade`]: who may authorize a new compose hash for an app, and the
 //!   exact bytes an owner signs to do so;
 //! - [`boot`]: the boot's last serial line ([`BootOutcome`]);
@@ -38,6 +40,7 @@ pub mod app;
 pub mod boot;
 mod category;
 pub mod env_rules;
+pub mod image_policy;
 pub mod kms;
 pub mod login;
 pub mod policy;
@@ -49,6 +52,7 @@ pub mod upgrade;
 pub use app::{AppCompose, AppComposeInput, Isolation, Measurement, SysConfig};
 pub use boot::BootOutcome;
 pub use category::{Category, UnknownCategory};
+pub use image_policy::ImagePolicy;
 pub use policy::{ComposeError, ComposeFile, ServiceImage};
 pub use reference::{Digest, ImageReference};
 pub use secret::SecretValue;

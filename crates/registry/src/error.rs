@@ -164,6 +164,12 @@ pub fn default_hint(category: Category) -> &'static str {
             "check that the Docker engine is running (DOCKER_HOST) and read the compose tool's \
              lines above"
         }
+        Category::UntrustedImage => {
+            "sign the image's digest with cosign using a key the app's image policy names \
+             (cosign sign --key KEY IMAGE@DIGEST) and push the signature to the image's \
+             repository, or deploy the image pinned to its digest; to trust another key, change \
+             the policy (an owner-authorized app needs the owner's signature for that)"
+        }
     }
 }
 
@@ -186,6 +192,7 @@ mod tests {
                 "registry_error",
                 "integrity",
                 "runtime",
+                "untrusted_image",
             ]
         );
     }
