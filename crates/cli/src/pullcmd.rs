@@ -28,7 +28,7 @@ pub struct RegistryArgs {
     /// Trust this CA certificate (PEM) in addition to the system roots (repeatable).
     #[arg(long = "ca-cert", value_name = "FILE")]
     ca_cert: Vec<PathBuf>,
-    /// A JSON config file with "registry_endpoints" {R: URL} and "ca_certs" [FILE].
+    /// A JSON config file with "registry_endpoints" {R: URL} and "ca_certs" [FILE, ...].
     #[arg(long, value_name = "FILE", env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
     /// Print one JSON object on stdout instead of progress.

@@ -49,7 +49,7 @@ pub struct UpArgs {
     #[arg(long)]
     insecure: bool,
     /// The URL clients reach this API by (for the log URLs it hands out),
-    /// e.g. https://berth.example.com; default: the --listen address.
+    /// e.g. `https://berth.example.com`; default: the --listen address.
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
     /// Replace the secret of log URL tokens: every log URL handed out before

@@ -22,7 +22,7 @@
 //! - [`kms`]: the KMS's HTTP messages;
 //! - [`login`]: the registry-login variable names and the ECR host grammar;
 //! - [`Category`]: the failure taxonomy and its exit codes;
-//! - [`reference`]: image references and digests (Docker's grammar);
+//! - [`reference`](mod@reference): image references and digests (Docker's grammar);
 //! - [`status`]: a CVM's status ([`CvmStatus`]), as the API and the
 //!   database write it;
 //! - [`SecretValue`]: the one type that holds a plaintext secret (an env

@@ -2,10 +2,10 @@
 //! node's one-time ticket at the KMS for the app key, build the agent's
 //! identity, and serve dstack's guest-agent API until told to stop.
 //!
-//! The steps, each a function: [`read_identity_inputs`] (the host-shared
-//! folder, measured as the boot agent measures it), [`fetch_app_key`] (the
+//! The steps, each a function: `read_identity_inputs` (the host-shared
+//! folder, measured as the boot agent measures it), `fetch_app_key` (the
 //! ticket redeemed for the app key, [`contract::kms::APP_KEY_PATH`]),
-//! [`identity`] (the `agent::AgentIdentity`), then [`run`] serves.
+//! `identity` (the `agent::AgentIdentity`), then [`run`] serves.
 //!
 //! **Why the node binds the sockets.** The containers bind-mount the
 //! socket *file*, i.e. its inode. An agent that bound its own socket would

@@ -46,7 +46,8 @@ pub struct ProjectContainer {
     pub image_id: String,
 }
 
-/// What [`DockerRuntime::ensure_image`] did.
+/// How an image reached the engine: found by [`DockerRuntime::already_has`]
+/// (present, or tagged with its name), or loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Handoff {
     /// The engine already had the image under this name.

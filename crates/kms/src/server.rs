@@ -28,7 +28,7 @@
 //!   first 20 bytes are the app id) is accepted. A cloud-authorized app takes
 //!   the word of whoever can reach this socket (the control plane); an
 //!   owner-authorized app needs its owner's signature with a fresh counter
-//!   ([`crate::apps`]).
+//!   (`crate::apps`).
 //!
 //! **Simulated TEE**: the measurement is computed by the boot agent and taken
 //! on trust; what makes it believable in local mode is that only the node

@@ -6,15 +6,15 @@
 //! copy of credentials in plain `String`s, and maps every failure to a few
 //! coarse errors, while Berth's point is to name the cause of a failure.
 //!
-//! The parts, after containers/image: [`crate::challenge`] parses
-//! `WWW-Authenticate`, [`crate::auth`] decides which credential a request
-//! carries (Basic, Bearer tokens per scope, ECR), [`crate::transport`] sends
+//! The parts, after containers/image: `crate::challenge` parses
+//! `WWW-Authenticate`, `crate::auth` decides which credential a request
+//! carries (Basic, Bearer tokens per scope, ECR), `crate::transport` sends
 //! through redirects and classifies transport errors, [`crate::retry`] is
 //! the one retry driver. This module is the loop that ties them together in
-//! [`RegistryClient::send`], and decides which answers are final: a `401`
+//! `RegistryClient::send`, and decides which answers are final: a `401`
 //! after a fresh login, or ECR's `403` after a fresh ECR token, ends the
 //! request; `408`, `429`, `5xx` and transport failures are retried within
-//! the request's [`Budget`].
+//! the request's `Budget`.
 
 use crate::auth::{Authenticator, Login, no_credentials_hint};
 use crate::challenge::{Challenge, parse_challenge};

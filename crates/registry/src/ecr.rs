@@ -6,7 +6,7 @@
 //! crate; no AWS CLI or SDK runtime is involved. The token lives in memory
 //! only and is renewed at half its lifetime, or when the registry refuses it
 //! (an expired ECR token gets `403`, not `401`): both in
-//! [`EcrTokenSource::password`]; the `403` is recognised in `client::send`.
+//! `EcrTokenSource::password`; the `403` is recognised in `client::send`.
 //!
 //! The API endpoint is `https://api.ecr.REGION.amazonaws.com/`, or the
 //! override the AWS SDKs read from `AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL`

@@ -1,7 +1,7 @@
 //! [`RetryPolicy`]: exponential backoff with jitter inside a time budget.
 //!
-//! [`Budget`] is the one retry driver: every loop that retries uses it, and
-//! `Retry-After` is honoured in [`Budget::retry`]. What is retryable is
+//! `Budget` is the one retry driver: every loop that retries uses it, and
+//! `Retry-After` is honoured in `Budget::retry`. What is retryable is
 //! decided by the response, in one place per conversation: connection errors,
 //! resets and timeouts, `408`, `429` and `5xx` (`client::send`; the token
 //! service in `auth`, the ECR API in `ecr`). `UNAUTHORIZED` after a fresh
