@@ -53,7 +53,7 @@ pub use app::{AppCompose, AppComposeInput, Isolation, Measurement, SysConfig};
 pub use boot::BootOutcome;
 pub use category::{Category, UnknownCategory};
 pub use image_policy::ImagePolicy;
-pub use policy::{ComposeError, ComposeFile, ServiceImage};
+pub use policy::{BaseImage, ComposeError, ComposeFile, ServiceBuild, ServiceImage};
 pub use reference::{Digest, ImageReference};
 pub use secret::SecretValue;
 pub use status::{CvmStatus, UnknownStatus};

@@ -67,6 +67,58 @@
 //! environment, healthchecks, resource limits (which the rendering holds to
 //! the CVM's), `x-*` fields, …
 //!
+//! # The container isolation mode ("dstack's rules")
+//!
+//! When a CVM is a system container of its own ([`Isolation::Container`]:
+//! its own user, mount, network, PID, IPC, UTS and cgroup namespaces, its
+//! own engine inside), a privileged container, a host namespace, a host
+//! path or the engine's socket are the **CVM's own**: `/` is the CVM's
+//! root, `/var/run/docker.sock` its engine, `/var/run/dstack.sock` its
+//! guest agent, `network_mode: host` its network. So the compose file gets
+//! what it would get on dstack, and [`ComposeFile::parse_and_check_for`]
+//! keeps only what still reaches past the CVM, or what Berth itself needs
+//! to hold:
+//!
+//! - **Allowed** (each refused in the shared mode): `build:` (a service
+//!   may have only `build:`; `context`, `dockerfile`, `dockerfile_inline`,
+//!   `args`, `target`, `additional_contexts` naming another service's image,
+//!   an image or a folder), `privileged`, `cap_add`, `cap_drop`, `devices`,
+//!   `security_opt`, `sysctls`, bind mounts of any path, `container_name`,
+//!   host `network_mode`/`pid`/`ipc`/`uts`/`cgroup`, `cgroup_parent`,
+//!   `runtime`, `userns_mode`, any logging driver, `com.docker.compose.*`
+//!   labels, external or named volumes and networks, subnets, fixed
+//!   addresses, ports on any address.
+//! - **Still refused**, each with a sentence:
+//!   - YAML tags, documents above [`MAX_EXPANDED_NODES`], service names
+//!     outside compose's grammar (what is checked must be what runs);
+//!   - more than [`MAX_CONTAINERS`] containers, [`MAX_NETWORKS`] networks
+//!     or [`MAX_PUBLISHED_PORTS`] published ports: a published port is a
+//!     listener on the host, a container a share of the node's machine;
+//!   - a GPU: `gpus` or `deploy.resources.reservations.devices` (the node
+//!     passes no GPU into a CVM);
+//!   - paths compose reads inside the CVM (`env_file`, `label_file`, the
+//!     top-level `secrets`/`configs` `file`, a build `context`,
+//!     `dockerfile` or folder in `additional_contexts`) that leave the
+//!     compose file's folder: absolute, `..` or `~`. They would read files
+//!     of the CVM's root (which are not the host's, but neither the app's);
+//!     URLs of Git or HTTP contexts are fetched by the CVM's engine;
+//!   - another compose file: top-level `include` and `extends.file`, which
+//!     Berth does not check;
+//!   - `$` where an env value would change what is checked: a port (the
+//!     count), `scale`/`deploy.replicas`, the paths above, and a single `$`
+//!     in `dockerfile_inline` (compose would write the env value into the
+//!     image; `$$` is a `$` of the Dockerfile). Elsewhere `$` is allowed:
+//!     whatever `privileged`, `network_mode` or a bind could become, it is
+//!     allowed written literally.
+//!
+//! [`ComposeFile::builds`] lists what the CVM builds, with the base images
+//! of inline Dockerfiles ([`BaseImage`]), which the boot agent pulls with
+//! the CVM's credentials and names as the Dockerfile does;
+//! [`ComposeFile::render_in_container`] writes the file for the compose
+//! tool with every inline Dockerfile as a file of its own (Debian 12's
+//! `docker-compose` 1.29 knows neither `dockerfile_inline` nor
+//! `additional_contexts`).
+//!
 //! Every [`ComposeError`] names the service and the key and says what to
 //! do, in one sentence. Names from the file are shown with control
 //! characters escaped, and no message quotes an environment value.
@@ -81,7 +133,15 @@
 //!   `secrets` and `configs`;
 //! - `yaml`: merge keys, YAML tags, and how names from the file are shown;
 //! - `render`: the file handed to the compose tool, with the CVM's
-//!   [`ServiceLimits`].
+//!   [`ServiceLimits`];
+//! - `container`: the rules of the container isolation mode, and what a
+//!   service with `build:` builds;
+//! - `dockerfile`: the base images of an inline Dockerfile, and its text
+//!   as written to a file.
+
+mod container;
+
+mod dockerfile;
 
 mod network;
 
@@ -103,8 +163,9 @@ pub use network::{
     ReservedPort, registry_reserved_ports,
 };
 pub use pin::{PinnedCompose, pin_images};
-pub use render::ServiceLimits;
+pub use render::{BUILD_DIR, BuildFile, RenderedCompose, ServiceLimits};
 
+use crate::app::Isolation;
 use crate::reference::ImageReference;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeSet;
@@ -271,6 +332,28 @@ pub struct ServiceImage {
     pub reference: ImageReference,
 }
 
+/// A service the CVM builds (container isolation mode only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceBuild {
+    /// The service name.
+    pub service: String,
+    /// The image the build is tagged as (the service's `image:`), if any.
+    pub image: Option<ImageReference>,
+    /// The base images named by its `dockerfile_inline` (`FROM`,
+    /// `COPY --from=`; not `scratch`, stages, or names made of `ARG`s) and
+    /// by its `docker-image://` additional contexts, each once.
+    pub bases: Vec<BaseImage>,
+}
+
+/// An image a build starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    /// As written in the Dockerfile (the name the build looks for).
+    pub written: String,
+    /// The parsed, normalised reference.
+    pub reference: ImageReference,
+}
+
 /// Why a compose file is refused: the service and key concerned, and one
 /// sentence. Never quotes an environment value; names from the file are
 /// shown with control characters escaped (in `service` as well).
@@ -307,8 +390,12 @@ impl ComposeError {
 #[derive(Clone, Debug)]
 pub struct ComposeFile {
     doc: Value,
-    /// Every service's image, in file order.
+    isolation: Isolation,
+    /// Every service's image, in file order: in the container mode, the
+    /// services that do not build.
     pub images: Vec<ServiceImage>,
+    /// The services that build, in file order (container mode only).
+    pub builds: Vec<ServiceBuild>,
 }
 
 impl ComposeFile {
@@ -318,6 +405,13 @@ impl ComposeFile {
     ///
     /// This does not apply the policy: use [`ComposeFile::parse_and_check`].
     pub fn parse(yaml: &str) -> Result<Self, ComposeError> {
+        Self::parse_for(yaml, Isolation::Shared)
+    }
+
+    /// [`ComposeFile::parse`] for a CVM in `isolation`: in the container
+    /// mode a service may build (`build:`, with or without `image:`), and
+    /// is then listed in [`ComposeFile::builds`], not in `images`.
+    pub fn parse_for(yaml: &str, isolation: Isolation) -> Result<Self, ComposeError> {
         check_expanded_size(yaml)?;
         let mut doc: Value = serde_yaml_ng::from_str(yaml).map_err(|e| {
             let at = e
@@ -332,6 +426,7 @@ impl ComposeFile {
             .and_then(Value::as_mapping)
             .ok_or_else(|| ComposeError::new("the compose file has no `services`"))?;
         let mut images = Vec::new();
+        let mut builds = Vec::new();
         for (name, svc) in services {
             let service = name.as_str().unwrap_or("?").to_owned();
             let shown_service = shown(&service);
@@ -340,6 +435,12 @@ impl ComposeFile {
                 key: Some(key.to_owned()),
                 message,
             };
+            let build = svc.get("build").filter(|b| !b.is_null());
+            if let (Isolation::Container, Some(build)) = (isolation, build) {
+                let image = svc.get("image").and_then(Value::as_str);
+                builds.push(container::service_build(&service, image, build)?);
+                continue;
+            }
             match svc.get("image").and_then(Value::as_str) {
                 Some(written) => {
                     let reference = ImageReference::parse(written).map_err(|e| {
@@ -362,6 +463,14 @@ impl ComposeFile {
                         ),
                     ));
                 }
+                None if isolation == Isolation::Container => {
+                    return Err(err(
+                        "image",
+                        format!(
+                            "service `{shown_service}` has neither `image:` nor `build:`: name the image to run with `image:`, or build one with `build:`"
+                        ),
+                    ));
+                }
                 None => {
                     return Err(err(
                         "image",
@@ -372,25 +481,63 @@ impl ComposeFile {
                 }
             }
         }
-        if images.is_empty() {
+        if images.is_empty() && builds.is_empty() {
             return Err(ComposeError::new("the compose file defines no services"));
         }
-        Ok(Self { doc, images })
+        Ok(Self {
+            doc,
+            isolation,
+            images,
+            builds,
+        })
+    }
+
+    /// The isolation mode the file was parsed for.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    /// Every base image of [`ComposeFile::builds`], each once, in order.
+    pub fn base_images(&self) -> Vec<&BaseImage> {
+        let mut out: Vec<&BaseImage> = Vec::new();
+        for b in self.builds.iter().flat_map(|b| &b.bases) {
+            if !out.iter().any(|o| o.written == b.written) {
+                out.push(b);
+            }
+        }
+        out
     }
 
     /// [`ComposeFile::parse`], then [`ComposeFile::check_policy`]: what the
     /// control plane (at provisioning) and the boot agent (before
     /// `compose up`) both call.
     pub fn parse_and_check(yaml: &str) -> Result<Self, ComposeError> {
-        let file = Self::parse(yaml)?;
+        Self::parse_and_check_for(yaml, Isolation::Shared)
+    }
+
+    /// [`ComposeFile::parse_for`], then [`ComposeFile::check_policy`] (the
+    /// rules of `isolation`).
+    pub fn parse_and_check_for(yaml: &str, isolation: Isolation) -> Result<Self, ComposeError> {
+        let file = Self::parse_for(yaml, isolation)?;
         file.check_policy()?;
         Ok(file)
     }
 
-    /// Applies the shared-engine compose policy (see the [module
-    /// documentation](self)): `Ok` if the file asks the engine for nothing
-    /// beyond its own containers, else the first offending service and key.
+    /// Applies the compose policy of the file's isolation mode (see the
+    /// [module documentation](self)). Shared: `Ok` if the file asks the
+    /// engine for nothing beyond its own containers; container: `Ok` if it
+    /// reaches no further than its CVM. Else the first offending service
+    /// and key.
     pub fn check_policy(&self) -> Result<(), ComposeError> {
+        match self.isolation {
+            Isolation::Shared => self.check_shared_policy(),
+            Isolation::Container => self.check_container_policy(),
+        }
+    }
+
+    /// YAML tags are refused in every mode: compose would read them, the
+    /// check does not.
+    fn check_tags(&self) -> Result<(), ComposeError> {
         if let Some(path) = find_tag(&self.doc, &mut Vec::new()) {
             let at = if path.is_empty() {
                 "the document".to_owned()
@@ -410,6 +557,11 @@ impl ComposeFile {
                 ),
             });
         }
+        Ok(())
+    }
+
+    fn check_shared_policy(&self) -> Result<(), ComposeError> {
+        self.check_tags()?;
         let top = self
             .doc
             .as_mapping()
@@ -436,47 +588,72 @@ impl ComposeFile {
             .get("services")
             .and_then(Value::as_mapping)
             .ok_or_else(|| ComposeError::new("the compose file has no `services`"))?;
-        let mut containers: u64 = 0;
-        let mut published: u32 = 0;
+        let mut sizes = Sizes::default();
         for (name, svc) in services {
-            let Some(name) = name.as_str().filter(|n| service::is_service_name(n)) else {
-                let shown_name = shown(&scalar_text(name));
-                return Err(ComposeError {
-                    service: Some(shown_name.clone()),
-                    key: Some("services".into()),
-                    message: format!(
-                        "service name `{shown_name}` is not valid: name the service with a string of letters, digits, `.`, `_` and `-`"
-                    ),
-                });
-            };
-            let svc = svc.as_mapping().ok_or_else(|| {
-                Site::service(name, "services")
-                    .err("is not a mapping: describe the service with `image:` and its settings")
-            })?;
+            let (name, svc) = named_service(name, svc)?;
             service::check_service(&scope, name, svc)?;
-            if let Some(ports) = svc.get("ports") {
-                published = published.saturating_add(network::published_count(
-                    &Site::service(name, "ports"),
-                    ports,
-                ));
-                if published > MAX_PUBLISHED_PORTS {
-                    return Err(Site::service(name, "ports").err(&format!(
-                        "brings the ports the CVM publishes in `ports` to {published}, more than the {MAX_PUBLISHED_PORTS} a CVM may publish (each is a listener on the host): publish fewer ports"
-                    )));
-                }
-            }
-            let n = network::containers_of(&Site::service(name, "scale"), svc)?;
-            containers = containers.saturating_add(n);
-            if containers > MAX_CONTAINERS {
-                let key = if svc.contains_key("scale") {
-                    "scale"
-                } else {
-                    "deploy"
-                };
-                return Err(Site::service(name, key).err(&format!(
-                    "brings the CVM to {containers} containers (`scale`, `deploy.replicas`), more than the {MAX_CONTAINERS} a CVM may run: run fewer replicas"
+            sizes.add(name, svc)?;
+        }
+        Ok(())
+    }
+}
+
+/// A service's name (compose's grammar) and its mapping, or why not.
+fn named_service<'v>(
+    name: &'v Value,
+    svc: &'v Value,
+) -> Result<(&'v str, &'v Mapping), ComposeError> {
+    let Some(name) = name.as_str().filter(|n| service::is_service_name(n)) else {
+        let shown_name = shown(&scalar_text(name));
+        return Err(ComposeError {
+            service: Some(shown_name.clone()),
+            key: Some("services".into()),
+            message: format!(
+                "service name `{shown_name}` is not valid: name the service with a string of letters, digits, `.`, `_` and `-`"
+            ),
+        });
+    };
+    let svc = svc.as_mapping().ok_or_else(|| {
+        Site::service(name, "services")
+            .err("is not a mapping: describe the service with `image:` and its settings")
+    })?;
+    Ok((name, svc))
+}
+
+/// The containers and published ports counted so far, held to
+/// [`MAX_CONTAINERS`] and [`MAX_PUBLISHED_PORTS`] in every mode.
+#[derive(Default)]
+struct Sizes {
+    containers: u64,
+    published: u32,
+}
+
+impl Sizes {
+    fn add(&mut self, name: &str, svc: &Mapping) -> Result<(), ComposeError> {
+        if let Some(ports) = svc.get("ports") {
+            self.published = self.published.saturating_add(network::published_count(
+                &Site::service(name, "ports"),
+                ports,
+            ));
+            if self.published > MAX_PUBLISHED_PORTS {
+                return Err(Site::service(name, "ports").err(&format!(
+                    "brings the ports the CVM publishes in `ports` to {}, more than the {MAX_PUBLISHED_PORTS} a CVM may publish (each is a listener on the host): publish fewer ports",
+                    self.published
                 )));
             }
+        }
+        let n = network::containers_of(&Site::service(name, "scale"), svc)?;
+        self.containers = self.containers.saturating_add(n);
+        if self.containers > MAX_CONTAINERS {
+            let key = if svc.contains_key("scale") {
+                "scale"
+            } else {
+                "deploy"
+            };
+            return Err(Site::service(name, key).err(&format!(
+                "brings the CVM to {} containers (`scale`, `deploy.replicas`), more than the {MAX_CONTAINERS} a CVM may run: run fewer replicas",
+                self.containers
+            )));
         }
         Ok(())
     }

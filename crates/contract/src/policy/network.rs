@@ -251,6 +251,18 @@ pub(super) fn check_ports(site: &Site, value: &Value) -> Result<(), ComposeError
     Ok(())
 }
 
+/// A service's `ports` in the container mode: each entry in compose's
+/// form, without `$` (so that they can be counted), on any address.
+pub(super) fn check_port_forms(site: &Site, value: &Value) -> Result<(), ComposeError> {
+    match value {
+        Value::Null => Ok(()),
+        Value::Sequence(items) => items
+            .iter()
+            .try_for_each(|item| port_entry(site, item).map(|_| ())),
+        _ => Err(site.err("has a `ports` that is not a list: write it as a list")),
+    }
+}
+
 /// A service's `networks` entries: no fixed addresses.
 pub(super) fn check_service_networks(site: &Site, value: &Value) -> Result<(), ComposeError> {
     let Value::Mapping(m) = value else {

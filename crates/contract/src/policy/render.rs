@@ -85,6 +85,202 @@ impl ComposeFile {
     }
 }
 
+/// The folder, next to the compose file, that holds the Dockerfiles the
+/// boot agent writes for `dockerfile_inline` ([`RenderedCompose::files`]).
+pub const BUILD_DIR: &str = "build";
+
+/// The compose file of a CVM in the container mode, and the files to write
+/// next to it before the compose tool runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderedCompose {
+    /// The compose file.
+    pub yaml: String,
+    /// The build files, paths relative to the compose file's folder.
+    pub files: Vec<BuildFile>,
+}
+
+/// A file the compose file's builds read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildFile {
+    /// Relative to the compose file's folder (`build/<service>/Dockerfile`):
+    /// plain components, no `..`.
+    pub path: String,
+    /// Its text.
+    pub content: String,
+}
+
+impl ComposeFile {
+    /// The compose file to run in a CVM of the container mode, for a
+    /// compose tool that knows neither `dockerfile_inline` nor
+    /// `additional_contexts` (Debian 12's `docker-compose` 1.29):
+    ///
+    /// - each service's image replaced as `replacements` says, as in
+    ///   [`render`](Self::render);
+    /// - every `dockerfile_inline` becomes the file
+    ///   `build/<service>/Dockerfile` ([`RenderedCompose::files`]), with
+    ///   compose's `$$` undone and each base image named as `bases` says
+    ///   (as written → the name the engine has it under; those not listed
+    ///   stay as written); its `context` is that folder unless the file
+    ///   gives one;
+    /// - `additional_contexts` of an image (`docker-image://REF`) or of
+    ///   another service (`service:NAME`, whose `image:` names what it
+    ///   builds; the service then also `depends_on` it, so it is built
+    ///   first) are written into the Dockerfile where it names them;
+    ///   folders and URLs there cannot be, and are refused;
+    /// - no per-container limit and no `cgroup_parent`: the CVM's cgroup
+    ///   bounds the whole machine; the guest agent's socket is the CVM's
+    ///   own `/var/run/dstack.sock`, so its binds stay as written. Only the
+    ///   logs are rotated, at `limits`' sizes (they fill the CVM's disk).
+    pub fn render_in_container(
+        &self,
+        replacements: &[(String, String)],
+        bases: &[(String, String)],
+        limits: &ServiceLimits,
+    ) -> Result<RenderedCompose, super::ComposeError> {
+        let mut doc = self.rendered(replacements);
+        let bases: std::collections::BTreeMap<String, String> = bases.iter().cloned().collect();
+        let images: std::collections::BTreeMap<String, Option<String>> = doc
+            .get("services")
+            .and_then(Value::as_mapping)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let image = v.get("image").and_then(Value::as_str).map(str::to_owned);
+                        (super::yaml::scalar_text(k), image)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut files = Vec::new();
+        if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
+            for (name, svc) in services.iter_mut() {
+                let name = super::yaml::scalar_text(name);
+                let Some(svc) = svc.as_mapping_mut() else {
+                    continue;
+                };
+                if let Some(file) = inline_to_file(&name, svc, &bases, &images)? {
+                    files.push(file);
+                }
+                if let (Some(size), Some(count)) = (limits.log_max_bytes, limits.log_max_files) {
+                    limit_logging(svc, size, count);
+                }
+            }
+        }
+        Ok(RenderedCompose {
+            yaml: serde_yaml_ng::to_string(&doc).expect("a parsed document serializes"),
+            files,
+        })
+    }
+}
+
+/// One service's `build:` rewritten for a compose tool without
+/// `dockerfile_inline` and `additional_contexts`, and the Dockerfile to
+/// write, if it had an inline one.
+fn inline_to_file(
+    service: &str,
+    svc: &mut Mapping,
+    bases: &std::collections::BTreeMap<String, String>,
+    images: &std::collections::BTreeMap<String, Option<String>>,
+) -> Result<Option<BuildFile>, super::ComposeError> {
+    let site = super::Site::service(service, "build");
+    let Some(build) = svc.get("build").and_then(Value::as_mapping).cloned() else {
+        return Ok(None);
+    };
+    let build_value = Value::Mapping(build.clone());
+    let contexts = super::container::additional_contexts(&build_value);
+    let mut names = bases.clone();
+    let mut needs = Vec::new();
+    for (name, value) in &contexts {
+        let value = value.as_str().unwrap_or_default();
+        if let Some(image) = super::container::context_image(value) {
+            let local = bases
+                .get(image)
+                .cloned()
+                .unwrap_or_else(|| image.to_owned());
+            names.insert(name.clone(), local);
+        } else if let Some(other) = value.strip_prefix("service:") {
+            let Some(Some(image)) = images.get(other) else {
+                return Err(site.err(&format!(
+                    "uses service `{}` in `build.additional_contexts`, which has no `image:`: name the image that service builds with `image:`",
+                    super::yaml::shown(other)
+                )));
+            };
+            names.insert(name.clone(), image.clone());
+            needs.push(other.to_owned());
+        } else {
+            return Err(site.err(&format!(
+                "uses the folder or URL `{}` in `build.additional_contexts.{}`, which this CVM's compose tool (docker-compose 1.29) cannot give a build: copy what it holds into the image another way, or use `docker-image://` or `service:`",
+                super::yaml::shown(value),
+                super::yaml::shown(name)
+            )));
+        }
+    }
+    let Some(inline) = build.get("dockerfile_inline") else {
+        if contexts.is_empty() {
+            return Ok(None);
+        }
+        return Err(site.err("uses `build.additional_contexts` with a Dockerfile of its context, which this CVM's compose tool (docker-compose 1.29) cannot give a build: write the Dockerfile in `dockerfile_inline`"));
+    };
+    if matches!(service, "." | "..") {
+        return Err(site.err("builds from `dockerfile_inline` under a service name that is not a folder name: rename the service"));
+    }
+    let text = super::container::inline_text(&site, inline)?;
+    let content = super::dockerfile::rewrite_bases(&text, &names);
+    let path = format!("{BUILD_DIR}/{service}/Dockerfile");
+    let mut build = build;
+    build.remove("dockerfile_inline");
+    build.remove("additional_contexts");
+    match build.get("context").and_then(Value::as_str) {
+        None => {
+            build.insert(
+                Value::from("context"),
+                Value::from(format!("{BUILD_DIR}/{service}")),
+            );
+            build.insert(Value::from("dockerfile"), Value::from("Dockerfile"));
+        }
+        Some(context) if super::container::is_remote(context) => {
+            return Err(site.err("builds from `dockerfile_inline` in a URL `context`, which this CVM's compose tool (docker-compose 1.29) cannot do: give a folder as `context`, or none"));
+        }
+        Some(context) => {
+            let depth = context
+                .split(['/', '\\'])
+                .filter(|p| !p.is_empty() && *p != ".")
+                .count();
+            build.insert(
+                Value::from("dockerfile"),
+                Value::from(format!("{}{path}", "../".repeat(depth))),
+            );
+        }
+    }
+    svc.insert(Value::from("build"), Value::Mapping(build));
+    for other in needs {
+        add_dependency(svc, &other);
+    }
+    Ok(Some(BuildFile { path, content }))
+}
+
+/// `service` in the `depends_on` of `svc` (list or mapping form).
+fn add_dependency(svc: &mut Mapping, service: &str) {
+    let deps = svc
+        .entry(Value::from("depends_on"))
+        .or_insert_with(|| Value::Sequence(Vec::new()));
+    match deps {
+        Value::Sequence(list) => {
+            if !list.iter().any(|d| d.as_str() == Some(service)) {
+                list.push(Value::from(service));
+            }
+        }
+        Value::Mapping(m) => {
+            if !m.contains_key(service) {
+                let mut cond = Mapping::new();
+                cond.insert(Value::from("condition"), Value::from("service_started"));
+                m.insert(Value::from(service), Value::Mapping(cond));
+            }
+        }
+        other => *other = Value::Sequence(vec![Value::from(service)]),
+    }
+}
+
 /// The resources of a CVM, and how its containers are held to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceLimits {

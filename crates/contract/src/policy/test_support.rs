@@ -47,3 +47,30 @@ pub(super) fn allowed(yaml: &str) {
         panic!("refused: {e:?}\n{yaml}");
     }
 }
+
+/// The container isolation mode's check of `yaml`.
+pub(super) fn in_container(yaml: &str) -> Result<ComposeFile, ComposeError> {
+    ComposeFile::parse_and_check_for(yaml, crate::app::Isolation::Container)
+}
+
+/// Allowed in the container mode.
+pub(super) fn allowed_in_container(yaml: &str) -> ComposeFile {
+    match in_container(yaml) {
+        Ok(f) => f,
+        Err(e) => panic!("refused in the container mode: {e:?}\n{yaml}"),
+    }
+}
+
+/// Refused in the container mode for `web`, naming the service and `key`,
+/// in one sentence.
+pub(super) fn refused_in_container_at(yaml: &str, key: &str) -> ComposeError {
+    let e = match in_container(yaml) {
+        Ok(_) => panic!("accepted in the container mode:\n{yaml}"),
+        Err(e) => e,
+    };
+    assert!(!e.message.contains('\n'), "{:?}", e.message);
+    assert_eq!(e.service.as_deref(), Some("web"), "{yaml}\n{e:?}");
+    assert_eq!(e.key.as_deref(), Some(key), "{yaml}\n{e:?}");
+    assert!(e.message.contains("service `web`"), "{}", e.message);
+    e
+}
