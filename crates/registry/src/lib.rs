@@ -11,6 +11,9 @@
 //! - [`docker_config`]: the same logins read from a developer's Docker
 //!   client configuration (`config.json` and credential helpers).
 //! - [`ratelimit`]: Docker Hub's `ratelimit-*` headers and `Retry-After`.
+//! - [`cosign`]: an app's image policy with its keys parsed
+//!   ([`cosign::SignaturePolicy`]); a pull checks the cosign signature of
+//!   each image it governs before fetching anything of the image.
 //! - [`targets`]: [`PrivateTargets`], which addresses a pull may reach (in a
 //!   CVM, loopback and private addresses only where the operator mapped a
 //!   registry). Every body read into memory goes through one capped reader
@@ -39,6 +42,7 @@ mod auth;
 mod body;
 mod challenge;
 pub mod client;
+pub mod cosign;
 mod download;
 pub mod ecr;
 pub mod endpoint;

@@ -32,6 +32,7 @@ use url::Url;
 
 mod blobs;
 mod manifests;
+mod signatures;
 
 pub use blobs::RangedOptions;
 
@@ -73,6 +74,11 @@ pub struct PullOptions {
     /// How big blobs are fetched in `Range` parts, and how many blob
     /// connections one registry sees at most.
     pub ranged: RangedOptions,
+    /// The app's image policy with its keys: an image under a scope that
+    /// requires a signature is pulled only once a cosign signature by one
+    /// of the scope's keys, over its digest, is verified
+    /// ([`crate::cosign`]); `None`: no signature is required.
+    pub signatures: Option<crate::cosign::SignaturePolicy>,
 }
 
 impl PullOptions {
@@ -92,6 +98,7 @@ impl PullOptions {
             private_targets: PrivateTargets::Allow,
             ecr_endpoint_mapped: false,
             ranged: RangedOptions::default(),
+            signatures: None,
         }
     }
 }
@@ -117,6 +124,9 @@ pub struct PulledImage {
     pub bytes_reused: u64,
     /// Whether every manifest came from the store (no manifest GET).
     pub manifest_cached: bool,
+    /// The signature the image policy required, verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<crate::cosign::Verified>,
 }
 
 /// The outcome of checking one image (HEAD only).
@@ -264,8 +274,22 @@ impl Puller {
             Some(d) => Some(d.clone()),
             None => self.head_digest(&client, reference).await?,
         };
+        // Stage: the image policy's signature, before the manifest is
+        // fetched and before any blob (so nothing of an untrusted image
+        // reaches the store's blobs or, through the hand-off, the engine).
+        let mut signed_by = match &top_digest {
+            Some(d) => self.verify_signature(&client, reference, d).await?,
+            None => None,
+        };
+        let verified_early = top_digest.is_some();
         let (top_digest, top_bytes, cached) =
             self.manifest_bytes(&client, reference, top_digest).await?;
+        if !verified_early {
+            // The registry named no digest: the manifest's own.
+            signed_by = self
+                .verify_signature(&client, reference, &top_digest)
+                .await?;
+        }
         all_cached &= cached;
         let (manifest_desc, image_manifest, index_digest, platform) =
             match Manifest::parse(&top_bytes, None)? {
@@ -379,6 +403,7 @@ impl Puller {
             bytes_downloaded: downloaded,
             bytes_reused: reused,
             manifest_cached: all_cached,
+            signed_by,
         })
     }
 

@@ -21,6 +21,8 @@
 //! - [`Dockerd`]: a private Docker engine (own socket, data and exec root).
 //! - [`images`]: builds random OCI images in Rust and pushes them with
 //!   `skopeo`, single-arch or multi-arch.
+//! - [`cosign`]: cosign signatures made in Rust (ECDSA P-256, simple-signing
+//!   payloads) pushed where cosign puts them, and checked with Python.
 //!
 //! The external tools come from `scripts/registry-deps.sh` (Debian packages
 //! plus moto in the venv `<repo>/.deps/venv`). In-process servers run on their own
@@ -37,7 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub mod bench;
+pub mod cosign;
 mod dockerd;
+pub mod dstack_guest;
 pub mod hostile;
 pub mod images;
 mod moto;
