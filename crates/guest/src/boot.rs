@@ -8,8 +8,8 @@ use crate::redact::Redactor;
 use crate::runtime::{ComposeTool, DockerRuntime, Handoff};
 use crate::serial::SerialLog;
 use crate::shared::HostShared;
-use contract::ComposeFile;
 use contract::{BootOutcome, Measurement};
+use contract::{ComposeFile, Isolation};
 use envseal::{Env, Limits};
 use registry::{Category, CredentialSet, Endpoints, PullEvent, PullOptions, Puller};
 use std::path::PathBuf;
@@ -313,8 +313,11 @@ pub async fn boot_within(
                     )
                 })?;
             // The policy again, inside the CVM: the host-shared compose may
-            // have been altered after the control plane checked it.
-            let compose = ComposeFile::parse_and_check(yaml)?;
+            // have been altered after the control plane checked it. Its
+            // rules are those of the CVM's isolation boundary.
+            let isolation = shared.sys_config.isolation;
+            serial.line(&format!("isolation: {isolation}"));
+            let compose = ComposeFile::parse_and_check_for(yaml, isolation)?;
             // No published port on one the cloud keeps (its API, a mapped
             // registry, whether or not it is up right now).
             compose.check_reserved_ports(&shared.sys_config.all_reserved_ports())?;
@@ -325,10 +328,32 @@ pub async fn boot_within(
                     .images
                     .iter()
                     .flat_map(|i| [i.written.clone(), i.reference.to_string()])
+                    .chain(
+                        compose
+                            .base_images()
+                            .into_iter()
+                            .flat_map(|b| [b.written.clone(), b.reference.to_string()]),
+                    )
                     .collect(),
             );
             for i in &compose.images {
                 serial.line(&format!("service {}: {}", i.service, i.reference));
+            }
+            for b in &compose.builds {
+                let bases: Vec<String> = b.bases.iter().map(|b| b.reference.to_string()).collect();
+                serial.line(&format!(
+                    "service {}: built in the CVM{}{}",
+                    b.service,
+                    b.image
+                        .as_ref()
+                        .map(|i| format!(" as {i}"))
+                        .unwrap_or_default(),
+                    if bases.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" from {}", bases.join(", "))
+                    }
+                ));
             }
             Ok(compose)
         })
@@ -387,7 +412,14 @@ pub async fn boot_within(
                     return Err(e.into());
                 }
             };
-            let refs: Vec<_> = compose.images.iter().map(|i| i.reference.clone()).collect();
+            // The base images of inline Dockerfiles too, after the
+            // services' own (step 6 tells them apart by position).
+            let refs: Vec<_> = compose
+                .images
+                .iter()
+                .map(|i| i.reference.clone())
+                .chain(compose.base_images().into_iter().map(|b| b.reference.clone()))
+                .collect();
             let pull = async { puller.pull_all(&refs).await.map_err(BootError::from) };
             let pulled = match deadline.bound(PULL_STEP, "pull images", pull).await {
                 Ok(p) => p,
@@ -420,7 +452,10 @@ pub async fn boot_within(
             let runtime = DockerRuntime::connect().await?;
             let mut replacements = Vec::new();
             let mut image_ids = Vec::new();
-            for (svc, img) in compose.images.iter().zip(&pulled) {
+            let (service_images, base_images) =
+                pulled.split_at(compose.images.len().min(pulled.len()));
+            let bases = hand_bases(&compose, base_images, &handed, serial)?;
+            for (svc, img) in compose.images.iter().zip(service_images) {
                 // Every service runs the image ID this boot pulled and
                 // verified, never a name: in a shared engine a name may point
                 // at another tenant's image.
@@ -445,10 +480,10 @@ pub async fn boot_within(
                 image_ids.push((svc.service.clone(), h.image_id.clone()));
                 replacements.push((svc.service.clone(), h.image_id.clone()));
             }
-            Ok((runtime, replacements, image_ids))
+            Ok((runtime, replacements, image_ids, bases))
         })
         .await?;
-    let (runtime, replacements, image_ids) = runtime;
+    let (runtime, replacements, image_ids, bases) = runtime;
 
     // 7. Compose up.
     let project = opts
@@ -465,10 +500,21 @@ pub async fn boot_within(
                     format!("cannot create {}: {e}", dir.display()),
                 )
             })?;
-            // The CVM's vCPUs and memory bound every container.
+            // The CVM's vCPUs and memory bound every container (in the
+            // container mode, the CVM's cgroup bounds the whole machine).
             let limits = shared.sys_config.limits();
-            let rendered = compose.render_with_limits(&replacements, &limits)?;
-            if limits != Default::default() {
+            let isolation = compose.isolation();
+            let (rendered, build_files) = match isolation {
+                Isolation::Shared => (
+                    compose.render_with_limits(&replacements, &limits)?,
+                    Vec::new(),
+                ),
+                Isolation::Container => {
+                    let r = compose.render_in_container(&replacements, &bases, &limits)?;
+                    (r.yaml, r.files)
+                }
+            };
+            if isolation == Isolation::Shared && limits != Default::default() {
                 serial.line(&format!(
                     "limits {}: {} CPUs, {} MiB, {} processes",
                     match &limits.cgroup_parent {
@@ -492,7 +538,10 @@ pub async fn boot_within(
                 &image_ids,
             );
             let marker = dir.join("last-up");
-            if std::fs::read_to_string(&marker).ok().as_deref() == Some(fingerprint.as_str())
+            // What a CVM builds has no image ID before the build: the
+            // compose tool runs (the engine's build cache keeps it short).
+            if compose.builds.is_empty()
+                && std::fs::read_to_string(&marker).ok().as_deref() == Some(fingerprint.as_str())
                 && restart_existing(&runtime, &project, &image_ids, serial).await?
             {
                 return Ok(());
@@ -506,8 +555,9 @@ pub async fn boot_within(
                     format!("cannot write {}: {e}", file.display()),
                 )
             })?;
+            write_build_files(&dir, &build_files, serial)?;
             serial.line(&format!("{} up, project {project}", tool.name()));
-            tool.up(&project, &file, &env, serial).await?;
+            tool.up(&project, &file, &env, isolation, serial).await?;
             // Remember what was started, so an unchanged restart can skip the tool.
             let _ = std::fs::write(&marker, &fingerprint);
             Ok(())
@@ -523,12 +573,23 @@ pub async fn boot_within(
 }
 
 /// The images the hand-off gives the engine: each reference of the compose
-/// file once, named as written unless it is pinned by digest.
+/// file once (and each base image of an inline Dockerfile, under the name
+/// the Dockerfile uses), named as written unless it is pinned by digest.
 fn wanted(compose: &ComposeFile) -> Vec<handoff::Wanted> {
     let mut out: Vec<handoff::Wanted> = Vec::new();
-    for i in &compose.images {
-        let reference = i.reference.to_string();
-        let name = (i.reference.digest().is_none()).then(|| i.written.clone());
+    let named = compose
+        .images
+        .iter()
+        .map(|i| (&i.reference, &i.written))
+        .chain(
+            compose
+                .base_images()
+                .into_iter()
+                .map(|b| (&b.reference, &b.written)),
+        );
+    for (reference, written) in named {
+        let name = (reference.digest().is_none()).then(|| written.clone());
+        let reference = reference.to_string();
         if !out
             .iter()
             .any(|w| w.reference == reference && w.name == name)
@@ -537,6 +598,82 @@ fn wanted(compose: &ComposeFile) -> Vec<handoff::Wanted> {
         }
     }
     out
+}
+
+/// The base images of the CVM's builds as the engine now has them: each
+/// as written in its Dockerfile → the name the build is to use (the name
+/// itself, which the hand-off gave it; the image ID where the Dockerfile
+/// pins a digest, which a loaded image cannot be named by).
+fn hand_bases(
+    compose: &ComposeFile,
+    pulled: &[registry::PulledImage],
+    handed: &[handoff::Handed],
+    serial: &SerialLog,
+) -> Result<Vec<(String, String)>, BootError> {
+    let mut out = Vec::new();
+    for (base, img) in compose.base_images().into_iter().zip(pulled) {
+        let h = handed
+            .iter()
+            .find(|h| h.reference == img.reference && h.manifest == img.digest)
+            .ok_or_else(|| {
+                BootError::new(
+                    Category::Runtime,
+                    format!(
+                        "base image {} was pulled as {} but not handed to the engine",
+                        base.written, img.digest
+                    ),
+                )
+            })?;
+        let local = if base.reference.digest().is_some() {
+            h.image_id.clone()
+        } else {
+            base.written.clone()
+        };
+        serial.line(&format!(
+            "base image {}: {} (for the build)",
+            base.written,
+            &h.image_id[..h.image_id.len().min(19)]
+        ));
+        out.push((base.written.clone(), local));
+    }
+    Ok(out)
+}
+
+/// Writes the build files of the container mode next to the compose file
+/// (`dir`): their paths are relative, made of plain components only.
+fn write_build_files(
+    dir: &std::path::Path,
+    files: &[contract::policy::BuildFile],
+    serial: &SerialLog,
+) -> Result<(), BootError> {
+    for f in files {
+        let rel = std::path::Path::new(&f.path);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(BootError::new(
+                Category::Config,
+                format!(
+                    "a build file's path is not inside the compose folder: {}",
+                    f.path
+                ),
+            ));
+        }
+        let path = dir.join(rel);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, &f.content));
+        written.map_err(|e| {
+            BootError::new(
+                Category::Config,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+        serial.line(&format!("wrote {} (from dockerfile_inline)", f.path));
+    }
+    Ok(())
 }
 
 /// What the compose tool was last run with: the project, the compose file

@@ -12,6 +12,7 @@ use crate::error::BootError;
 use crate::serial::SerialLog;
 use bollard::Docker;
 use bytes::Bytes;
+use contract::Isolation;
 use envseal::Env;
 use futures_util::StreamExt;
 use registry::{Category, Digest};
@@ -374,6 +375,52 @@ fn append_file<W: Write>(
     tar.append_data(&mut header, name, file)
 }
 
+/// The variable the node sets, in the container mode, to the PID of the
+/// CVM's init: the compose tool then runs in that process's namespaces.
+pub const ENTER_PID_VAR: &str = "BERTH_CVM_ENTER_PID";
+
+/// The PID in [`ENTER_PID_VAR`], if set.
+fn enter_pid() -> Result<Option<u32>, BootError> {
+    match std::env::var(ENTER_PID_VAR) {
+        Err(_) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                runtime_err(format!(
+                    "{ENTER_PID_VAR} is set to something that is not a process ID"
+                ))
+            }),
+    }
+}
+
+/// `nsenter` into every namespace of the CVM's init `pid` (user first, so
+/// the others are entered as the CVM's root). The compose folder is at the
+/// same absolute path inside (the node makes it so); the environment goes
+/// through the process environment, never the command line.
+pub fn enter_prefix(pid: u32) -> Vec<String> {
+    [
+        "nsenter",
+        "--target",
+        &pid.to_string(),
+        "--user",
+        "--mount",
+        "--net",
+        "--pid",
+        "--ipc",
+        "--uts",
+        "--cgroup",
+        "--",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 /// The compose tool found on this machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ComposeTool {
@@ -434,26 +481,46 @@ impl ComposeTool {
     /// `up -d` for `project` from `file`, with `env` in the tool's
     /// environment (for `${VAR}` interpolation) and pulling disabled. The
     /// tool's output is relayed to `serial`, redacted.
+    ///
+    /// In the shared mode nothing is built. In the container mode the
+    /// services with `build:` are built (`--build`; v1 with the engine's
+    /// own builder, `COMPOSE_DOCKER_CLI_BUILD=0`, so no `docker` CLI or
+    /// buildx is needed), and when [`ENTER_PID_VAR`] names the CVM's init,
+    /// the tool runs inside the CVM's namespaces ([`enter_prefix`]).
     pub async fn up(
         &self,
         project: &str,
         file: &Path,
         env: &Env,
+        isolation: Isolation,
         serial: &SerialLog,
     ) -> Result<(), BootError> {
-        let mut cmd = match self {
-            ComposeTool::V2 => {
-                let mut c = tokio::process::Command::new("docker");
-                c.arg("compose");
-                c
-            }
-            ComposeTool::V1 => tokio::process::Command::new("docker-compose"),
+        let enter = match isolation {
+            Isolation::Container => enter_pid()?,
+            Isolation::Shared => None,
         };
+        let tool: &[&str] = match self {
+            ComposeTool::V2 => &["docker", "compose"],
+            ComposeTool::V1 => &["docker-compose"],
+        };
+        let argv: Vec<String> = match enter {
+            Some(pid) => enter_prefix(pid)
+                .into_iter()
+                .chain(tool.iter().map(|s| (*s).to_owned()))
+                .collect(),
+            None => tool.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("--project-name")
             .arg(project)
             .arg("--file")
             .arg(file)
-            .args(["up", "--detach", "--no-build"]);
+            .args(["up", "--detach"]);
+        match isolation {
+            Isolation::Shared => cmd.arg("--no-build"),
+            Isolation::Container => cmd.arg("--build"),
+        };
         if *self == ComposeTool::V2 {
             cmd.args(["--pull", "never"]);
         }
@@ -471,6 +538,9 @@ impl ComposeTool {
         }
         if let Some(dir) = file.parent() {
             cmd.env("HOME", dir);
+        }
+        if isolation == Isolation::Container && *self == ComposeTool::V1 {
+            cmd.env("COMPOSE_DOCKER_CLI_BUILD", "0");
         }
         for var in env.vars() {
             if let Some(why) = contract::env_rules::reserved_reason(&var.key) {
@@ -556,5 +626,13 @@ mod tests {
             ("127.0.0.1:5000/a/b", "latest")
         );
         assert_eq!(split_tag("alice/web:1"), ("alice/web", "1"));
+    }
+
+    #[test]
+    fn entering_the_cvm() {
+        assert_eq!(
+            enter_prefix(42).join(" "),
+            "nsenter --target 42 --user --mount --net --pid --ipc --uts --cgroup --"
+        );
     }
 }
