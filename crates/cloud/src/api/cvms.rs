@@ -1,15 +1,17 @@
 //! CVMs: get (in the shape `X-Phala-Version` asks for), list, the apps
 //! list, the status batch, start/stop/restart/delete (through the node),
-//! env updates, and the composition (containers and their log URLs).
+//! and the composition (containers and their log URLs). Env updates are
+//! updates ([`super::update`]).
 //!
 //! A CVM's status is not derived here: the node records it
 //! ([`crate::node`], from the boot agent's final line confirmed by its exit
 //! code) through [`crate::db::Db::transition`]; the API only reads it.
 
+use super::helpers::{boot_slot, find_cvm};
 use super::logs::{container_log_endpoint, syslog_endpoint};
 use super::views::{
     AppItem, AppsPage, BatchStatus, Composition, ContainerItem, CvmCurrent, CvmLegacy, CvmView,
-    EnvsUpdated, Manifest, PhalaVersion,
+    PhalaVersion,
 };
 use super::{AppState, Shared};
 use crate::db::{App, Cvm, User};
@@ -31,33 +33,6 @@ pub(super) fn legacy_view(state: &AppState, cvm: &Cvm, app: &App) -> CvmLegacy {
 /// The `2026-01-21` shape of a CVM.
 pub(super) fn current_view(state: &AppState, cvm: &Cvm, app: &App) -> CvmCurrent {
     CvmCurrent::of(cvm, app, syslog_endpoint(state, cvm))
-}
-
-/// Finds the user's CVM from any of the forms the clients send: the UUID
-/// with or without dashes, `app_<app_id>`, the bare app id, the name, or
-/// the numeric id.
-pub(super) async fn find_cvm(
-    state: &AppState,
-    user: &User,
-    id: &str,
-) -> Result<(Cvm, App), ApiError> {
-    state.db.find_cvm_of(user.id, id).await?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no CVM `{}` among yours",
-            id.chars().take(80).collect::<String>()
-        ))
-    })
-}
-
-/// 429 when a new boot would pass the CVM owner's cap on their own boots
-/// in flight, or the cap on all boots in flight.
-pub(super) async fn boot_slot(state: &AppState, cvm: &Cvm) -> Result<(), ApiError> {
-    // A CVM already booting holds its slot.
-    if cvm.status.in_progress() {
-        return Ok(());
-    }
-    let (of_user, all) = state.db.boots_in_flight_with_user(cvm.user_id).await?;
-    Ok(state.limits.check_boot(of_user, all)?)
 }
 
 /// `GET /cvms/{id}`.
@@ -220,66 +195,6 @@ pub async fn delete_cvm(
     let (cvm, _) = find_cvm(&state, &user, &id).await?;
     state.node.delete(&cvm.id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The body of `PATCH /cvms/{id}/envs`.
-#[derive(serde::Deserialize)]
-pub struct EnvsBody {
-    encrypted_env: String,
-    #[serde(default)]
-    env_keys: Option<Vec<String>>,
-}
-
-/// `PATCH /cvms/{id}/envs`: a new sealed env, taking effect at the boot
-/// that starts now. All variables are replaced together; names outside the
-/// app's `allowed_envs` change its manifest (an update,
-/// [`super::update`]): done for a cloud-authorized app, refused for an
-/// owner-authorized one, whose manifest only its owner can sign.
-pub async fn update_envs(
-    State(state): State<Shared>,
-    axum::Extension(user): axum::Extension<User>,
-    Path(id): Path<String>,
-    Json(body): Json<EnvsBody>,
-) -> Result<Json<EnvsUpdated>, ApiError> {
-    let (cvm, app) = find_cvm(&state, &user, &id).await?;
-    let env = super::deploy::decode_env(&body.encrypted_env)?;
-    let keys = body
-        .env_keys
-        .clone()
-        .unwrap_or_else(|| cvm.env_keys.clone());
-    let manifest = Manifest::of(&app);
-    let allowed = &manifest.allowed_envs;
-    if keys.iter().any(|k| !allowed.contains(k)) {
-        let compose = manifest.docker_compose_file.clone().unwrap_or_default();
-        let prepared = super::update::prepare(
-            &state,
-            &user,
-            &app,
-            super::update::NewVersion {
-                compose: &compose,
-                allowed_envs: Some(keys.clone()),
-                public_logs: None,
-                public_sysinfo: None,
-            },
-        )
-        .await?;
-        if prepared.model == "owner" {
-            return Err(ApiError::forbidden(
-                "this app is owner-authorized: new env variable names change its manifest, which only its owner can sign; update it with `berth deploy --update ID -c docker-compose.yml -e .env`; nothing was changed",
-            ));
-        }
-        let answer = super::update::apply(&state, &cvm, prepared, Some(env), None).await?;
-        return Ok(Json(EnvsUpdated::new(true, answer.correlation_id)));
-    }
-    boot_slot(&state, &cvm).await?;
-    state.db.set_env(&cvm.id, &env, &keys).await?;
-    let cvm = state.db.cvm(&cvm.id).await?.unwrap_or(cvm);
-    // The new env takes effect at the next boot, which starts now.
-    state.node.restart(&cvm.id).await?;
-    Ok(Json(EnvsUpdated::new(
-        false,
-        uuid::Uuid::new_v4().to_string(),
-    )))
 }
 
 /// `GET /cvms/{id}/composition`: the CVM's containers and their log URLs.

@@ -4,6 +4,7 @@
 //! is returned to seal to) and **commit** (`POST /cvms`: the sealed env is
 //! stored as opaque bytes, the CVM row made, and the node told to boot it).
 
+use super::helpers::decode_env;
 use super::kms::kms_env_key;
 use super::views::{Manifest, ProvisionAnswer};
 use super::{AppState, Shared};
@@ -164,22 +165,6 @@ pub struct CommitBody {
     env_keys: Option<Vec<String>>,
     #[serde(default)]
     name: Option<String>,
-}
-
-/// A sealed env from its hex form (`0x` allowed); 422 when it is not hex
-/// or too short to be one.
-pub(super) fn decode_env(hex_text: &str) -> Result<Vec<u8>, ApiError> {
-    let t = hex_text.trim().trim_start_matches("0x");
-    let bytes = hex::decode(t).map_err(|_| ApiError::invalid("encrypted_env is not hex"))?;
-    // eph_pub(32) + nonce(12) + tag(16): anything shorter cannot be a sealed env.
-    if bytes.len() < contract::env_rules::MIN_SEALED_LEN {
-        return Err(ApiError::invalid(format!(
-            "encrypted_env is {} bytes; a sealed env is at least {} bytes",
-            bytes.len(),
-            contract::env_rules::MIN_SEALED_LEN
-        )));
-    }
-    Ok(bytes)
 }
 
 /// `POST /cvms`: the CVM, answered in the `2025-10-28` shape.

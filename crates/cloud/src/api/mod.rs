@@ -11,9 +11,13 @@
 //! - [`users`]: creating users, rotating and revoking keys (Berth
 //!   extensions);
 //! - [`deploy`]: provision (`POST /cvms/provision`) and commit (`POST /cvms`);
-//! - [`cvms`]: reading CVMs, their lifecycle, env updates, composition;
-//! - [`update`]: updates in place (`PATCH /cvms/{id}`), the current compose
-//!   file and the app's history;
+//! - [`cvms`]: reading CVMs, their lifecycle, composition;
+//! - [`update`]: updates in place (`PATCH /cvms/{id}`), env updates
+//!   (`PATCH /cvms/{id}/envs`), the current compose file and the app's
+//!   history;
+//! - `helpers`: what `cvms`, `deploy` and `update` share (finding a CVM,
+//!   the boot slot, a sealed env from hex), so that none imports another
+//!   back;
 //! - [`logs`]: the serial log and container output, behind log URL tokens;
 //! - [`kms`]: the env public key route and the KMS call provisioning makes;
 //! - [`rules`]: what a front end checks before sending (Berth extension);
@@ -28,6 +32,7 @@
 pub mod auth;
 pub mod cvms;
 pub mod deploy;
+mod helpers;
 pub mod kms;
 pub mod logs;
 pub mod rules;
@@ -93,7 +98,7 @@ pub fn router(state: Shared) -> Router {
         .route("/cvms/{id}/stop", post(cvms::stop_cvm))
         .route("/cvms/{id}/shutdown", post(cvms::stop_cvm))
         .route("/cvms/{id}/restart", post(cvms::restart_cvm))
-        .route("/cvms/{id}/envs", patch(cvms::update_envs))
+        .route("/cvms/{id}/envs", patch(update::update_envs))
         .route("/cvms/{id}/composition", get(cvms::composition))
         .route("/apps", get(cvms::list_apps))
         .route("/status/batch", post(cvms::status_batch))

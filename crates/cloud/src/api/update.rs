@@ -1,7 +1,8 @@
 //! Updating an app in place: `PATCH /cvms/{id}` (what `phala deploy
 //! --cvm-id` and `berth deploy --update` send), the current compose file
-//! (`GET /cvms/{id}/docker-compose.yml`) and the app's accepted versions
-//! (`GET /cvms/{id}/history`, Berth).
+//! (`GET /cvms/{id}/docker-compose.yml`), the app's accepted versions
+//! (`GET /cvms/{id}/history`, Berth) and a new env (`PATCH /cvms/{id}/envs`,
+//! an update when it names variables the manifest does not allow).
 //!
 //! An update keeps the CVM, its app id, its env key and its state folder:
 //! the next manifest is built with the same name, owner salt and owner key,
@@ -11,9 +12,10 @@
 //! recorded and the CVM restarted on it. A refused update changes nothing:
 //! the CVM goes on running what it ran.
 
+use super::helpers::{boot_slot, decode_env, find_cvm};
 use super::kms::{register_compose_hash, upgrade_state};
-use super::views::{History, HistoryEntry, Manifest, SignedEnvKey, Updated};
-use super::{AppState, Shared, cvms::find_cvm};
+use super::views::{EnvsUpdated, History, HistoryEntry, Manifest, SignedEnvKey, Updated};
+use super::{AppState, Shared};
 use crate::appcompose::{self, AppComposeInput};
 use crate::db::{App, AppUpdate, Cvm, User};
 use crate::error::ApiError;
@@ -121,7 +123,7 @@ pub(super) async fn apply(
     env: Option<Vec<u8>>,
     authorization: Option<contract::upgrade::OwnerAuthorization>,
 ) -> Result<Updated, ApiError> {
-    super::cvms::boot_slot(state, cvm).await?;
+    boot_slot(state, cvm).await?;
     // One update at a time in this process, so the KMS's accepted hash and
     // the database's current manifest are changed in the same order.
     static UPDATES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -217,11 +219,7 @@ pub async fn update_cvm(
         },
     )
     .await?;
-    let env = body
-        .encrypted_env
-        .as_deref()
-        .map(super::deploy::decode_env)
-        .transpose()?;
+    let env = body.encrypted_env.as_deref().map(decode_env).transpose()?;
     let prepare_only = headers
         .get("x-prepare-only")
         .and_then(|v| v.to_str().ok())
@@ -250,6 +248,66 @@ pub async fn update_cvm(
     Ok(Json(
         apply(&state, &cvm, prepared, env, body.berth_owner_authorization).await?,
     ))
+}
+
+/// The body of `PATCH /cvms/{id}/envs`.
+#[derive(serde::Deserialize)]
+pub struct EnvsBody {
+    encrypted_env: String,
+    #[serde(default)]
+    env_keys: Option<Vec<String>>,
+}
+
+/// `PATCH /cvms/{id}/envs`: a new sealed env, taking effect at the boot
+/// that starts now. All variables are replaced together; names outside the
+/// app's `allowed_envs` change its manifest (an update, as
+/// [`update_cvm`]'s): done for a cloud-authorized app, refused for an
+/// owner-authorized one, whose manifest only its owner can sign.
+pub async fn update_envs(
+    State(state): State<Shared>,
+    axum::Extension(user): axum::Extension<User>,
+    Path(id): Path<String>,
+    Json(body): Json<EnvsBody>,
+) -> Result<Json<EnvsUpdated>, ApiError> {
+    let (cvm, app) = find_cvm(&state, &user, &id).await?;
+    let env = decode_env(&body.encrypted_env)?;
+    let keys = body
+        .env_keys
+        .clone()
+        .unwrap_or_else(|| cvm.env_keys.clone());
+    let manifest = Manifest::of(&app);
+    let allowed = &manifest.allowed_envs;
+    if keys.iter().any(|k| !allowed.contains(k)) {
+        let compose = manifest.docker_compose_file.clone().unwrap_or_default();
+        let prepared = prepare(
+            &state,
+            &user,
+            &app,
+            NewVersion {
+                compose: &compose,
+                allowed_envs: Some(keys.clone()),
+                public_logs: None,
+                public_sysinfo: None,
+            },
+        )
+        .await?;
+        if prepared.model == "owner" {
+            return Err(ApiError::forbidden(
+                "this app is owner-authorized: new env variable names change its manifest, which only its owner can sign; update it with `berth deploy --update ID -c docker-compose.yml -e .env`; nothing was changed",
+            ));
+        }
+        let answer = apply(&state, &cvm, prepared, Some(env), None).await?;
+        return Ok(Json(EnvsUpdated::new(true, answer.correlation_id)));
+    }
+    boot_slot(&state, &cvm).await?;
+    state.db.set_env(&cvm.id, &env, &keys).await?;
+    let cvm = state.db.cvm(&cvm.id).await?.unwrap_or(cvm);
+    // The new env takes effect at the next boot, which starts now.
+    state.node.restart(&cvm.id).await?;
+    Ok(Json(EnvsUpdated::new(
+        false,
+        uuid::Uuid::new_v4().to_string(),
+    )))
 }
 
 /// `GET /cvms/{id}/docker-compose.yml`: the compose file the CVM runs now.
