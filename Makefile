@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo demo-stop deps lint unit bench fuzz
+.PHONY: test demo demo-stop deps lint unit bench fuzz release
 
 deps:
 	@scripts/deps.sh
@@ -47,3 +47,12 @@ fuzz:
 	  --test fuzz_dotenv --test fuzz_sealed_env --test fuzz_image_reference --test fuzz_compose \
 	  --test fuzz_manifest --test fuzz_www_authenticate --test fuzz_serial_log
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# The static agent for dstack / Phala Cloud CVMs (not part of `make test`):
+# `berth` for x86_64-unknown-linux-musl, no glibc dependency. Installs the
+# Rust target and Debian's musl-tools (musl-gcc, for the C parts) when
+# missing; prints the binary's sha256 and size, which `berth
+# prelaunch-script --sha256` pins. See docs/phala-cloud.md.
+RELEASE_TARGET := x86_64-unknown-linux-musl
+release:
+	@scripts/release.sh $(RELEASE_TARGET)

@@ -13,6 +13,9 @@ pub enum GuestCommand {
     Boot(BootArgs),
     /// Serve the guest agent API (dstack.sock, tappd.sock) to the CVM's containers.
     Agent(AgentArgs),
+    /// In a dstack / Phala Cloud CVM, from the pre-launch script: pull the
+    /// compose file's images into the Docker engine before compose up.
+    Prelaunch(crate::prelaunchcmd::PrelaunchArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +64,7 @@ pub fn run(cmd: GuestCommand) -> Result<(), Failure> {
     match cmd {
         GuestCommand::Boot(args) => boot(args),
         GuestCommand::Agent(args) => agent(args),
+        GuestCommand::Prelaunch(args) => crate::prelaunchcmd::prelaunch(args),
     }
 }
 

@@ -8,6 +8,7 @@ mod envargs;
 mod envcmd;
 mod failure;
 mod guestcmd;
+mod prelaunchcmd;
 mod pullcmd;
 mod upcmd;
 mod updatecmd;
@@ -40,6 +41,8 @@ enum Command {
     /// Inside a CVM.
     #[command(subcommand)]
     Guest(guestcmd::GuestCommand),
+    /// Print the pre-launch script that runs Berth's boot agent in a dstack / Phala Cloud CVM.
+    PrelaunchScript(prelaunchcmd::PrelaunchScriptArgs),
     /// Start the local confidential cloud: API, KMS and node.
     Up(upcmd::UpArgs),
     /// The KMS (started by `berth up`).
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => pullcmd::pull(args),
         Command::Check(args) => pullcmd::check(args),
         Command::Guest(cmd) => guestcmd::run(cmd),
+        Command::PrelaunchScript(args) => prelaunchcmd::script(args),
         Command::Up(args) => upcmd::up(args),
         Command::Kms(KmsCommand::Serve(args)) => upcmd::kms_serve(args),
         Command::Node(NodeCommand::Serve(args)) => upcmd::node_serve(args),

@@ -30,6 +30,7 @@ pub mod boot;
 pub mod error;
 pub mod handoff;
 pub mod keys;
+pub mod prelaunch;
 pub mod redact;
 pub mod runtime;
 pub mod serial;
