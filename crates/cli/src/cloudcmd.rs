@@ -281,7 +281,10 @@ pub(crate) fn preflight(
     env: &envseal::Env,
     compose: &str,
 ) -> Result<(), Failure> {
-    let images = cloud::appcompose::images(compose).map_err(|e| Failure::config(e.message))?;
+    // The cloud checks the file with its own rules (they depend on how it
+    // isolates CVMs); here, only the images matter, under the widest rules.
+    let images = cloud::appcompose::images(compose, contract::Isolation::Container)
+        .map_err(|e| Failure::config(e.message))?;
     if images.is_empty() {
         return Ok(());
     }
@@ -470,7 +473,7 @@ fn registries(c: &CvmInfo) -> Vec<String> {
     let images = c
         .compose_file
         .as_deref()
-        .and_then(|yaml| cloud::appcompose::images(yaml).ok())
+        .and_then(|yaml| cloud::appcompose::images(yaml, contract::Isolation::Container).ok())
         .unwrap_or_default();
     let mut out: Vec<String> = Vec::new();
     for image in images {

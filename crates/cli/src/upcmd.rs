@@ -38,6 +38,12 @@ pub struct UpArgs {
     /// answer 429).
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_requests_per_user: usize,
+    /// What a CVM is: `container`, a machine of its own (a system container
+    /// with its own Docker engine; needs root, rootlesskit, slirp4netns and
+    /// uidmap; dstack's compose rules), or `shared`, the fast mode with no
+    /// isolation between CVMs (all on one engine; strict compose rules).
+    #[arg(long, value_name = "MODE", default_value = "shared", value_parser = ["shared", "container"])]
+    isolation: String,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -230,6 +236,11 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
             max_boots_in_flight: args.max_boots,
             max_boots_per_user: args.max_boots_per_user.unwrap_or(args.max_boots / 2).max(1),
             max_requests_per_user: args.max_requests_per_user,
+            isolation: if args.isolation == "container" {
+                contract::Isolation::Container
+            } else {
+                contract::Isolation::Shared
+            },
             ..cloud::db::Limits::default()
         },
         header_timeout: std::time::Duration::from_secs(args.header_timeout),
@@ -265,6 +276,7 @@ fn print_event(event: UpEvent) {
                 path.display()
             );
         }
+        UpEvent::Note(note) => println!("Note: {note}."),
         UpEvent::LogSecretRotated => {
             println!("Log secret rotated: log URLs handed out before no longer work.");
         }
@@ -349,6 +361,7 @@ fn up_failure(e: UpError) -> Failure {
             .hint("give --public-url https://HOST:PORT (the name clients reach this machine by)"),
         UpError::BadPublicUrl { .. } => Failure::config(format!("--public-url {e}")),
         UpError::Io { what, source } => Failure::io(what, &source),
+        UpError::Isolation(_) => Failure::config(format!("--isolation container: {e}")),
         UpError::Serve(source) => Failure::io("the API stopped", &source),
         UpError::AlreadyRunning { .. } => Failure::config(e).hint(
             "stop it first (Ctrl-C, or kill -TERM its PID), or give this one another --state",

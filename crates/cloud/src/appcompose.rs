@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 pub use contract::AppComposeInput;
-use contract::{ComposeFile, Measurement};
+use contract::{ComposeFile, Isolation, Measurement};
 
 /// Whether `name` is a valid CVM name: 5 to 63 characters, hostname rules
 /// (letters, digits, `-`; starts with a letter, does not end with `-`).
@@ -20,16 +20,16 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks the compose YAML with the one compose policy
-/// ([`contract::policy`]), the same code the boot agent runs again inside
-/// the CVM.
-pub fn validate_compose(yaml: &str) -> Result<ComposeFile, ApiError> {
-    ComposeFile::parse_and_check(yaml).map_err(|e| ApiError::invalid(e.message))
+/// Checks the compose YAML with the compose rules of CVMs isolated as
+/// `isolation` ([`contract::policy`]), the same code the boot agent runs
+/// again inside the CVM.
+pub fn validate_compose(yaml: &str, isolation: Isolation) -> Result<ComposeFile, ApiError> {
+    ComposeFile::parse_and_check_for(yaml, isolation).map_err(|e| ApiError::invalid(e.message))
 }
 
 /// The image of every service, in file order (after [`validate_compose`]).
-pub fn images(yaml: &str) -> Result<Vec<String>, ApiError> {
-    Ok(validate_compose(yaml)?
+pub fn images(yaml: &str, isolation: Isolation) -> Result<Vec<String>, ApiError> {
+    Ok(validate_compose(yaml, isolation)?
         .images
         .into_iter()
         .map(|i| i.written)
@@ -51,8 +51,8 @@ pub struct BuiltApp {
 /// Validates and builds `app-compose.json`: the compose policy, then every
 /// allowed env name (grammar and reserved families, so a tenant hears at
 /// provisioning, not at boot, that `LD_PRELOAD` is not theirs to set).
-pub fn build(input: &AppComposeInput<'_>) -> Result<BuiltApp, ApiError> {
-    validate_compose(input.docker_compose_file)?;
+pub fn build(input: &AppComposeInput<'_>, isolation: Isolation) -> Result<BuiltApp, ApiError> {
+    validate_compose(input.docker_compose_file, isolation)?;
     if let Some(key) = input.owner_key {
         let k = contract::app::normalize_hex(key);
         let ok = k.len() == 66
@@ -79,8 +79,12 @@ pub fn build(input: &AppComposeInput<'_>) -> Result<BuiltApp, ApiError> {
 
 /// Builds the next manifest of the app `app_id` (an update): the same
 /// checks as [`build`]; the app id stays the one its first manifest fixed.
-pub fn build_update(input: &AppComposeInput<'_>, app_id: &str) -> Result<BuiltApp, ApiError> {
-    let mut built = build(input)?;
+pub fn build_update(
+    input: &AppComposeInput<'_>,
+    app_id: &str,
+    isolation: Isolation,
+) -> Result<BuiltApp, ApiError> {
+    let mut built = build(input, isolation)?;
     built.app_id = app_id.to_owned();
     Ok(built)
 }
@@ -111,32 +115,41 @@ mod tests {
             owner: None,
             owner_key: None,
         };
-        let a = build(&input).unwrap();
-        assert_eq!(a, build(&input).unwrap());
+        let a = build(&input, Isolation::Shared).unwrap();
+        assert_eq!(a, build(&input, Isolation::Shared).unwrap());
         assert_eq!(&a.compose_hash[..40], a.app_id);
         let v: serde_json::Value = serde_json::from_slice(&a.bytes).unwrap();
         assert_eq!(v["allowed_envs"], serde_json::json!(["A", "B_2"]));
         assert_eq!(v["runner"], "docker-compose");
         let bad = vec!["1X".to_string()];
         assert!(
-            build(&AppComposeInput {
-                allowed_envs: &bad,
-                ..input.clone()
-            })
+            build(
+                &AppComposeInput {
+                    allowed_envs: &bad,
+                    ..input.clone()
+                },
+                Isolation::Shared
+            )
             .is_err()
         );
         assert!(
-            build(&AppComposeInput {
-                docker_compose_file: "services:\n  x:\n    build: .\n",
-                ..input.clone()
-            })
+            build(
+                &AppComposeInput {
+                    docker_compose_file: "services:\n  x:\n    build: .\n",
+                    ..input.clone()
+                },
+                Isolation::Shared
+            )
             .is_err()
         );
         assert!(
-            build(&AppComposeInput {
-                docker_compose_file: "services: [",
-                ..input
-            })
+            build(
+                &AppComposeInput {
+                    docker_compose_file: "services: [",
+                    ..input
+                },
+                Isolation::Shared
+            )
             .is_err()
         );
     }

@@ -98,6 +98,7 @@ async fn fixture() -> Fixture {
             ca_certs: vec![],
             aws_endpoint_url_ecr: None,
             reserved_ports: vec![],
+            isolation: contract::Isolation::Shared,
         },
         db.clone(),
     );

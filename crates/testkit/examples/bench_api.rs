@@ -50,15 +50,18 @@ fn seed(db_path: &Path, cvms: usize) {
             let compose = format!(
                 "services:\n  web:\n    image: registry.example:5000/team/web-{i}:1\n    environment:\n      - GREETING=${{GREETING}}\n    ports:\n      - \"8080:80\"\n  worker:\n    image: registry.example:5000/team/worker:2\n    command: [\"sh\", \"-c\", \"sleep 600\"]\n"
             );
-            let built = build(&AppComposeInput {
-                name: &name,
-                docker_compose_file: &compose,
-                allowed_envs: &envs,
-                public_logs: true,
-                public_sysinfo: true,
-                owner: Some(&user.app_salt),
-                owner_key: None,
-            })
+            let built = build(
+                &AppComposeInput {
+                    name: &name,
+                    docker_compose_file: &compose,
+                    allowed_envs: &envs,
+                    public_logs: true,
+                    public_sysinfo: true,
+                    owner: Some(&user.app_salt),
+                    owner_key: None,
+                },
+                contract::Isolation::Shared,
+            )
             .expect("a valid manifest");
             let app = db
                 .upsert_app(&App {

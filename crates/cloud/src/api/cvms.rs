@@ -27,12 +27,16 @@ fn uuid_compact(id: &str) -> String {
 
 /// The `2025-10-28` shape of a CVM.
 pub(super) fn legacy_view(state: &AppState, cvm: &Cvm, app: &App) -> CvmLegacy {
-    CvmLegacy::of(cvm, app, syslog_endpoint(state, cvm))
+    let mut view = CvmLegacy::of(cvm, app, syslog_endpoint(state, cvm));
+    view.isolation = state.limits.isolation;
+    view
 }
 
 /// The `2026-01-21` shape of a CVM.
 pub(super) fn current_view(state: &AppState, cvm: &Cvm, app: &App) -> CvmCurrent {
-    CvmCurrent::of(cvm, app, syslog_endpoint(state, cvm))
+    let mut view = CvmCurrent::of(cvm, app, syslog_endpoint(state, cvm));
+    view.isolation = state.limits.isolation;
+    view
 }
 
 /// `GET /cvms/{id}`.

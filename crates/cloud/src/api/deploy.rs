@@ -71,18 +71,21 @@ pub async fn provision(
     // The user's salt is in the manifest (`berth_owner`): the same compose
     // file from two users is two apps with two env keys, and a user learns
     // nothing about what others deployed.
-    let built = appcompose::build(&AppComposeInput {
-        name: &body.name,
-        docker_compose_file: &body.compose_file.docker_compose_file,
-        allowed_envs: &body.compose_file.allowed_envs,
-        public_logs: body.compose_file.public_logs,
-        public_sysinfo: body.compose_file.public_sysinfo,
-        owner: Some(&user.app_salt),
-        owner_key: body
-            .berth_owner_key
-            .as_deref()
-            .filter(|k| !k.trim().is_empty()),
-    })?;
+    let built = appcompose::build(
+        &AppComposeInput {
+            name: &body.name,
+            docker_compose_file: &body.compose_file.docker_compose_file,
+            allowed_envs: &body.compose_file.allowed_envs,
+            public_logs: body.compose_file.public_logs,
+            public_sysinfo: body.compose_file.public_sysinfo,
+            owner: Some(&user.app_salt),
+            owner_key: body
+                .berth_owner_key
+                .as_deref()
+                .filter(|k| !k.trim().is_empty()),
+        },
+        state.limits.isolation,
+    )?;
     let key = kms_env_key(&state, &built.app_id).await?;
     // The user's cap on apps never committed, and their expiry, are kept
     // in the insert's transaction.

@@ -179,9 +179,10 @@ pub struct ComposeImages {
 /// compose policy (422 as provisioning would answer), and the registry of
 /// every image.
 pub async fn compose_images(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::AppState>>,
     Json(body): Json<ComposeBody>,
 ) -> Result<Json<ComposeImages>, ApiError> {
-    let file = appcompose::validate_compose(&body.docker_compose_file)?;
+    let file = appcompose::validate_compose(&body.docker_compose_file, state.limits.isolation)?;
     Ok(Json(ComposeImages {
         images: file
             .images

@@ -104,6 +104,7 @@ pub(super) async fn prepare(
             owner_key: genesis_manifest.berth_owner_key.as_deref(),
         },
         &app.app_id,
+        state.limits.isolation,
     )?;
     Ok(Prepared {
         built,

@@ -153,6 +153,9 @@ pub struct CvmLegacy {
     pub boot_category: Option<String>,
     /// Berth: the last boot's final line, when it failed.
     pub boot_error: Option<String>,
+    /// Berth: what isolates the CVM (`container`: a machine of its own;
+    /// `shared`: the fast mode, one engine for all CVMs).
+    pub isolation: contract::Isolation,
 }
 
 impl CvmLegacy {
@@ -187,6 +190,7 @@ impl CvmLegacy {
             upgrade_authority: m.upgrade_authority(),
             boot_category: cvm.boot_category.clone(),
             boot_error: cvm.boot_message.clone(),
+            isolation: contract::Isolation::Shared,
         }
     }
 }
@@ -249,6 +253,8 @@ pub struct Os {
 /// A CVM in the `2026-01-21` shape.
 #[derive(Clone, Debug, Serialize)]
 pub struct CvmCurrent {
+    /// Berth: what isolates the CVM.
+    pub isolation: contract::Isolation,
     /// The UUID.
     pub id: String,
     /// Name.
@@ -298,6 +304,7 @@ impl CvmCurrent {
     pub fn of(cvm: &Cvm, app: &App, syslog_endpoint: String) -> Self {
         let m = Manifest::of(app);
         Self {
+            isolation: contract::Isolation::Shared,
             id: cvm.id.clone(),
             name: cvm.name.clone(),
             status: cvm.status,

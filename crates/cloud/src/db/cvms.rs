@@ -80,6 +80,9 @@ pub struct Limits {
     /// The most requests one user's API keys may have in progress at once
     /// (a slow body holds one until the server's body timeout).
     pub max_requests_per_user: usize,
+    /// What a CVM is on this cloud (`berth up --isolation`): the compose
+    /// rules a tenant's file is checked with follow from it.
+    pub isolation: contract::Isolation,
 }
 
 /// How long a provisioned app that no CVM uses is kept: it is dropped at
@@ -94,6 +97,7 @@ impl Default for Limits {
             max_boots_per_user: 4,
             max_uncommitted_apps_per_user: 20,
             max_requests_per_user: 64,
+            isolation: contract::Isolation::Shared,
         }
     }
 }

@@ -21,25 +21,59 @@ const BOOT_NICENESS: libc::c_int = 10;
 /// everything else is cleared.
 const BOOT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "TZ"];
 
+/// What one boot boots: the app's registered compose hash, and what bounds
+/// the CVM's machine (container isolation).
+pub(super) struct BootPlan {
+    pub app_id: String,
+    pub compose_hash: String,
+    pub bounds: super::sandbox::Bounds,
+}
+
 impl Node {
     pub(super) async fn boot_task(
         self: Arc<Self>,
         id: String,
         generation: u64,
-        app_id: String,
-        compose_hash: String,
+        plan: BootPlan,
         lock: BootLock,
         mut cancel: tokio::sync::watch::Receiver<bool>,
     ) {
+        let BootPlan {
+            app_id,
+            compose_hash,
+            bounds,
+        } = plan;
         let _images = self.images.read().await;
         let result = tokio::select! {
             ticket = self.mint_ticket(&app_id, &compose_hash, TicketPurpose::Boot) => match ticket {
-                Ok(ticket) => self.run_boot(&id, ticket, &lock, &mut cancel).await,
+                Ok(ticket) => self.run_boot(&id, ticket, bounds, &lock, &mut cancel).await,
                 Err(e) => Err(e),
             },
             _ = cancelled(&mut cancel) => Ok(None),
         };
         drop(lock);
+        // In its own machine, the CVM's declared ports are published on
+        // the host once it runs; one that cannot be fails the boot.
+        let result = match result {
+            Ok(Some(BootOutcome::Ok { .. }))
+                if self.cfg.isolation == contract::Isolation::Container =>
+            {
+                match self.publish_ports(&id).await {
+                    Ok(ports) => {
+                        if !ports.is_empty() {
+                            self.append_serial(
+                                &id,
+                                &format!("ports published on the host: {}", ports.join(", ")),
+                            )
+                            .await;
+                        }
+                        result
+                    }
+                    Err(e) => Err((Category::Config, e)),
+                }
+            }
+            other => other,
+        };
         let (status, cat, msg) = match result {
             // Ended by stop, restart or delete, which record the status.
             Ok(None) => return,
@@ -85,6 +119,7 @@ impl Node {
         // (it ends this boot first), so it never loses its own containers.
         if recorded && status == CvmStatus::BootFailed {
             self.stop_failed_boot_containers(&id).await;
+            self.power_off(&id).await;
             self.end_agent(&id).await;
         }
         let mut boots = self.boots.lock().unwrap();
@@ -188,11 +223,22 @@ impl Node {
         &self,
         id: &str,
         ticket: zeroize::Zeroizing<String>,
+        bounds: super::sandbox::Bounds,
         lock: &BootLock,
         cancel: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<BootOutcome>, (Category, String)> {
         let dir = self.dir(id);
         let runtime = |m: String| (Category::Runtime, m);
+        // In container isolation, the CVM's machine runs before its boot
+        // agent: the agent drives the machine's engine, and runs the compose
+        // tool inside the machine (`nsenter` into its init's namespaces).
+        let machine = match self.cfg.isolation {
+            contract::Isolation::Container => Some(tokio::select! {
+                m = self.ensure_machine(id, bounds) => m.map_err(runtime)?,
+                _ = cancelled(cancel) => return Ok(None),
+            }),
+            contract::Isolation::Shared => None,
+        };
         let mut log = SerialFile::open(&dir.join("serial.log"), SERIAL_LOG_MAX_BYTES)
             .await
             .map_err(|e| runtime(format!("cannot open the serial log: {e}")))?;
@@ -208,10 +254,19 @@ impl Node {
             }
         }
         cmd.env("HOME", dir.join("state"))
-            .env("DOCKER_HOST", &self.cfg.docker_host)
+            .env(
+                "DOCKER_HOST",
+                machine
+                    .as_ref()
+                    .map_or(self.cfg.docker_host.as_str(), |m| m.docker_host.as_str()),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(m) = &machine {
+            cmd.env("BERTH_CVM_ENTER_PID", m.init_pid.to_string());
+        }
+        cmd
             // Its own process group: stop ends the agent and its compose tool together.
             .process_group(0)
             .kill_on_drop(true);

@@ -66,7 +66,7 @@ pub(super) async fn prepare(
     Ok(parent_of(project))
 }
 
-fn write(root: &Path, project: &str, res: CvmResources) -> std::io::Result<()> {
+pub(super) fn write(root: &Path, project: &str, res: CvmResources) -> std::io::Result<()> {
     if root.join("cgroup.controllers").exists() {
         write_v2(root, project, res)
     } else {

@@ -18,15 +18,37 @@ pub fn project_of(cvm_id: &str) -> String {
 }
 
 impl Node {
+    /// The node's shared engine.
     pub(super) fn docker(&self) -> Result<bollard::Docker, NodeError> {
         bollard::Docker::connect_with_host(&self.cfg.docker_host)
             .map_err(NodeError::EngineUnreachable)
     }
 
+    /// The engine the CVM `id` runs on: its own (container isolation) or
+    /// the node's shared one.
+    pub(super) fn docker_for(&self, id: &str) -> Result<bollard::Docker, NodeError> {
+        bollard::Docker::connect_with_host(&self.docker_host_for(id))
+            .map_err(NodeError::EngineUnreachable)
+    }
+
+    /// The address of [`Node::docker_for`]'s engine.
+    pub(super) fn docker_host_for(&self, id: &str) -> String {
+        match self.cfg.isolation {
+            contract::Isolation::Container => super::sandbox::docker_host_of(&self.dir(id)),
+            contract::Isolation::Shared => self.cfg.docker_host.clone(),
+        }
+    }
+
     /// Stops the CVM's containers (SIGTERM, SIGKILL after 5 s); how many
     /// of them were running and stopped.
     pub(super) async fn stop_containers(&self, id: &str) -> Result<usize, NodeError> {
-        let docker = self.docker()?;
+        // A machine that is off has nothing running.
+        if self.cfg.isolation == contract::Isolation::Container
+            && !super::sandbox::alive(&project_of(id))
+        {
+            return Ok(0);
+        }
+        let docker = self.docker_for(id)?;
         let mut stopped = 0;
         for c in self.project_containers(&docker, id).await? {
             let (Some(cid), running) = (
@@ -142,7 +164,7 @@ impl Node {
         id: &str,
         dir: &Path,
     ) -> Result<usize, NodeError> {
-        let docker = self.docker()?;
+        let docker = self.docker_for(id)?;
         let mut restarted = 0;
         for c in self.project_containers(&docker, id).await? {
             let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
@@ -204,7 +226,7 @@ impl Node {
 
     /// Whether all of the CVM's containers are running (and there are some).
     pub async fn containers_running(&self, cvm_id: &str) -> bool {
-        let Ok(docker) = self.docker() else {
+        let Ok(docker) = self.docker_for(cvm_id) else {
             return false;
         };
         match self.project_containers(&docker, cvm_id).await {
@@ -223,7 +245,7 @@ impl Node {
         &self,
         cvm_id: &str,
     ) -> Result<Vec<crate::nodeapi::ContainerView>, NodeError> {
-        let docker = self.docker()?;
+        let docker = self.docker_for(cvm_id)?;
         Ok(self
             .project_containers(&docker, cvm_id)
             .await?
@@ -271,7 +293,7 @@ impl Node {
         else {
             return Err(NodeError::NoSuchContainer);
         };
-        let docker = self.docker()?;
+        let docker = self.docker_for(cvm_id)?;
         let opts = log_options(true, true, tail);
         Ok(last_log_text(&docker, &id, opts, crate::logs::MAX_ANSWER_BYTES as usize).await)
     }
@@ -286,7 +308,7 @@ impl Node {
         stderr: bool,
         tail: Option<usize>,
     ) -> Result<String, NodeError> {
-        let docker = self.docker()?;
+        let docker = self.docker_for(cvm_id)?;
         let ids = self.containers(&docker, cvm_id).await?;
         let share = crate::logs::MAX_ANSWER_BYTES as usize / ids.len().max(1);
         let mut out = String::new();

@@ -58,6 +58,10 @@ mod error;
 
 mod files;
 
+mod machine;
+
+mod sandbox;
+
 mod serial;
 
 pub use engine::project_of;
@@ -65,6 +69,8 @@ pub use engine::project_of;
 pub use error::NodeError;
 
 pub use files::{BOOT_LOCK_FILE, private_dir, write_private};
+
+pub use sandbox::check_host as check_container_host;
 
 pub use serial::{SERIAL_LOG_MAX_BYTES, SerialFile};
 
@@ -115,6 +121,9 @@ pub struct NodeConfig {
     /// Host ports no CVM may publish (the API's), besides the mapped
     /// registries'.
     pub reserved_ports: Vec<contract::policy::ReservedPort>,
+    /// What a CVM is: containers on the shared engine, or a system
+    /// container with its own engine (`sandbox`).
+    pub isolation: contract::Isolation,
 }
 
 /// A boot in flight on this node.
@@ -234,7 +243,14 @@ impl Node {
             .filter(|v| *v > 0)
             .map(|v| v.saturating_mul(1000));
         let memory_mb = u64::try_from(cvm.memory).ok().filter(|m| *m > 0);
-        let cgroup_parent = self.cvm_cgroup(&cvm.id, cpu_millis, memory_mb).await;
+        let container = self.cfg.isolation == contract::Isolation::Container;
+        // In a container, the CVM's cgroup holds the whole machine (made
+        // at its start); on the shared engine, it is its containers' parent.
+        let cgroup_parent = if container {
+            None
+        } else {
+            self.cvm_cgroup(&cvm.id, cpu_millis, memory_mb).await
+        };
         let sys = SysConfig {
             kms_url: Some(self.cfg.kms_url.clone()),
             registry_endpoints: self.cfg.registry_endpoints.clone(),
@@ -251,8 +267,10 @@ impl Node {
             pids_max: Some(contract::app::DEFAULT_CVM_PIDS),
             cgroup_parent,
             reserved_ports: self.cfg.reserved_ports.clone(),
-            agent_socket_dir: Some(self.agent_dir(&cvm.id).display().to_string()),
-            isolation: contract::Isolation::Shared,
+            // Inside its own machine, a CVM has the agent's sockets at
+            // their dstack paths.
+            agent_socket_dir: (!container).then(|| self.agent_dir(&cvm.id).display().to_string()),
+            isolation: self.cfg.isolation,
         };
         write_private(&shared.join(SYS_CONFIG_FILE), sys.render().as_bytes()).map_err(io)?;
         // A CVM being deleted (or deleted) does not boot.
@@ -273,11 +291,20 @@ impl Node {
         let me = self.clone();
         let id = cvm.id.clone();
         let (app_id, compose_hash) = (app.app_id.clone(), app.compose_hash.clone());
+        let bounds = sandbox::Bounds {
+            cpu_millis,
+            memory_bytes: memory_mb.map(|m| m.saturating_mul(1 << 20)),
+            pids: contract::app::DEFAULT_CVM_PIDS,
+        };
         // The task waits for this record before it can finish.
         let mut boots = self.boots.lock().unwrap();
         let handle = tokio::spawn(async move {
-            me.boot_task(id, generation, app_id, compose_hash, lock, cancel_rx)
-                .await;
+            let plan = boot::BootPlan {
+                app_id,
+                compose_hash,
+                bounds,
+            };
+            me.boot_task(id, generation, plan, lock, cancel_rx).await;
         });
         boots.insert(
             cvm.id.clone(),
@@ -350,6 +377,7 @@ impl Node {
             .set_status(&cvm.id, CvmStatus::Stopped, None, None)
             .await?;
         let engine = self.stop_containers(&cvm.id).await;
+        self.power_off(&cvm.id).await;
         match engine {
             Ok(_) => self.append_serial(&cvm.id, "CVM stopped by the node").await,
             Err(e) => {
@@ -390,7 +418,15 @@ impl Node {
         self.end_agent(&cvm.id).await;
         let dir = self.dir(&cvm.id);
         let images = images_of(&dir);
-        let engine = self.remove_engine_objects(&cvm.id).await;
+        let container = self.cfg.isolation == contract::Isolation::Container;
+        // A CVM's own machine takes all it made with it: its engine, its
+        // containers, networks and volumes (on its disk, in its folder).
+        let engine = if container {
+            self.power_off(&cvm.id).await;
+            Ok(())
+        } else {
+            self.remove_engine_objects(&cvm.id).await
+        };
         cgroup::remove(&project_of(&cvm.id));
         let _ = std::fs::remove_dir_all(&dir);
         self.db
@@ -408,7 +444,9 @@ impl Node {
                 cvm.id
             );
         }
-        self.spawn_image_cleanup(cvm.id.clone(), images);
+        if !container {
+            self.spawn_image_cleanup(cvm.id.clone(), images);
+        }
         Ok(())
     }
 

@@ -26,6 +26,10 @@ impl fmt::Display for Part {
 /// question says so in its own words (the variants carry what it needs).
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
+    /// CVMs of their own cannot run on this host (the sentence says why
+    /// and what to do).
+    #[error("{0}")]
+    Isolation(String),
     /// The listen address is not `HOST:PORT`.
     #[error("{listen}: expected HOST:PORT, e.g. 127.0.0.1:8000")]
     BadListen {

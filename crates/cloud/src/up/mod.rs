@@ -179,6 +179,8 @@ pub enum UpEvent {
     },
     /// The log URL secret was replaced.
     LogSecretRotated,
+    /// Something the local cloud changed on the host, said once.
+    Note(String),
     /// Everything is up and the API serves.
     Ready(Ready),
     /// A line a child wrote on its standard output after it started.
@@ -260,7 +262,7 @@ pub async fn run(
         .canonicalize()
         .map_err(UpError::io("state folder"))?;
     let _lock = state::lock_state(&state)?;
-    state::lock_down_state(&state, &events)?;
+    state::lock_down_state(&state, &events, config.limits.isolation)?;
     // The secret that lets the node, and only the node, mint boot tickets.
     let node_secret = state::random_hex::<32>();
     let exe = config.berth_exe.clone();
@@ -272,12 +274,24 @@ pub async fn run(
         &state.join(KMS_PUBLIC_KEY_FILE),
         format!("{}\n", kms_ready.public_key).as_bytes(),
     );
-    let (docker_host, dockerd) = engine::docker_host(
-        config.docker_host.as_deref(),
-        &state,
-        &config.registry_endpoints,
-    )
-    .await?;
+    let isolation = config.limits.isolation;
+    // CVMs of their own bring their own engines: no shared one is started.
+    let (docker_host, dockerd) = match isolation {
+        contract::Isolation::Container => {
+            for note in crate::node::check_container_host().map_err(UpError::Isolation)? {
+                events(UpEvent::Note(note));
+            }
+            (String::new(), None)
+        }
+        contract::Isolation::Shared => {
+            engine::docker_host(
+                config.docker_host.as_deref(),
+                &state,
+                &config.registry_endpoints,
+            )
+            .await?
+        }
+    };
 
     let db = Arc::new(
         crate::Db::open(&state.join("berth.db")).map_err(|e| UpError::Database(e.to_string()))?,
@@ -305,6 +319,7 @@ pub async fn run(
     // The node: its own process, the only other holder of the node secret.
     let node_settings = NodeSettings {
         reserved_ports,
+        isolation,
         node_secret: node_secret.to_string(),
         kms_url: kms_ready.url.clone(),
         docker_host: docker_host.clone(),

@@ -21,6 +21,9 @@ pub(crate) struct NodeSettings {
     /// Host ports no CVM may publish (the API's).
     #[serde(default)]
     pub reserved_ports: Vec<contract::policy::ReservedPort>,
+    /// What a CVM is.
+    #[serde(default)]
+    pub isolation: contract::Isolation,
 }
 
 impl NodeSettings {
@@ -148,6 +151,7 @@ pub async fn serve_node(
             ca_certs: settings.ca_certs,
             aws_endpoint_url_ecr: settings.aws_endpoint_url_ecr,
             reserved_ports: settings.reserved_ports,
+            isolation: settings.isolation,
         },
         db.clone(),
     );
@@ -163,9 +167,21 @@ pub async fn serve_node(
         socket: config.socket,
         resumed,
     });
-    crate::nodeapi::serve(listener, node, db)
-        .await
-        .map_err(NodeServeError::Stopped)
+    // SIGTERM (`berth up` stopping) powers the CVMs' own machines off, as
+    // stopping the shared engine stops its containers: the next start boots
+    // them again from their disks. A node killed outright leaves them
+    // running, and the next node finds them.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(NodeServeError::Stopped)?;
+    tokio::select! {
+        served = crate::nodeapi::serve(listener, node.clone(), db) => {
+            served.map_err(NodeServeError::Stopped)
+        }
+        _ = term.recv() => {
+            node.power_off_all().await;
+            Ok(())
+        }
+    }
 }
 
 /// Binds a Unix socket at `path`, whose folder must be closed to everyone
@@ -225,6 +241,7 @@ mod tests {
             ca_certs: Vec::new(),
             aws_endpoint_url_ecr: None,
             reserved_ports: Vec::new(),
+            isolation: contract::Isolation::Shared,
         };
         assert!(!format!("{s:?}").contains("s3cret"));
         let line = s.into_line();

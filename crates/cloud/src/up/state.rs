@@ -138,7 +138,17 @@ pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, UpError> {
 /// Makes the state folder private: 0700 folders, 0600 files (fixing, and
 /// saying so, what an older Berth or a careless umask left open). A folder
 /// or file of the state that belongs to another user is refused, not fixed.
-pub(crate) fn lock_down_state(state: &Path, events: &UpEvents) -> Result<(), UpError> {
+///
+/// With CVMs in machines of their own (`container`), the state folder, its
+/// `cvms` folder and each CVM's folder and `state` folder are 0711: each
+/// CVM's host user must pass through them to its own folders (all 0700),
+/// and nobody may list them.
+pub(crate) fn lock_down_state(
+    state: &Path,
+    events: &UpEvents,
+    isolation: contract::Isolation,
+) -> Result<(), UpError> {
+    let container = isolation == contract::Isolation::Container;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for dir in ["", "kms", "cvms", "node", "run"] {
         check_owned(&state.join(dir))?;
@@ -150,6 +160,11 @@ pub(crate) fn lock_down_state(state: &Path, events: &UpEvents) -> Result<(), UpE
         let d = state.join(dir);
         let was = std::fs::metadata(&d).map(|m| m.mode() & 0o777).ok();
         private_dir(&d).map_err(UpError::io(format!("cannot create {}", d.display())))?;
+        if container && (dir.is_empty() || dir == "cvms") {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711))
+                .map_err(UpError::io(format!("cannot open {} to CVMs", d.display())))?;
+            continue;
+        }
         if let Some(mode) = was.filter(|m| m & 0o077 != 0) {
             events(UpEvent::ModeFixed {
                 path: d,
@@ -176,6 +191,10 @@ pub(crate) fn lock_down_state(state: &Path, events: &UpEvents) -> Result<(), UpE
     }
     if let Ok(rd) = std::fs::read_dir(state.join("cvms")) {
         for e in rd.flatten() {
+            // A machine's folders are the node's to set at its start.
+            if container {
+                continue;
+            }
             fix(&e.path(), 0o700);
             for f in ["serial.log", "shared", "state"] {
                 let p = e.path().join(f);

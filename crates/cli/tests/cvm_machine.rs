@@ -1,0 +1,438 @@
+//! CVMs that are machines of their own (`berth up --isolation container`),
+//! through a real `berth up` (as root: it makes a host user and a cgroup per
+//! CVM), Debian's rootlesskit, slirp4netns and dockerd, and a real registry:
+//!
+//! - compose files shaped like dstack's examples, refused by the shared
+//!   engine's rules, deploy and run: a privileged service that binds `/`
+//!   and `/var/run/docker.sock` (the launcher's and the webshell's shape),
+//!   with a `container_name` that a second CVM uses at the same time, a
+//!   published port;
+//! - what a tenant's privileged container sees through those binds is its
+//!   own machine: its `/tapp`, its engine, its processes; never the host's
+//!   state folder, the KMS, another CVM's files or processes, or the host's
+//!   loopback;
+//! - the machine is bounded as a whole (its cgroup), its ports clash with
+//!   a sentence, a restart costs no pull, and stop and delete leave no
+//!   process, port or folder behind.
+//!
+//! Needs root (the test fails, it does not skip, without it).
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ADMIN_KEY: &str = "berth_test_admin_key_machine_01";
+
+fn admin(cloud: &Cloud, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let (code, text) = cloud.request(ADMIN_KEY, None, method, path, body);
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Provisions and commits `name` with `vcpu`/`memory` when given; its CVM id.
+fn deploy(cloud: &Cloud, name: &str, compose: &str, memory: Option<u64>) -> String {
+    let (code, p) = admin(
+        cloud,
+        "POST",
+        "/cvms/provision",
+        Some(
+            &serde_json::json!({"name": name, "compose_file": {"docker_compose_file": compose, "allowed_envs": []}}),
+        ),
+    );
+    assert_eq!(code, 200, "provision {name}: {p}");
+    let mut body =
+        serde_json::json!({"app_id": p["app_id"], "compose_hash": p["compose_hash"], "name": name});
+    if let Some(m) = memory {
+        body["memory"] = m.into();
+    }
+    let (code, c) = admin(cloud, "POST", "/cvms", Some(&body));
+    assert_eq!(code, 200, "commit {name}: {c}");
+    c["id"].as_str().map(str::to_owned).unwrap_or_else(|| {
+        admin(cloud, "GET", &format!("/cvms/{name}"), None).1["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    })
+}
+
+/// Waits until the boot of `id` ended; the CVM as the API shows it.
+fn settled(cloud: &Cloud, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, v) = admin(cloud, "GET", &format!("/cvms/{id}"), None);
+        if !v["in_progress"].as_bool().unwrap_or(false) && v["status"] != "starting" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "CVM {id} still booting: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn running(cloud: &Cloud, id: &str) -> Value {
+    let v = settled(cloud, id);
+    let log = cloud.serial_log(ADMIN_KEY, id, "no secret in this test");
+    assert_eq!(v["status"], "running", "{v}\n{log}");
+    v
+}
+
+/// `docker ARGS` against the engine of CVM `id`'s machine: (ok, output).
+fn cvm_docker(state: &Path, id: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .env(
+            "DOCKER_HOST",
+            format!(
+                "unix://{}",
+                state
+                    .join("cvms")
+                    .join(id)
+                    .join("engine/docker.sock")
+                    .display()
+            ),
+        )
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `sh -c SCRIPT` in the container `name` of CVM `id`: its output.
+fn exec(state: &Path, id: &str, name: &str, script: &str) -> String {
+    cvm_docker(state, id, &["exec", name, "sh", "-c", script]).1
+}
+
+fn project_of(id: &str) -> String {
+    format!(
+        "berth-{}",
+        id.replace('-', "").chars().take(12).collect::<String>()
+    )
+}
+
+/// The pids in the CVM's cgroup (its memory hierarchy, or v2).
+fn machine_pids(id: &str) -> Vec<i32> {
+    let project = project_of(id);
+    let candidates = [
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/berth/{project}/cgroup.procs"
+        )),
+        PathBuf::from(format!("/sys/fs/cgroup/berth/{project}/cgroup.procs")),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Kills what is left of the machines of `ids` when the test ends, passed
+/// or failed (a CVM's machine outlives a `berth up` killed by a panic).
+struct Leftovers(Vec<String>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let project = project_of(id);
+            for _ in 0..20 {
+                let pids = machine_pids(id);
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    // SAFETY: kill has no memory preconditions.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for e in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir(e.path().join("berth").join(&project));
+            }
+        }
+    }
+}
+
+/// `curl --unix-socket SOCKET` as the unprivileged user `nobody`: whether
+/// it got an HTTP answer.
+fn nobody_reaches(socket: &Path) -> bool {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(socket)
+        .arg("http://localhost/_ping")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() != "000"
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// A dstack-shaped service: privileged, `/` and the engine's socket bound,
+/// a fixed container name, an HTTP server on a published port.
+fn launcher(host: &str, port: u16) -> String {
+    format!(
+        r#"services:
+  app:
+    image: {host}/acme/tiny:1
+    container_name: app
+    privileged: true
+    command: ["sh", "-c", "busybox httpd -p 8080 -h /tmp; sleep 600"]
+    volumes:
+      - /:/host
+      - /var/run/docker.sock:/var/run/docker.sock
+    ports:
+      - "127.0.0.1:{port}:8080"
+"#
+    )
+}
+
+#[test]
+fn dstack_shaped_apps_run_in_machines_of_their_own_and_reach_nothing_else() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root: `berth up --isolation container` makes users and cgroups"
+    );
+    let (_reg, host, endpoint) = busybox_registry(None, "acme/tiny");
+    let dir = tempdir("cm");
+    let state = dir.join("s");
+    let cloud = Cloud::start(
+        &state,
+        "unix:///nonexistent",
+        Some(ADMIN_KEY),
+        &[&endpoint, "--isolation", "container"],
+    );
+
+    // The shared engine's rules would refuse every line of this file.
+    let (pa, pb) = (free_port(), free_port());
+    let a = deploy(&cloud, "machine-a", &launcher(&host, pa), Some(256));
+    let b = deploy(&cloud, "machine-b", &launcher(&host, pb), None);
+    let mut leftovers = Leftovers(vec![a.clone(), b.clone()]);
+    let va = running(&cloud, &a);
+    running(&cloud, &b);
+    let log_a = cloud.serial_log(ADMIN_KEY, &a, "-");
+    assert!(log_a.contains("isolation: container"), "{log_a}");
+    let _ = va;
+
+    // The same container name in two CVMs at once; each on its own engine.
+    for id in [&a, &b] {
+        let (ok, names) = cvm_docker(&state, id, &["ps", "--format", "{{.Names}}"]);
+        assert!(ok && names.lines().any(|n| n == "app"), "{id}: {names}");
+    }
+    // The published ports reach each CVM's server (busybox httpd answers
+    // 404 for an empty folder), and nothing else listens on them.
+    for port in [pa, pb] {
+        let (code, _) = curl(&[], &format!("http://127.0.0.1:{port}/"));
+        assert_eq!(code, 404, "port {port}");
+    }
+
+    // A local user without root reaches neither the machine's engine nor
+    // its guest agent.
+    let cvm_dir = state.join("cvms").join(&a);
+    for socket in ["engine/docker.sock", "agent/dstack.sock"] {
+        assert!(cvm_dir.join(socket).exists(), "{socket}");
+        assert!(
+            !nobody_reaches(&cvm_dir.join(socket)),
+            "nobody reached {socket}"
+        );
+    }
+
+    // What the privileged container of A sees through `/`: its machine.
+    let tapp = exec(&state, &a, "app", "cat /host/tapp/app-compose.json");
+    assert!(tapp.contains("machine-a"), "{tapp}");
+    let docker_sock = exec(
+        &state,
+        &a,
+        "app",
+        "test -S /var/run/docker.sock && echo socket",
+    );
+    assert!(docker_sock.contains("socket"), "{docker_sock}");
+    let state_path = state.canonicalize().unwrap();
+    let probes = [
+        // the host's state folder, the KMS's socket folder, B's folder
+        format!(
+            "ls {}/ 2>&1",
+            Path::new("/host")
+                .join(state_path.strip_prefix("/").unwrap())
+                .display()
+        ),
+        format!("ls /host{}/kms 2>&1", state_path.display()),
+        format!("ls /host{}/cvms/{b} 2>&1", state_path.display()),
+        format!("ls {}/ 2>&1", state_path.display()),
+    ];
+    for probe in &probes {
+        let out = exec(&state, &a, "app", probe);
+        assert!(
+            out.contains("No such file or directory"),
+            "{probe} reached the host: {out}"
+        );
+    }
+    // The host's processes are not in its PID namespace, even with
+    // `--pid=host` in a sibling started through the machine's engine.
+    let (ok, ps) = cvm_docker(
+        &state,
+        &a,
+        &[
+            "run",
+            "--rm",
+            "--privileged",
+            "--pid=host",
+            "-v",
+            "/:/h",
+            &format!("{host}/acme/tiny:1"),
+            "sh",
+            "-c",
+            "busybox ps -o pid,args; ls /h; ls /h/tapp",
+        ],
+    );
+    assert!(ok, "{ps}");
+    assert!(
+        ps.contains("dockerd"),
+        "its own engine is in its namespace: {ps}"
+    );
+    for host_only in [
+        "berth up",
+        "kms serve",
+        "node serve",
+        "berth-cvm",
+        "rootlesskit",
+    ] {
+        assert!(
+            !ps.contains(host_only),
+            "the host's `{host_only}` is visible: {ps}"
+        );
+    }
+    assert!(!ps.contains(&b[..8]), "B is visible from A: {ps}");
+    assert!(ps.contains("app-compose.json"), "{ps}");
+    // The host's loopback (the API) is unreachable from inside.
+    let api_port = cloud.port();
+    let nc = exec(
+        &state,
+        &a,
+        "app",
+        &format!(
+            "busybox nc -w 2 10.0.2.2 {api_port} </dev/null && echo CONNECTED || echo refused"
+        ),
+    );
+    assert!(
+        !nc.contains("CONNECTED"),
+        "the host's loopback is reachable: {nc}"
+    );
+
+    // Bounded as a whole: its cgroup holds the machine, with its memory.
+    let project = project_of(&a);
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/berth/{project}/memory.limit_in_bytes"
+    ))
+    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/berth/{project}/memory.max")))
+    .unwrap();
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
+    let pids = machine_pids(&a);
+    assert!(
+        pids.len() >= 4,
+        "the machine's processes are in its cgroup: {pids:?}"
+    );
+
+    // A third CVM asking for A's port fails its boot with a sentence.
+    let c = deploy(&cloud, "machine-c", &launcher(&host, pa), None);
+    leftovers.0.push(c.clone());
+    let vc = settled(&cloud, &c);
+    assert_eq!(vc["status"], "boot_failed", "{vc}");
+    let log_c = cloud.serial_log(ADMIN_KEY, &c, "-");
+    assert!(
+        log_c.contains(&format!("127.0.0.1:{pa}")) && log_c.contains("choose another host port"),
+        "{log_c}"
+    );
+    assert!(
+        machine_pids(&c).is_empty(),
+        "a failed boot powers the machine off"
+    );
+
+    // A restart costs no pull: the machine's disk kept the image.
+    let (code, r) = admin(&cloud, "POST", &format!("/cvms/{a}/restart"), None);
+    assert_eq!(code, 200, "{r}");
+    running(&cloud, &a);
+    let log_a = cloud.serial_log(ADMIN_KEY, &a, "-");
+    let last_boot = log_a.rsplit("isolation: container").next().unwrap();
+    assert!(
+        last_boot.contains("already in the engine") || last_boot.contains("HEAD only"),
+        "{last_boot}"
+    );
+    assert_eq!(curl(&[], &format!("http://127.0.0.1:{pa}/")).0, 404);
+
+    // `berth up` stopped powers the machines off; started again, it boots
+    // them from their disks (no pull) and their ports come back.
+    cloud.stop();
+    assert!(machine_pids(&a).is_empty() && machine_pids(&b).is_empty());
+    assert!(!listening(pa));
+    let cloud = Cloud::start(
+        &state,
+        "unix:///nonexistent",
+        Some(ADMIN_KEY),
+        &[&endpoint, "--isolation", "container"],
+    );
+    for id in [&a, &b] {
+        running(&cloud, id);
+    }
+    let log_a = cloud.serial_log(ADMIN_KEY, &a, "-");
+    let last_boot = log_a.rsplit("node restarted").next().unwrap();
+    assert!(last_boot.contains("already in the engine"), "{last_boot}");
+    assert_eq!(curl(&[], &format!("http://127.0.0.1:{pa}/")).0, 404);
+
+    // Delete leaves nothing: no process, no port, no folder.
+    let (code, d) = admin(&cloud, "DELETE", &format!("/cvms/{a}"), None);
+    assert!(code == 200 || code == 204, "{d}");
+    eventually(30, "A's machine gone", || {
+        machine_pids(&a).is_empty() && !listening(pa) && !state.join("cvms").join(&a).exists()
+    });
+    // B still runs.
+    assert_eq!(curl(&[], &format!("http://127.0.0.1:{pb}/")).0, 404);
+    for id in [&b, &c] {
+        let _ = admin(&cloud, "DELETE", &format!("/cvms/{id}"), None);
+    }
+    eventually(30, "B's machine gone", || {
+        machine_pids(&b).is_empty() && !listening(pb)
+    });
+    cloud.stop();
+}
