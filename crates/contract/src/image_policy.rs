@@ -244,24 +244,32 @@ impl ImagePolicy {
 }
 
 /// The sentence of an image that is not pinned where a digest is required
-/// (the policy's `require_digests`, or the operator's `--require-digests`),
-/// naming the service and its image as written.
-pub fn unpinned_sentence(service: &str, written: &str, who: &str) -> String {
-    format!(
-        "service {}'s image {} is not pinned to a digest, and {who} requires every image as name@sha256:…",
-        escape(service),
-        escape(written)
-    )
+/// (the policy's `require_digests`, or the operator's `--require-digests`):
+/// `subject` is what [`first_unpinned`] names, `who` what requires it.
+pub fn unpinned_sentence(subject: &str, who: &str) -> String {
+    format!("{subject} is not pinned to a digest, and {who} requires every image as name@sha256:…")
 }
 
-/// The first service whose image has no digest, as (service, image as
-/// written).
-pub fn first_unpinned(compose: &crate::ComposeFile) -> Option<(&str, &str)> {
-    compose
+/// The first image of `compose` that has no digest (a service's image,
+/// then the base images of the builds in the CVM), named for a sentence:
+/// `service web's image ghcr.io/acme/web:v1`.
+pub fn first_unpinned(compose: &crate::ComposeFile) -> Option<String> {
+    if let Some(i) = compose
         .images
         .iter()
         .find(|i| i.reference.digest().is_none())
-        .map(|i| (i.service.as_str(), i.written.as_str()))
+    {
+        return Some(format!(
+            "service {}'s image {}",
+            escape(&i.service),
+            escape(&i.written)
+        ));
+    }
+    compose
+        .base_images()
+        .into_iter()
+        .find(|b| b.reference.digest().is_none())
+        .map(|b| format!("the build base image {}", escape(&b.written)))
 }
 
 fn scope_matches(scope: &str, name: &str) -> bool {
@@ -486,11 +494,16 @@ jfgc/KiybBv6uA5RMTJZgP2mi9uS0Uicj5E96tQFpBNyYfoQLzgeteh4NQ==
             "services:\n  a:\n    image: busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000\n  web:\n    image: ghcr.io/acme/web:v1\n",
         )
         .unwrap();
-        let (svc, img) = first_unpinned(&compose).unwrap();
-        assert_eq!((svc, img), ("web", "ghcr.io/acme/web:v1"));
+        let subject = first_unpinned(&compose).unwrap();
+        assert_eq!(subject, "service web's image ghcr.io/acme/web:v1");
         assert_eq!(
-            unpinned_sentence(svc, img, "the app's image policy"),
+            unpinned_sentence(&subject, "the app's image policy"),
             "service web's image ghcr.io/acme/web:v1 is not pinned to a digest, and the app's image policy requires every image as name@sha256:…"
         );
+        let pinned = crate::ComposeFile::parse_and_check(
+            "services:\n  a:\n    image: busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000\n",
+        )
+        .unwrap();
+        assert_eq!(first_unpinned(&pinned), None);
     }
 }

@@ -365,6 +365,10 @@ pub async fn boot_within(
     let store_dir = opts.state.join("images");
     let images = steps
         .run("pull images", async {
+            // The app's image policy (measured with its manifest): digests
+            // now, signatures by the pull, before anything of an image is
+            // fetched or handed to the engine.
+            let signatures = image_policy(&shared.app_compose, &compose, serial)?;
             let mut popts = PullOptions::new(&store_dir);
             popts.credentials = credentials;
             popts.retry.budget = opts.retry_budget;
@@ -392,6 +396,7 @@ pub async fn boot_within(
                 .aws_endpoint_url_ecr
                 .as_deref()
                 .is_some_and(|v| !v.is_empty());
+            popts.signatures = signatures;
             let store = registry::OciStore::open(&store_dir)?;
             let handoff = handoff::start(
                 store,
@@ -430,6 +435,14 @@ pub async fn boot_within(
                     return Err(e);
                 }
             };
+            for p in &pulled {
+                if let Some(v) = &p.signed_by {
+                    serial.line(&format!(
+                        "pull: {}: cosign signature of {} verified (key {}, policy scope {})",
+                        p.reference, p.digest, v.key, v.scope
+                    ));
+                }
+            }
             let counts = puller.request_counts().await;
             let (down, reused) = pulled.iter().fold((0, 0), |a, p| (a.0 + p.bytes_downloaded, a.1 + p.bytes_reused));
             serial.line(&format!(
@@ -743,6 +756,37 @@ async fn restart_existing(
         containers.len()
     ));
     Ok(true)
+}
+
+/// The app's image policy, checked before the pull: a malformed policy is
+/// a `config` failure; an image without a digest under `require_digests`
+/// is `untrusted_image`, naming it. Returns the signature rules for the
+/// pull (`None`: no signature required).
+fn image_policy(
+    app: &contract::AppCompose,
+    compose: &ComposeFile,
+    serial: &SerialLog,
+) -> Result<Option<registry::cosign::SignaturePolicy>, BootError> {
+    let policy = app
+        .image_policy()
+        .map_err(|e| BootError::new(Category::Config, e.to_string()))?;
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    serial.line(&format!("image policy: {}", policy.describe()));
+    if policy.require_digests
+        && let Some(subject) = contract::image_policy::first_unpinned(compose)
+    {
+        return Err(BootError::new(
+            Category::UntrustedImage,
+            contract::image_policy::unpinned_sentence(&subject, "the app's image policy"),
+        )
+        .hint("deploy the image pinned to its digest (name@sha256:…); berth deploy pins every tag by default"));
+    }
+    if policy.signatures.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(registry::cosign::SignaturePolicy::new(&policy)?))
 }
 
 /// The boot's outcome as the node reads it ([`BootOutcome`]).
