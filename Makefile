@@ -11,6 +11,12 @@ deps:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# Docs build with no broken link and no link to a private item.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+	@# Dependencies: licenses, banned crates, sources (deny.toml says why
+	@# advisories are left out). cargo-deny comes from `make deps`.
+	@test -x .deps/cargo/bin/cargo-deny || { echo "error: cargo-deny is missing: run make deps"; exit 1; }
+	.deps/cargo/bin/cargo-deny --log-level error check bans licenses sources
 	@# Architecture invariant: the control plane links no code that can derive
 	@# an env private key or open a sealed env.
 	@if $(CARGO) tree -p cloud -e normal --prefix none | grep -E '^(envseal|kms|guest|agent) '; then \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian
 # machine, idempotently: Debian packages with apt-get, npm packages into
-# interop/node_modules and e2e/node_modules, PyPI packages into the venv .deps/venv. Nothing else is
-# touched.
+# interop/node_modules and e2e/node_modules, PyPI packages into the venv .deps/venv, cargo-deny into
+# .deps/cargo. Nothing else is touched.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -72,6 +72,14 @@ if ! pgrep -x dockerd >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then
   for b in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^br-' || true); do
     $SUDO ip link delete "$b" 2>/dev/null || true
   done
+fi
+
+# `make lint`'s dependency check (deny.toml), into .deps/cargo like
+# cargo-fuzz (about 6 minutes to build, once).
+CARGO_DENY_VERSION=0.20.2
+if ! .deps/cargo/bin/cargo-deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "deps: cargo install cargo-deny $CARGO_DENY_VERSION into .deps/cargo"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root .deps/cargo --quiet
 fi
 
 # The test runner: cargo-nextest is on the machine image; fall back to cargo test.

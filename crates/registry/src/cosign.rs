@@ -10,7 +10,7 @@
 //! image passes when one layer's payload verifies under one of the keys its
 //! scope names *and* names the image's pinned digest. Nothing is trusted
 //! before that: the signature manifest and each payload are read with size
-//! caps ([`SIGNATURE_MANIFEST`], [`PAYLOAD`]), a payload must hash to its
+//! caps (`SIGNATURE_MANIFEST`, `PAYLOAD`), a payload must hash to its
 //! descriptor, and its JSON is read only once its signature verifies.
 //!
 //! Why RustCrypto's `p256` (ECDSA P-256 verification, already in the
