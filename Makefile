@@ -17,6 +17,9 @@ lint:
 	@# advisories are left out). cargo-deny comes from `make deps`.
 	@test -x .deps/cargo/bin/cargo-deny || { echo "error: cargo-deny is missing: run make deps"; exit 1; }
 	.deps/cargo/bin/cargo-deny --log-level error check bans licenses sources
+	@# No module uses a sibling that uses it back (scripts/module-cycles.allow
+	@# lists the cycles not broken yet).
+	scripts/module-cycles.py
 	@# Architecture invariant: the control plane links no code that can derive
 	@# an env private key or open a sealed env.
 	@if $(CARGO) tree -p cloud -e normal --prefix none | grep -E '^(envseal|kms|guest|agent) '; then \

@@ -5,7 +5,7 @@
 //! locally. Quotes of a Berth CVM are simulated (no TDX hardware): the
 //! key is Berth's, not Intel's, and a real DCAP verifier refuses them.
 
-use crate::cloudcmd::{ApiArgs, api_failure, client};
+use crate::cloudapi::{ApiArgs, api_failure, client};
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
 use std::io::Read;

@@ -3,7 +3,9 @@
 //! an exit code. It is the only crate that knows about terminals and exit codes.
 
 mod attestcmd;
+mod cloudapi;
 mod cloudcmd;
+mod deploysteps;
 mod envargs;
 mod envcmd;
 mod failure;
@@ -52,7 +54,7 @@ enum Command {
     #[command(subcommand)]
     Node(NodeCommand),
     /// Deploy a compose app with a sealed env (verifies the KMS signature first).
-    Deploy(cloudcmd::DeployArgs),
+    Deploy(deploysteps::DeployArgs),
     /// Manage your CVMs.
     #[command(subcommand)]
     Cvms(cloudcmd::CvmsCommand),

@@ -7,9 +7,8 @@
 //! this owner's key, and its sha256 must be the hash signed. A control plane
 //! that altered the manifest gets no signature.
 
-use crate::cloudcmd::{
-    DeployArgs, api_failure, client, follow_boot, trust_failure, trusted_kms_key,
-};
+use crate::cloudapi::{api_failure, client, trust_failure, trusted_kms_key};
+use crate::deploysteps::{DeployArgs, follow_boot, pin, preflight};
 use crate::envargs;
 use crate::failure::Failure;
 use kms::owner::OwnerKey;
@@ -106,7 +105,7 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
         && !args.no_check
         && env.keys().any(|k| k.starts_with("DSTACK_"))
     {
-        crate::cloudcmd::preflight(&args, env, &compose)?;
+        preflight(&args, env, &compose)?;
     }
     let trusted = match &env {
         Some(_) => Some(trusted_kms_key(args.kms_pubkey.as_deref())?),
@@ -124,7 +123,7 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
             Ok::<_, Failure>((cvm, current))
         })?;
         let empty = envseal::Env::default();
-        let compose = crate::cloudcmd::pin(
+        let compose = pin(
             &args,
             env.as_ref().unwrap_or(&empty),
             &compose,

@@ -3,7 +3,7 @@
 //! A new key is printed alone on standard output (for `$(…)` in scripts);
 //! what happened goes to standard error.
 
-use crate::cloudcmd::{ApiArgs, api_failure, client};
+use crate::cloudapi::{ApiArgs, api_failure, client};
 use crate::failure::Failure;
 use clap::{Args, Subcommand};
 
