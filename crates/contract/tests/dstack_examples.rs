@@ -33,6 +33,7 @@ fn launcher_controls_the_cvms_engine_through_docker_sock() {
             &[("launcher".into(), "sha256:abc".into())],
             &[],
             &ServiceLimits::default(),
+            &|_| None,
         )
         .unwrap();
     assert!(
@@ -136,7 +137,7 @@ fn tutorial_inline_build_with_a_heredoc() {
         .collect();
     assert_eq!(bases, ["docker.io/library/node:22-slim"]);
     let r = f
-        .render_in_container(&[], &[], &ServiceLimits::default())
+        .render_in_container(&[], &[], &ServiceLimits::default(), &|_| None)
         .unwrap();
     assert_eq!(r.files.len(), 1);
     assert_eq!(r.files[0].path, "build/app/Dockerfile");
@@ -184,6 +185,7 @@ configs:
             &[],
             &[(base.written.clone(), "sha256:0123".into())],
             &ServiceLimits::default(),
+            &|_| None,
         )
         .unwrap();
     assert!(
@@ -218,4 +220,47 @@ fn container_name_is_the_cvms_own() {
     let yaml = "services:\n  web:\n    image: nginx:1.27\n    container_name: web\n";
     assert!(shared_refuses(yaml).contains("container_name"));
     container(yaml);
+}
+
+/// `ssh-over-gateway`: an env value interpolated into the inline
+/// Dockerfile, privileged, host network, `/` and both sockets bound.
+#[test]
+fn ssh_server_takes_its_password_from_the_env() {
+    let yaml = r#"services:
+  ssh-server:
+    build:
+      context: .
+      dockerfile_inline: |
+        FROM ubuntu:22.04@sha256:01a3ee0b5e413cefaaffc6abe68c9c37879ae3cced56a8e088b1649e5b269eee
+        RUN apt-get update && apt-get install -y openssh-server sudo
+        RUN echo 'root:${ROOT_PW:-123456}' | chpasswd
+        RUN sed -i 's/#Port 22/Port 1022/' /etc/ssh/sshd_config
+        CMD ["/usr/sbin/sshd", "-D"]
+    restart: unless-stopped
+    privileged: true
+    network_mode: host
+    volumes:
+      - /:/host/
+      - /var/run/tappd.sock:/var/run/tappd.sock
+      - /var/run/docker.sock:/var/run/docker.sock
+  workload:
+    image: nginx
+"#;
+    shared_refuses(yaml);
+    let f = container(yaml);
+    assert_eq!(f.images.len(), 1);
+    assert_eq!(f.base_images().len(), 1);
+    let env = |k: &str| (k == "ROOT_PW").then(|| "from-env".to_owned());
+    let r = f
+        .render_in_container(&[], &[], &ServiceLimits::default(), &env)
+        .unwrap();
+    assert!(
+        r.files[0]
+            .content
+            .contains("echo 'root:from-env' | chpasswd")
+    );
+    let r = f
+        .render_in_container(&[], &[], &ServiceLimits::default(), &|_| None)
+        .unwrap();
+    assert!(r.files[0].content.contains("echo 'root:123456' | chpasswd"));
 }

@@ -523,7 +523,15 @@ pub async fn boot_within(
                     Vec::new(),
                 ),
                 Isolation::Container => {
-                    let r = compose.render_in_container(&replacements, &bases, &limits)?;
+                    // Inline Dockerfiles are interpolated from the env
+                    // the compose tool gets (as compose would do it).
+                    let lookup = |k: &str| {
+                        contract::env_rules::reserved_reason(k)
+                            .is_none()
+                            .then(|| env.get(k).map(|v| v.expose().to_owned()))
+                            .flatten()
+                    };
+                    let r = compose.render_in_container(&replacements, &bases, &limits, &lookup)?;
                     (r.yaml, r.files)
                 }
             };
@@ -570,7 +578,12 @@ pub async fn boot_within(
             })?;
             write_build_files(&dir, &build_files, serial)?;
             serial.line(&format!("{} up, project {project}", tool.name()));
-            tool.up(&project, &file, &env, isolation, serial).await?;
+            let up = tool.up(&project, &file, &env, isolation, serial).await;
+            // The build files may hold env values: gone once built.
+            for f in &build_files {
+                let _ = std::fs::remove_file(dir.join(&f.path));
+            }
+            up?;
             // Remember what was started, so an unchanged restart can skip the tool.
             let _ = std::fs::write(&marker, &fingerprint);
             Ok(())

@@ -18,6 +18,7 @@ use testkit::images::{ImageSpec, PushTarget, push_image};
 use testkit::{Dockerd, Registry};
 
 const PASSWORD: &str = "canary-build-pw-5d1c02";
+const GREETING: &str = "hello-from-the-sealed-env-77";
 
 /// The serial log, kept in memory.
 #[derive(Clone, Default)]
@@ -98,7 +99,8 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
         FROM {host}/base/bb:1 AS base
         RUN echo built-in-the-cvm > /built
         FROM base
-        CMD ["sh", "-c", "cat /built; echo shell=$$0; sleep 600"]
+        RUN echo "greeting=${{GREETING:?the env has it}}" > /greeting
+        CMD ["sh", "-c", "cat /built /greeting; echo shell=$$0; sleep 600"]
     network_mode: none
   pinned:
     build:
@@ -116,6 +118,7 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let allowed = [
+        "GREETING",
         "DSTACK_DOCKER_USERNAME",
         "DSTACK_DOCKER_PASSWORD",
         "DSTACK_DOCKER_REGISTRY",
@@ -140,6 +143,7 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
     std::fs::write(&key_file, key.to_hex().as_str()).unwrap();
     let env = Env::from_vars(
         [
+            ("GREETING", GREETING),
             ("DSTACK_DOCKER_USERNAME", "alice"),
             ("DSTACK_DOCKER_PASSWORD", PASSWORD),
             ("DSTACK_DOCKER_REGISTRY", host.as_str()),
@@ -182,8 +186,13 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
     assert!(log.contains("wrote build/pinned/Dockerfile"), "{log}");
 
     // Both built and running, from the bases the boot agent pulled.
-    let app = logs_of(&engine, "inlinebuild", "app", "built-in-the-cvm");
+    let app = logs_of(&engine, "inlinebuild", "app", "shell=");
     assert!(app.contains("built-in-the-cvm"), "app logs: {app}\n{log}");
+    // `${GREETING}` interpolated from the sealed env, `$$0` a `$0`.
+    assert!(
+        app.contains(&format!("greeting={GREETING}")) && app.contains("shell=sh"),
+        "app logs: {app}"
+    );
     let pinned_logs = logs_of(&engine, "inlinebuild", "pinned", "pinned-base-built");
     assert!(
         pinned_logs.contains("pinned-base-built"),
@@ -191,12 +200,10 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
     );
     engine.docker_out(&["image", "inspect", "local/app:built"]);
 
-    // The Dockerfiles as written: `$$` undone, the pinned base by its ID.
+    // The Dockerfiles (which may hold env values) are gone once built.
     let compose_dir = state.join("compose");
-    let app_file = std::fs::read_to_string(compose_dir.join("build/app/Dockerfile")).unwrap();
-    assert!(app_file.contains("echo shell=$0;"), "{app_file}");
-    let pinned_file = std::fs::read_to_string(compose_dir.join("build/pinned/Dockerfile")).unwrap();
-    assert!(pinned_file.starts_with("FROM sha256:"), "{pinned_file}");
+    assert!(!compose_dir.join("build/app/Dockerfile").exists());
+    assert!(!compose_dir.join("build/pinned/Dockerfile").exists());
     // The rendered file holds no inline Dockerfile and no per-container
     // limits.
     let rendered = std::fs::read_to_string(compose_dir.join("docker-compose.yml")).unwrap();
@@ -215,7 +222,7 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
             f.display()
         );
     }
-    assert!(!log.contains(PASSWORD));
+    assert!(!log.contains(PASSWORD) && !log.contains(GREETING));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -2,7 +2,7 @@
 //! compose file may not do even inside a CVM that is a machine of its own.
 //! See the [module documentation](super) for the list and the reasons.
 
-use super::dockerfile::{base_images, unescape_dollars};
+use super::dockerfile::{Interpolation, base_images, interpolate};
 use super::yaml::{scalar_text, shown};
 use super::{BaseImage, ComposeError, ComposeFile, Scope, ServiceBuild, Site};
 use crate::reference::ImageReference;
@@ -67,7 +67,9 @@ pub(super) fn service_build(
     let names: Vec<String> = contexts.iter().map(|(k, _)| k.clone()).collect();
     let mut bases: Vec<BaseImage> = Vec::new();
     if let Some(inline) = build.get("dockerfile_inline") {
-        let text = inline_text(&site, inline)?;
+        // `$$` is a `$` to the Dockerfile; a name made of an env value
+        // (`FROM ${BASE}`) keeps a `$` and is not pulled here.
+        let text = inline_source(&site, inline)?.replace("$$", "$");
         bases = base_images(&site, &text, &names)?;
     }
     for (name, value) in &contexts {
@@ -99,15 +101,36 @@ pub(super) fn service_build(
     })
 }
 
-/// The text of `build.dockerfile_inline`, with compose's `$$` undone; a
-/// `$` that compose would replace with an env value is refused.
-pub(super) fn inline_text(site: &Site, inline: &Value) -> Result<String, ComposeError> {
+/// The text of `build.dockerfile_inline` as written, if it is a string
+/// whose `$`s compose can interpolate (`$$`, `$NAME`, `${NAME…}`).
+pub(super) fn inline_source<'v>(site: &Site, inline: &'v Value) -> Result<&'v str, ComposeError> {
     let text = inline.as_str().ok_or_else(|| {
         site.err("has a `build.dockerfile_inline` that is not a string: write the Dockerfile as a block (`dockerfile_inline: |`)")
     })?;
-    unescape_dollars(text).map_err(|_| {
-        site.err("has a single `$` in `build.dockerfile_inline`, which compose would replace with an env value (writing the value into the image): write `$$` for a `$` of the Dockerfile, and pass values with `build.args`")
-    })
+    interpolate(text, &|_| Some("x".to_owned())).map_err(|e| interpolation_error(site, e))?;
+    Ok(text)
+}
+
+/// The text of `build.dockerfile_inline` as compose would build it: its
+/// `$`s interpolated from `env` (the CVM's env, as the compose tool gets
+/// it).
+pub(super) fn inline_text(
+    site: &Site,
+    inline: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ComposeError> {
+    interpolate(inline_source(site, inline)?, env).map_err(|e| interpolation_error(site, e))
+}
+
+fn interpolation_error(site: &Site, e: Interpolation) -> ComposeError {
+    match e {
+        Interpolation::Invalid(_) => site.err("has a `$` in `build.dockerfile_inline` that compose cannot interpolate: write `$$` for a `$` of the Dockerfile, `${NAME}` for an env value"),
+        Interpolation::Required { name, message } => site.err(&format!(
+            "needs the env variable `{}` in `build.dockerfile_inline`, which is unset or empty ({}): set it in the env",
+            shown(&name),
+            shown(&message)
+        )),
+    }
 }
 
 impl ComposeFile {
@@ -228,7 +251,7 @@ fn check_build(scope: &Scope, site: &Site, value: &Value) -> Result<(), ComposeE
             "context" => check_context(site, "`build.context`", v)?,
             "dockerfile" => inside_folder(site, "`build.dockerfile`", v)?,
             "dockerfile_inline" => {
-                inline_text(site, v)?;
+                inline_source(site, v)?;
             }
             "additional_contexts" => {
                 if !matches!(v, Value::Mapping(_) | Value::Sequence(_) | Value::Null) {

@@ -278,9 +278,18 @@ fn sizes_hold_in_the_container_mode() {
 
 #[test]
 fn dollars_in_inline_dockerfiles() {
-    let ok = web("build:\n  dockerfile_inline: |\n    FROM alpine:3\n    RUN echo $$HOME > /h\n");
-    allowed_in_container(&ok);
-    for inline in ["RUN echo ${SECRET}", "RUN echo $SECRET", "FROM ${BASE}"] {
+    // `$$` and env values (`${NAME}`) as compose interpolates them.
+    for inline in [
+        "RUN echo $$HOME > /h",
+        "RUN echo 'root:${ROOT_PW:-123456}' | chpasswd",
+        "RUN echo $SECRET",
+    ] {
+        allowed_in_container(&web(&format!(
+            "build:\n  dockerfile_inline: |\n    FROM alpine:3\n    {inline}\n"
+        )));
+    }
+    // A `$` compose cannot interpolate.
+    for inline in ["RUN echo $(date)", "RUN echo ${1}", "RUN echo $ x"] {
         let e = refused_in_container_at(
             &web(&format!(
                 "build:\n  dockerfile_inline: |\n    FROM alpine:3\n    {inline}\n"
@@ -289,6 +298,40 @@ fn dollars_in_inline_dockerfiles() {
         );
         assert!(e.message.contains("$$"), "{}", e.message);
     }
+    // A base named by an env value is left to the engine.
+    let f = allowed_in_container(&web(
+        "build:\n  dockerfile_inline: |\n    FROM ${BASE:-alpine:3}\n",
+    ));
+    assert!(f.base_images().is_empty());
+}
+
+#[test]
+fn rendering_interpolates_env_values_as_compose_would() {
+    let f = allowed_in_container(&web(
+        "build:\n  dockerfile_inline: |\n    FROM alpine:3\n    RUN echo 'root:${ROOT_PW:-123456}' $$HOME ${NEEDED:?set NEEDED}\n",
+    ));
+    let env = |k: &str| match k {
+        "ROOT_PW" => Some("s3cret".to_owned()),
+        "NEEDED" => Some("yes".to_owned()),
+        _ => None,
+    };
+    let r = f
+        .render_in_container(&[], &[], &ServiceLimits::default(), &env)
+        .unwrap();
+    assert_eq!(
+        r.files[0].content,
+        "FROM alpine:3\nRUN echo 'root:s3cret' $HOME yes\n"
+    );
+    // Its text is not printed.
+    assert!(!format!("{:?}", r.files).contains("s3cret"));
+    let e = f
+        .render_in_container(&[], &[], &ServiceLimits::default(), &|_| None)
+        .unwrap_err();
+    assert!(
+        e.message.contains("`NEEDED`") && e.message.contains("set NEEDED"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -313,6 +356,7 @@ fn rendering_writes_inline_dockerfiles_to_files() {
                 "sha256:ubuntuid".into(),
             )],
             &limits,
+            &|_| None,
         )
         .unwrap();
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&r.yaml).unwrap();
@@ -382,7 +426,7 @@ fn rendering_refuses_what_compose_1_29_cannot_build() {
         let yaml = web(build).replace("    image: postgres:16\n", "    build: .\n");
         let f = allowed_in_container(&yaml);
         let e = f
-            .render_in_container(&[], &[], &ServiceLimits::default())
+            .render_in_container(&[], &[], &ServiceLimits::default(), &|_| None)
             .unwrap_err();
         assert!(e.message.contains(part), "{part}: {}", e.message);
         assert_eq!(e.service.as_deref(), Some("web"));

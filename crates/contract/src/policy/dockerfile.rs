@@ -197,25 +197,102 @@ pub(super) fn base_images(
     Ok(out)
 }
 
-/// Compose's interpolation of `text`, for an inline Dockerfile: `$$` is a
-/// `$`; any other `$` would be replaced with an env value (or is an error
-/// to compose), so it is refused: `Err` with the byte offset of the first.
-pub(super) fn unescape_dollars(text: &str) -> Result<String, usize> {
+/// Why [`interpolate`] could not: an invalid `$` (byte offset), or a
+/// `${NAME:?message}` whose variable is unset (or empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Interpolation {
+    Invalid(usize),
+    Required { name: String, message: String },
+}
+
+/// Compose's interpolation of `text` (what compose does to
+/// `dockerfile_inline` before building): `$$` is a `$`; `$NAME`,
+/// `${NAME}` are `lookup(NAME)` (empty when unset); `${NAME:-default}`,
+/// `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`,
+/// `${NAME:+alternative}`, `${NAME+alternative}` as in the shell. Any other
+/// `$` is invalid, as it is to compose.
+pub(super) fn interpolate(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Interpolation> {
+    let is_start = |c: char| c == '_' || c.is_ascii_alphabetic();
+    let is_name = |c: char| c == '_' || c.is_ascii_alphanumeric();
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.char_indices().peekable();
-    while let Some((at, c)) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            Some((_, '$')) => {
-                chars.next();
-                out.push('$');
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let here = offset + at;
+        let after = &rest[at + 1..];
+        let used = if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            let _ = tail;
+            2
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or(Interpolation::Invalid(here))?;
+            let inner = &body[..end];
+            let name_len = inner.find(|c: char| !is_name(c)).unwrap_or(inner.len());
+            let (name, op) = inner.split_at(name_len);
+            if !name.starts_with(is_start) {
+                return Err(Interpolation::Invalid(here));
             }
-            _ => return Err(at),
-        }
+            let value = lookup(name);
+            let set = value.is_some();
+            let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
+            let text = if op.is_empty() {
+                value.unwrap_or_default()
+            } else if let Some(d) = op.strip_prefix(":-") {
+                if non_empty {
+                    value.unwrap_or_default()
+                } else {
+                    d.to_owned()
+                }
+            } else if let Some(d) = op.strip_prefix('-') {
+                if set {
+                    value.unwrap_or_default()
+                } else {
+                    d.to_owned()
+                }
+            } else if let Some(m) = op.strip_prefix(":?") {
+                if !non_empty {
+                    return Err(Interpolation::Required {
+                        name: name.to_owned(),
+                        message: m.to_owned(),
+                    });
+                }
+                value.unwrap_or_default()
+            } else if let Some(m) = op.strip_prefix('?') {
+                if !set {
+                    return Err(Interpolation::Required {
+                        name: name.to_owned(),
+                        message: m.to_owned(),
+                    });
+                }
+                value.unwrap_or_default()
+            } else if let Some(a) = op.strip_prefix(":+") {
+                if non_empty {
+                    a.to_owned()
+                } else {
+                    String::new()
+                }
+            } else if let Some(a) = op.strip_prefix('+') {
+                if set { a.to_owned() } else { String::new() }
+            } else {
+                return Err(Interpolation::Invalid(here));
+            };
+            out.push_str(&text);
+            2 + end + 1
+        } else if after.starts_with(is_start) {
+            let len = after.find(|c: char| !is_name(c)).unwrap_or(after.len());
+            out.push_str(&lookup(&after[..len]).unwrap_or_default());
+            1 + len
+        } else {
+            return Err(Interpolation::Invalid(here));
+        };
+        rest = &rest[at + used..];
+        offset = here + used;
     }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -312,14 +389,45 @@ mod tests {
     }
 
     #[test]
-    fn dollars() {
+    fn interpolation_as_compose_does_it() {
+        let env = |k: &str| match k {
+            "SET" => Some("v".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let i = |t: &str| interpolate(t, &env);
         assert_eq!(
-            unescape_dollars("echo $$HOME $$$$").unwrap(),
-            "echo $HOME $$"
+            i("echo $$HOME $$$$ $SET ${SET}x").unwrap(),
+            "echo $HOME $$ v vx"
         );
-        assert_eq!(unescape_dollars("a ${X}"), Err(2));
-        assert_eq!(unescape_dollars("a $X"), Err(2));
-        assert_eq!(unescape_dollars("a $"), Err(2));
+        assert_eq!(i("${UNSET}|$UNSET|${EMPTY}").unwrap(), "||");
+        assert_eq!(
+            i("${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} ${SET:-d}").unwrap(),
+            "d d  d v"
+        );
+        assert_eq!(
+            i("${SET:+a} ${EMPTY:+a} ${EMPTY+a} ${UNSET+a}").unwrap(),
+            "a  a "
+        );
+        assert_eq!(i("root:${ROOT_PW:-123456}").unwrap(), "root:123456");
+        assert_eq!(
+            i("${UNSET:?say it}"),
+            Err(Interpolation::Required {
+                name: "UNSET".into(),
+                message: "say it".into()
+            })
+        );
+        assert!(i("${EMPTY?x}").is_ok());
+        for (bad, at) in [
+            ("a $", 2),
+            ("a $(cmd)", 2),
+            ("a ${1X}", 2),
+            ("a ${X", 2),
+            ("$ {X}", 0),
+            ("${X:=d}", 0),
+        ] {
+            assert_eq!(i(bad), Err(Interpolation::Invalid(at)), "{bad}");
+        }
     }
 
     #[test]

@@ -105,11 +105,14 @@
 //!   - another compose file: top-level `include` and `extends.file`, which
 //!     Berth does not check;
 //!   - `$` where an env value would change what is checked: a port (the
-//!     count), `scale`/`deploy.replicas`, the paths above, and a single `$`
-//!     in `dockerfile_inline` (compose would write the env value into the
-//!     image; `$$` is a `$` of the Dockerfile). Elsewhere `$` is allowed:
-//!     whatever `privileged`, `network_mode` or a bind could become, it is
-//!     allowed written literally.
+//!     count), `scale`/`deploy.replicas`, the paths above, an
+//!     `additional_contexts` entry. Elsewhere `$` is allowed: whatever
+//!     `privileged`, `network_mode` or a bind could become, it is allowed
+//!     written literally. In `dockerfile_inline`, `$` is interpolated as
+//!     compose does (`$$`, `${NAME:-default}`, …; dstack's examples set a
+//!     password that way) when the boot agent writes the Dockerfile; a `$`
+//!     compose could not interpolate is refused, and a base image named by
+//!     an env value is left to the engine to pull.
 //!
 //! [`ComposeFile::builds`] lists what the CVM builds, with the base images
 //! of inline Dockerfiles ([`BaseImage`]), which the boot agent pulls with

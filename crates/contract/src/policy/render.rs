@@ -99,14 +99,24 @@ pub struct RenderedCompose {
     pub files: Vec<BuildFile>,
 }
 
-/// A file the compose file's builds read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A file the compose file's builds read. Its text may hold env values
+/// (interpolated as compose would), so it is not printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct BuildFile {
     /// Relative to the compose file's folder (`build/<service>/Dockerfile`):
     /// plain components, no `..`.
     pub path: String,
     /// Its text.
     pub content: String,
+}
+
+impl std::fmt::Debug for BuildFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildFile")
+            .field("path", &self.path)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .finish()
+    }
 }
 
 impl ComposeFile {
@@ -117,8 +127,9 @@ impl ComposeFile {
     /// - each service's image replaced as `replacements` says, as in
     ///   [`render`](Self::render);
     /// - every `dockerfile_inline` becomes the file
-    ///   `build/<service>/Dockerfile` ([`RenderedCompose::files`]), with
-    ///   compose's `$$` undone and each base image named as `bases` says
+    ///   `build/<service>/Dockerfile` ([`RenderedCompose::files`]),
+    ///   interpolated as compose would (`$$` is a `$`, `${NAME}` is
+    ///   `env(NAME)`), and each base image named as `bases` says
     ///   (as written → the name the engine has it under; those not listed
     ///   stay as written); its `context` is that folder unless the file
     ///   gives one;
@@ -136,6 +147,7 @@ impl ComposeFile {
         replacements: &[(String, String)],
         bases: &[(String, String)],
         limits: &ServiceLimits,
+        env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<RenderedCompose, super::ComposeError> {
         let mut doc = self.rendered(replacements);
         let bases: std::collections::BTreeMap<String, String> = bases.iter().cloned().collect();
@@ -158,7 +170,7 @@ impl ComposeFile {
                 let Some(svc) = svc.as_mapping_mut() else {
                     continue;
                 };
-                if let Some(file) = inline_to_file(&name, svc, &bases, &images)? {
+                if let Some(file) = inline_to_file(&name, svc, &bases, &images, env)? {
                     files.push(file);
                 }
                 if let (Some(size), Some(count)) = (limits.log_max_bytes, limits.log_max_files) {
@@ -181,6 +193,7 @@ fn inline_to_file(
     svc: &mut Mapping,
     bases: &std::collections::BTreeMap<String, String>,
     images: &std::collections::BTreeMap<String, Option<String>>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<BuildFile>, super::ComposeError> {
     let site = super::Site::service(service, "build");
     let Some(build) = svc.get("build").and_then(Value::as_mapping).cloned() else {
@@ -224,7 +237,7 @@ fn inline_to_file(
     if matches!(service, "." | "..") {
         return Err(site.err("builds from `dockerfile_inline` under a service name that is not a folder name: rename the service"));
     }
-    let text = super::container::inline_text(&site, inline)?;
+    let text = super::container::inline_text(&site, inline, env)?;
     let content = super::dockerfile::rewrite_bases(&text, &names);
     let path = format!("{BUILD_DIR}/{service}/Dockerfile");
     let mut build = build;
