@@ -41,3 +41,15 @@ echo
 echo "== the guest agent: GetKey and GetQuote latency over its Unix socket (${AGENT_CALLS:-2000} calls each) and the serving process's RSS"
 cargo build --release --quiet -p agent --example bench_agent
 target/release/examples/bench_agent "${AGENT_CALLS:-2000}"
+echo
+# Pre-launch in a dstack guest (issue 19): testkit's guest emulation runs
+# Berth's pre-launch script and the documented default flow (docker login +
+# docker compose pull, then the runner's up) on the same image through the
+# throttling proxy (PRELAUNCH_LINK: MB/s per connection / round-trip ms):
+# cold boot, reboot, registry requests per reboot.
+PRELAUNCH_LAYER_MB="${PRELAUNCH_LAYER_MB:-100}"
+PRELAUNCH_RUNS="${PRELAUNCH_RUNS:-3}"
+PRELAUNCH_LINK="${PRELAUNCH_LINK:-50/20}"
+echo "== pre-launch in a dstack guest: berth's script vs the default flow (busybox + 2 x ${PRELAUNCH_LAYER_MB} MB at ${PRELAUNCH_LINK}, ${PRELAUNCH_RUNS} runs each)"
+cargo build --release --quiet -p testkit --example bench_prelaunch
+target/release/examples/bench_prelaunch target/release/berth "$PRELAUNCH_RUNS" "$PRELAUNCH_LAYER_MB" "$PRELAUNCH_LINK"

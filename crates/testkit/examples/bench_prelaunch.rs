@@ -40,7 +40,8 @@ struct Flow {
 impl Flow {
     fn new(name: &'static str, app: impl Fn(&DstackGuest) -> GuestApp) -> Flow {
         let engine = Dockerd::start();
-        let guest = DstackGuest::new(&format!("bench-prelaunch-{name}"), &engine);
+        let mut guest = DstackGuest::new(&format!("bench-prelaunch-{name}"), &engine);
+        guest.set_quiet(true);
         guest.install(&app(&guest));
         Flow {
             name,
@@ -111,7 +112,6 @@ fn main() {
             Duration::from_millis(rtt.parse().unwrap()),
         )
     });
-    // Quiet guests: the runner's output goes to our stderr only on request.
     let registry = Registry::with_htpasswd(&[(USER, PASSWORD)]);
     eprintln!("pushing the image…");
     push_image(

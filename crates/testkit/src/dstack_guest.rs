@@ -89,6 +89,7 @@ pub struct DstackGuest {
     host: PathBuf,
     bin: PathBuf,
     docker_host: String,
+    quiet: bool,
 }
 
 const RUNNER: &str = r#"#!/bin/bash
@@ -206,9 +207,16 @@ impl DstackGuest {
             host,
             bin,
             docker_host: engine.host(),
+            quiet: false,
         };
         guest.notify_mode(NotifyMode::Record);
         guest
+    }
+
+    /// Whether a boot's output is copied to standard error only when the
+    /// boot fails (a benchmark's), rather than always (a test's).
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     /// The guest's root folder (`/` of the CVM).
@@ -379,6 +387,9 @@ impl DstackGuest {
             stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
             elapsed: started.elapsed(),
         };
+        if self.quiet && run.ok {
+            return run;
+        }
         let _ = std::io::stderr().write_all(
             format!(
                 "--- guest boot ({:?}, {} ms, exit {:?}) ---\n{}{}",
