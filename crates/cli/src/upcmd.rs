@@ -44,6 +44,12 @@ pub struct UpArgs {
     /// isolation between CVMs (all on one engine; strict compose rules).
     #[arg(long, value_name = "MODE", default_value = "shared", value_parser = ["shared", "container"])]
     isolation: String,
+    /// Refuse, at provisioning and update, a compose file naming an image
+    /// by tag only: every image must be `name@sha256:…` (`berth deploy`
+    /// pins tags unless --no-pin), so what a CVM runs is what its compose
+    /// hash measures.
+    #[arg(long)]
+    require_digests: bool,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -241,6 +247,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
             } else {
                 contract::Isolation::Shared
             },
+            require_digests: args.require_digests,
             ..cloud::db::Limits::default()
         },
         header_timeout: std::time::Duration::from_secs(args.header_timeout),

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 pub use contract::AppComposeInput;
-use contract::{ComposeFile, Isolation, Measurement};
+use contract::{ComposeFile, ImagePolicy, Isolation, Measurement};
 
 /// Whether `name` is a valid CVM name: 5 to 63 characters, hostname rules
 /// (letters, digits, `-`; starts with a letter, does not end with `-`).
@@ -77,6 +77,60 @@ pub fn build(input: &AppComposeInput<'_>, isolation: Isolation) -> Result<BuiltA
     })
 }
 
+/// What is asked of a manifest's images besides the compose policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageRules<'a> {
+    /// The app's image policy, rendered into the manifest (so the compose
+    /// hash measures it).
+    pub policy: Option<&'a ImagePolicy>,
+    /// The operator refuses images without a digest (`berth up
+    /// --require-digests`).
+    pub operator_requires_digests: bool,
+}
+
+/// Reads the image policy a client sent (`berth_image_policy`): a
+/// malformed one is a 400 with the sentence saying what is wrong.
+pub fn image_policy(value: Option<&serde_json::Value>) -> Result<Option<ImagePolicy>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => ImagePolicy::from_value(v)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(e.to_string())),
+    }
+}
+
+/// [`build`] with the app's image policy and the operator's rule on
+/// digests: an image without a digest that either requires is refused with
+/// a sentence naming it (the boot agent checks the policy again).
+pub fn build_with_images(
+    input: &AppComposeInput<'_>,
+    isolation: Isolation,
+    images: ImageRules<'_>,
+) -> Result<BuiltApp, ApiError> {
+    let compose = validate_compose(input.docker_compose_file, isolation)?;
+    let policy_requires = images.policy.is_some_and(|p| p.require_digests);
+    if (images.operator_requires_digests || policy_requires)
+        && let Some(subject) = contract::image_policy::first_unpinned(&compose)
+    {
+        let who = if images.operator_requires_digests {
+            "this cloud's operator"
+        } else {
+            "the app's image policy"
+        };
+        return Err(ApiError::invalid(
+            contract::image_policy::unpinned_sentence(&subject, who),
+        ));
+    }
+    let mut built = build(input, isolation)?;
+    if images.policy.is_some_and(|p| !p.is_empty()) {
+        built.bytes = input.render_with_policy(images.policy);
+        let m = Measurement::of(&built.bytes);
+        built.app_id = m.app_id;
+        built.compose_hash = m.compose_hash;
+    }
+    Ok(built)
+}
+
 /// Builds the next manifest of the app `app_id` (an update): the same
 /// checks as [`build`]; the app id stays the one its first manifest fixed.
 pub fn build_update(
@@ -84,7 +138,17 @@ pub fn build_update(
     app_id: &str,
     isolation: Isolation,
 ) -> Result<BuiltApp, ApiError> {
-    let mut built = build(input, isolation)?;
+    build_update_with_images(input, app_id, isolation, ImageRules::default())
+}
+
+/// [`build_update`] with [`ImageRules`] (see [`build_with_images`]).
+pub fn build_update_with_images(
+    input: &AppComposeInput<'_>,
+    app_id: &str,
+    isolation: Isolation,
+    images: ImageRules<'_>,
+) -> Result<BuiltApp, ApiError> {
+    let mut built = build_with_images(input, isolation, images)?;
     built.app_id = app_id.to_owned();
     Ok(built)
 }

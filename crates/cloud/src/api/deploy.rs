@@ -31,6 +31,10 @@ pub struct ProvisionBody {
     /// only compose hashes the owner signs ever get the app's env key.
     #[serde(default)]
     berth_owner_key: Option<String>,
+    /// Berth: the app's image policy (`contract::image_policy`), measured
+    /// in its manifest.
+    #[serde(default)]
+    berth_image_policy: Option<serde_json::Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -71,7 +75,8 @@ pub async fn provision(
     // The user's salt is in the manifest (`berth_owner`): the same compose
     // file from two users is two apps with two env keys, and a user learns
     // nothing about what others deployed.
-    let built = appcompose::build(
+    let image_policy = appcompose::image_policy(body.berth_image_policy.as_ref())?;
+    let built = appcompose::build_with_images(
         &AppComposeInput {
             name: &body.name,
             docker_compose_file: &body.compose_file.docker_compose_file,
@@ -85,6 +90,10 @@ pub async fn provision(
                 .filter(|k| !k.trim().is_empty()),
         },
         state.limits.isolation,
+        appcompose::ImageRules {
+            policy: image_policy.as_ref(),
+            operator_requires_digests: state.limits.require_digests,
+        },
     )?;
     let key = kms_env_key(&state, &built.app_id).await?;
     // The user's cap on apps never committed, and their expiry, are kept

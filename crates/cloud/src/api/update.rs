@@ -42,6 +42,11 @@ pub struct UpdateBody {
     /// The owner's signature over (app id, new compose hash, counter).
     #[serde(default)]
     berth_owner_authorization: Option<contract::upgrade::OwnerAuthorization>,
+    /// The app's next image policy; absent: the current one is kept (`{}`
+    /// drops it, which for an owner-authorized app takes the owner's
+    /// signature like any update).
+    #[serde(default)]
+    berth_image_policy: Option<serde_json::Value>,
 }
 
 /// What a new version of an app is made of.
@@ -54,6 +59,8 @@ pub(super) struct NewVersion<'a> {
     pub public_logs: Option<bool>,
     /// `None`: as now.
     pub public_sysinfo: Option<bool>,
+    /// The image policy (`None`: as now).
+    pub image_policy: Option<contract::ImagePolicy>,
 }
 
 /// A new version, built and checked but not applied.
@@ -90,7 +97,11 @@ pub(super) async fn prepare(
         .await?
         .ok_or_else(|| ApiError::internal("the app's first manifest is missing"))?;
     let genesis_manifest: Manifest = serde_json::from_slice(&genesis).unwrap_or_default();
-    let built = appcompose::build_update(
+    let image_policy = match next.image_policy {
+        Some(p) => Some(p),
+        None => appcompose::image_policy(current.berth_image_policy.as_ref())?,
+    };
+    let built = appcompose::build_update_with_images(
         &AppComposeInput {
             name: &name,
             docker_compose_file: next.compose,
@@ -105,6 +116,10 @@ pub(super) async fn prepare(
         },
         &app.app_id,
         state.limits.isolation,
+        appcompose::ImageRules {
+            policy: image_policy.as_ref(),
+            operator_requires_digests: state.limits.require_digests,
+        },
     )?;
     Ok(Prepared {
         built,
@@ -217,6 +232,7 @@ pub async fn update_cvm(
             allowed_envs: body.allowed_envs.clone(),
             public_logs: body.public_logs,
             public_sysinfo: body.public_sysinfo,
+            image_policy: appcompose::image_policy(body.berth_image_policy.as_ref())?,
         },
     )
     .await?;
@@ -289,6 +305,7 @@ pub async fn update_envs(
                 allowed_envs: Some(keys.clone()),
                 public_logs: None,
                 public_sysinfo: None,
+                image_policy: None,
             },
         )
         .await?;

@@ -72,6 +72,9 @@ pub struct Manifest {
     /// The owner's upgrade key, for an owner-authorized app.
     #[serde(default)]
     pub berth_owner_key: Option<String>,
+    /// The app's image policy, as measured.
+    #[serde(default)]
+    pub berth_image_policy: Option<serde_json::Value>,
 }
 
 impl Manifest {

@@ -83,6 +83,9 @@ pub struct Limits {
     /// What a CVM is on this cloud (`berth up --isolation`): the compose
     /// rules a tenant's file is checked with follow from it.
     pub isolation: contract::Isolation,
+    /// Refuse, at provisioning and update, a compose file naming an image
+    /// without a digest (`berth up --require-digests`).
+    pub require_digests: bool,
 }
 
 /// How long a provisioned app that no CVM uses is kept: it is dropped at
@@ -98,6 +101,7 @@ impl Default for Limits {
             max_uncommitted_apps_per_user: 20,
             max_requests_per_user: 64,
             isolation: contract::Isolation::Shared,
+            require_digests: false,
         }
     }
 }
