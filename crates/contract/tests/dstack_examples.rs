@@ -139,10 +139,28 @@ fn tutorial_inline_build_with_a_heredoc() {
     let r = f
         .render_in_container(&[], &[], &ServiceLimits::default(), &|_| None)
         .unwrap();
-    assert_eq!(r.files.len(), 1);
+    // The heredoc's body is a file of the context (the compose folder),
+    // which the engine's classic builder copies in and reads.
+    assert_eq!(r.files.len(), 2, "{:?}", r.files);
     assert_eq!(r.files[0].path, "build/app/Dockerfile");
-    assert!(r.files[0].content.starts_with("FROM node:22-slim\n"));
-    assert!(r.files[0].content.contains("from = \"not an instruction\""));
+    let dockerfile = &r.files[0].content;
+    assert!(
+        dockerfile.starts_with("FROM node:22-slim\n"),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains(
+            "COPY .berth-heredoc/app-1 /tmp/.berth-heredoc/app-1\nRUN cat > index.mjs < /tmp/.berth-heredoc/app-1\nCMD"
+        ),
+        "{dockerfile}"
+    );
+    assert!(!dockerfile.contains("SCRIPT"), "{dockerfile}");
+    assert_eq!(r.files[1].path, ".berth-heredoc/app-1");
+    assert!(
+        r.files[1]
+            .content
+            .contains("from = \"not an instruction\"\n")
+    );
     assert!(
         r.yaml.contains("dockerfile: build/app/Dockerfile"),
         "{}",

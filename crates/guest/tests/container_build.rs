@@ -100,7 +100,11 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
         RUN echo built-in-the-cvm > /built
         FROM base
         RUN echo "greeting=${{GREETING:?the env has it}}" > /greeting
-        CMD ["sh", "-c", "cat /built /greeting; echo shell=$$0; sleep 600"]
+        RUN cat > /note <<'TXT'
+        from-a-heredoc
+        FROM not-an-instruction
+        TXT
+        CMD ["sh", "-c", "cat /built /greeting /note; echo shell=$$0; sleep 600"]
     network_mode: none
   pinned:
     build:
@@ -193,6 +197,12 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
         app.contains(&format!("greeting={GREETING}")) && app.contains("shell=sh"),
         "app logs: {app}"
     );
+    // A heredoc, which the engine's classic builder has not: its text
+    // was copied in as a file.
+    assert!(
+        app.contains("from-a-heredoc\nFROM not-an-instruction"),
+        "app logs: {app}"
+    );
     let pinned_logs = logs_of(&engine, "inlinebuild", "pinned", "pinned-base-built");
     assert!(
         pinned_logs.contains("pinned-base-built"),
@@ -204,6 +214,7 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
     let compose_dir = state.join("compose");
     assert!(!compose_dir.join("build/app/Dockerfile").exists());
     assert!(!compose_dir.join("build/pinned/Dockerfile").exists());
+    assert!(!compose_dir.join(".berth-heredoc/app-1").exists());
     // The rendered file holds no inline Dockerfile and no per-container
     // limits.
     let rendered = std::fs::read_to_string(compose_dir.join("docker-compose.yml")).unwrap();

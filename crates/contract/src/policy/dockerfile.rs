@@ -69,36 +69,190 @@ fn instructions(text: &str) -> Vec<Instruction> {
     out
 }
 
-/// The terminators of the heredocs an instruction opens (`<<EOF`,
-/// `<<-EOF`, `<<'EOF'`, `<<"EOF"`), and whether their tabs are stripped.
+/// The first heredoc opened in `s` (`<<EOF`, `<<-EOF`, `<<'EOF'`,
+/// `<<"EOF"`): where its token starts and ends, its terminator, and
+/// whether tabs are stripped from its lines.
+fn next_heredoc(s: &str) -> Option<(usize, usize, String, bool)> {
+    let mut from = 0;
+    while let Some(found) = s[from..].find("<<") {
+        let at = from + found;
+        let mut pos = at + 2;
+        let strip_tabs = s[pos..].starts_with('-');
+        if strip_tabs {
+            pos += 1;
+        }
+        let quote = s[pos..].chars().next().filter(|c| *c == '\'' || *c == '"');
+        let (word, end) = match quote {
+            Some(q) => {
+                let body = &s[pos + 1..];
+                match body.find(q) {
+                    Some(close) => (body[..close].to_owned(), pos + 1 + close + 1),
+                    None => (String::new(), pos),
+                }
+            }
+            None => {
+                let word: String = s[pos..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let end = pos + word.len();
+                (word, end)
+            }
+        };
+        if !word.is_empty() && !word.starts_with(|c: char| c.is_ascii_digit()) {
+            return Some((at, end, word, strip_tabs));
+        }
+        from = at + 2;
+    }
+    None
+}
+
+/// The terminators of the heredocs an instruction opens, in order, and
+/// whether their tabs are stripped.
 fn heredoc_words(args: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let mut rest = args;
-    while let Some(at) = rest.find("<<") {
-        let mut after = &rest[at + 2..];
-        let strip_tabs = after.starts_with('-');
-        if strip_tabs {
-            after = &after[1..];
-        }
-        let quote = after.chars().next().filter(|c| *c == '\'' || *c == '"');
-        if let Some(q) = quote {
-            after = &after[1..];
-            let word: String = after.chars().take_while(|c| *c != q).collect();
-            if !word.is_empty() {
-                out.push((word, strip_tabs));
-            }
-        } else {
-            let word: String = after
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !word.is_empty() && !word.starts_with(|c: char| c.is_ascii_digit()) {
-                out.push((word, strip_tabs));
-            }
-        }
-        rest = after;
+    while let Some((_, end, word, strip_tabs)) = next_heredoc(rest) {
+        out.push((word, strip_tabs));
+        rest = &rest[end..];
     }
     out
+}
+
+/// `args` with the `k`-th heredoc token replaced by `with(k)`.
+fn replace_heredocs(args: &str, with: impl Fn(usize) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = args;
+    let mut k = 0;
+    while let Some((at, end, _, _)) = next_heredoc(rest) {
+        out.push_str(&rest[..at]);
+        out.push_str(&with(k));
+        k += 1;
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the classic builder's `RUN` finds a heredoc's text, copied
+/// into the image.
+const HEREDOC_DIR: &str = "/tmp/.berth-heredoc";
+
+/// An inline Dockerfile without heredocs, for a builder that has none
+/// (the engine's classic builder, which Debian 12's compose uses): each
+/// heredoc body becomes a file of the build context, named `tag-N`, read
+/// from `source_prefix` (its folder, relative to the context):
+///
+/// - `RUN cmd <<EOF` … `EOF` becomes `COPY <file> /tmp/.berth-heredoc/…`
+///   then `RUN cmd < /tmp/.berth-heredoc/…` (`RUN <<EOF` runs the text with
+///   `sh`);
+/// - `COPY <<EOF /dest` (and `ADD`) becomes `COPY <file> /dest`.
+///
+/// A body is taken as written: the shell does not expand `$` in it, as it
+/// would in an unquoted `<<EOF` (compose's `${NAME}` are already done).
+/// `text` without heredocs comes back as it is.
+pub(super) fn lower_heredocs(
+    text: &str,
+    source_prefix: &str,
+    tag: &str,
+) -> (String, Vec<(String, String)>) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut files: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let trimmed = lines[i].trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            out.push(lines[i].to_owned());
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut joined = String::new();
+        while i < lines.len() {
+            let end = lines[i].trim();
+            i += 1;
+            match end.strip_suffix('\\') {
+                Some(head) => {
+                    joined.push_str(head);
+                    joined.push(' ');
+                }
+                None => {
+                    joined.push_str(end);
+                    break;
+                }
+            }
+        }
+        let joined = joined.trim();
+        let (keyword, args) = joined
+            .split_once(char::is_whitespace)
+            .map_or((joined, ""), |(k, a)| (k, a.trim()));
+        let upper = keyword.to_ascii_uppercase();
+        let words = if matches!(upper.as_str(), "RUN" | "COPY" | "ADD") {
+            heredoc_words(args)
+        } else {
+            Vec::new()
+        };
+        if words.is_empty() {
+            out.extend(lines[start..i].iter().map(|l| (*l).to_owned()));
+            continue;
+        }
+        let mut names = Vec::new();
+        for (word, strip_tabs) in words {
+            let mut body = String::new();
+            while i < lines.len() {
+                let line = lines[i];
+                i += 1;
+                let line = if strip_tabs {
+                    line.trim_start_matches('\t')
+                } else {
+                    line
+                };
+                if line == word {
+                    break;
+                }
+                body.push_str(line);
+                body.push('\n');
+            }
+            let name = format!("{tag}-{}", files.len() + 1);
+            files.push((name.clone(), body));
+            names.push(name);
+        }
+        if upper == "RUN" {
+            for name in &names {
+                out.push(format!("COPY {source_prefix}{name} {HEREDOC_DIR}/{name}"));
+            }
+            // The flags (`--network=none`) stay in front, as written.
+            let mut command = args;
+            while command.starts_with("--") {
+                command = command
+                    .split_once(char::is_whitespace)
+                    .map_or("", |(_, rest)| rest.trim_start());
+            }
+            let flags = args[..args.len() - command.len()].trim_end();
+            let command = replace_heredocs(command, |k| format!("< {HEREDOC_DIR}/{}", names[k]));
+            let command = if command.starts_with('<') {
+                format!("sh {command}")
+            } else {
+                command
+            };
+            let line = [keyword, flags, command.as_str()]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push(line);
+        } else {
+            let args = replace_heredocs(args, |k| format!("{source_prefix}{}", names[k]));
+            out.push(format!("{keyword} {args}"));
+        }
+    }
+    let mut text_out = out.join("\n");
+    if text.ends_with('\n') {
+        text_out.push('\n');
+    }
+    (text_out, files)
 }
 
 /// The image a `FROM` names, and the stage name it declares (`AS name`).
@@ -428,6 +582,37 @@ mod tests {
         ] {
             assert_eq!(i(bad), Err(Interpolation::Invalid(at)), "{bad}");
         }
+    }
+
+    #[test]
+    fn heredocs_become_files_of_the_context() {
+        let text = "FROM node:22-slim\nRUN cat > index.mjs <<'SCRIPT'\nimport x from \"y\"\nconst a = `${b}`\nSCRIPT\nRUN <<EOF\necho one\nEOF\nCOPY <<-EOT /etc/motd\n\thello\n\tEOT\nCMD [\"node\", \"index.mjs\"]\n";
+        let (out, files) = lower_heredocs(text, "h/", "app");
+        assert_eq!(
+            out,
+            "FROM node:22-slim\nCOPY h/app-1 /tmp/.berth-heredoc/app-1\nRUN cat > index.mjs < /tmp/.berth-heredoc/app-1\nCOPY h/app-2 /tmp/.berth-heredoc/app-2\nRUN sh < /tmp/.berth-heredoc/app-2\nCOPY h/app-3 /etc/motd\nCMD [\"node\", \"index.mjs\"]\n"
+        );
+        assert_eq!(
+            files,
+            [
+                (
+                    "app-1".to_owned(),
+                    "import x from \"y\"\nconst a = `${b}`\n".to_owned()
+                ),
+                ("app-2".to_owned(), "echo one\n".to_owned()),
+                ("app-3".to_owned(), "hello\n".to_owned()),
+            ]
+        );
+        let (out, _) = lower_heredocs("RUN --network=none  cat  <<E  >  /x\nb\nE\n", "", "t");
+        assert_eq!(
+            out,
+            "COPY t-1 /tmp/.berth-heredoc/t-1\nRUN --network=none cat  < /tmp/.berth-heredoc/t-1  >  /x\n"
+        );
+        let plain = "FROM a:1\nRUN echo x \\\n  && echo y\n";
+        assert_eq!(
+            lower_heredocs(plain, "", "t"),
+            (plain.to_owned(), Vec::new())
+        );
     }
 
     #[test]

@@ -89,6 +89,10 @@ impl ComposeFile {
 /// boot agent writes for `dockerfile_inline` ([`RenderedCompose::files`]).
 pub const BUILD_DIR: &str = "build";
 
+/// The folder, in a build's context, of the files that hold the bodies of
+/// its Dockerfile's heredocs (the engine's classic builder has none).
+const HEREDOC_FOLDER: &str = ".berth-heredoc";
+
 /// The compose file of a CVM in the container mode, and the files to write
 /// next to it before the compose tool runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +133,9 @@ impl ComposeFile {
     /// - every `dockerfile_inline` becomes the file
     ///   `build/<service>/Dockerfile` ([`RenderedCompose::files`]),
     ///   interpolated as compose would (`$$` is a `$`, `${NAME}` is
-    ///   `env(NAME)`), and each base image named as `bases` says
+    ///   `env(NAME)`), its heredocs (`<<EOF` … `EOF`, which the engine's
+    ///   classic builder lacks) as files of the build context
+    ///   (`.berth-heredoc/<service>-N`), and each base image named as `bases` says
     ///   (as written → the name the engine has it under; those not listed
     ///   stay as written); its `context` is that folder unless the file
     ///   gives one;
@@ -170,9 +176,7 @@ impl ComposeFile {
                 let Some(svc) = svc.as_mapping_mut() else {
                     continue;
                 };
-                if let Some(file) = inline_to_file(&name, svc, &bases, &images, env)? {
-                    files.push(file);
-                }
+                files.extend(inline_to_file(&name, svc, &bases, &images, env)?);
                 if let (Some(size), Some(count)) = (limits.log_max_bytes, limits.log_max_files) {
                     limit_logging(svc, size, count);
                 }
@@ -194,10 +198,10 @@ fn inline_to_file(
     bases: &std::collections::BTreeMap<String, String>,
     images: &std::collections::BTreeMap<String, Option<String>>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<BuildFile>, super::ComposeError> {
+) -> Result<Vec<BuildFile>, super::ComposeError> {
     let site = super::Site::service(service, "build");
     let Some(build) = svc.get("build").and_then(Value::as_mapping).cloned() else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let build_value = Value::Mapping(build.clone());
     let contexts = super::container::additional_contexts(&build_value);
@@ -230,7 +234,7 @@ fn inline_to_file(
     }
     let Some(inline) = build.get("dockerfile_inline") else {
         if contexts.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         return Err(site.err("uses `build.additional_contexts` with a Dockerfile of its context, which this CVM's compose tool (docker-compose 1.29) cannot give a build: write the Dockerfile in `dockerfile_inline`"));
     };
@@ -240,6 +244,28 @@ fn inline_to_file(
     let text = super::container::inline_text(&site, inline, env)?;
     let content = super::dockerfile::rewrite_bases(&text, &names);
     let path = format!("{BUILD_DIR}/{service}/Dockerfile");
+    // The folder of the build context, inside the compose folder.
+    let context_dir = match build.get("context").and_then(Value::as_str) {
+        None => format!("{BUILD_DIR}/{service}"),
+        Some(c) => c
+            .split(['/', '\\'])
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect::<Vec<_>>()
+            .join("/"),
+    };
+    let (content, heredocs) =
+        super::dockerfile::lower_heredocs(&content, &format!("{HEREDOC_FOLDER}/"), service);
+    let mut files = vec![BuildFile { path, content }];
+    for (name, content) in heredocs {
+        let path = [context_dir.as_str(), HEREDOC_FOLDER, name.as_str()]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+        files.push(BuildFile { path, content });
+    }
+    let path = &files[0].path;
     let mut build = build;
     build.remove("dockerfile_inline");
     build.remove("additional_contexts");
@@ -269,7 +295,7 @@ fn inline_to_file(
     for other in needs {
         add_dependency(svc, &other);
     }
-    Ok(Some(BuildFile { path, content }))
+    Ok(files)
 }
 
 /// `service` in the `depends_on` of `svc` (list or mapping form).
