@@ -130,8 +130,11 @@ fn deploy_delete_cycles_leave_nothing_in_the_engine() {
     assert_eq!(cloud.wait_booted(&a)["status"], "running");
     assert_eq!(cloud.wait_booted(&b)["status"], "running");
     assert_eq!(cloud.admin("DELETE", &format!("/cvms/{b}"), None).0, 204);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(lines(&engine, &["images", "-q"]).len(), 1);
+    // The image cleanup runs in the background and says nothing when it
+    // keeps an image: the image must be there throughout.
+    holds(2, "the image of the CVM still running", || {
+        lines(&engine, &["images", "-q"]).len() == 1
+    });
     let (code, v) = cloud.admin("POST", &format!("/cvms/{a}/restart"), None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(cloud.wait_booted(&a)["status"], "running");
@@ -332,10 +335,14 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     assert!(processes_with(&format!("cvms/{id}/shared --state")).is_empty());
     let label = format!("label=com.docker.compose.project={project}");
     assert!(lines(&engine, &["ps", "-q", "--filter", &label]).is_empty());
-    std::thread::sleep(Duration::from_secs(2));
-    let v = cloud.cvm(&id);
-    assert_eq!(v["status"], "stopped", "{v}");
-    assert_eq!(v["in_progress"], false, "{v}");
+    eventually(10, "the status `stopped`", || {
+        cloud.cvm(&id)["status"] == "stopped"
+    });
+    holds(2, "the status `stopped`", || {
+        let v = cloud.cvm(&id);
+        assert_eq!(v["in_progress"], false, "{v}");
+        v["status"] == "stopped"
+    });
 
     // With the engine gone, stop and delete still record their status.
     let ok = cloud.deploy(
@@ -345,7 +352,15 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
     assert_eq!(cloud.wait_booted(&ok)["status"], "running");
     let pid = std::fs::read_to_string(engine.dir().join("docker.pid")).unwrap();
     let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(10, "the engine to be gone", || {
+        !engine
+            .docker()
+            .arg("info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     let (code, v) = cloud.admin("POST", &format!("/cvms/{ok}/stop"), None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(cloud.cvm(&ok)["status"], "stopped");
@@ -395,9 +410,9 @@ fn resume_skips_a_cvm_whose_boot_lock_is_held() {
             == Some(7)
     });
     let cloud = up(&state, &engine.host(), &[&endpoint]);
-    std::thread::sleep(Duration::from_secs(2));
-    let out = cloud.output();
-    assert!(out.contains("already booting"), "{out}");
+    eventually(10, "the node to leave the locked CVM alone", || {
+        cloud.output().contains("already booting")
+    });
     assert!(processes_with(&format!("cvms/{id}/shared --state")).is_empty());
     assert!(lines(&engine, &["ps", "-aq", "--filter", &label]).is_empty());
     let _ = cloud.stop();

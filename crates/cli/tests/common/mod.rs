@@ -112,6 +112,18 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Checks `f` every 100 ms for `secs` seconds and fails the test, naming
+/// `what`, the first time it is false: for what must stay true while
+/// something that could change it (a background cleanup, a late status
+/// write) has no signal of its own to wait on.
+pub fn holds(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        assert!(f(), "{what}: no longer true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// curl (at most 20 s): (status, body); status 0 when no answer came.
 /// `extra` goes before the URL.
 pub fn curl(extra: &[&str], url: &str) -> (u16, String) {
