@@ -513,7 +513,6 @@ mod tests {
         );
         assert!(!db.set_status("no-such-cvm", st, None, None).await.unwrap());
         assert!(!db.transition(&cvm.id, &[], st, None, None).await.unwrap());
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
@@ -603,7 +602,6 @@ mod tests {
         db.create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
             .await
             .unwrap();
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
@@ -637,7 +635,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(db.boots_in_flight_with_user(a.id).await.unwrap(), (2, 3));
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -671,7 +668,6 @@ mod tests {
         }
         assert_eq!(ok, 1);
         assert_eq!(db.cvms_of(u.id).await.unwrap().len(), 1);
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }
 

@@ -2,12 +2,41 @@
 //! new CVM to store.
 
 use super::{App, NewCvm};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-pub(super) fn temp_db_path() -> PathBuf {
+/// A fresh database path in a folder of its own, which is removed (with the
+/// database and its journal) when this is dropped, also when a test fails.
+pub(super) struct TempDbPath {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempDbPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDbPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDbPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(super) fn temp_db_path() -> TempDbPath {
     let dir = std::env::temp_dir().join(format!("berth-db-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("berth.db")
+    TempDbPath {
+        path: dir.join("berth.db"),
+        dir,
+    }
 }
 
 pub(super) fn app_of(user_id: i64, tag: char) -> App {

@@ -136,6 +136,5 @@ mod tests {
         drop(db);
         let db = Db::open(&path).unwrap();
         assert_eq!(db.user_by_name("old").await.unwrap().unwrap(), old);
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }

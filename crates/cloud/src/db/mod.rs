@@ -331,7 +331,6 @@ mod tests {
         // The API key is not in the file.
         let bytes = std::fs::read(&path).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("key-a"));
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,6 +404,5 @@ mod tests {
             db.cvm(&cvm.id).await.unwrap().unwrap().status,
             CvmStatus::Starting
         );
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }
