@@ -11,6 +11,7 @@
 //! instead — comments and layout are then lost, and the caller is told.
 
 use super::{ComposeError, ComposeFile};
+use crate::app::Isolation;
 use serde_yaml_ng::Value;
 use std::collections::BTreeMap;
 
@@ -25,12 +26,33 @@ pub struct PinnedCompose {
 
 /// `yaml` with each image written as a key of `pins` replaced by its value
 /// (the image as written → the pinned reference). Images not in `pins` are
-/// left alone.
+/// left alone, and so is the `image:` of a service that builds (it names
+/// what the build makes, which no registry has): the file is read as the
+/// container isolation mode reads it, where a service may build.
 pub fn pin_images(
     yaml: &str,
     pins: &BTreeMap<String, String>,
 ) -> Result<PinnedCompose, ComposeError> {
-    let before = ComposeFile::parse(yaml)?;
+    let before = ComposeFile::parse_for(yaml, Isolation::Container)?;
+    let built: Vec<&str> = before
+        .builds
+        .iter()
+        .filter_map(|b| {
+            before
+                .doc
+                .get("services")?
+                .get(&b.service)?
+                .get("image")?
+                .as_str()
+        })
+        .filter(|built| !before.images.iter().any(|i| i.written == *built))
+        .collect();
+    let pins: BTreeMap<String, String> = pins
+        .iter()
+        .filter(|(written, _)| !built.contains(&written.as_str()))
+        .map(|(w, p)| (w.clone(), p.clone()))
+        .collect();
+    let pins = &pins;
     let want: Vec<(String, String)> = before
         .images
         .iter()
@@ -67,7 +89,7 @@ fn same_but_images(
     want: &[(String, String)],
     pins: &BTreeMap<String, String>,
 ) -> bool {
-    let Ok(after) = ComposeFile::parse(after) else {
+    let Ok(after) = ComposeFile::parse_for(after, Isolation::Container) else {
         return false;
     };
     let got: Vec<(String, String)> = after
@@ -246,6 +268,21 @@ mod tests {
                 format!("acme/db:2@{D2}"),
                 format!("ghcr.io/acme/web:v1@{D1}")
             ]
+        );
+    }
+
+    #[test]
+    fn a_service_that_builds_keeps_its_image() {
+        // `app` builds the image it names, which no registry has.
+        let yaml = "services:\n  app:\n    image: ghcr.io/acme/web:v1\n    build:\n      dockerfile_inline: |\n        FROM alpine:3\n  db:\n    image: acme/db:2\n  only-build:\n    build: .\n";
+        let p = pin_images(yaml, &pins()).unwrap();
+        assert!(!p.rerendered);
+        let f = ComposeFile::parse_for(&p.yaml, Isolation::Container).unwrap();
+        assert_eq!(f.images[0].written, format!("acme/db:2@{D2}"));
+        let doc: Value = serde_yaml_ng::from_str(&p.yaml).unwrap();
+        assert_eq!(
+            doc["services"]["app"]["image"].as_str(),
+            Some("ghcr.io/acme/web:v1")
         );
     }
 
