@@ -303,7 +303,7 @@ export function imageWarnings(images, vars, rules) {
 
 /** The deploy form. `done(cvm)` opens the new CVM's page. */
 export function deployForm(rules, done) {
-  const name = textInput('Name', { hint: '5–63 characters, starts with a letter, letters, digits and hyphens.' });
+  const name = textInput('Name', { hint: `Use ${rules.name.rule}.` });
   const compose = field('docker-compose.yml', h('textarea', { rows: 12, spellcheck: 'false', class: 'mono', autocomplete: 'off' }));
   const file = h('input', { type: 'file', accept: '.yml,.yaml,text/yaml' });
   const fileField = field('Load docker-compose.yml from a file', file);
@@ -337,7 +337,7 @@ export function deployForm(rules, done) {
       setError(name, 'Name is required');
       ok = false;
     } else if (n.length < rules.name.min_len || n.length > rules.name.max_len || !new RegExp(rules.name.pattern).test(n)) {
-      setError(name, 'use 5 to 63 letters, digits or hyphens, starting with a letter and not ending with a hyphen');
+      setError(name, `use ${rules.name.rule}`);
       ok = false;
     }
     if (!compose.input.value.trim()) {

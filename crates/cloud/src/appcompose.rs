@@ -4,18 +4,15 @@ use crate::error::ApiError;
 pub use contract::AppComposeInput;
 use contract::{ComposeFile, ImagePolicy, Isolation, Measurement};
 
-/// Whether `name` is a valid CVM name: 5 to 63 characters, hostname rules
-/// (letters, digits, `-`; starts with a letter, does not end with `-`).
+/// Whether `name` is a valid CVM name ([`contract::cvm_name`]).
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    let ok_len = (5..=63).contains(&name.len());
-    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let ok_ends = name.starts_with(|c: char| c.is_ascii_alphabetic()) && !name.ends_with('-');
-    if ok_len && ok_chars && ok_ends {
+    if contract::cvm_name::is_valid(name) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "name `{}` is not valid: use 5 to 63 letters, digits or `-`, starting with a letter and not ending with `-`",
-            name.chars().take(80).collect::<String>()
+            "name `{}` is not valid: use {}",
+            name.chars().take(80).collect::<String>(),
+            contract::cvm_name::RULE
         )))
     }
 }

@@ -13,6 +13,7 @@
 //!   policy of the shared-engine mode, checked at provisioning and again in
 //!   the boot agent;
 //! - [`env_rules`]: env variable names (grammar, reserved families);
+//! - [`cvm_name`]: the CVM-name grammar;
 //! - [`image_policy`]: the app's image policy (digests required, cosign
 //!   keys per registry or repository prefix), measured in its manifest;
 //! - [`upgrade`]: who may authorize a new compose hash for an app, and the
@@ -38,6 +39,7 @@
 pub mod announce;
 pub mod app;
 pub mod boot;
+pub mod cvm_name;
 mod category;
 pub mod env_rules;
 pub mod image_policy;

@@ -98,7 +98,8 @@ pub struct EcrVariables {
     pub session_token: &'static str,
 }
 
-/// CVM names, as [`appcompose::validate_name`] checks them.
+/// CVM names ([`contract::cvm_name`], which [`appcompose::validate_name`]
+/// checks).
 #[derive(Clone, Debug, Serialize)]
 pub struct NameRules {
     /// The grammar, as a regular expression.
@@ -107,6 +108,8 @@ pub struct NameRules {
     pub min_len: usize,
     /// Longest.
     pub max_len: usize,
+    /// The rule in words, as the API's error says it ("use RULE").
+    pub rule: &'static str,
 }
 
 /// The rules, as this build enforces them.
@@ -139,9 +142,10 @@ pub fn current() -> Rules {
             ghcr: "ghcr.io",
         },
         name: NameRules {
-            pattern: "^[A-Za-z][A-Za-z0-9-]*[A-Za-z0-9]$",
-            min_len: 5,
-            max_len: 63,
+            pattern: contract::cvm_name::PATTERN,
+            min_len: contract::cvm_name::MIN_LEN,
+            max_len: contract::cvm_name::MAX_LEN,
+            rule: contract::cvm_name::RULE,
         },
     }
 }
