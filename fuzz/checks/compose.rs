@@ -5,29 +5,78 @@
 //! - whatever passes the policy renders (as the boot agent renders it: image
 //!   IDs in place of images, with and without the CVM's limits) to YAML that
 //!   parses back and passes the policy again, with the same services, and
-//!   rendering that again changes nothing.
+//!   rendering that again changes nothing;
+//! - the container isolation mode's rules
+//!   (`ComposeFile::parse_and_check_for(…, Isolation::Container)`) never
+//!   panic and refuse cleanly; what passes renders for the compose tool
+//!   (inline Dockerfiles as files) or is refused cleanly, its YAML parses
+//!   back with the same services, and every build file's path is relative,
+//!   of plain components (the boot agent writes them in the compose folder).
 //!
 //! Shared by the fuzz target `fuzz/fuzz_targets/compose.rs` and the property
 //! test `crates/contract/tests/fuzz_compose.rs`.
 
-use contract::ComposeFile;
 use contract::policy::ServiceLimits;
+use contract::{ComposeError, ComposeFile, Isolation};
+
+fn clean(e: &ComposeError) {
+    assert!(
+        !e.message.chars().any(char::is_control),
+        "raw control character in {:?}",
+        e.message
+    );
+    if let Some(s) = &e.service {
+        assert!(!s.chars().any(char::is_control), "{s:?}");
+    }
+}
+
+fn check_container(yaml: &str) {
+    let file = match ComposeFile::parse_and_check_for(yaml, Isolation::Container) {
+        Ok(file) => file,
+        Err(e) => return clean(&e),
+    };
+    let env = |k: &str| (k.len() % 2 == 0).then(|| format!("v-{k}"));
+    let rendered = match file.render_in_container(&[], &[], &ServiceLimits::default(), &env) {
+        Ok(r) => r,
+        Err(e) => return clean(&e),
+    };
+    for f in &rendered.files {
+        assert!(
+            !f.path.is_empty()
+                && std::path::Path::new(&f.path)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "build file path {:?}\n--- input\n{yaml}",
+            f.path
+        );
+    }
+    let again = ComposeFile::parse_for(&rendered.yaml, Isolation::Container).unwrap_or_else(|e| {
+        panic!("passed the container mode, but its rendering does not parse: {e}\n--- input\n{yaml}\n--- rendered\n{}", rendered.yaml)
+    });
+    let services = |f: &ComposeFile| {
+        let mut s: Vec<String> = f
+            .images
+            .iter()
+            .map(|i| i.service.clone())
+            .chain(f.builds.iter().map(|b| b.service.clone()))
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        services(&again),
+        services(&file),
+        "rendered:\n{}",
+        rendered.yaml
+    );
+}
 
 pub fn check(data: &[u8]) {
     let yaml = String::from_utf8_lossy(data);
+    check_container(&yaml);
     let file = match ComposeFile::parse_and_check(&yaml) {
         Ok(file) => file,
-        Err(e) => {
-            assert!(
-                !e.message.chars().any(char::is_control),
-                "raw control character in {:?}",
-                e.message
-            );
-            if let Some(s) = &e.service {
-                assert!(!s.chars().any(char::is_control), "{s:?}");
-            }
-            return;
-        }
+        Err(e) => return clean(&e),
     };
     let services: Vec<&str> = file.images.iter().map(|i| i.service.as_str()).collect();
     // What the boot agent hands the compose tool: each service's image ID.
