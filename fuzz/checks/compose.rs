@@ -35,7 +35,7 @@ fn check_container(yaml: &str) {
         Ok(file) => file,
         Err(e) => return clean(&e),
     };
-    let env = |k: &str| (k.len() % 2 == 0).then(|| format!("v-{k}"));
+    let env = |k: &str| k.starts_with(char::is_uppercase).then(|| format!("v-{k}"));
     let rendered = match file.render_in_container(&[], &[], &ServiceLimits::default(), &env) {
         Ok(r) => r,
         Err(e) => return clean(&e),
