@@ -242,12 +242,20 @@ fn detail(c: &CvmInfo) -> String {
     {
         status.push_str(&format!(" ({cat})"));
         // The boot's last serial line repeats the category: say it once.
-        if let Some(msg) = c.boot_error.as_deref() {
-            let msg = msg.strip_prefix("BOOT FAILED: ").unwrap_or(msg);
-            let msg = msg
-                .strip_prefix(cat.as_str())
-                .and_then(|m| m.strip_prefix(": "))
-                .unwrap_or(msg);
+        if let Some(line) = c.boot_error.as_deref() {
+            let msg = match contract::BootOutcome::parse(line) {
+                Some(contract::BootOutcome::Failed { category, message })
+                    if category.to_string() != *cat =>
+                {
+                    format!("{category}: {message}")
+                }
+                Some(contract::BootOutcome::Failed { message, .. }) => message,
+                _ => line
+                    .strip_prefix(cat.as_str())
+                    .and_then(|m| m.strip_prefix(": "))
+                    .unwrap_or(line)
+                    .to_owned(),
+            };
             if !msg.is_empty() {
                 status.push_str(&format!(": {msg}"));
             }

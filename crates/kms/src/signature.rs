@@ -98,11 +98,6 @@ impl KmsPublicKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.to_compressed_bytes())
     }
-
-    /// Uncompressed SEC1 as lowercase hex, no prefix (130 characters).
-    pub fn to_uncompressed_hex(&self) -> String {
-        hex::encode(self.to_uncompressed_bytes())
-    }
 }
 
 impl FromStr for KmsPublicKey {
@@ -468,7 +463,7 @@ mod tests {
         let compressed = kms.to_hex();
         assert_eq!(compressed.len(), 66);
         assert!(compressed.starts_with("02") || compressed.starts_with("03"));
-        let uncompressed = kms.to_uncompressed_hex();
+        let uncompressed = hex::encode(kms.to_uncompressed_bytes());
         assert_eq!(uncompressed.len(), 130);
         assert!(uncompressed.starts_with("04"));
         for text in [
