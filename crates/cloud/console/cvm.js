@@ -95,6 +95,9 @@ export function cvmPage(id, rules, gone) {
   let inflight = false;
   let ticks = 0;
   let forceNext = false;
+  // Each service's image as deployed (the compose file the CVM runs):
+  // its pinned digest is what the compose hash measures.
+  let images = { yaml: null, byService: new Map() };
   let serialText = '';
 
   function lifecycle(label, path, confirmText) {
@@ -204,6 +207,28 @@ export function cvmPage(id, rules, gone) {
     return comp.containers || [];
   }
 
+  /** Each service's image, read once per compose file (the API parses it). */
+  async function serviceImages() {
+    const yaml = cvm.docker_compose_file || '';
+    if (images.yaml !== yaml) {
+      let list = [];
+      try {
+        list = (await call('POST', '/berth/compose-images', { docker_compose_file: yaml })).images || [];
+      } catch (e) {
+        list = [];
+      }
+      images = { yaml, byService: new Map(list.map((i) => [i.service, i.image])) };
+    }
+    return images.byService;
+  }
+
+  /** `sha256:…` of an image pinned to a digest, else `not pinned (tag)`. */
+  function pinnedDigest(image) {
+    if (!image) return 'unknown';
+    const at = image.indexOf('@');
+    return at >= 0 ? image.slice(at + 1) : 'not pinned (tag only)';
+  }
+
   function composeServices() {
     const yaml = cvm.docker_compose_file || '';
     const m = /^services:\s*\n((?:[ \t]+.*\n?|\s*\n)*)/m.exec(yaml);
@@ -264,11 +289,13 @@ export function cvmPage(id, rules, gone) {
       // The engine's own state of each service's container (`running`,
       // `exited`, …) and its status text, as the composition reports them.
       const byService = new Map(containers.map((c) => [(c.names && c.names[0] || '').replace(/^\//, ''), c]));
+      const imageOf = await serviceImages();
       replace(services, composeServices().map((s) => {
         const c = byService.get(s);
         const state = c ? (c.state || 'unknown') + (c.status ? ` (${c.status})` : '') : 'none';
         return h('li', {}, h('span', { class: 'mono', text: s }), ' — container: ',
-          h('span', { class: 'container-state', text: state }));
+          h('span', { class: 'container-state', text: state }),
+          ' — image digest: ', h('span', { class: 'mono image-digest', text: pinnedDigest(imageOf.get(s)) }));
       }));
     } else if (cvm.status === 'running' && ++ticks % 3 === 0) {
       refreshContainers();
