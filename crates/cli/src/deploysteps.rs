@@ -117,7 +117,10 @@ pub(crate) fn pin(
     if args.no_pin {
         return Ok(compose.to_owned());
     }
-    let file = ComposeFile::parse(compose).map_err(|e| Failure::config(e.message))?;
+    // Read as the container isolation mode reads it (the server applies
+    // the node's own rules): a service that builds has nothing to pin.
+    let file = ComposeFile::parse_for(compose, contract::Isolation::Container)
+        .map_err(|e| Failure::config(e.message))?;
     let mut to_resolve: Vec<(String, registry::ImageReference)> = Vec::new();
     for i in &file.images {
         if i.reference.digest().is_none() && !to_resolve.iter().any(|(w, _)| *w == i.written) {
@@ -154,7 +157,7 @@ pub(crate) fn pin(
         );
     }
     let before: BTreeMap<String, Option<String>> = current
-        .and_then(|c| ComposeFile::parse(c).ok())
+        .and_then(|c| ComposeFile::parse_for(c, contract::Isolation::Container).ok())
         .map(|f| {
             f.images
                 .into_iter()
