@@ -163,8 +163,8 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
     let captured = Captured::default();
     let serial = SerialLog::new(Box::new(captured.clone()));
     let state = dir.join("state");
-    let opts = BootOptions {
-        shared,
+    let opts = || BootOptions {
+        shared: shared.clone(),
         state: state.clone(),
         key_provider: Some(Box::new(KeyFile(key_file.clone()))),
         project: None,
@@ -172,7 +172,11 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
         kms_ticket: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let result = rt.block_on(guest::boot_within(opts, Duration::from_secs(300), &serial));
+    let result = rt.block_on(guest::boot_within(
+        opts(),
+        Duration::from_secs(300),
+        &serial,
+    ));
     let log = captured.text();
     if let Err(e) = &result {
         panic!(
@@ -234,6 +238,21 @@ fn an_inline_dockerfile_builds_from_private_base_images_pulled_with_the_cvms_cre
         );
     }
     assert!(!log.contains(PASSWORD) && !log.contains(GREETING));
+
+    // A restart builds again (from the engine's cache) and runs the same.
+    let again = Captured::default();
+    let serial = SerialLog::new(Box::new(again.clone()));
+    let result = rt.block_on(guest::boot_within(
+        opts(),
+        Duration::from_secs(300),
+        &serial,
+    ));
+    let log = again.text();
+    assert!(result.is_ok(), "restart failed: {result:?}\n{log}");
+    assert!(log.contains("(manifest in store, HEAD only)"), "{log}");
+    assert!(!compose_dir.join("build/app/Dockerfile").exists());
+    let app = logs_of(&engine, "inlinebuild", "app", "shell=");
+    assert!(app.contains(&format!("greeting={GREETING}")), "{app}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
