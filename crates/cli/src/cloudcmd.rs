@@ -305,7 +305,38 @@ fn detail(c: &CvmInfo) -> String {
     for (k, v) in fields {
         out.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
     }
+    for (i, line) in pinned_images(c).iter().enumerate() {
+        let k = if i == 0 { "Images:" } else { "" };
+        out.push_str(&format!("{k:<15}{line}\n"));
+    }
     out
+}
+
+/// Each service's image as deployed, with the digest that pins it (what
+/// the compose hash measures), or `not pinned`.
+fn pinned_images(c: &CvmInfo) -> Vec<String> {
+    let Some(file) = c.compose_file.as_deref().and_then(|yaml| {
+        contract::ComposeFile::parse_and_check_for(yaml, contract::Isolation::Container).ok()
+    }) else {
+        return Vec::new();
+    };
+    let width = file
+        .images
+        .iter()
+        .map(|i| i.service.chars().count())
+        .max()
+        .unwrap_or(0);
+    file.images
+        .iter()
+        .map(|i| {
+            let pin = match i.reference.digest() {
+                Some(d) => d.to_string(),
+                None => "not pinned (tag only)".to_owned(),
+            };
+            let name = i.written.split('@').next().unwrap_or(&i.written);
+            format!("{:<width$}  {pin}  ({name})", i.service)
+        })
+        .collect()
 }
 
 fn print_one(c: &CvmInfo, json: bool) {

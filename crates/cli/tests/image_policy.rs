@@ -28,6 +28,19 @@ fn app_image(registry: &Registry) -> PushedImage {
     )
 }
 
+/// `berth cvms get NAME` against `cloud`.
+fn cvms_get(cloud: &Cloud, name: &str) -> Run {
+    let out = run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["cvms", "get", name])
+            .env("BERTH_API_URL", &cloud.api)
+            .env("BERTH_API_KEY", ADMIN_KEY),
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out
+}
+
 fn provision(cloud: &Cloud, body: &Value) -> (u16, Value) {
     cloud.call(ADMIN_KEY, "POST", "/cvms/provision", Some(body))
 }
@@ -150,6 +163,51 @@ fn a_policy_is_measured_and_an_owner_authorized_app_refuses_an_unsigned_weakenin
     assert!(
         serial.contains("cosign signature of") && serial.contains("verified (key sha256:"),
         "{serial}"
+    );
+
+    // `berth cvms get` shows the digest each service runs.
+    let get = cvms_get(&cloud, "signed-app");
+    assert!(
+        get.stdout.contains(&format!(
+            "Images:        app  {}  ({host}/acme/app:v1)",
+            image.digest
+        )),
+        "{}",
+        get.stdout
+    );
+
+    // An app whose image is not signed: its boot fails untrusted_image,
+    // and `berth cvms get` says which image and why.
+    let unsigned = push_image(
+        &PushTarget::new(&host),
+        "acme/unsigned",
+        "v1",
+        &ImageSpec::new().busybox().seeded_layer(2048, 78),
+    );
+    let (code, p2) = provision(
+        &cloud,
+        &json!({"name": "unsigned-app", "compose_file": {"docker_compose_file": compose(&format!("{host}/acme/unsigned:v1@{}", unsigned.digest))},
+                "berth_image_policy": policy}),
+    );
+    assert_eq!(code, 200, "{p2}");
+    let (code, c) = cloud.call(
+        ADMIN_KEY,
+        "POST",
+        "/cvms",
+        Some(&json!({"app_id": p2["app_id"], "compose_hash": p2["compose_hash"], "name": "unsigned-app"})),
+    );
+    assert_eq!(code, 200, "{c}");
+    let failed = cloud.wait_booted_as(ADMIN_KEY, "unsigned-app");
+    assert_eq!(failed["status"], "boot_failed", "{failed}");
+    assert_eq!(failed["boot_category"], "untrusted_image", "{failed}");
+    let get = cvms_get(&cloud, "unsigned-app");
+    assert!(
+        get.stdout.contains(&format!(
+            "boot_failed (untrusted_image): {host}/acme/unsigned@{} is untrusted: it has no cosign signature",
+            unsigned.digest
+        )),
+        "{}",
+        get.stdout
     );
 
     // The control plane (or anyone with the API key) drops or weakens the
