@@ -399,10 +399,12 @@ fn enter_pid() -> Result<Option<u32>, BootError> {
 }
 
 /// `nsenter` into every namespace of the CVM's init `pid` (user first, so
-/// the others are entered as the CVM's root). The compose folder is at the
-/// same absolute path inside (the node makes it so); the environment goes
-/// through the process environment, never the command line.
-pub fn enter_prefix(pid: u32) -> Vec<String> {
+/// the others are entered as the CVM's root), working in `dir` there
+/// (entering a mount namespace moves a process to its `/`). The compose
+/// folder is at the same absolute path inside (the node makes it so); the
+/// environment goes through the process environment, never the command
+/// line.
+pub fn enter_prefix(pid: u32, dir: &Path) -> Vec<String> {
     [
         "nsenter",
         "--target",
@@ -414,11 +416,49 @@ pub fn enter_prefix(pid: u32) -> Vec<String> {
         "--ipc",
         "--uts",
         "--cgroup",
+        &format!("--wd={}", dir.display()),
         "--",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect()
+}
+
+/// Makes the files of the compose folder `dir` (written by this agent,
+/// 0600) readable by the folder's group, the CVM's host group, whose root
+/// runs the compose tool inside the CVM: owner and group of the folder,
+/// 0640 (folders 0750). Nothing in it is secret from the CVM (the compose
+/// file and its build files; env values stay in the environment). The
+/// folder is the node's and the CVM cannot write in it, so nothing here
+/// can be swapped for a link to a host file meanwhile; links are skipped
+/// all the same.
+fn hand_to_cvm(dir: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(dir)
+        .map_err(|e| runtime_err(format!("cannot read {}: {e}", dir.display())))?;
+    let fail = |path: &Path, e: std::io::Error| {
+        runtime_err(format!("cannot hand {} to the CVM: {e}", path.display()))
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| fail(&d, e))?;
+        for e in entries.flatten() {
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| fail(&path, e))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            std::os::unix::fs::lchown(&path, Some(owner.uid()), Some(owner.gid()))
+                .map_err(|e| fail(&path, e))?;
+            let mode = if meta.is_dir() { 0o750 } else { 0o640 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| fail(&path, e))?;
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The compose tool found on this machine.
@@ -504,7 +544,7 @@ impl ComposeTool {
             ComposeTool::V1 => &["docker-compose"],
         };
         let argv: Vec<String> = match enter {
-            Some(pid) => enter_prefix(pid)
+            Some(pid) => enter_prefix(pid, file.parent().unwrap_or(Path::new("/")))
                 .into_iter()
                 .chain(tool.iter().map(|s| (*s).to_owned()))
                 .collect(),
@@ -532,12 +572,20 @@ impl ComposeTool {
         // never steer the tool (LD_*, DOCKER_*, COMPOSE_*, proxies, ...).
         cmd.env_clear();
         for name in INHERITED {
+            // Inside the CVM, the tool uses the CVM's own engine at its
+            // standard path; the host's address of it means nothing there.
+            if enter.is_some() && *name == "DOCKER_HOST" {
+                continue;
+            }
             if let Some(v) = std::env::var_os(name) {
                 cmd.env(name, v);
             }
         }
         if let Some(dir) = file.parent() {
             cmd.env("HOME", dir);
+            if enter.is_some() {
+                hand_to_cvm(dir)?;
+            }
         }
         if isolation == Isolation::Container && *self == ComposeTool::V1 {
             cmd.env("COMPOSE_DOCKER_CLI_BUILD", "0");
@@ -631,8 +679,8 @@ mod tests {
     #[test]
     fn entering_the_cvm() {
         assert_eq!(
-            enter_prefix(42).join(" "),
-            "nsenter --target 42 --user --mount --net --pid --ipc --uts --cgroup --"
+            enter_prefix(42, Path::new("/c")).join(" "),
+            "nsenter --target 42 --user --mount --net --pid --ipc --uts --cgroup --wd=/c --"
         );
     }
 }

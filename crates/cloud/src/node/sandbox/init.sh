@@ -43,8 +43,11 @@ for cg in ${CVM_CGROUPS:-}; do
     mount -t cgroup2 cgroup sys/fs/cgroup/unified 2>/dev/null || true
     continue
   fi
+  # Not the named systemd hierarchy: with it, rootless runc takes the
+  # cgroups for delegated and fails on their freezer.
+  [ "$c" = systemd ] && continue
   mkdir -p "sys/fs/cgroup/$c"
-  case $c in systemd) o="none,name=systemd";; *) o="$c";; esac
+  o=$c
   mount -t cgroup -o "$o" cgroup "sys/fs/cgroup/$c" 2>/dev/null || mount --bind "$p" "sys/fs/cgroup/$c"
   # cpu,cpuacct is also reachable as cpu and cpuacct, as on the host.
   case $c in *,*) for part in $(echo "$c" | tr , ' '); do ln -s "$c" "sys/fs/cgroup/$part"; done;; esac

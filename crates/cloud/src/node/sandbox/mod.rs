@@ -308,6 +308,12 @@ fn make_cgroups(project: &str, bounds: Bounds) -> std::io::Result<Vec<(String, P
     let list = cgroups(project);
     for (controller, dir) in &list {
         std::fs::create_dir_all(dir)?;
+        // Readable (not writable) from inside: the CVM's engine reads its
+        // cgroups, and a folder it may not even enter (the node's umask
+        // makes 0700) fails every container start.
+        for d in [dir.as_path(), dir.parent().expect("berth folder")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        }
         if controller == "cpuset" {
             // A new v1 cpuset has no CPUs and no memory nodes until told.
             let parent = dir.parent().expect("berth folder");
@@ -380,8 +386,9 @@ fn slot_dir(path: &Path, slot: &Slot) -> std::io::Result<()> {
 
 /// Gives the CVM (the slot's user) what it must reach through its folder:
 /// the folder and `state/` are traversable (0711, not listable), its
-/// shared files and compose folder are the slot's, and so are the guest
-/// agent's sockets (their folder stays the node's).
+/// shared files are the slot's, its compose folder readable by the slot's
+/// group, and the guest agent's sockets are the slot's (their folder stays
+/// the node's).
 pub(super) fn hand_over(dir: &Path, compose_dir: &Path, slot: &Slot) -> std::io::Result<()> {
     for d in [dir, &dir.join("state")] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
@@ -391,7 +398,12 @@ pub(super) fn hand_over(dir: &Path, compose_dir: &Path, slot: &Slot) -> std::io:
     for e in std::fs::read_dir(&shared)?.flatten() {
         give(&e.path(), slot)?;
     }
-    slot_dir(compose_dir, slot)?;
+    // The boot agent's compose folder: the node's (the CVM must not be able
+    // to plant links where the agent writes as root), readable by the
+    // slot's group (the agent makes its files so, `guest::runtime`).
+    std::fs::create_dir_all(compose_dir)?;
+    std::os::unix::fs::chown(compose_dir, Some(0), Some(slot.gid))?;
+    std::fs::set_permissions(compose_dir, std::fs::Permissions::from_mode(0o750))?;
     hand_agent_sockets(&dir.join(super::agent::AGENT_DIR), slot)
 }
 
@@ -403,6 +415,9 @@ pub(super) fn hand_agent_sockets(agent_dir: &Path, slot: &Slot) -> std::io::Resu
         let p = agent_dir.join(name);
         if p.exists() {
             give(&p, slot)?;
+            // Bound 0666 for the shared mode's 0700 folder; here the folder
+            // is traversable, so the socket itself is the slot's alone.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
         }
     }
     Ok(())
