@@ -19,6 +19,11 @@ command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-venv)
 command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || apt_missing+=(docker-compose)
 dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
+# CVMs that are machines of their own (`berth up --isolation container`):
+# a rootless system container per CVM, with its own engine.
+command -v rootlesskit >/dev/null 2>&1 || apt_missing+=(rootlesskit)
+command -v slirp4netns >/dev/null 2>&1 || apt_missing+=(slirp4netns)
+command -v newuidmap >/dev/null 2>&1 || apt_missing+=(uidmap)
 [ -x /usr/bin/time ] || apt_missing+=(time)
 # The API load benchmark (`make bench`): a well-known HTTP load generator.
 command -v wrk >/dev/null 2>&1 || apt_missing+=(wrk)
