@@ -453,3 +453,114 @@ fn dstack_shaped_apps_run_in_machines_of_their_own_and_reach_nothing_else() {
     });
     cloud.stop();
 }
+
+/// The shape of dstack's examples that build at boot: a service built from
+/// an inline Dockerfile `FROM` a private image (pulled with the CVM's
+/// registry credentials, never written to disk on the host in the clear),
+/// next to a service that reads the guest agent's socket at its dstack
+/// path; deployed with the official CLI.
+#[test]
+fn an_inline_dockerfile_builds_inside_the_machine_from_a_private_base() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    const PASSWORD: &str = "berth-canary-build-password-51c0";
+    let (_reg, host, endpoint) = busybox_registry(Some(("builder", PASSWORD)), "acme/base");
+    let dir = tempdir("cmb");
+    let state = dir.join("s");
+    let cloud = Cloud::start(
+        &state,
+        "unix:///nonexistent",
+        Some(ADMIN_KEY),
+        &[&endpoint, "--isolation", "container"],
+    );
+    let work = dir.join("app");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        work.join("docker-compose.yml"),
+        format!(
+            r#"services:
+  app:
+    build:
+      context: .
+      dockerfile_inline: |
+        FROM {host}/acme/base:1
+        RUN echo built-inside-the-cvm > /built
+        CMD ["sh", "-c", "cat /built; sleep 600"]
+  reader:
+    image: {host}/acme/base:1
+    volumes:
+      - /var/run/dstack.sock:/var/run/dstack.sock
+    command: ["sh", "-c", "test -S /var/run/dstack.sock && echo agent-socket-present; sleep 600"]
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join(".env"),
+        format!(
+            "DSTACK_DOCKER_USERNAME=builder\nDSTACK_DOCKER_PASSWORD={PASSWORD}\nDSTACK_DOCKER_REGISTRY={host}\n"
+        ),
+    )
+    .unwrap();
+    let out = cloud.phala(
+        ADMIN_KEY,
+        &work,
+        &[
+            "deploy",
+            "-n",
+            "build-app",
+            "-c",
+            "docker-compose.yml",
+            "-e",
+            ".env",
+        ],
+        PASSWORD,
+    );
+    assert_eq!(out.code, 0, "phala deploy:\n{}\n{}", out.stdout, out.stderr);
+    let (_, v) = admin(&cloud, "GET", "/cvms/build-app", None);
+    let id = v["id"]
+        .as_str()
+        .or(v["vm_uuid"].as_str())
+        .unwrap()
+        .to_owned();
+    let _leftovers = Leftovers(vec![id.clone()]);
+    let v = running(&cloud, &id);
+    assert_eq!(v["isolation"], "container", "{v}");
+
+    let (ok, ps) = cvm_docker(&state, &id, &["ps", "--format", "{{.Names}} {{.Image}}"]);
+    assert!(ok, "{ps}");
+    let logs = |service: &str| {
+        let name = ps
+            .lines()
+            .find(|l| l.contains(service))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {service} container: {ps}"))
+            .to_owned();
+        cvm_docker(&state, &id, &["logs", &name]).1
+    };
+    eventually(20, "the built image runs", || {
+        logs("app").contains("built-inside-the-cvm")
+    });
+    eventually(20, "the agent's socket is in the container", || {
+        logs("reader").contains("agent-socket-present")
+    });
+    // The registry password is in no file of the state folder, and in no
+    // answer or log (phala's output was checked above).
+    for f in files_under(&state) {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert!(
+                !bytes
+                    .windows(PASSWORD.len())
+                    .any(|w| w == PASSWORD.as_bytes()),
+                "the password is in {}",
+                f.display()
+            );
+        }
+    }
+    let log = cloud.serial_log(ADMIN_KEY, &id, PASSWORD);
+    assert!(log.contains("isolation: container"), "{log}");
+    let (code, _) = admin(&cloud, "DELETE", &format!("/cvms/{id}"), None);
+    assert!(code == 200 || code == 204);
+    eventually(30, "the machine gone", || machine_pids(&id).is_empty());
+    cloud.stop();
+}
