@@ -23,7 +23,6 @@ use contract::app::{AppCompose, normalize_hex};
 use contract::kms::{AppUpgradeState, ComposeHashRegistration};
 use contract::upgrade::UpgradeAuthority;
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -272,26 +271,7 @@ impl AppRegistry {
                 .create(dir)?;
         }
         let path = dir.join(format!("{}.json", record.app_id));
-        let tmp = dir.join(format!(".{}.{}.tmp", record.app_id, std::process::id()));
-        let result = (|| {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(record).expect("json"))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        let json = serde_json::to_vec_pretty(record).expect("json");
+        ownership::write_atomic(&path, &json, 0o600)
     }
 }

@@ -11,10 +11,9 @@
 //! 002 makes every folder so.)
 
 use crate::RootKeyError;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 /// A key file is 64 hex characters and a newline; anything much longer is
@@ -85,44 +84,16 @@ pub(crate) fn load_or_create_secret32(
     }
 }
 
-/// Writes `bytes` to a new file at `path`, never replacing one.
+/// Writes `bytes` to a new file at `path`, never replacing one
+/// ([`ownership::create_atomic`]: complete, synced, mode 0600).
 fn write_new_secret32(path: &Path, bytes: &[u8; 32]) -> Result<(), WriteError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
-    // Unique per process and call, so concurrent creators never share it.
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.{seq}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-
-    let mut file = new_private_file(&tmp)?;
-    let linked = (|| {
-        let mut text = Zeroizing::new(hex::encode(bytes));
-        text.push('\n');
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::hard_link(&tmp, path)
-    })();
-    // The temporary name goes whether or not the link worked.
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(WriteError::Taken),
-        Err(e) => return Err(e.into()),
+    let mut text = Zeroizing::new(hex::encode(bytes));
+    text.push('\n');
+    match ownership::create_atomic(path, text.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(WriteError::Taken),
+        Err(e) => Err(e.into()),
     }
-    // Make the new directory entry durable; not every filesystem lets a
-    // directory be opened for syncing, and the file itself is synced.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Why [`write_new_secret32`] did not write.
@@ -137,24 +108,6 @@ impl From<io::Error> for WriteError {
     fn from(e: io::Error) -> Self {
         Self::Io(e)
     }
-}
-
-#[cfg(unix)]
-fn new_private_file(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    // The umask can only take bits away; make the mode exact regardless.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    Ok(file)
-}
-
-#[cfg(not(unix))]
-fn new_private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(path)
 }
 
 /// The folders from `path`'s up to `/`: each must belong to this user or

@@ -430,35 +430,12 @@ async fn register_compose_hash(
 
 /// Binds the KMS socket at `path`, whose folder must exist and be closed to
 /// everyone but its owner (mode 0700). A stale socket file left
-/// by a killed KMS is replaced; anything else at `path` is an error.
+/// by a killed KMS is replaced; anything else at `path` is an error
+/// ([`ownership::bind_private_socket`], the rule the node's socket keeps too).
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("the KMS socket path has no folder"))?;
-    let meta = std::fs::metadata(dir)?;
-    // Same rule as the node's socket (`cloud::up::node_process`), restated
-    // because `cloud` must not link this crate and `contract` does no I/O.
-    if meta.mode() & 0o077 != 0 {
-        return Err(std::io::Error::other(format!(
-            "{} is open to other users (mode {:o}); the KMS socket needs a folder only its owner can enter (chmod 700)",
-            dir.display(),
-            meta.mode() & 0o777
-        )));
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} exists and is not a socket",
-                path.display()
-            )));
-        }
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let listener = ownership::bind_private_socket(path, "the KMS socket")?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
 }
 
 /// Serves the KMS on `listener` until the process ends.

@@ -15,7 +15,7 @@ use crate::manifest::Descriptor;
 use crate::reference::{Digest, DigestAlgorithm};
 use sha2::Digest as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The annotation naming an image in `index.json`.
@@ -306,19 +306,11 @@ impl OciStore {
     }
 }
 
-/// Writes `bytes` to a temporary file next to `path`, syncs it, renames it.
+/// Writes `bytes` to a temporary file next to `path`, syncs it, renames it,
+/// syncs the folder ([`ownership::write_atomic`]; mode 0666 less the umask,
+/// as `File::create` makes files).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
-    let tmp = path.with_extension(format!("tmp-{}", fastrand::u64(..)));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err("write", path, e)
-    })
+    ownership::write_atomic(path, bytes, 0o666).map_err(|e| io_err("write", path, e))
 }
 
 #[cfg(test)]

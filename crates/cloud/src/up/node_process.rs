@@ -184,36 +184,14 @@ pub async fn serve_node(
     }
 }
 
-/// Binds a Unix socket at `path`, whose folder must be closed to everyone
-/// but its owner (mode 0700). A stale socket file left by a killed process
-/// is replaced; anything else at `path` is an error. (The KMS binds its
-/// socket the same way, in `kms::server::bind_socket`; this crate must not
-/// link `kms`.)
+/// Binds the node's socket at `path`, whose folder must be closed to
+/// everyone but its owner (mode 0700). A stale socket file left by a killed
+/// process is replaced; anything else at `path` is an error
+/// ([`ownership::bind_private_socket`], the rule the KMS's socket keeps too).
 fn bind_private_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("the socket path has no folder"))?;
-    let mode = std::fs::metadata(dir)?.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(std::io::Error::other(format!(
-            "{} is open to other users (mode {mode:o}); the socket needs a folder only its owner can enter (chmod 700)",
-            dir.display()
-        )));
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} exists and is not a socket",
-                path.display()
-            )));
-        }
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let listener = ownership::bind_private_socket(path, "the socket")?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
 }
 
 #[cfg(test)]
