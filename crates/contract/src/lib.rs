@@ -39,8 +39,8 @@
 pub mod announce;
 pub mod app;
 pub mod boot;
-pub mod cvm_name;
 mod category;
+pub mod cvm_name;
 pub mod env_rules;
 pub mod image_policy;
 pub mod kms;
