@@ -99,6 +99,8 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
         preflight(&args, &env, &compose)?;
     }
     let compose = pin(&args, &env, &compose, None)?;
+    let image_policy = crate::deploysteps::read_image_policy(&args)?
+        .map(|p| serde_json::to_value(p).expect("json"));
     let owner = if args.cloud_upgrades {
         None
     } else {
@@ -109,7 +111,13 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
         eprintln!("Provisioning {name}…");
         let owner_public = owner.as_ref().map(|o| o.public_hex());
         let p = api
-            .provision(&name, &compose, &keys, owner_public.as_deref())
+            .provision(
+                &name,
+                &compose,
+                &keys,
+                owner_public.as_deref(),
+                image_policy.as_ref(),
+            )
             .await
             .map_err(api_failure)?;
         // A control plane must not be able to swap in a key of its own.

@@ -55,6 +55,11 @@ pub struct DeployArgs {
     /// `image: name:tag@sha256:…`, so its hash measures exact images).
     #[arg(long)]
     pub(crate) no_pin: bool,
+    /// The app's image policy (JSON: `require_digests`, and cosign public
+    /// keys per registry or repository prefix), measured in its manifest.
+    /// With --update: the new policy (without it, the current one is kept).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) image_policy: Option<PathBuf>,
     /// Skip the registry pre-flight (the checks of `berth check`, run here).
     #[arg(long)]
     pub(crate) no_check: bool,
@@ -64,6 +69,25 @@ pub struct DeployArgs {
     /// For the pre-flight: trust this CA certificate (repeatable).
     #[arg(long = "ca-cert", value_name = "FILE")]
     pub(crate) ca_cert: Vec<PathBuf>,
+}
+
+/// The image policy of --image-policy, read and checked (a malformed one
+/// is refused here with the sentence saying what is wrong).
+pub(crate) fn read_image_policy(
+    args: &DeployArgs,
+) -> Result<Option<contract::ImagePolicy>, Failure> {
+    let Some(path) = &args.image_policy else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::io(format!("cannot read {}", path.display()), &e))?;
+    let policy = contract::ImagePolicy::parse(&text).map_err(|e| {
+        Failure::config(format!("{}: {e}", path.display())).hint(
+            "write {\"require_digests\": true, \"signatures\": [{\"scope\": \"ghcr.io/acme\", \"keys\": [\"<cosign.pub>\"]}]}",
+        )
+    })?;
+    eprintln!("Image policy: {}", policy.describe());
+    Ok(Some(policy))
 }
 
 /// `berth check` on the compose file's images with the env's credentials,

@@ -3,12 +3,13 @@
 //! `berth cvms history`.
 //!
 //! The owner signs only a manifest it has read: the server's prepared
-//! manifest must hold exactly the compose file and env names given here and
-//! this owner's key, and its sha256 must be the hash signed. A control plane
-//! that altered the manifest gets no signature.
+//! manifest must hold exactly the compose file and env names given here, the
+//! image policy given (if one is; else the one it keeps is shown) and this
+//! owner's key, and its sha256 must be the hash signed. A control plane that
+//! altered the manifest gets no signature.
 
 use crate::cloudapi::{api_failure, client, trust_failure, trusted_kms_key};
-use crate::deploysteps::{DeployArgs, follow_boot, pin, preflight};
+use crate::deploysteps::{DeployArgs, follow_boot, pin, preflight, read_image_policy};
 use crate::envargs;
 use crate::failure::Failure;
 use kms::owner::OwnerKey;
@@ -54,6 +55,7 @@ fn check_prepared(
     compose: &str,
     keys: Option<&[String]>,
     owner: Option<&OwnerKey>,
+    image_policy: Option<&contract::ImagePolicy>,
 ) -> Result<(), Failure> {
     let refuse = |what: &str| {
         Failure::config(format!(
@@ -87,6 +89,21 @@ fn check_prepared(
     {
         return Err(refuse("does not name your owner key"));
     }
+    // The image policy signed is the one given, or (none given) the one the
+    // server kept, shown before anything is signed.
+    let signed = match manifest.get(contract::image_policy::IMAGE_POLICY_FIELD) {
+        None | Some(serde_json::Value::Null) => contract::ImagePolicy::default(),
+        Some(v) => contract::ImagePolicy::from_value(v)
+            .map_err(|_| refuse("holds a malformed image policy"))?,
+    };
+    if let Some(want) = image_policy
+        && signed != *want
+    {
+        return Err(refuse("holds another image policy"));
+    }
+    if owner.is_some() {
+        eprintln!("Image policy of the update: {}", signed.describe());
+    }
     Ok(())
 }
 
@@ -111,6 +128,10 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
         Some(_) => Some(trusted_kms_key(args.kms_pubkey.as_deref())?),
         None => None,
     };
+    let image_policy = read_image_policy(&args)?;
+    let policy_value = image_policy
+        .as_ref()
+        .map(|p| serde_json::to_value(p).expect("json"));
     let (cvm, compose) = if args.no_pin {
         let cvm = crate::runtime()
             .block_on(api.get(id))
@@ -133,7 +154,7 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
     };
     crate::runtime().block_on(async {
         let prepared = api
-            .prepare_update(&cvm.id, &compose, keys.as_deref())
+            .prepare_update(&cvm.id, &compose, keys.as_deref(), policy_value.as_ref())
             .await
             .map_err(api_failure)?;
         let owner = match prepared.upgrade_authority.as_str() {
@@ -146,6 +167,7 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
             &compose,
             keys.as_deref(),
             owner.as_ref(),
+            image_policy.as_ref(),
         )?;
         let authorization = match &owner {
             Some(o) => Some(
@@ -189,6 +211,7 @@ pub fn update(args: DeployArgs, id: &str) -> Result<(), Failure> {
             keys.as_deref(),
             sealed.as_deref(),
             authorization.as_ref(),
+            policy_value.as_ref(),
         )
         .await
         .map_err(api_failure)?;

@@ -235,3 +235,135 @@ fn a_policy_is_measured_and_an_owner_authorized_app_refuses_an_unsigned_weakenin
         assert_eq!(after["compose_hash"], hash.as_str(), "{weaker}");
     }
 }
+
+/// `berth` against `cloud`, run in `dir` (its owner key there).
+fn berth_in(cloud: &Cloud, dir: &std::path::Path, args: &[&str]) -> Run {
+    run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .current_dir(dir)
+            .env("BERTH_API_URL", &cloud.api)
+            .env("BERTH_API_KEY", ADMIN_KEY)
+            .env("BERTH_KMS_PUBKEY", &cloud.kms_pubkey)
+            .env("BERTH_OWNER_KEY", dir.join("owner-key"))
+            .env("DOCKER_CONFIG", dir.join("no-docker-config")),
+        b"",
+    )
+}
+
+#[test]
+fn berth_deploy_carries_the_policy_and_only_the_owner_s_signed_update_changes_it() {
+    let engine = Dockerd::start();
+    let registry = Registry::start();
+    let host = registry.host_port();
+    let image = app_image(&registry);
+    let signer = CosignKey::from_seed("cli-owner");
+    push_signatures(
+        &registry,
+        "acme/app",
+        &image.digest,
+        &[Signature::by(
+            &signer,
+            payload(&format!("{host}/acme/app"), &image.digest),
+        )],
+    );
+    let dir = tempdir("image-policy-cli");
+    let mapping = format!("--registry-endpoint={host}={}", registry.base_url());
+    let cloud = Cloud::start(
+        &dir.join("state"),
+        &engine.host(),
+        Some(ADMIN_KEY),
+        &[&mapping],
+    );
+    std::fs::write(
+        dir.join("app.yml"),
+        compose(&format!("{host}/acme/app:v1@{}", image.digest)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.json"),
+        json!({"require_digests": true, "signatures": [{"scope": format!("{host}/acme"), "keys": [signer.public_pem()]}]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("weaker.json"), r#"{"require_digests": true}"#).unwrap();
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"{"signatures": [{"scope": "ghcr.io"}]}"#,
+    )
+    .unwrap();
+
+    // A malformed policy file: refused on the user's machine, with a sentence.
+    let out = berth_in(
+        &cloud,
+        &dir,
+        &[
+            "deploy",
+            "-n",
+            "policy-cli",
+            "-c",
+            "app.yml",
+            "--image-policy",
+            "bad.json",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(
+            "bad.json: the image policy (berth_image_policy) is not valid: missing field `keys`"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    let out = berth_in(
+        &cloud,
+        &dir,
+        &[
+            "deploy",
+            "-n",
+            "policy-cli",
+            "-c",
+            "app.yml",
+            "--image-policy",
+            "policy.json",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "Image policy: every image pinned to a digest; cosign signatures for {host}/acme by 1 key"
+        )),
+        "{}",
+        out.stderr
+    );
+    let cvm = cloud.cvm_as(ADMIN_KEY, "policy-cli");
+    let id = cvm["id"].as_str().unwrap().to_owned();
+    let before = cvm["compose_hash"].as_str().unwrap().to_owned();
+
+    // The owner's own update weakens the policy: signed, accepted.
+    let out = berth_in(
+        &cloud,
+        &dir,
+        &[
+            "deploy",
+            "--update",
+            &id,
+            "-c",
+            "app.yml",
+            "--image-policy",
+            "weaker.json",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("Image policy of the update: every image pinned to a digest"),
+        "{}",
+        out.stderr
+    );
+    let after = cloud.cvm_as(ADMIN_KEY, "policy-cli");
+    assert_ne!(after["compose_hash"], before.as_str());
+    assert_eq!(after["status"], "running", "{after}");
+}

@@ -240,6 +240,7 @@ impl ApiClient {
         compose: &str,
         allowed_envs: &[String],
         owner_key: Option<&str>,
+        image_policy: Option<&Value>,
     ) -> Result<Provisioned, ClientError> {
         let mut body = json!({
             "name": name,
@@ -249,6 +250,9 @@ impl ApiClient {
         });
         if let Some(k) = owner_key {
             body["berth_owner_key"] = json!(k);
+        }
+        if let Some(p) = image_policy {
+            body["berth_image_policy"] = p.clone();
         }
         let v = self
             .call(reqwest::Method::POST, "/cvms/provision", Some(body))
@@ -297,10 +301,14 @@ impl ApiClient {
         id: &str,
         compose: &str,
         allowed_envs: Option<&[String]>,
+        image_policy: Option<&Value>,
     ) -> Result<PreparedUpdate, ClientError> {
         let mut body = json!({"docker_compose_file": compose});
         if let Some(keys) = allowed_envs {
             body["allowed_envs"] = json!(keys);
+        }
+        if let Some(p) = image_policy {
+            body["berth_image_policy"] = p.clone();
         }
         let v = self
             .call_with(
@@ -337,8 +345,12 @@ impl ApiClient {
         allowed_envs: Option<&[String]>,
         encrypted_env: Option<&str>,
         authorization: Option<&contract::upgrade::OwnerAuthorization>,
+        image_policy: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let mut body = json!({"docker_compose_file": compose});
+        if let Some(p) = image_policy {
+            body["berth_image_policy"] = p.clone();
+        }
         if let Some(keys) = allowed_envs {
             body["allowed_envs"] = json!(keys);
         }
