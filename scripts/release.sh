@@ -17,7 +17,11 @@ cc_var="CC_$(echo "$target" | tr '-' '_')"
 export "$cc_var=musl-gcc"
 cargo build --release --locked --target "$target" -p berth-cli \
   --config 'profile.release.strip = true'
-bin="target/$target/release/berth"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/berth"
+if [ ! -f "$bin" ]; then
+  echo "error: $bin was not built" >&2
+  exit 1
+fi
 if ldd "$bin" 2>&1 | grep -q '=>'; then
   echo "error: $bin links shared libraries:" >&2
   ldd "$bin" >&2
