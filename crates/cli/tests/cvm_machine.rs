@@ -559,6 +559,35 @@ fn an_inline_dockerfile_builds_inside_the_machine_from_a_private_base() {
     }
     let log = cloud.serial_log(ADMIN_KEY, &id, PASSWORD);
     assert!(log.contains("isolation: container"), "{log}");
+
+    // The node killed outright (kill -9): the machine keeps running, the
+    // next node (berth up starts one) finds it, starts its guest agent
+    // again and restarts the container that mounts the agent's socket.
+    let before = machine_pids(&id);
+    let node = Command::new("ps")
+        .args(["-eo", "pid=,args="])
+        .output()
+        .unwrap();
+    let state_text = state.canonicalize().unwrap().display().to_string();
+    let node_pid: i32 = String::from_utf8_lossy(&node.stdout)
+        .lines()
+        .find(|l| l.contains("node serve") && l.contains(&state_text))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("the node process");
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(node_pid, libc::SIGKILL) };
+    eventually(60, "the next node restarts the agent's users", || {
+        cloud
+            .serial_log(ADMIN_KEY, &id, PASSWORD)
+            .contains("mounting the guest agent restarted")
+    });
+    let after = machine_pids(&id);
+    assert!(
+        before.iter().filter(|p| after.contains(p)).count() >= 3,
+        "the machine's processes did not survive the node: {before:?} {after:?}"
+    );
+    running(&cloud, &id);
+
     let (code, _) = admin(&cloud, "DELETE", &format!("/cvms/{id}"), None);
     assert!(code == 200 || code == 204);
     eventually(30, "the machine gone", || machine_pids(&id).is_empty());

@@ -427,8 +427,10 @@ pub fn enter_prefix(pid: u32, dir: &Path) -> Vec<String> {
 /// Makes the files of the compose folder `dir` (written by this agent,
 /// 0600) readable by the folder's group, the CVM's host group, whose root
 /// runs the compose tool inside the CVM: owner and group of the folder,
-/// 0640 (folders 0750). Nothing in it is secret from the CVM (the compose
-/// file and its build files; env values stay in the environment). The
+/// 0640 (folders 0750). Nothing in it is secret from the CVM: the compose
+/// file and its build files (an inline Dockerfile's `${VAR}`s are filled
+/// in from the CVM's own env, and those files are removed after `up`);
+/// local users cannot enter the folder, which is 0750. The
 /// folder is the node's and the CVM cannot write in it, so nothing here
 /// can be swapped for a link to a host file meanwhile; links are skipped
 /// all the same.

@@ -168,10 +168,16 @@ impl Node {
         let mut restarted = 0;
         for c in self.project_containers(&docker, id).await? {
             let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            // In a machine of its own, a CVM's containers mount the sockets
+            // at their dstack paths (links into `/run/berth/agent`).
+            let inside = self.cfg.isolation == contract::Isolation::Container;
             let mounts_dir = c.mounts.iter().flatten().any(|m| {
-                m.source
-                    .as_deref()
-                    .is_some_and(|s| Path::new(s).starts_with(dir))
+                m.source.as_deref().is_some_and(|s| {
+                    Path::new(s).starts_with(dir)
+                        || (inside
+                            && (Path::new(s).starts_with("/run/berth/agent")
+                                || contract::policy::AGENT_SOCKET_PATHS.contains(&s)))
+                })
             });
             let Some(cid) = c.id.filter(|_| running && mounts_dir) else {
                 continue;
