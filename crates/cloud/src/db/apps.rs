@@ -1,7 +1,7 @@
 //! The `apps` table: each app's byte-exact `app-compose.json`, its compose
 //! hash and its env public key, stored once per app id.
 
-use super::cvms::UNCOMMITTED_APP_TTL;
+use super::limits::UNCOMMITTED_APP_TTL;
 use super::{Db, DbError, Limits, now};
 use rusqlite::{OptionalExtension, params};
 

@@ -25,7 +25,8 @@
 //!
 //! **Layout.** This file: [`Db`] itself (opening, the connection pool, the
 //! retries of a busy database); `migrations`: the schema; `users`, `apps`
-//! and `cvms`: each table's rows and queries.
+//! and `cvms`: each table's rows and queries; `limits`: the operator's caps
+//! both `apps` and `cvms` keep.
 
 mod apps;
 
@@ -36,15 +37,19 @@ mod error;
 #[cfg(test)]
 mod fixtures;
 
+mod limits;
+
 mod migrations;
 
 mod users;
 
 pub use apps::{App, AppUpdate, AppVersion};
 
-pub use cvms::{Cvm, Limits, NewCvm, UNCOMMITTED_APP_TTL};
+pub use cvms::{Cvm, NewCvm};
 
 pub use error::DbError;
+
+pub use limits::{Limits, UNCOMMITTED_APP_TTL};
 
 pub use users::{User, hash_api_key};
 

@@ -1,0 +1,91 @@
+//! The operator's caps on what users may hold and start ([`Limits`]), and
+//! how long a provisioned app no CVM uses is kept: what the `apps` and
+//! `cvms` tables both enforce, kept apart so that neither uses the other
+//! for it.
+
+use super::DbError;
+
+/// The operator's caps (`berth up --max-cvms-per-user`, `--max-boots`,
+/// `--max-boots-per-user`, `--max-requests-per-user`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most CVMs (not deleted) one user may have.
+    pub max_cvms_per_user: usize,
+    /// The most CVMs booting (`provisioning` or `starting`) at once, all
+    /// users together.
+    pub max_boots_in_flight: usize,
+    /// The most CVMs one user may have booting at once, so that one user's
+    /// stuck boots cannot take every slot of [`Limits::max_boots_in_flight`].
+    pub max_boots_per_user: usize,
+    /// The most apps one user may have provisioned and never committed
+    /// (`POST /cvms/provision` without `POST /cvms`); each also expires
+    /// after [`UNCOMMITTED_APP_TTL`].
+    pub max_uncommitted_apps_per_user: usize,
+    /// The most requests one user's API keys may have in progress at once
+    /// (a slow body holds one until the server's body timeout).
+    pub max_requests_per_user: usize,
+    /// What a CVM is on this cloud (`berth up --isolation`): the compose
+    /// rules a tenant's file is checked with follow from it.
+    pub isolation: contract::Isolation,
+    /// Refuse, at provisioning and update, a compose file naming an image
+    /// without a digest (`berth up --require-digests`).
+    pub require_digests: bool,
+}
+
+/// How long a provisioned app that no CVM uses is kept: it is dropped at
+/// the user's next provisioning after that.
+pub const UNCOMMITTED_APP_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_cvms_per_user: 50,
+            max_boots_in_flight: 8,
+            max_boots_per_user: 4,
+            max_uncommitted_apps_per_user: 20,
+            max_requests_per_user: 64,
+            isolation: contract::Isolation::Shared,
+            require_digests: false,
+        }
+    }
+}
+
+impl Limits {
+    /// A user with `have` CVMs is at the CVM cap.
+    pub fn too_many_cvms(&self, have: usize) -> DbError {
+        DbError::TooManyCvms {
+            have,
+            max: self.max_cvms_per_user,
+        }
+    }
+
+    /// `booting` boots in flight: a new one would pass the cap.
+    pub fn too_many_boots(&self, booting: usize) -> DbError {
+        DbError::TooManyBoots {
+            booting,
+            max: self.max_boots_in_flight,
+        }
+    }
+
+    /// The user has `booting` boots in flight: a new one would pass their
+    /// own cap.
+    pub fn too_many_boots_of_user(&self, booting: usize) -> DbError {
+        DbError::TooManyBootsOfUser {
+            booting,
+            max: self.max_boots_per_user,
+        }
+    }
+
+    /// Whether a new boot may start, with `of_user` of the user's own and
+    /// `all` in flight: the user's own cap is checked first, so a user at
+    /// it is told about their own boots, not everyone's.
+    pub fn check_boot(&self, of_user: usize, all: usize) -> Result<(), DbError> {
+        if of_user >= self.max_boots_per_user.max(1) {
+            return Err(self.too_many_boots_of_user(of_user));
+        }
+        if all >= self.max_boots_in_flight {
+            return Err(self.too_many_boots(all));
+        }
+        Ok(())
+    }
+}
