@@ -57,3 +57,15 @@ echo
 echo "== isolation (issue 17): berth up --isolation container vs shared, cold and warm boot of a one-service app (${ISO_RUNS:-3} runs each, alternating), idle memory per CVM, ${ISO_FLEET:-20} CVMs at once (needs root)"
 cargo build --release --quiet -p testkit --example bench_isolation
 target/release/examples/bench_isolation target/release/berth "${ISO_RUNS:-3}" "${ISO_FLEET:-20}"
+echo
+# Image policy (issue 20): a cold boot of a 4-image app (busybox +
+# VERIFY_LAYER_MB each) with every image pinned and its cosign signature
+# verified, against the same boot with no policy, alternating, VERIFY_RUNS
+# runs each; on loopback, then through the throttling proxy (VERIFY_LINK).
+VERIFY_RUNS="${VERIFY_RUNS:-5}"
+VERIFY_LAYER_MB="${VERIFY_LAYER_MB:-20}"
+VERIFY_LINK="${VERIFY_LINK:-50/20}"
+echo "== image policy: cold boot of a 4-image app (busybox + ${VERIFY_LAYER_MB} MB each) with signatures verified vs no policy (${VERIFY_RUNS} runs each, alternating): on loopback, then at ${VERIFY_LINK}"
+cargo build --release --quiet -p testkit --example bench_verify
+target/release/examples/bench_verify target/release/berth "$VERIFY_RUNS" "$VERIFY_LAYER_MB" none
+target/release/examples/bench_verify target/release/berth "$VERIFY_RUNS" "$VERIFY_LAYER_MB" "$VERIFY_LINK"
