@@ -55,7 +55,7 @@ env -u BERTH_ADMIN_API_KEY "$BERTH" up --state "$DEMO/cloud" --listen "127.0.0.1
 echo "$!" >> "$DEMO/pids"
 for _ in $(seq 1 900); do grep -q 'Stop with Ctrl-C' "$DEMO/berth-up.log" 2>/dev/null && break; sleep 0.1; done
 grep -q 'Stop with Ctrl-C' "$DEMO/berth-up.log" || { echo "berth up did not start:"; cat "$DEMO/berth-up.log"; exit 1; }
-sed -n '/^Berth local cloud/,/^Docker engine/p' "$DEMO/berth-up.log" | sed 's/^/    /'
+sed -n '/^Berth local cloud/,/^Isolation/p' "$DEMO/berth-up.log" | sed 's/^/    /'
 export BERTH_API_URL="http://127.0.0.1:$PORT/api/v1"
 BERTH_API_KEY="$(cat "$DEMO/cloud/api-key")"
 export BERTH_API_KEY

@@ -41,8 +41,9 @@ pub struct UpArgs {
     /// What a CVM is: `container`, a machine of its own (a system container
     /// with its own Docker engine; needs root, rootlesskit, slirp4netns and
     /// uidmap; dstack's compose rules), or `shared`, the fast mode with no
-    /// isolation between CVMs (all on one engine; strict compose rules).
-    #[arg(long, value_name = "MODE", default_value = "shared", value_parser = ["shared", "container"])]
+    /// isolation between CVMs (all on one engine; strict compose rules);
+    /// `auto`: `container` where this host can, else `shared`, saying why.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "shared", "container"])]
     isolation: String,
     /// Refuse, at provisioning and update, a compose file naming an image
     /// by tag only: every image must be `name@sha256:…` (`berth deploy`
@@ -242,11 +243,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
             max_boots_in_flight: args.max_boots,
             max_boots_per_user: args.max_boots_per_user.unwrap_or(args.max_boots / 2).max(1),
             max_requests_per_user: args.max_requests_per_user,
-            isolation: if args.isolation == "container" {
-                contract::Isolation::Container
-            } else {
-                contract::Isolation::Shared
-            },
+            isolation: isolation(&args.isolation),
             require_digests: args.require_digests,
             ..cloud::db::Limits::default()
         },
@@ -345,7 +342,17 @@ fn print_ready(r: &cloud::up::Ready) {
         r.attestation_public_key
     );
     println!("State:          {}", r.state.display());
-    println!("Docker engine:  {}", r.docker_host);
+    match r.isolation {
+        contract::Isolation::Container => println!(
+            "Isolation:      container (each CVM a machine of its own, with its own Docker engine)"
+        ),
+        contract::Isolation::Shared => {
+            println!(
+                "Isolation:      shared (fast mode: every CVM's containers on one engine, no isolation between CVMs)"
+            );
+            println!("Docker engine:  {}", r.docker_host);
+        }
+    }
     if r.resumed > 0 {
         println!("Resumed {} CVMs.", r.resumed);
     }
@@ -354,6 +361,30 @@ fn print_ready(r: &cloud::up::Ready) {
         r.public_url
     );
     println!("Stop with Ctrl-C.");
+}
+
+/// The isolation `--isolation MODE` asks for; `auto` is `container` where
+/// this host can run CVMs in machines of their own (root, rootlesskit,
+/// slirp4netns, uidmap), else `shared`, said once.
+fn isolation(mode: &str) -> contract::Isolation {
+    match mode {
+        "container" => contract::Isolation::Container,
+        "shared" => contract::Isolation::Shared,
+        _ => match cloud::node::check_container_host() {
+            Ok(notes) => {
+                for note in notes {
+                    println!("Note: {note}.");
+                }
+                contract::Isolation::Container
+            }
+            Err(why) => {
+                println!(
+                    "Note: CVMs share one Docker engine (fast mode, no isolation between CVMs), because {why}."
+                );
+                contract::Isolation::Shared
+            }
+        },
+    }
 }
 
 /// [`UpError`] in `berth up`'s terms: its options and environment variables.

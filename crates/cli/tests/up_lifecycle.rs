@@ -444,7 +444,13 @@ fn other_machines_get_tls_or_an_explicit_insecure_and_the_public_url() {
     let dir = tempdir("up-tls");
     let state = dir.join("state");
     let up_alone = |args: &[&str]| {
-        let mut all = vec!["up", "--state", state.to_str().unwrap()];
+        let mut all = vec![
+            "up",
+            "--isolation",
+            "shared",
+            "--state",
+            state.to_str().unwrap(),
+        ];
         all.extend_from_slice(args);
         run(
             Command::new(env!("CARGO_BIN_EXE_berth"))

@@ -273,7 +273,7 @@ fn main() {
     );
 
     let mut up = Up(Command::new(&berth)
-        .args(["up", "--state"])
+        .args(["up", "--isolation", "shared", "--state"])
         .arg(&state)
         .args(["--listen", "127.0.0.1:0"])
         // The node boots nothing: every CVM is stopped.

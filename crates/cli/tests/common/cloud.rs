@@ -47,6 +47,11 @@ impl Cloud {
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("DOCKER_HOST", docker_host);
+        // The tests of the shared engine say so; those of CVMs with
+        // machines of their own ask for `--isolation container`.
+        if !args.contains(&"--isolation") {
+            cmd.args(["--isolation", "shared"]);
+        }
         match admin_key {
             Some(key) => cmd.env("BERTH_ADMIN_API_KEY", key),
             None => cmd.env_remove("BERTH_ADMIN_API_KEY"),

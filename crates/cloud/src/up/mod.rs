@@ -135,8 +135,10 @@ pub struct Ready {
     pub attestation_public_key: String,
     /// The state folder (canonical).
     pub state: PathBuf,
-    /// The Docker engine CVMs run on.
+    /// The Docker engine CVMs run on (empty when each has its own).
     pub docker_host: String,
+    /// What a CVM is.
+    pub isolation: contract::Isolation,
     /// How many CVMs were booted again.
     pub resumed: usize,
 }
@@ -363,6 +365,7 @@ pub async fn run(
         attestation_public_key: kms_ready.attestation_public_key.clone(),
         state: state.clone(),
         docker_host,
+        isolation,
         resumed,
     }));
 
