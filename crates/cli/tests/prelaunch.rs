@@ -458,7 +458,7 @@ fn source_and_compare(
     script_text: &str,
     options: &str,
     env: &[(&str, &str)],
-) -> (String, String, i32) {
+) -> (String, String, Run) {
     let file = root.join("script.sh");
     std::fs::write(&file, script_text).unwrap();
     let probe = format!(
@@ -490,7 +490,7 @@ echo "sourced: ok"
         out.stdout,
         out.stderr
     );
-    (before, after, out.code)
+    (before, after, out)
 }
 
 fn diff(before: &str, after: &str) -> Vec<String> {
@@ -518,7 +518,7 @@ fn the_script_leaves_nothing_behind_but_its_exports_with_and_without_strict_opti
         )
         .unwrap();
         // HOME unset, no credentials at all: the env is cleared.
-        let (before, after, code) = source_and_compare(
+        let (before, after, run) = source_and_compare(
             &root,
             &text,
             options,
@@ -527,7 +527,7 @@ fn the_script_leaves_nothing_behind_but_its_exports_with_and_without_strict_opti
                 "ssh-ed25519 AAAAC3Nza test@example",
             )],
         );
-        assert_eq!(code, 0);
+        assert_eq!(run.code, 0);
         let added = diff(&before, &after);
         let allowed = ["DSTACK_GATEWAY_DOMAIN="];
         for line in &added {
@@ -578,4 +578,36 @@ fn an_agent_that_fails_fails_the_sourcing_shell_with_its_code() {
         assert!(!out.stdout.contains("still running"));
         assert!(out.stdout.contains("pre-launch failed (exit 3)"));
     }
+}
+
+#[test]
+fn an_agent_that_does_not_serve_the_runner_hands_over_to_the_default_flow() {
+    let dir = tempdir("prelaunch-script-runner");
+    // Exit 64: "not for this runner" (nerdctl-compose).
+    let (url, sha) = fake_agent(&dir.join("dl"), "exit 64");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("dstack/persistent")).unwrap();
+    std::fs::write(
+        root.join("dstack/app-compose.json"),
+        r#"{"runner":"nerdctl-compose","docker_compose_file":"services: {}"}"#,
+    )
+    .unwrap();
+    let (_, _, out) = source_and_compare(
+        &root,
+        &script(&url, &sha),
+        "set -euo pipefail",
+        &[("DOCKER_HOST", "unix:///nonexistent.sock")],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("the agent cannot serve this boot (exit 64)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("falling back to the default flow"),
+        "{}",
+        out.stdout
+    );
 }

@@ -168,3 +168,54 @@ pub fn read(root: &Path, process_env: &[(String, String)]) -> Result<GuestInputs
         sys,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decrypted_env_json_is_preferred_and_the_compose_file_found() {
+        let root = std::env::temp_dir().join(format!("berth-inputs-{}", std::process::id()));
+        let shared = root.join("dstack/.host-shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(
+            shared.join("app-compose.json"),
+            r#"{"runner":"docker-compose","docker_compose_file":"services: {a: {image: x}}","allowed_envs":["TOKEN"]}"#,
+        )
+        .unwrap();
+        // systemd's parsing of `.decrypted-env` may differ from the exact value.
+        std::fs::write(
+            shared.join(".decrypted-env.json"),
+            r#"{"DSTACK_DOCKER_PASSWORD":"p\"w $x","TOKEN":"t0k3n-value"}"#,
+        )
+        .unwrap();
+        let env = vec![
+            ("DSTACK_DOCKER_PASSWORD".to_owned(), "p\\\"w".to_owned()),
+            ("DSTACK_DOCKER_USERNAME".to_owned(), "alice".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let g = read(&root, &env).unwrap();
+        assert_eq!(g.runner, Runner::DockerCompose);
+        assert_eq!(g.compose_yaml.as_deref(), Some("services: {a: {image: x}}"));
+        assert!(g.from_json);
+        assert_eq!(
+            g.secrets.get("DSTACK_DOCKER_PASSWORD").unwrap().expose(),
+            "p\"w $x"
+        );
+        assert_eq!(
+            g.secrets.get("DSTACK_DOCKER_USERNAME").unwrap().expose(),
+            "alice"
+        );
+        assert!(g.secrets.get("PATH").is_none());
+        assert_eq!(g.vars.get("TOKEN").map(String::as_str), Some("t0k3n-value"));
+        // dstack's working copy of the compose file wins once it exists.
+        std::fs::write(
+            root.join("dstack/docker-compose.yaml"),
+            "services: {b: {image: y}}",
+        )
+        .unwrap();
+        let g = read(&root, &env).unwrap();
+        assert_eq!(g.compose_yaml.as_deref(), Some("services: {b: {image: y}}"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
