@@ -25,6 +25,8 @@ command -v rootlesskit >/dev/null 2>&1 || apt_missing+=(rootlesskit)
 command -v slirp4netns >/dev/null 2>&1 || apt_missing+=(slirp4netns)
 command -v newuidmap >/dev/null 2>&1 || apt_missing+=(uidmap)
 [ -x /usr/bin/time ] || apt_missing+=(time)
+# The dstack guest emulation (prelaunch tests): what a dstack guest has.
+command -v jq >/dev/null 2>&1 || apt_missing+=(jq)
 # The API load benchmark (`make bench`): a well-known HTTP load generator.
 command -v wrk >/dev/null 2>&1 || apt_missing+=(wrk)
 if ((${#apt_missing[@]})); then
