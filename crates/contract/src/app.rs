@@ -2,6 +2,8 @@
 //! platform's [`SysConfig`], and the names of the files in a CVM's
 //! host-shared folder.
 
+pub use crate::hex_text::normalize_hex;
+pub use crate::isolation::Isolation;
 use sha2::Digest as _;
 use std::collections::BTreeMap;
 
@@ -58,11 +60,6 @@ impl Measurement {
             && a.bytes().all(|b| b.is_ascii_hexdigit())
             && h[..40] == a
     }
-}
-
-/// Lowercase hex without a `0x` prefix.
-pub fn normalize_hex(s: &str) -> String {
-    s.trim().trim_start_matches("0x").to_ascii_lowercase()
 }
 
 /// `app-compose.json` as read by the boot agent. Unknown fields are kept in
@@ -245,43 +242,6 @@ pub struct SysConfig {
     /// boot agent applies ([`crate::policy::ComposeFile::parse_for`]).
     /// Absent in older files: [`Isolation::Shared`].
     pub isolation: Isolation,
-}
-
-/// The isolation boundary a CVM runs in.
-///
-/// - `shared`: the CVM's containers run on the node's one engine, next to
-///   every other CVM's; the compose policy refuses whatever would be root on
-///   the host (the fast mode, no isolation between CVMs).
-/// - `container`: the CVM is a system container of its own (own user,
-///   mount, network, PID, IPC, UTS and cgroup namespaces, its own engine
-///   inside); the compose rules are dstack's, since privileges, host paths
-///   and the engine's socket mean the CVM's own machine.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// One engine shared by every CVM of the node.
-    #[default]
-    Shared,
-    /// A system container per CVM, with its own engine inside.
-    Container,
-}
-
-impl Isolation {
-    /// The lowercase name, as in `sys-config.json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Isolation::Shared => "shared",
-            Isolation::Container => "container",
-        }
-    }
-}
-
-impl std::fmt::Display for Isolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The processes a CVM may run when the platform does not say.

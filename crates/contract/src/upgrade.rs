@@ -19,7 +19,7 @@
 //! This module holds no cryptography: the signature is made and checked by
 //! the `kms` crate; what is signed is defined here, once.
 
-use crate::app::normalize_hex;
+use crate::hex_text::normalize_hex;
 
 /// Who may authorize a new compose hash for an app.
 #[derive(Clone, Debug, PartialEq, Eq)]

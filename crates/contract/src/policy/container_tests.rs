@@ -1,7 +1,7 @@
 //! The container isolation mode's rules, one behaviour per test.
 
 use super::super::test_support::*;
-use crate::app::Isolation;
+use crate::isolation::Isolation;
 use crate::policy::{
     ComposeFile, FORBIDDEN_SERVICE_KEYS, MAX_CONTAINERS, MAX_EXPANDED_NODES, MAX_NETWORKS,
     MAX_PUBLISHED_PORTS, ServiceLimits,

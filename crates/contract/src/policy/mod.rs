@@ -168,7 +168,7 @@ pub use network::{
 pub use pin::{PinnedCompose, pin_images};
 pub use render::{BUILD_DIR, BuildFile, RenderedCompose, ServiceLimits};
 
-use crate::app::Isolation;
+use crate::isolation::Isolation;
 use crate::reference::ImageReference;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeSet;

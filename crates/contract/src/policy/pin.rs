@@ -11,7 +11,7 @@
 //! instead — comments and layout are then lost, and the caller is told.
 
 use super::{ComposeError, ComposeFile};
-use crate::app::Isolation;
+use crate::isolation::Isolation;
 use serde_yaml_ng::Value;
 use std::collections::BTreeMap;
 

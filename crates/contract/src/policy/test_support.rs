@@ -50,7 +50,7 @@ pub(super) fn allowed(yaml: &str) {
 
 /// The container isolation mode's check of `yaml`.
 pub(super) fn in_container(yaml: &str) -> Result<ComposeFile, ComposeError> {
-    ComposeFile::parse_and_check_for(yaml, crate::app::Isolation::Container)
+    ComposeFile::parse_and_check_for(yaml, crate::isolation::Isolation::Container)
 }
 
 /// Allowed in the container mode.
