@@ -85,7 +85,9 @@ impl Node {
         if self.cfg.isolation != Isolation::Container {
             return;
         }
-        if !sandbox::kill(&project_of(id)).await {
+        let off = sandbox::kill(&project_of(id)).await;
+        sandbox::unexpose(&self.dir(id));
+        if !off {
             self.append_serial(
                 id,
                 "some processes of the CVM's machine did not end; stop it again",

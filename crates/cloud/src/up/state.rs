@@ -139,10 +139,11 @@ pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, UpError> {
 /// saying so, what an older Berth or a careless umask left open). A folder
 /// or file of the state that belongs to another user is refused, not fixed.
 ///
-/// With CVMs in machines of their own (`container`), the state folder, its
-/// `cvms` folder and each CVM's folder and `state` folder are 0711: each
-/// CVM's host user must pass through them to its own folders (all 0700),
-/// and nobody may list them.
+/// With CVMs in machines of their own (`container`), each CVM's folder and
+/// its `state` folder are 0711 (the node sets them at the machine's start):
+/// the CVM's host user passes through them, from the bind mount of the CVM
+/// folder the node makes for it, to its own folders (0700); nobody may list
+/// them, and the state folder itself stays 0700.
 pub(crate) fn lock_down_state(
     state: &Path,
     events: &UpEvents,
@@ -160,11 +161,6 @@ pub(crate) fn lock_down_state(
         let d = state.join(dir);
         let was = std::fs::metadata(&d).map(|m| m.mode() & 0o777).ok();
         private_dir(&d).map_err(UpError::io(format!("cannot create {}", d.display())))?;
-        if container && (dir.is_empty() || dir == "cvms") {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711))
-                .map_err(UpError::io(format!("cannot open {} to CVMs", d.display())))?;
-            continue;
-        }
         if let Some(mode) = was.filter(|m| m & 0o077 != 0) {
             events(UpEvent::ModeFixed {
                 path: d,

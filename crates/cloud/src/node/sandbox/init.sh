@@ -31,8 +31,9 @@ mkdir -p run/berth/agent
 mount --bind "$CVM_DIR/agent" run/berth/agent
 ln -s /run/berth/agent/dstack.sock run/dstack.sock
 ln -s /run/berth/agent/tappd.sock run/tappd.sock
+# The boot agent's compose folder, at the path the agent names it by.
 if [ -n "${CVM_COMPOSE_DIR:-}" ]; then
-  mkdir -p ".$CVM_COMPOSE_DIR"; mount --bind "$CVM_COMPOSE_DIR" ".$CVM_COMPOSE_DIR"
+  mkdir -p ".$CVM_COMPOSE_DIR"; mount --bind "$CVM_DIR/state/compose" ".$CVM_COMPOSE_DIR"
 fi
 mount -t proc proc proc
 mount -t sysfs sysfs sys

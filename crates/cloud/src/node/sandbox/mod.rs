@@ -423,6 +423,62 @@ pub(super) fn hand_agent_sockets(agent_dir: &Path, slot: &Slot) -> std::io::Resu
     Ok(())
 }
 
+/// Where the node shows each machine its own folder: `<here>/<cvm id>` is a
+/// bind mount of the CVM's folder (in the host's mount namespace), so the
+/// CVM's host user reaches its folders without passing through the state
+/// folder's parents, which may be anyone's private folders (`/root`).
+const MACHINES: &str = "/run/berth-machines";
+
+/// The CVM folder `dir` bound at `MACHINES/<its name>` (made now, or kept
+/// when it is bound already); that path.
+fn expose(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let machines = Path::new(MACHINES);
+    std::fs::create_dir_all(machines)?;
+    std::fs::set_permissions(machines, std::fs::Permissions::from_mode(0o711))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the CVM folder has no name"))?;
+    let target = machines.join(name);
+    std::fs::create_dir_all(&target)?;
+    let (a, b) = (std::fs::metadata(dir)?, std::fs::metadata(&target)?);
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        return Ok(target);
+    }
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::other("a NUL in a path"))
+    };
+    let (src, dst) = (c(dir)?, c(&target)?);
+    // SAFETY: both are valid NUL-terminated paths; a bind mount takes no data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(target)
+}
+
+/// Undoes [`expose`] for the CVM folder `dir` (nothing when not bound).
+pub(super) fn unexpose(dir: &Path) {
+    let Some(name) = dir.file_name() else {
+        return;
+    };
+    let target = Path::new(MACHINES).join(name);
+    if let Ok(dst) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a valid NUL-terminated path; MNT_DETACH is always safe.
+        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = std::fs::remove_dir(&target);
+}
+
 /// Starts the CVM machine of folder `dir` (compose project `project`,
 /// hostname `name`) in slot `slot`, bounded by `bounds`, and waits until
 /// its engine answers. Its console (init's and dockerd's lines) goes to
@@ -446,7 +502,10 @@ pub(super) async fn start(
     let _ = std::fs::remove_dir_all(&rk);
     slot_dir(&rk, slot).map_err(|e| io("rootlesskit folder", e))?;
     hand_over(dir, compose_dir, slot).map_err(|e| io("shared files", e))?;
-    let init = dir.join(INIT_FILE);
+    // From here on, what the slot's processes open goes through the bind.
+    let shown = expose(dir).map_err(|e| io("folder (bind mount)", e))?;
+    let rk = shown.join(RK_DIR);
+    let init = shown.join(INIT_FILE);
     std::fs::write(&init, INIT_SCRIPT).map_err(|e| io("init", e))?;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| io("init", e))?;
@@ -493,7 +552,7 @@ pub(super) async fn start(
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", &rk)
         .env("XDG_RUNTIME_DIR", &rk)
-        .env("CVM_DIR", dir)
+        .env("CVM_DIR", &shown)
         .env("CVM_NAME", name)
         .env("CVM_CGROUPS", cgroup_env)
         .env("CVM_COMPOSE_DIR", compose_dir)
