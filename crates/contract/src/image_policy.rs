@@ -476,6 +476,19 @@ jfgc/KiybBv6uA5RMTJZgP2mi9uS0Uicj5E96tQFpBNyYfoQLzgeteh4NQ==
         assert!(broken.image_policy().is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a user or a tampered manifest holds: a sentence, never
+        /// a panic.
+        #[test]
+        fn any_text_is_a_policy_or_a_sentence(text in "\\PC{0,300}") {
+            let _ = ImagePolicy::parse(&text);
+            let _ = p256_public_key_point(&text);
+            let wrapped = format!("-----BEGIN PUBLIC KEY-----\n{text}\n-----END PUBLIC KEY-----");
+            let _ = p256_public_key_point(&wrapped);
+            let _ = ImagePolicy::from_value(&serde_json::json!({"signatures": [{"scope": text, "keys": [wrapped]}]}));
+        }
+    }
+
     #[test]
     fn keys_are_read_from_their_spki() {
         let point = p256_public_key_point(KEY).unwrap();

@@ -445,6 +445,22 @@ mod tests {
         assert!(parse_signature_manifest(&none).unwrap().is_empty());
     }
 
+    proptest::proptest! {
+        /// Whatever a registry answers as a signature manifest, a payload or
+        /// a signature: a reason, never a panic.
+        #[test]
+        fn hostile_signature_bytes_never_panic(
+            manifest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            signature in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+        ) {
+            let _ = parse_signature_manifest(&manifest);
+            let (_, vk) = key(3);
+            let d = digest('a');
+            proptest::prop_assert!(check_signature(&payload, &signature, std::slice::from_ref(&vk), &d, "*").is_err());
+        }
+    }
+
     #[test]
     fn a_key_off_the_curve_is_refused_with_a_sentence() {
         // A well-formed SPKI whose point is not on P-256.
