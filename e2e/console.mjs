@@ -280,6 +280,9 @@ await check('deploy with GHCR: running, and the app prints its secret', async ()
   await waitContainerLog(cfg.ghcr.greeting);
   // The service's container state is the engine's, not a guess.
   await page.locator('.container-state', { hasText: /^running \(Up / }).waitFor({ timeout: 30000 });
+  // Each service's pinned digest, or that it is not pinned (this compose
+  // file names a tag: what the compose hash measures is the tag).
+  await page.locator('.image-digest', { hasText: 'not pinned (tag only)' }).waitFor({ timeout: 10000 });
   results.ghcr_url = page.url();
   await shot('cvm-page-running');
 });
