@@ -23,20 +23,7 @@ use axum::{Json, Router};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One container of a CVM.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ContainerView {
-    /// The engine's container id.
-    pub id: String,
-    /// The compose service.
-    pub service: String,
-    /// The engine's state: `running`, `exited`, `created`, `restarting`, …
-    #[serde(default)]
-    pub state: String,
-    /// The engine's status text (`Up 3 minutes`, `Exited (1) 5 seconds ago`).
-    #[serde(default)]
-    pub status: String,
-}
+pub use crate::node::ContainerView;
 
 #[derive(Clone)]
 struct NodeState {

@@ -28,11 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-/// The folder of a CVM's agent sockets, in the CVM's folder.
-pub const AGENT_DIR: &str = "agent";
-
-/// The sockets a CVM's containers may mount (both serve every route).
-pub const AGENT_SOCKETS: &[&str] = &["dstack.sock", "tappd.sock"];
+pub use super::layout::{AGENT_DIR, AGENT_SOCKETS};
 
 /// The agent's private folder for its own socket, in [`AGENT_DIR`].
 const INNER_DIR: &str = "inner";

@@ -9,6 +9,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One container of a CVM.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ContainerView {
+    /// The engine's container id.
+    pub id: String,
+    /// The compose service.
+    pub service: String,
+    /// The engine's state: `running`, `exited`, `created`, `restarting`, …
+    #[serde(default)]
+    pub state: String,
+    /// The engine's status text (`Up 3 minutes`, `Exited (1) 5 seconds ago`).
+    #[serde(default)]
+    pub status: String,
+}
+
 /// The compose project of a CVM.
 pub fn project_of(cvm_id: &str) -> String {
     format!(
@@ -247,10 +262,7 @@ impl Node {
     }
 
     /// The CVM's containers: id, compose service, state.
-    pub async fn container_states(
-        &self,
-        cvm_id: &str,
-    ) -> Result<Vec<crate::nodeapi::ContainerView>, NodeError> {
+    pub async fn container_states(&self, cvm_id: &str) -> Result<Vec<ContainerView>, NodeError> {
         let docker = self.docker_for(cvm_id)?;
         Ok(self
             .project_containers(&docker, cvm_id)
@@ -262,7 +274,7 @@ impl Node {
                     .as_ref()
                     .and_then(|l| l.get("com.docker.compose.service").cloned())
                     .unwrap_or_default();
-                crate::nodeapi::ContainerView {
+                ContainerView {
                     id: c.id.unwrap_or_default(),
                     service,
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),

@@ -22,19 +22,12 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 /// file existed), through a temporary file and a rename, so a reader never
 /// sees half a file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // The one atomic private write (a unique temporary name, the file and
+    // its folder synced), shared with the KMS and the store.
+    ownership::write_atomic(path, bytes, 0o600)?;
+    use std::os::unix::fs::PermissionsExt;
+    // Also when the file existed with a wider mode, or the umask is wider.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// An exclusive `flock` on a CVM's `state/.boot.lock`.

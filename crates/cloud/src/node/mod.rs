@@ -58,13 +58,15 @@ mod error;
 
 mod files;
 
+mod layout;
+
 mod machine;
 
 mod sandbox;
 
 mod serial;
 
-pub use engine::project_of;
+pub use engine::{ContainerView, project_of};
 
 pub use error::NodeError;
 

@@ -404,14 +404,14 @@ pub(super) fn hand_over(dir: &Path, compose_dir: &Path, slot: &Slot) -> std::io:
     std::fs::create_dir_all(compose_dir)?;
     std::os::unix::fs::chown(compose_dir, Some(0), Some(slot.gid))?;
     std::fs::set_permissions(compose_dir, std::fs::Permissions::from_mode(0o750))?;
-    hand_agent_sockets(&dir.join(super::agent::AGENT_DIR), slot)
+    hand_agent_sockets(&dir.join(super::layout::AGENT_DIR), slot)
 }
 
 /// The guest agent's socket folder becomes traversable and its sockets the
 /// slot's (mode 0600: the CVM, and root, may connect; nobody else).
 pub(super) fn hand_agent_sockets(agent_dir: &Path, slot: &Slot) -> std::io::Result<()> {
     std::fs::set_permissions(agent_dir, std::fs::Permissions::from_mode(0o711))?;
-    for name in super::agent::AGENT_SOCKETS {
+    for name in super::layout::AGENT_SOCKETS {
         let p = agent_dir.join(name);
         if p.exists() {
             give(&p, slot)?;
