@@ -27,6 +27,10 @@
 //! then wait) at the end, also when it fails. Needs root (the container
 //! mode makes users and cgroups).
 //!
+//! `--isolation shared` is passed explicitly: `berth up`'s default (`auto`)
+//! is the container mode where it can run. `BENCH_SHOW_LOG=1` prints the
+//! idle shared-mode CVM's API view, serial log and engine's containers.
+//!
 //! Usage: bench_isolation BERTH_BINARY [RUNS] [FLEET]
 
 use serde_json::{Value, json};
@@ -490,7 +494,11 @@ fn shared_memory(engine: &Dockerd, id: &str) -> SharedMemory {
         &format!("label=com.docker.compose.project={project}"),
     ]);
     let ids: Vec<&str> = ids.split_whitespace().collect();
-    assert!(!ids.is_empty(), "no container of {project} on the engine");
+    assert!(
+        !ids.is_empty(),
+        "no container of {project} on the engine: {}",
+        engine.docker_out(&["ps", "-a", "--format", "{{.Names}} {{.Status}} {{.Labels}}"])
+    );
     let parents = parents();
     let (mut procs, mut shims) = (Vec::new(), Vec::new());
     for c in &ids {
@@ -589,7 +597,7 @@ fn main() {
         &berth,
         &work.join("s"),
         &engine.host(),
-        &[&endpoint],
+        &[&endpoint, "--isolation", "shared"],
     );
     let container = Up::start(
         "container",
@@ -657,6 +665,15 @@ fn main() {
     let (cid, _) = container.deploy("iso-idle-container", &compose);
     std::thread::sleep(Duration::from_secs(IDLE_SECS));
     let m = machine_memory(&cid);
+    if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+        eprintln!(
+            "shared: {}\n{}\nengine {}: {}",
+            shared.call("GET", &format!("/cvms/{sid}"), None).1,
+            shared.serial_log(&sid),
+            engine.host(),
+            engine.docker_out(&["ps", "-a"])
+        );
+    }
     let s = shared_memory(&engine, &sid);
     println!(
         "idle CVM ({IDLE_SECS} s after running), container mode: {} processes in its cgroup, PSS {:.1} MiB (RSS {:.1} MiB), cgroup memory usage {:.1} MiB (goal ≤ 128 MiB)",
