@@ -464,7 +464,22 @@ fn an_inline_dockerfile_builds_inside_the_machine_from_a_private_base() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     const PASSWORD: &str = "berth-canary-build-password-51c0";
-    let (_reg, host, endpoint) = busybox_registry(Some(("builder", PASSWORD)), "acme/base");
+    let (reg, host, endpoint) = busybox_registry(Some(("builder", PASSWORD)), "acme/base");
+    // The launcher's shape: Debian's docker CLI in an image, driving the
+    // CVM's engine through the bound socket.
+    let cli_files = testkit::images::host_programs(&["/usr/bin/docker"]);
+    let cli_files: Vec<(&Path, &str)> = cli_files
+        .iter()
+        .map(|(h, i)| (h.as_path(), i.as_str()))
+        .collect();
+    testkit::images::push_image(
+        &testkit::images::PushTarget::new(&reg.host_port()).with_creds("builder", PASSWORD),
+        "acme/cli",
+        "1",
+        &testkit::images::ImageSpec::new()
+            .busybox()
+            .host_files(&cli_files),
+    );
     let dir = tempdir("cmb");
     let state = dir.join("s");
     let cloud = Cloud::start(
@@ -491,6 +506,11 @@ fn an_inline_dockerfile_builds_inside_the_machine_from_a_private_base() {
     volumes:
       - /var/run/dstack.sock:/var/run/dstack.sock
     command: ["sh", "-c", "test -S /var/run/dstack.sock && echo agent-socket-present; sleep 600"]
+  launcher:
+    image: {host}/acme/cli:1
+    volumes:
+      - /var/run/docker.sock:/var/run/docker.sock
+    command: ["sh", "-c", "/usr/bin/docker run --rm --name sibling {host}/acme/base:1 sh -c 'echo sibling-ran-on-the-cvm-engine'; sleep 600"]
 "#
         ),
     )
@@ -544,6 +564,11 @@ fn an_inline_dockerfile_builds_inside_the_machine_from_a_private_base() {
     eventually(20, "the agent's socket is in the container", || {
         logs("reader").contains("agent-socket-present")
     });
+    eventually(
+        30,
+        "the launcher started a sibling on the CVM's engine",
+        || logs("launcher").contains("sibling-ran-on-the-cvm-engine"),
+    );
     // The registry password is in no file of the state folder, and in no
     // answer or log (phala's output was checked above).
     for f in files_under(&state) {
