@@ -113,8 +113,7 @@ impl Node {
         let listeners = bind_agent_sockets(&dir)?;
         if self.cfg.isolation == contract::Isolation::Container {
             // The CVM's machine reaches them through its own mount of `dir`.
-            let slot = super::sandbox::slot_for(&self.cfg.root, &self.dir(id))
-                .map_err(std::io::Error::other)?;
+            let slot = super::sandbox::slot_for(&self.dir(id)).map_err(std::io::Error::other)?;
             super::sandbox::hand_agent_sockets(&dir, &slot)?;
         }
         let (cancel, cancel_rx) = tokio::sync::watch::channel(false);

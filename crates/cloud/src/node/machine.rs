@@ -24,8 +24,8 @@ impl Node {
     ) -> Result<sandbox::Machine, String> {
         let dir = self.dir(id);
         let project = project_of(id);
-        let (root, d) = (self.cfg.root.clone(), dir.clone());
-        let slot = tokio::task::spawn_blocking(move || sandbox::slot_for(&root, &d))
+        let d = dir.clone();
+        let slot = tokio::task::spawn_blocking(move || sandbox::slot_for(&d))
             .await
             .map_err(|e| format!("cannot find the CVM a slot: {e}"))??;
         let compose_dir = self.compose_dir(id);

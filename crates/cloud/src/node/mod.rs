@@ -425,6 +425,7 @@ impl Node {
         // containers, networks and volumes (on its disk, in its folder).
         let engine = if container {
             self.power_off(&cvm.id).await;
+            sandbox::release(&dir);
             Ok(())
         } else {
             self.remove_engine_objects(&cvm.id).await

@@ -2,8 +2,10 @@
 //! machine of its own, with its own Docker engine.
 //!
 //! Each CVM gets a **slot**, a host user `berth-cvm-NNN` with a 65,536-id
-//! subuid/subgid range of its own (made once, reused, recorded in the CVM
-//! folder's `slot` file and freed with the folder). The node starts, in the
+//! subuid/subgid range of its own (made once, reused). Slots are claimed
+//! host-wide in `/var/lib/berth/slots/<n>` (two clouds on one host never
+//! share one), recorded in the CVM folder's `slot` file, and released when
+//! the CVM is deleted (a claim whose folder is gone is taken over). The node starts, in the
 //! CVM's cgroup (every v1 hierarchy, or one v2 cgroup: the CVM's vCPUs,
 //! memory and processes bound the whole machine), as the slot's user:
 //!
@@ -147,29 +149,80 @@ pub(super) struct Slot {
 /// Serialises slot allocation within the node.
 static SLOTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The slot of the CVM folder `dir`: the one it has, or the lowest free one
-/// among the folders of `root`, recorded now. Its user and subid ranges
-/// exist when this returns.
-pub(super) fn slot_for(root: &Path, dir: &Path) -> Result<Slot, String> {
+/// Where slots are claimed, for the whole host: `<here>/<n>` holds the CVM
+/// folder that has slot `n`. Host users are host-wide, so two clouds (two
+/// state folders) on one host must never give two CVMs the same one.
+const SLOT_CLAIMS: &str = "/var/lib/berth/slots";
+
+/// Claims slot `index` in the folder of claims `claims` for the CVM folder
+/// `dir`: true when it is `dir`'s now. A claim whose folder no longer has
+/// that slot (deleted without a node, or by hand) is stale and taken over.
+fn claim(claims: &Path, index: u32, dir: &Path) -> std::io::Result<bool> {
+    use std::io::Write;
+    let path = claims.join(index.to_string());
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(dir.as_os_str().as_encoded_bytes())?;
+                f.sync_all()?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = PathBuf::from(std::fs::read_to_string(&path).unwrap_or_default());
+                if holder == dir {
+                    return Ok(true);
+                }
+                if read_slot(&holder) == Some(index) {
+                    return Ok(false);
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// The slot recorded in the CVM folder `dir`.
+fn read_slot(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(SLOT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The slot of the CVM folder `dir`: the one it has, or the lowest one no
+/// CVM on this host has, claimed and recorded now. Its user and subid
+/// ranges exist when this returns.
+pub(super) fn slot_for(dir: &Path) -> Result<Slot, String> {
     let _guard = SLOTS.lock().unwrap();
-    let read = |d: &Path| -> Option<u32> {
-        std::fs::read_to_string(d.join(SLOT_FILE))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let index = match read(dir) {
-        Some(i) => i,
+    let claims = Path::new(SLOT_CLAIMS);
+    std::fs::create_dir_all(claims)
+        .and_then(|()| std::fs::set_permissions(claims, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot make {SLOT_CLAIMS}: {e}"))?;
+    let claimed = |i: u32| claim(claims, i, dir).map_err(|e| format!("cannot claim slot {i}: {e}"));
+    let index = match read_slot(dir) {
+        Some(i) if claimed(i)? => i,
+        Some(i) => {
+            return Err(format!(
+                "the CVM's slot {i} is another CVM's on this host (its folder was copied?): delete the CVM and deploy it again"
+            ));
+        }
         None => {
-            let used: std::collections::BTreeSet<u32> = std::fs::read_dir(root)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| read(&e.path()))
-                .collect();
-            let free = (0..MAX_SLOTS).find(|i| !used.contains(i)).ok_or_else(|| {
-                format!("the node runs {MAX_SLOTS} CVMs in containers already: delete one first")
+            let mut found = None;
+            for i in 0..MAX_SLOTS {
+                if claimed(i)? {
+                    found = Some(i);
+                    break;
+                }
+            }
+            let free = found.ok_or_else(|| {
+                format!("this host runs {MAX_SLOTS} CVMs in containers already: delete one first")
             })?;
             super::files::write_private(&dir.join(SLOT_FILE), free.to_string().as_bytes())
                 .map_err(|e| format!("cannot record the CVM's slot: {e}"))?;
@@ -177,6 +230,17 @@ pub(super) fn slot_for(root: &Path, dir: &Path) -> Result<Slot, String> {
         }
     };
     ensure_user(index)
+}
+
+/// Gives up the slot of the CVM folder `dir` (before the folder goes).
+pub(super) fn release(dir: &Path) {
+    let _guard = SLOTS.lock().unwrap();
+    if let Some(i) = read_slot(dir) {
+        let path = Path::new(SLOT_CLAIMS).join(i.to_string());
+        if std::fs::read_to_string(&path).is_ok_and(|h| Path::new(&h) == dir) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The slot's user, group and subid ranges, made if missing.
@@ -716,4 +780,30 @@ pub(super) async fn publish(
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_one_cvm_folders_on_the_host_until_that_folder_is_gone() {
+        let root = std::env::temp_dir().join(format!("berth-slots-{}", std::process::id()));
+        let (claims, a, b) = (root.join("claims"), root.join("a"), root.join("b"));
+        for d in [&claims, &a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        assert!(claim(&claims, 0, &a).unwrap());
+        std::fs::write(a.join(SLOT_FILE), "0").unwrap();
+        // Another cloud's CVM folder does not get it, A gets it again.
+        assert!(!claim(&claims, 0, &b).unwrap());
+        assert!(claim(&claims, 0, &a).unwrap());
+        assert!(claim(&claims, 1, &b).unwrap());
+        // A's folder gone (deleted without a node): its claim is stale.
+        std::fs::remove_dir_all(&a).unwrap();
+        let c = root.join("c");
+        std::fs::create_dir_all(&c).unwrap();
+        assert!(claim(&claims, 0, &c).unwrap());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
