@@ -8,6 +8,26 @@ use super::{Node, project_of, sandbox};
 use contract::Isolation;
 use contract::app::{APP_COMPOSE_FILE, AppCompose};
 
+/// The longest console line kept (in characters); the rest is cut.
+const CONSOLE_LINE_MAX: usize = 4096;
+
+/// A console line as the serial log shows it: what the machine's engine
+/// prints may carry a tenant's names, so control characters (a terminal's
+/// escape sequences, a forged line break) are shown escaped, and a line is
+/// at most [`CONSOLE_LINE_MAX`] characters.
+fn console_text(line: &str) -> String {
+    line.chars()
+        .take(CONSOLE_LINE_MAX)
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl Node {
     /// The compose folder of the CVM `id`'s boot agent, which its machine
     /// sees at the same path.
@@ -48,7 +68,9 @@ impl Node {
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 if let Ok(mut f) = SerialFile::open(&path, SERIAL_LOG_MAX_BYTES).await {
-                    let _ = f.write_line(&format!("[console] {line}")).await;
+                    let _ = f
+                        .write_line(&format!("[console] {}", console_text(&line)))
+                        .await;
                 }
             }
         });
@@ -127,5 +149,20 @@ impl Node {
         let file = contract::policy::ComposeFile::parse_for(&yaml, Isolation::Container)
             .map_err(|e| e.message)?;
         sandbox::publish(&self.dir(id), &file.published_ports()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_lines_show_control_characters_escaped_and_are_bounded() {
+        assert_eq!(
+            super::console_text("a\u{1b}[31mred\rBOOT OK\tx"),
+            "a\\u{1b}[31mred\\rBOOT OK\tx"
+        );
+        assert_eq!(
+            super::console_text(&"y".repeat(10_000)).len(),
+            super::CONSOLE_LINE_MAX
+        );
     }
 }

@@ -438,7 +438,8 @@ pub(super) fn alive(project: &str) -> bool {
 
 /// `chown` of `path` to the slot.
 fn give(path: &Path, slot: &Slot) -> std::io::Result<()> {
-    std::os::unix::fs::chown(path, Some(slot.uid), Some(slot.gid))
+    // Never through a link: the link itself, if one were ever planted.
+    std::os::unix::fs::lchown(path, Some(slot.uid), Some(slot.gid))
 }
 
 /// A folder of the CVM: made if missing, owned by the slot, 0700.
