@@ -125,6 +125,10 @@ pub(super) fn inline_text(
 fn interpolation_error(site: &Site, e: Interpolation) -> ComposeError {
     match e {
         Interpolation::Invalid(_) => site.err("has a `$` in `build.dockerfile_inline` that compose cannot interpolate: write `$$` for a `$` of the Dockerfile, `${NAME}` for an env value"),
+        Interpolation::TooLarge => site.err(&format!(
+            "has a `build.dockerfile_inline` that env values make larger than {} MiB: keep the Dockerfile small, put large data in files of the image",
+            super::dockerfile::MAX_INTERPOLATED_BYTES >> 20
+        )),
         Interpolation::Required { name, message } => site.err(&format!(
             "needs the env variable `{}` in `build.dockerfile_inline`, which is unset or empty ({}): set it in the env",
             shown(&name),

@@ -432,3 +432,27 @@ fn rendering_refuses_what_compose_1_29_cannot_build() {
         assert_eq!(e.service.as_deref(), Some("web"));
     }
 }
+
+/// A short `$X` repeated, each a large env value, would have the boot
+/// agent (root of the host) build and write gigabytes: refused, and the
+/// value is not in the sentence.
+#[test]
+fn rendering_bounds_what_env_values_add_to_a_dockerfile() {
+    let run = "    RUN echo $X$X$X$X$X$X$X$X$X$X\n".repeat(20);
+    let f = allowed_in_container(&web(&format!(
+        "build:\n  dockerfile_inline: |\n    FROM alpine:3\n{run}"
+    )));
+    let value = "secret-".repeat(128 << 10 >> 3);
+    let env = |k: &str| (k == "X").then(|| value.clone());
+    let e = f
+        .render_in_container(&[], &[], &ServiceLimits::default(), &env)
+        .unwrap_err();
+    assert!(e.message.contains("larger than 1 MiB"), "{}", e.message);
+    assert!(!e.message.contains("secret-"), "{}", e.message);
+    // A small value builds as before.
+    let small = |k: &str| (k == "X").then(|| "v".to_owned());
+    let r = f
+        .render_in_container(&[], &[], &ServiceLimits::default(), &small)
+        .unwrap();
+    assert!(r.files[0].content.contains("RUN echo vvvvvvvvvv\n"));
+}

@@ -351,12 +351,21 @@ pub(super) fn base_images(
     Ok(out)
 }
 
-/// Why [`interpolate`] could not: an invalid `$` (byte offset), or a
-/// `${NAME:?message}` whose variable is unset (or empty).
+/// How far [`interpolate`] may grow a Dockerfile: env values may make it
+/// up to this size (or its own, if larger), no more. Without a bound, a
+/// short `$X` repeated all over a compose file, each a 128 KiB env value,
+/// would have the boot agent (root of the host, in the container mode)
+/// build and write gigabytes.
+pub(super) const MAX_INTERPOLATED_BYTES: usize = 1 << 20;
+
+/// Why [`interpolate`] could not: an invalid `$` (byte offset), a
+/// `${NAME:?message}` whose variable is unset (or empty), or a text
+/// grown past [`MAX_INTERPOLATED_BYTES`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Interpolation {
     Invalid(usize),
     Required { name: String, message: String },
+    TooLarge,
 }
 
 /// Compose's interpolation of `text` (what compose does to
@@ -371,10 +380,14 @@ pub(super) fn interpolate(
 ) -> Result<String, Interpolation> {
     let is_start = |c: char| c == '_' || c.is_ascii_alphabetic();
     let is_name = |c: char| c == '_' || c.is_ascii_alphanumeric();
+    let cap = text.len().max(MAX_INTERPOLATED_BYTES);
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut offset = 0;
     while let Some(at) = rest.find('$') {
+        if out.len() > cap {
+            return Err(Interpolation::TooLarge);
+        }
         out.push_str(&rest[..at]);
         let here = offset + at;
         let after = &rest[at + 1..];
@@ -447,6 +460,9 @@ pub(super) fn interpolate(
         offset = here + used;
     }
     out.push_str(rest);
+    if out.len() > cap {
+        return Err(Interpolation::TooLarge);
+    }
     Ok(out)
 }
 
@@ -582,6 +598,21 @@ mod tests {
         ] {
             assert_eq!(i(bad), Err(Interpolation::Invalid(at)), "{bad}");
         }
+    }
+
+    #[test]
+    fn env_values_cannot_grow_a_dockerfile_without_bound() {
+        let big = "v".repeat(128 << 10);
+        let env = |k: &str| (k == "X").then(|| big.clone());
+        // Seven values fit in the bound; a few hundred short `$X` do not.
+        assert!(interpolate(&"$X ".repeat(7), &env).is_ok());
+        assert_eq!(
+            interpolate(&"$X ".repeat(300), &env),
+            Err(Interpolation::TooLarge)
+        );
+        // A text larger than the bound by itself is not refused for that.
+        let long = "#".repeat(MAX_INTERPOLATED_BYTES + 1);
+        assert_eq!(interpolate(&long, &env).as_deref(), Ok(long.as_str()));
     }
 
     #[test]
