@@ -292,7 +292,7 @@ pub(crate) fn parse_signature_manifest(bytes: &[u8]) -> Result<Vec<SignatureLaye
 pub(crate) fn check_signature(
     payload: &[u8],
     signature_der: &[u8],
-    keys: &[(p256::ecdsa::VerifyingKey, String)],
+    keys: &[TrustedKey],
     digest: &Digest,
     scope: &str,
 ) -> Result<String, Distrust> {
@@ -303,8 +303,8 @@ pub(crate) fn check_signature(
     let signature = p256::ecdsa::Signature::from_der(signature_der).map_err(|_| unknown())?;
     let key = keys
         .iter()
-        .find(|(k, _)| k.verify(payload, &signature).is_ok())
-        .map(|(_, fp)| fp.clone())
+        .find(|k| k.key.verify(payload, &signature).is_ok())
+        .map(|k| k.fingerprint.clone())
         .ok_or_else(unknown)?;
     // Signed by a trusted key: now (only now) read what it says.
     let not_a_payload = |why: &str| Distrust::NotAPayload {
@@ -347,11 +347,11 @@ mod tests {
         .into_bytes()
     }
 
-    fn key(seed: u8) -> (p256::ecdsa::SigningKey, (p256::ecdsa::VerifyingKey, String)) {
+    fn key(seed: u8) -> (p256::ecdsa::SigningKey, TrustedKey) {
         let sk = p256::ecdsa::SigningKey::from_bytes(&[seed; 32].into()).unwrap();
-        let vk = *sk.verifying_key();
-        let fp = key_fingerprint(vk.to_encoded_point(false).as_bytes());
-        (sk, (vk, fp))
+        let key = *sk.verifying_key();
+        let fingerprint = key_fingerprint(key.to_encoded_point(false).as_bytes());
+        (sk, TrustedKey { key, fingerprint })
     }
 
     fn sign(sk: &p256::ecdsa::SigningKey, payload: &[u8]) -> Vec<u8> {
@@ -365,7 +365,7 @@ mod tests {
         let d = digest('a');
         let p = payload(&d);
         let got = check_signature(&p, &sign(&sk, &p), std::slice::from_ref(&vk), &d, "r.io");
-        assert_eq!(got, Ok(vk.1.clone()));
+        assert_eq!(got, Ok(vk.fingerprint.clone()));
     }
 
     #[test]

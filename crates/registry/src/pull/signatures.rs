@@ -33,10 +33,6 @@ impl Puller {
             return Ok(None);
         };
         let image = format!("{}/{}", reference.registry(), reference.repository());
-        let keys: Vec<(p256::ecdsa::VerifyingKey, String)> = keys
-            .iter()
-            .map(|k| (k.key, k.fingerprint.clone()))
-            .collect();
         let tag = signature_tag(digest);
         let Some(bytes) = self.signature_manifest(client, reference, &tag).await? else {
             return Err(untrusted(&image, digest, &Distrust::NoSignature { tag }));
@@ -53,7 +49,7 @@ impl Puller {
                 Err(why) => Err(Distrust::Malformed(format!("annotation {why}"))),
                 Ok(der) => match self.payload(client, reference, &layer.payload).await? {
                     Err(why) => Err(why),
-                    Ok(payload) => check_signature(&payload, der, &keys, digest, scope),
+                    Ok(payload) => check_signature(&payload, der, keys, digest, scope),
                 },
             };
             match outcome {
