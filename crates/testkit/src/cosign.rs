@@ -13,6 +13,7 @@
 //! `cryptography` (the project's venv, installed by `scripts/deps.sh`).
 
 use crate::registry::Registry;
+use crate::util::sha256_digest;
 use base64::Engine as _;
 use p256::ecdsa::signature::Signer as _;
 use sha2::Digest as _;
@@ -96,11 +97,6 @@ impl Signature {
     }
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
 /// The tag cosign stores the signatures of `digest` under.
 pub fn signature_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1) + ".sig"
@@ -116,7 +112,7 @@ pub fn signature_manifest(signatures: &[Signature]) -> (Vec<u8>, Vec<u8>) {
             serde_json::json!({
                 "mediaType": SIMPLE_SIGNING,
                 "size": s.payload.len(),
-                "digest": digest_of(&s.payload),
+                "digest": sha256_digest(&s.payload),
                 "annotations": {
                     SIGNATURE_ANNOTATION: base64::engine::general_purpose::STANDARD.encode(&s.signature)
                 }
@@ -129,7 +125,7 @@ pub fn signature_manifest(signatures: &[Signature]) -> (Vec<u8>, Vec<u8>) {
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
             "size": config.len(),
-            "digest": digest_of(&config),
+            "digest": sha256_digest(&config),
         },
         "layers": layers,
     }))
@@ -158,7 +154,7 @@ pub fn push_signatures(
         "application/vnd.oci.image.manifest.v1+json",
         &manifest,
     );
-    digest_of(&manifest)
+    sha256_digest(&manifest)
 }
 
 /// Uploads `bytes` as a blob of `repo` (POST, then PUT with the digest).
@@ -191,7 +187,7 @@ pub fn push_blob(registry: &Registry, repo: &str, bytes: &[u8]) {
         location
     };
     let sep = if location.contains('?') { '&' } else { '?' };
-    let url = format!("{location}{sep}digest={}", digest_of(bytes));
+    let url = format!("{location}{sep}digest={}", sha256_digest(bytes));
     let (code, _) = curl(
         registry,
         work.path(),
