@@ -304,7 +304,7 @@ fn a_signed_payload_that_is_not_json_is_refused() {
 }
 
 #[test]
-fn a_payload_that_does_not_match_its_digest_is_refused() {
+fn a_payload_missing_from_the_repository_is_refused() {
     let key = CosignKey::from_seed("owner");
     let sig = Signature::by(&key, b"{}".to_vec());
     let (manifest, _) = testkit::cosign::signature_manifest(std::slice::from_ref(&sig));
@@ -312,4 +312,22 @@ fn a_payload_that_does_not_match_its_digest_is_refused() {
     // blob.
     let err = hostile_pull(manifest, &[]);
     assert!(err.message.contains("is missing"), "{}", err.message);
+}
+
+#[test]
+fn a_payload_that_does_not_match_its_descriptor_is_refused() {
+    let key = CosignKey::from_seed("owner");
+    let sig = Signature::by(&key, b"{}".to_vec());
+    let (manifest, config) = testkit::cosign::signature_manifest(std::slice::from_ref(&sig));
+    // The descriptor announces one byte more than the blob the registry
+    // serves under its digest.
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    manifest["layers"][0]["size"] = (sig.payload.len() + 1).into();
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let err = hostile_pull(manifest, &[&config, &sig.payload]);
+    assert!(
+        err.message.contains("payload does not match its digest"),
+        "{}",
+        err.message
+    );
 }
