@@ -273,29 +273,13 @@ pub async fn boot_within(
     // 3. Credentials.
     let credentials = steps
         .run("resolve registry credentials", async {
-            let creds = CredentialSet::from_env_pairs(
+            registry_credentials(
                 &env.vars()
                     .iter()
                     .map(|v| (v.key.clone(), v.value.clone()))
                     .collect::<Vec<_>>(),
+                serial,
             )
-            .map_err(|e| {
-                BootError::new(Category::Config, e.to_string())
-                    .hint("set all the variables of one login in the env")
-            })?;
-            if let Some(d) = &creds.docker {
-                serial.line(&format!(
-                    "registry login for {} (DSTACK_DOCKER_*)",
-                    d.registry
-                ));
-            }
-            if let Some(e) = &creds.ecr {
-                serial.line(&format!("ECR login for {} (DSTACK_AWS_*)", e.registry));
-            }
-            if creds.is_empty() {
-                serial.line("no registry credentials: public images only");
-            }
-            Ok(creds)
         })
         .await?;
 
@@ -369,33 +353,13 @@ pub async fn boot_within(
             // now, signatures by the pull, before anything of an image is
             // fetched or handed to the engine.
             let signatures = image_policy(&shared.app_compose, &compose, serial)?;
-            let mut popts = PullOptions::new(&store_dir);
-            popts.credentials = credentials;
-            popts.retry.budget = opts.retry_budget;
-            let mut endpoints = Endpoints::new();
-            for (name, url) in &shared.sys_config.registry_endpoints {
-                endpoints.insert(name, url)?;
-            }
-            popts.endpoints = endpoints;
-            popts.ca_certs_pem = shared.sys_config.ca_certs.iter().map(|c| c.as_bytes().to_vec()).collect();
-            let ecr_from_env = |k: &str| {
-                if k == "AWS_ENDPOINT_URL_ECR"
-                    && let Some(v) = &shared.sys_config.aws_endpoint_url_ecr
-                {
-                    return Some(v.clone());
-                }
-                env.get(k).map(|v| v.expose().to_owned())
-            };
-            popts.ecr_endpoint = registry::ecr::endpoint_override(ecr_from_env)?;
-            // A CVM's network is the host's: loopback and private addresses
-            // only for what the operator mapped (sys-config), never for what
-            // a tenant's image reference, registry answer or env names.
-            popts.private_targets = registry::PrivateTargets::OnlyMapped;
-            popts.ecr_endpoint_mapped = shared
-                .sys_config
-                .aws_endpoint_url_ecr
-                .as_deref()
-                .is_some_and(|v| !v.is_empty());
+            let mut popts = cvm_pull_options(
+                &store_dir,
+                credentials,
+                opts.retry_budget,
+                &shared.sys_config,
+                |k| env.get(k).map(|v| v.expose().to_owned()),
+            )?;
             popts.signatures = signatures;
             let store = registry::OciStore::open(&store_dir)?;
             let handoff = handoff::start(
@@ -830,6 +794,71 @@ pub fn final_lines(
     }
     lines.push(outcome(result, elapsed).render());
     lines
+}
+
+/// The registry logins of the env (`DSTACK_DOCKER_*`, `DSTACK_AWS_*`),
+/// each named on `serial` (its registry, never its secret).
+pub(crate) fn registry_credentials(
+    pairs: &[(String, contract::SecretValue)],
+    serial: &SerialLog,
+) -> Result<CredentialSet, BootError> {
+    let creds = CredentialSet::from_env_pairs(pairs).map_err(|e| {
+        BootError::new(Category::Config, e.to_string())
+            .hint("set all the variables of one login in the env")
+    })?;
+    if let Some(d) = &creds.docker {
+        serial.line(&format!(
+            "registry login for {} (DSTACK_DOCKER_*)",
+            d.registry
+        ));
+    }
+    if let Some(e) = &creds.ecr {
+        serial.line(&format!("ECR login for {} (DSTACK_AWS_*)", e.registry));
+    }
+    if creds.is_empty() {
+        serial.line("no registry credentials: public images only");
+    }
+    Ok(creds)
+}
+
+/// A pull's options inside a CVM: the store, the logins, the operator's
+/// mappings of `sys` (registry endpoints, CA certificates, the ECR
+/// endpoint), and the ECR endpoint override the app's variables name
+/// (`var` reads one).
+pub(crate) fn cvm_pull_options(
+    store_dir: &std::path::Path,
+    credentials: CredentialSet,
+    retry_budget: Duration,
+    sys: &contract::SysConfig,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<PullOptions, BootError> {
+    let mut popts = PullOptions::new(store_dir);
+    popts.credentials = credentials;
+    popts.retry.budget = retry_budget;
+    let mut endpoints = Endpoints::new();
+    for (name, url) in &sys.registry_endpoints {
+        endpoints.insert(name, url)?;
+    }
+    popts.endpoints = endpoints;
+    popts.ca_certs_pem = sys.ca_certs.iter().map(|c| c.as_bytes().to_vec()).collect();
+    let ecr_from = |k: &str| {
+        if k == "AWS_ENDPOINT_URL_ECR"
+            && let Some(v) = &sys.aws_endpoint_url_ecr
+        {
+            return Some(v.clone());
+        }
+        var(k)
+    };
+    popts.ecr_endpoint = registry::ecr::endpoint_override(ecr_from)?;
+    // A CVM's network is the host's: loopback and private addresses
+    // only for what the operator mapped (sys-config), never for what
+    // a tenant's image reference, registry answer or env names.
+    popts.private_targets = registry::PrivateTargets::OnlyMapped;
+    popts.ecr_endpoint_mapped = sys
+        .aws_endpoint_url_ecr
+        .as_deref()
+        .is_some_and(|v| !v.is_empty());
+    Ok(popts)
 }
 
 /// Pull progress as serial-log lines: one per image and per blob, retries,

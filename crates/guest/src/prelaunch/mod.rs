@@ -42,9 +42,7 @@ use crate::runtime::Handoff;
 use crate::serial::SerialLog;
 use inputs::Runner;
 use notify::Notifier;
-use registry::{
-    Category, CredentialSet, Endpoints, ImageReference, PullEvent, PullOptions, PulledImage, Puller,
-};
+use registry::{Category, ImageReference, PullEvent, PulledImage, Puller};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -264,22 +262,7 @@ async fn steps(
         .iter()
         .map(|v| (v.key.clone(), v.value.clone()))
         .collect();
-    let credentials = CredentialSet::from_env_pairs(&pairs).map_err(|e| {
-        BootError::new(Category::Config, e.to_string())
-            .hint("set all the variables of one login in the env")
-    })?;
-    if let Some(d) = &credentials.docker {
-        serial.line(&format!(
-            "registry login for {} (DSTACK_DOCKER_*)",
-            d.registry
-        ));
-    }
-    if let Some(e) = &credentials.ecr {
-        serial.line(&format!("ECR login for {} (DSTACK_AWS_*)", e.registry));
-    }
-    if credentials.is_empty() {
-        serial.line("no registry credentials: public images only");
-    }
+    let credentials = crate::boot::registry_credentials(&pairs, serial)?;
     if listed.images.is_empty() {
         serial.line("nothing to pull");
         return Ok(PrelaunchOutcome::Ready {
@@ -314,35 +297,13 @@ async fn steps(
     }
 
     // 5. Pull, handing layers to the engine as they are verified.
-    let mut popts = PullOptions::new(&store_dir);
-    popts.credentials = credentials;
-    popts.retry.budget = opts.retry_budget;
-    let mut endpoints = Endpoints::new();
-    for (name, url) in &guest.sys.registry_endpoints {
-        endpoints.insert(name, url)?;
-    }
-    popts.endpoints = endpoints;
-    popts.ca_certs_pem = guest
-        .sys
-        .ca_certs
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
-    let ecr_from = |k: &str| {
-        if k == "AWS_ENDPOINT_URL_ECR"
-            && let Some(v) = &guest.sys.aws_endpoint_url_ecr
-        {
-            return Some(v.clone());
-        }
-        guest.vars.get(k).cloned()
-    };
-    popts.ecr_endpoint = registry::ecr::endpoint_override(ecr_from)?;
-    popts.private_targets = registry::PrivateTargets::OnlyMapped;
-    popts.ecr_endpoint_mapped = guest
-        .sys
-        .aws_endpoint_url_ecr
-        .as_deref()
-        .is_some_and(|v| !v.is_empty());
+    let popts = crate::boot::cvm_pull_options(
+        &store_dir,
+        credentials,
+        opts.retry_budget,
+        &guest.sys,
+        |k| guest.vars.get(k).cloned(),
+    )?;
 
     let wanted = wanted(&listed.images);
     for w in wanted.iter().filter(|w| w.name.is_none()) {
