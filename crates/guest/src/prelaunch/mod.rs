@@ -230,8 +230,15 @@ async fn steps(
         guest.compose_source.display(),
         listed.images.len()
     ));
+    // Image names are public (measured) text only as the file writes them:
+    // a name that `${VAR}` interpolation made may carry an env value, and
+    // stays redacted.
     let mut public: Vec<String> = Vec::new();
-    for i in &listed.images {
+    for i in listed
+        .images
+        .iter()
+        .filter(|i| yaml.contains(i.written.as_str()))
+    {
         public.push(i.written.clone());
         public.push(i.reference.to_string());
     }

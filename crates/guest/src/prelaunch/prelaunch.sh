@@ -41,7 +41,10 @@ __berth_set_shadow() {
     # Rewrites root's hash in the shadow file $1 with $2, in bash (no
     # argument carries it); `cat >` keeps the file's owner and mode.
     local file="$1" hash="$2" tmp="$1.berth.$$" line= rest=
-    {
+    # The copy holds every password hash: readable by root only (umask 077
+    # in a subshell, so the sourcing shell's umask stays).
+    (
+        umask 077
         while IFS= read -r line || [ -n "$line" ]; do
             case "$line" in
             root:*)
@@ -51,8 +54,8 @@ __berth_set_shadow() {
                 ;;
             *) printf '%s\n' "$line" ;;
             esac
-        done <"$file"
-    } >"$tmp" || { rm -f "$tmp"; return 1; }
+        done <"$file" >"$tmp"
+    ) || { rm -f "$tmp"; return 1; }
     cat "$tmp" >"$file" || { rm -f "$tmp"; return 1; }
     rm -f "$tmp"
 }
