@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian
-# machine, idempotently: Debian packages with apt-get, npm packages into
+# machine, idempotently: Debian packages with apt-get (PostgreSQL and HAProxy
+# among them), npm packages into
 # interop/node_modules and e2e/node_modules, PyPI packages into the venv .deps/venv, cargo-deny into
 # .deps/cargo. Nothing else is touched.
 set -euo pipefail
@@ -29,6 +30,16 @@ command -v newuidmap >/dev/null 2>&1 || apt_missing+=(uidmap)
 command -v jq >/dev/null 2>&1 || apt_missing+=(jq)
 # The API load benchmark (`make bench`): a well-known HTTP load generator.
 command -v wrk >/dev/null 2>&1 || apt_missing+=(wrk)
+# The control plane on PostgreSQL (scripts/with-pg.sh starts a private
+# cluster from the server binaries; Debian's own cluster is not used, so
+# none is created) and the API replicas' load balancer.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  apt_missing+=(postgresql)
+  $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+  echo 'create_main_cluster = false' | $SUDO tee /etc/postgresql-common/createcluster.d/berth.conf >/dev/null
+fi
+command -v psql >/dev/null 2>&1 || apt_missing+=(postgresql-client)
+command -v haproxy >/dev/null 2>&1 || apt_missing+=(haproxy)
 if ((${#apt_missing[@]})); then
   echo "deps: installing ${apt_missing[*]}"
   $SUDO apt-get update -qq
