@@ -130,14 +130,16 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         let message = e.to_string();
         match e {
-            DbError::Busy { .. } => Self::unavailable(message),
+            DbError::Busy { .. } | DbError::Unavailable { .. } => Self::unavailable(message),
             DbError::UserExists { .. } | DbError::NameTaken { .. } => Self::conflict(message),
             DbError::TooManyCvms { .. } => Self::quota(message),
             DbError::TooManyBoots { .. }
             | DbError::TooManyBootsOfUser { .. }
             | DbError::TooManyUncommittedApps { .. } => Self::too_many(message),
             DbError::AppGone => Self::not_found(message),
-            DbError::Sql(_) | DbError::Internal(_) => Self::internal(message),
+            DbError::Sql(_) | DbError::Internal(_) | DbError::BadUrl { .. } => {
+                Self::internal(message)
+            }
         }
     }
 }

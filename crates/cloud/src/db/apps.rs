@@ -2,8 +2,8 @@
 //! hash and its env public key, stored once per app id.
 
 use super::limits::UNCOMMITTED_APP_TTL;
+use super::sql::{Conn, Row, SqlError, vals};
 use super::{Db, DbError, Limits, now};
-use rusqlite::{OptionalExtension, params};
 
 /// An app: a measured `app-compose.json` and its env key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,12 +29,12 @@ const APP_SELECT: &str = "SELECT app_id, user_id, name, app_compose, compose_has
 /// The app columns, in [`app_row`]'s order, for a join (`apps.` prefixed).
 pub(super) const APP_COLUMNS_JOINED: &str = "apps.app_id, apps.user_id, apps.name, apps.app_compose, apps.compose_hash, apps.env_pubkey, apps.env_pubkey_signature";
 
-pub(super) fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
+pub(super) fn app_row(r: &Row) -> Result<App, SqlError> {
     app_row_at(r, 0)
 }
 
 /// An app read from the row's columns `at..at + 7`.
-pub(super) fn app_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<App> {
+pub(super) fn app_row_at(r: &Row, at: usize) -> Result<App, SqlError> {
     Ok(App {
         app_id: r.get(at)?,
         user_id: r.get(at + 1)?,
@@ -85,13 +85,16 @@ pub struct AppUpdate {
 const UNUSED: &str = "NOT EXISTS (SELECT 1 FROM cvms WHERE cvms.app_id = apps.app_id) AND NOT EXISTS (SELECT 1 FROM app_updates WHERE app_updates.app_id = apps.app_id)";
 
 /// Inserts `app` unless its id is taken; the stored app either way.
-fn insert_or_get(tx: &rusqlite::Transaction<'_>, app: &App) -> rusqlite::Result<App> {
+fn insert_or_get(tx: &mut Conn, app: &App) -> Result<App, SqlError> {
     tx.execute(
         "INSERT INTO apps (app_id, user_id, name, app_compose, compose_hash, env_pubkey, env_pubkey_signature, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (app_id) DO NOTHING",
-        params![app.app_id, app.user_id, app.name, app.app_compose, app.compose_hash, app.env_pubkey, app.env_pubkey_signature, now()],
+        &vals![&app.app_id, app.user_id, &app.name, &app.app_compose, &app.compose_hash, &app.env_pubkey, &app.env_pubkey_signature, now()],
     )?;
-    tx.query_row(APP_SELECT, params![app.app_id], app_row)
+    Db::app_on(tx, &app.app_id)?.ok_or(SqlError::Decode {
+        column: 0,
+        want: "the app just stored",
+    })
 }
 
 impl Db {
@@ -103,17 +106,17 @@ impl Db {
         self.write(self.inner.opts.request_patience, move |tx| {
             tx.execute(
                 "UPDATE apps SET genesis_compose = COALESCE(genesis_compose, app_compose), app_compose = ?1, compose_hash = ?2 WHERE app_id = ?3",
-                params![update.app_compose, update.compose_hash, app_id],
+                &vals![&update.app_compose, &update.compose_hash, &app_id],
             )?;
             tx.execute(
                 "INSERT INTO app_updates (app_id, compose_hash, app_compose, authorized_by, counter, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![app_id, update.compose_hash, update.app_compose, update.authorized_by, update.counter as i64, now()],
+                &vals![&app_id, &update.compose_hash, &update.app_compose, &update.authorized_by, update.counter as i64, now()],
             )?;
             if let Some((env, keys)) = &update.env {
                 let keys = serde_json::to_string(keys).expect("json");
                 tx.execute(
                     "UPDATE cvms SET encrypted_env = ?1, env_keys = ?2, updated_at = ?3 WHERE id = ?4",
-                    params![env, keys, now(), update.cvm_id],
+                    &vals![env, keys, now(), &update.cvm_id],
                 )?;
             }
             Ok(())
@@ -126,11 +129,12 @@ impl Db {
         let app_id = app_id.to_owned();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached(
+                .query_opt(
                     "SELECT COALESCE(genesis_compose, app_compose) FROM apps WHERE app_id = ?1",
+                    &vals![&app_id],
                 )?
-                .query_row(params![app_id], |r| r.get(0))
-                .optional()?)
+                .map(|r| r.get(0))
+                .transpose()?)
         })
         .await
     }
@@ -141,10 +145,11 @@ impl Db {
         let app_id = app_id.to_owned();
         self.read(move |conn| {
             let first = conn
-                .prepare_cached(
+                .query_opt(
                     "SELECT COALESCE(genesis_compose, app_compose), created_at FROM apps WHERE app_id = ?1",
+                    &vals![&app_id],
                 )?
-                .query_row(params![app_id], |r| {
+                .map(|r| -> Result<AppVersion, SqlError> {
                     let bytes: Vec<u8> = r.get(0)?;
                     Ok(AppVersion {
                         compose_hash: contract::Measurement::of(&bytes).compose_hash,
@@ -154,22 +159,20 @@ impl Db {
                         created_at: r.get(1)?,
                     })
                 })
-                .optional()?;
+                .transpose()?;
             let mut out: Vec<AppVersion> = first.into_iter().collect();
-            let mut stmt = conn.prepare_cached(
+            let rows = conn.query(
                 "SELECT compose_hash, app_compose, authorized_by, counter, created_at FROM app_updates WHERE app_id = ?1 ORDER BY id",
+                &vals![&app_id],
             )?;
-            let rows = stmt.query_map(params![app_id], |r| {
-                Ok(AppVersion {
+            for r in rows {
+                out.push(AppVersion {
                     compose_hash: r.get(0)?,
                     app_compose: r.get(1)?,
                     authorized_by: r.get(2)?,
-                    counter: r.get::<_, i64>(3)? as u64,
+                    counter: r.get::<i64>(3)? as u64,
                     created_at: r.get(4)?,
-                })
-            })?;
-            for row in rows {
-                out.push(row?);
+                });
             }
             Ok(out)
         })
@@ -192,13 +195,13 @@ impl Db {
             let expired = humantime::format_rfc3339_seconds(expired).to_string();
             tx.execute(
                 &format!("DELETE FROM apps WHERE user_id = ?1 AND created_at < ?2 AND {UNUSED}"),
-                params![app.user_id, expired],
+                &vals![app.user_id, expired],
             )?;
             if Self::app_on(tx, &app.app_id)?.is_none() {
                 let have = super::count(
                     tx,
                     &format!("SELECT COUNT(*) FROM apps WHERE user_id = ?1 AND {UNUSED}"),
-                    &[rusqlite::types::Value::Integer(app.user_id)],
+                    &vals![app.user_id],
                 )?;
                 if have >= limits.max_uncommitted_apps_per_user {
                     return Err(DbError::TooManyUncommittedApps {
@@ -223,13 +226,10 @@ impl Db {
     }
 
     /// The app `app_id`, on a connection the caller already holds.
-    pub(super) fn app_on(
-        conn: &rusqlite::Connection,
-        app_id: &str,
-    ) -> rusqlite::Result<Option<App>> {
-        conn.prepare_cached(APP_SELECT)?
-            .query_row(params![app_id], app_row)
-            .optional()
+    pub(super) fn app_on(conn: &mut Conn, app_id: &str) -> Result<Option<App>, SqlError> {
+        conn.query_opt(APP_SELECT, &vals![app_id])?
+            .map(|r| app_row(&r))
+            .transpose()
     }
 
     /// The app `app_id`.

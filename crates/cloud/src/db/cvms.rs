@@ -4,9 +4,9 @@
 
 use super::apps::{APP_COLUMNS_JOINED, app_row_at};
 use super::limits::Limits;
+use super::sql::{Conn, Row, SqlError, Value, vals};
 use super::{App, Db, DbError, count, now, placeholders, text};
 use contract::CvmStatus;
-use rusqlite::{Connection, params, params_from_iter};
 
 /// A CVM row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,11 +65,12 @@ pub struct NewCvm {
 const CVM_COLUMNS: &str = "id, instance_id, name, user_id, app_id, status, boot_category, boot_message, encrypted_env, env_keys, vcpu, memory, disk_size, created_at";
 const CVM_COLUMN_COUNT: usize = 14;
 
-fn cvm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Cvm> {
+pub(super) fn cvm_row(r: &Row) -> Result<Cvm, SqlError> {
     let keys: String = r.get(9)?;
     let status: String = r.get(5)?;
-    let status = status.parse::<CvmStatus>().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
+    let status = status.parse::<CvmStatus>().map_err(|_| SqlError::Decode {
+        column: 5,
+        want: "a CVM status",
     })?;
     Ok(Cvm {
         id: r.get(0)?,
@@ -89,37 +90,37 @@ fn cvm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Cvm> {
     })
 }
 
-fn query_cvms(
-    conn: &Connection,
-    clause: &str,
-    args: &[rusqlite::types::Value],
-) -> rusqlite::Result<Vec<Cvm>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CVM_COLUMNS} FROM cvms WHERE {clause} ORDER BY instance_id"
-    ))?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), cvm_row)?;
-    rows.collect()
+fn query_cvms(conn: &mut Conn, clause: &str, args: &[Value]) -> Result<Vec<Cvm>, SqlError> {
+    conn.query(
+        &format!("SELECT {CVM_COLUMNS} FROM cvms WHERE {clause} ORDER BY instance_id"),
+        args,
+    )?
+    .iter()
+    .map(cvm_row)
+    .collect()
 }
 
 /// CVMs matching `clause` (columns prefixed `cvms.`) joined with their
 /// apps; CVMs whose app is gone are left out.
-fn query_cvms_with_apps(
-    conn: &Connection,
+pub(super) fn query_cvms_with_apps(
+    conn: &mut Conn,
     clause: &str,
-    args: &[rusqlite::types::Value],
-) -> rusqlite::Result<Vec<(Cvm, App)>> {
+    args: &[Value],
+) -> Result<Vec<(Cvm, App)>, SqlError> {
     let cvm_columns = CVM_COLUMNS
         .split(", ")
         .map(|c| format!("cvms.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {cvm_columns}, {APP_COLUMNS_JOINED} FROM cvms JOIN apps ON apps.app_id = cvms.app_id WHERE {clause} ORDER BY cvms.instance_id"
-    ))?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
-        Ok((cvm_row(r)?, app_row_at(r, CVM_COLUMN_COUNT)?))
-    })?;
-    rows.collect()
+    conn.query(
+        &format!(
+            "SELECT {cvm_columns}, {APP_COLUMNS_JOINED} FROM cvms JOIN apps ON apps.app_id = cvms.app_id WHERE {clause} ORDER BY cvms.instance_id"
+        ),
+        args,
+    )?
+    .iter()
+    .map(|r| Ok((cvm_row(r)?, app_row_at(r, CVM_COLUMN_COUNT)?)))
+    .collect()
 }
 
 impl Db {
@@ -132,7 +133,7 @@ impl Db {
         let id = uuid::Uuid::new_v4().to_string();
         self.write(self.inner.opts.request_patience, move |tx| {
             let deleted = text(CvmStatus::Deleted.as_str());
-            let user = rusqlite::types::Value::Integer(new.user_id);
+            let user = Value::Int(new.user_id);
             let taken = count(
                 tx,
                 "SELECT COUNT(*) FROM cvms WHERE user_id = ?1 AND name = ?2 AND status <> ?3",
@@ -157,16 +158,13 @@ impl Db {
             if Db::app_on(tx, &new.app_id)?.is_none() {
                 return Err(DbError::AppGone.into());
             }
-            let instance_id: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(instance_id), 0) + 1 FROM cvms",
-                [],
-                |r| r.get(0),
-            )?;
+            let instance_id: i64 =
+                tx.query_value("SELECT COALESCE(MAX(instance_id), 0) + 1 FROM cvms", &[])?;
             let ts = now();
             tx.execute(
                 "INSERT INTO cvms (id, instance_id, name, user_id, app_id, status, encrypted_env, env_keys, vcpu, memory, disk_size, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
-                params![id, instance_id, new.name, new.user_id, new.app_id, CvmStatus::Provisioning.as_str(), new.encrypted_env,
+                &vals![&id, instance_id, &new.name, new.user_id, &new.app_id, CvmStatus::Provisioning.as_str(), &new.encrypted_env,
                         serde_json::to_string(&new.env_keys).expect("json"), new.vcpu, new.memory, new.disk_size, ts],
             )?;
             query_cvms(tx, "id = ?1", &[text(&id)])?
@@ -189,10 +187,7 @@ impl Db {
             Ok(query_cvms(
                 conn,
                 "user_id = ?1 AND status <> ?2",
-                &[
-                    rusqlite::types::Value::Integer(user_id),
-                    text(CvmStatus::Deleted.as_str()),
-                ],
+                &[Value::Int(user_id), text(CvmStatus::Deleted.as_str())],
             )?)
         })
         .await
@@ -206,10 +201,7 @@ impl Db {
             Ok(query_cvms_with_apps(
                 conn,
                 "cvms.user_id = ?1 AND cvms.status <> ?2",
-                &[
-                    rusqlite::types::Value::Integer(user_id),
-                    text(CvmStatus::Deleted.as_str()),
-                ],
+                &[Value::Int(user_id), text(CvmStatus::Deleted.as_str())],
             )?)
         })
         .await
@@ -227,7 +219,7 @@ impl Db {
                 conn,
                 "cvms.user_id = ?1 AND cvms.status <> ?2 AND (LOWER(REPLACE(cvms.id, '-', '')) = ?3 OR cvms.app_id = ?4 OR cvms.name = ?5 OR CAST(cvms.instance_id AS TEXT) = ?5)",
                 &[
-                    rusqlite::types::Value::Integer(user_id),
+                    Value::Int(user_id),
                     text(CvmStatus::Deleted.as_str()),
                     text(&compact),
                     text(&app_id),
@@ -282,8 +274,8 @@ impl Db {
     ) -> Result<bool, DbError> {
         let mut args = vec![
             text(to.as_str()),
-            category.map(text).unwrap_or(rusqlite::types::Value::Null),
-            message.map(text).unwrap_or(rusqlite::types::Value::Null),
+            category.map(text).unwrap_or(Value::Null),
+            message.map(text).unwrap_or(Value::Null),
             text(&now()),
             text(id),
         ];
@@ -297,7 +289,7 @@ impl Db {
         }
         let result = self
             .write(self.inner.opts.status_patience, move |tx| {
-                Ok(tx.execute(&sql, params_from_iter(args.iter()))? == 1)
+                Ok(tx.execute(&sql, &args)? == 1)
             })
             .await;
         if let Err(e) = &result {
@@ -332,7 +324,7 @@ impl Db {
         self.write(self.inner.opts.request_patience, move |tx| {
             tx.execute(
                 "UPDATE cvms SET encrypted_env = ?1, env_keys = ?2, updated_at = ?3 WHERE id = ?4",
-                params![env, keys, now(), id],
+                &vals![&env, &keys, now(), &id],
             )?;
             Ok(())
         })
@@ -340,7 +332,7 @@ impl Db {
     }
 }
 
-fn boots_in_flight(conn: &Connection) -> rusqlite::Result<usize> {
+fn boots_in_flight(conn: &mut Conn) -> Result<usize, SqlError> {
     count(
         conn,
         "SELECT COUNT(*) FROM cvms WHERE status IN (?1, ?2)",
@@ -351,12 +343,12 @@ fn boots_in_flight(conn: &Connection) -> rusqlite::Result<usize> {
     )
 }
 
-fn boots_in_flight_of(conn: &Connection, user_id: i64) -> rusqlite::Result<usize> {
+fn boots_in_flight_of(conn: &mut Conn, user_id: i64) -> Result<usize, SqlError> {
     count(
         conn,
         "SELECT COUNT(*) FROM cvms WHERE user_id = ?1 AND status IN (?2, ?3)",
         &[
-            rusqlite::types::Value::Integer(user_id),
+            Value::Int(user_id),
             text(CvmStatus::Provisioning.as_str()),
             text(CvmStatus::Starting.as_str()),
         ],
@@ -371,219 +363,223 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_racing_the_end_of_a_boot_is_not_overwritten() {
-        let path = temp_db_path();
-        let db = Db::open(&path).unwrap();
-        let u = db.create_user("u", "k", false).await.unwrap();
-        let app = db.upsert_app(&app_of(u.id, 'b')).await.unwrap();
-        let cvm = db
-            .create_cvm(new_cvm("racer", u.id, &app.app_id), Limits::default())
-            .await
-            .unwrap();
-        let st = CvmStatus::Starting;
-        assert!(db.set_status(&cvm.id, st, None, None).await.unwrap());
-        // The stop lands first; the boot's end expects `starting` and loses.
-        assert!(
-            db.set_status(&cvm.id, CvmStatus::Stopped, None, None)
+        for t in engines() {
+            let db = t.open();
+            let u = db.create_user("u", "k", false).await.unwrap();
+            let app = db.upsert_app(&app_of(u.id, 'b')).await.unwrap();
+            let cvm = db
+                .create_cvm(new_cvm("racer", u.id, &app.app_id), Limits::default())
+                .await
+                .unwrap();
+            let st = CvmStatus::Starting;
+            assert!(db.set_status(&cvm.id, st, None, None).await.unwrap());
+            // The stop lands first; the boot's end expects `starting` and loses.
+            assert!(
+                db.set_status(&cvm.id, CvmStatus::Stopped, None, None)
+                    .await
+                    .unwrap()
+            );
+            let applied = db
+                .transition(&cvm.id, &[st], CvmStatus::Running, None, None)
+                .await
+                .unwrap();
+            assert!(!applied);
+            assert_eq!(
+                db.cvm(&cvm.id).await.unwrap().unwrap().status,
+                CvmStatus::Stopped
+            );
+            // A boot that ends while still `starting` wins.
+            db.set_status(&cvm.id, st, None, None).await.unwrap();
+            assert!(
+                db.transition(
+                    &cvm.id,
+                    &[st],
+                    CvmStatus::BootFailed,
+                    Some("runtime"),
+                    Some("BOOT FAILED: runtime")
+                )
                 .await
                 .unwrap()
-        );
-        let applied = db
-            .transition(&cvm.id, &[st], CvmStatus::Running, None, None)
-            .await
-            .unwrap();
-        assert!(!applied);
-        assert_eq!(
-            db.cvm(&cvm.id).await.unwrap().unwrap().status,
-            CvmStatus::Stopped
-        );
-        // A boot that ends while still `starting` wins.
-        db.set_status(&cvm.id, st, None, None).await.unwrap();
-        assert!(
-            db.transition(
-                &cvm.id,
-                &[st],
-                CvmStatus::BootFailed,
-                Some("runtime"),
-                Some("BOOT FAILED: runtime")
-            )
-            .await
-            .unwrap()
-        );
-        let c = db.cvm(&cvm.id).await.unwrap().unwrap();
-        assert_eq!(
-            (c.status, c.boot_category.as_deref()),
-            (CvmStatus::BootFailed, Some("runtime"))
-        );
-        // `deleted` is final: nothing moves a CVM out of it.
-        assert!(
-            db.set_status(&cvm.id, CvmStatus::Deleted, None, None)
-                .await
-                .unwrap()
-        );
-        for s in CvmStatus::ALL {
-            assert!(!db.set_status(&cvm.id, s, None, None).await.unwrap(), "{s}");
+            );
+            let c = db.cvm(&cvm.id).await.unwrap().unwrap();
+            assert_eq!(
+                (c.status, c.boot_category.as_deref()),
+                (CvmStatus::BootFailed, Some("runtime"))
+            );
+            // `deleted` is final: nothing moves a CVM out of it.
+            assert!(
+                db.set_status(&cvm.id, CvmStatus::Deleted, None, None)
+                    .await
+                    .unwrap()
+            );
+            for s in CvmStatus::ALL {
+                assert!(!db.set_status(&cvm.id, s, None, None).await.unwrap(), "{s}");
+            }
+            assert_eq!(
+                db.cvm(&cvm.id).await.unwrap().unwrap().status,
+                CvmStatus::Deleted
+            );
+            assert!(!db.set_status("no-such-cvm", st, None, None).await.unwrap());
+            assert!(!db.transition(&cvm.id, &[], st, None, None).await.unwrap());
         }
-        assert_eq!(
-            db.cvm(&cvm.id).await.unwrap().unwrap().status,
-            CvmStatus::Deleted
-        );
-        assert!(!db.set_status("no-such-cvm", st, None, None).await.unwrap());
-        assert!(!db.transition(&cvm.id, &[], st, None, None).await.unwrap());
     }
 
     #[tokio::test]
     async fn names_are_unique_per_user_and_caps_hold() {
-        let path = temp_db_path();
-        let db = Db::open(&path).unwrap();
-        let a = db.create_user("a", "ka", false).await.unwrap();
-        let b = db.create_user("b", "kb", false).await.unwrap();
-        let app_a = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
-        let app_b = db.upsert_app(&app_of(b.id, 'b')).await.unwrap();
-        let wide = Limits {
-            max_cvms_per_user: 50,
-            max_boots_in_flight: 50,
-            ..Limits::default()
-        };
-        let first = db
-            .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
-            .await
-            .unwrap();
-        let dup = db
-            .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&dup, DbError::NameTaken { name } if name == "same-name"),
-            "{dup:?}"
-        );
-        assert!(dup.to_string().contains("`same-name`"), "{dup}");
-        // Another user may use the name; a deleted CVM frees it.
-        db.create_cvm(new_cvm("same-name", b.id, &app_b.app_id), wide)
-            .await
-            .unwrap();
-        db.set_status(&first.id, CvmStatus::Deleted, None, None)
-            .await
-            .unwrap();
-        db.create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
-            .await
-            .unwrap();
+        for t in engines() {
+            let db = t.open();
+            let a = db.create_user("a", "ka", false).await.unwrap();
+            let b = db.create_user("b", "kb", false).await.unwrap();
+            let app_a = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
+            let app_b = db.upsert_app(&app_of(b.id, 'b')).await.unwrap();
+            let wide = Limits {
+                max_cvms_per_user: 50,
+                max_boots_in_flight: 50,
+                ..Limits::default()
+            };
+            let first = db
+                .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
+                .await
+                .unwrap();
+            let dup = db
+                .create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&dup, DbError::NameTaken { name } if name == "same-name"),
+                "{dup:?}"
+            );
+            assert!(dup.to_string().contains("`same-name`"), "{dup}");
+            // Another user may use the name; a deleted CVM frees it.
+            db.create_cvm(new_cvm("same-name", b.id, &app_b.app_id), wide)
+                .await
+                .unwrap();
+            db.set_status(&first.id, CvmStatus::Deleted, None, None)
+                .await
+                .unwrap();
+            db.create_cvm(new_cvm("same-name", a.id, &app_a.app_id), wide)
+                .await
+                .unwrap();
 
-        // Per-user cap: a has 1 live CVM.
-        let two = Limits {
-            max_cvms_per_user: 2,
-            max_boots_in_flight: 50,
-            ..Limits::default()
-        };
-        db.create_cvm(new_cvm("second", a.id, &app_a.app_id), two)
-            .await
-            .unwrap();
-        let capped = db
-            .create_cvm(new_cvm("third", a.id, &app_a.app_id), two)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(capped, DbError::TooManyCvms { have: 2, max: 2 }),
-            "{capped:?}"
-        );
-        let said = capped.to_string();
-        assert!(said.contains("--max-cvms-per-user 2"), "{said}");
-        assert!(said.contains("delete a CVM"), "{said}");
-        // b is not affected by a's cap.
-        db.create_cvm(new_cvm("b-second", b.id, &app_b.app_id), two)
-            .await
-            .unwrap();
+            // Per-user cap: a has 1 live CVM.
+            let two = Limits {
+                max_cvms_per_user: 2,
+                max_boots_in_flight: 50,
+                ..Limits::default()
+            };
+            db.create_cvm(new_cvm("second", a.id, &app_a.app_id), two)
+                .await
+                .unwrap();
+            let capped = db
+                .create_cvm(new_cvm("third", a.id, &app_a.app_id), two)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(capped, DbError::TooManyCvms { have: 2, max: 2 }),
+                "{capped:?}"
+            );
+            let said = capped.to_string();
+            assert!(said.contains("--max-cvms-per-user 2"), "{said}");
+            assert!(said.contains("delete a CVM"), "{said}");
+            // b is not affected by a's cap.
+            db.create_cvm(new_cvm("b-second", b.id, &app_b.app_id), two)
+                .await
+                .unwrap();
 
-        // Boots in flight: four CVMs are `provisioning` now.
-        assert_eq!(db.boots_in_flight().await.unwrap(), 4);
-        let four = Limits {
-            max_cvms_per_user: 50,
-            max_boots_in_flight: 4,
-            ..Limits::default()
-        };
-        let busy = db
-            .create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(busy, DbError::TooManyBoots { booting: 4, max: 4 }),
-            "{busy:?}"
-        );
-        assert!(busy.to_string().contains("--max-boots 4"), "{busy}");
-        for c in db.cvms_of(a.id).await.unwrap() {
-            db.set_status(&c.id, CvmStatus::Running, None, None)
+            // Boots in flight: four CVMs are `provisioning` now.
+            assert_eq!(db.boots_in_flight().await.unwrap(), 4);
+            let four = Limits {
+                max_cvms_per_user: 50,
+                max_boots_in_flight: 4,
+                ..Limits::default()
+            };
+            let busy = db
+                .create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(busy, DbError::TooManyBoots { booting: 4, max: 4 }),
+                "{busy:?}"
+            );
+            assert!(busy.to_string().contains("--max-boots 4"), "{busy}");
+            for c in db.cvms_of(a.id).await.unwrap() {
+                db.set_status(&c.id, CvmStatus::Running, None, None)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(db.boots_in_flight().await.unwrap(), 2);
+            db.create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
                 .await
                 .unwrap();
         }
-        assert_eq!(db.boots_in_flight().await.unwrap(), 2);
-        db.create_cvm(new_cvm("b-third", b.id, &app_b.app_id), four)
-            .await
-            .unwrap();
     }
 
     #[tokio::test]
     async fn a_user_at_their_own_boot_cap_leaves_the_other_slots_to_others() {
-        let path = temp_db_path();
-        let db = Db::open(&path).unwrap();
-        let a = db.create_user("a", "ka", false).await.unwrap();
-        let b = db.create_user("b", "kb", false).await.unwrap();
-        let app_a = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
-        let app_b = db.upsert_app(&app_of(b.id, 'b')).await.unwrap();
-        let limits = Limits {
-            max_boots_in_flight: 8,
-            max_boots_per_user: 2,
-            ..Limits::default()
-        };
-        for n in ["a-one", "a-two"] {
-            db.create_cvm(new_cvm(n, a.id, &app_a.app_id), limits)
+        for t in engines() {
+            let db = t.open();
+            let a = db.create_user("a", "ka", false).await.unwrap();
+            let b = db.create_user("b", "kb", false).await.unwrap();
+            let app_a = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
+            let app_b = db.upsert_app(&app_of(b.id, 'b')).await.unwrap();
+            let limits = Limits {
+                max_boots_in_flight: 8,
+                max_boots_per_user: 2,
+                ..Limits::default()
+            };
+            for n in ["a-one", "a-two"] {
+                db.create_cvm(new_cvm(n, a.id, &app_a.app_id), limits)
+                    .await
+                    .unwrap();
+            }
+            let own = db
+                .create_cvm(new_cvm("a-three", a.id, &app_a.app_id), limits)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(own, DbError::TooManyBootsOfUser { booting: 2, max: 2 }),
+                "{own:?}"
+            );
+            assert!(own.to_string().contains("--max-boots-per-user 2"), "{own}");
+            db.create_cvm(new_cvm("b-one", b.id, &app_b.app_id), limits)
                 .await
                 .unwrap();
+            assert_eq!(db.boots_in_flight_with_user(a.id).await.unwrap(), (2, 3));
         }
-        let own = db
-            .create_cvm(new_cvm("a-three", a.id, &app_a.app_id), limits)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(own, DbError::TooManyBootsOfUser { booting: 2, max: 2 }),
-            "{own:?}"
-        );
-        assert!(own.to_string().contains("--max-boots-per-user 2"), "{own}");
-        db.create_cvm(new_cvm("b-one", b.id, &app_b.app_id), limits)
-            .await
-            .unwrap();
-        assert_eq!(db.boots_in_flight_with_user(a.id).await.unwrap(), (2, 3));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_commits_of_one_name_make_one_cvm() {
-        let path = temp_db_path();
-        let db = Arc::new(Db::open(&path).unwrap());
-        // The node's process has its own handle on the same file.
-        let other = Arc::new(Db::open(&path).unwrap());
-        let u = db.create_user("u", "k", false).await.unwrap();
-        let app = db.upsert_app(&app_of(u.id, 'c')).await.unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..16 {
-            let handle = if i % 2 == 0 {
-                db.clone()
-            } else {
-                other.clone()
-            };
-            let app_id = app.app_id.clone();
-            tasks.push(tokio::spawn(async move {
-                handle
-                    .create_cvm(new_cvm("contested", u.id, &app_id), Limits::default())
-                    .await
-            }));
-        }
-        let mut ok = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(_) => ok += 1,
-                Err(e) => assert!(matches!(e, DbError::NameTaken { .. }), "{e:?}"),
+        for t in engines() {
+            let db = Arc::new(t.open());
+            // The node's process has its own handle on the same database.
+            let other = Arc::new(t.open());
+            let u = db.create_user("u", "k", false).await.unwrap();
+            let app = db.upsert_app(&app_of(u.id, 'c')).await.unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..16 {
+                let handle = if i % 2 == 0 {
+                    db.clone()
+                } else {
+                    other.clone()
+                };
+                let app_id = app.app_id.clone();
+                tasks.push(tokio::spawn(async move {
+                    handle
+                        .create_cvm(new_cvm("contested", u.id, &app_id), Limits::default())
+                        .await
+                }));
             }
+            let mut ok = 0;
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(_) => ok += 1,
+                    Err(e) => assert!(matches!(e, DbError::NameTaken { .. }), "{e:?}"),
+                }
+            }
+            assert_eq!(ok, 1);
+            assert_eq!(db.cvms_of(u.id).await.unwrap().len(), 1);
         }
-        assert_eq!(ok, 1);
-        assert_eq!(db.cvms_of(u.id).await.unwrap().len(), 1);
     }
 }
 

@@ -73,9 +73,26 @@ pub enum DbError {
     /// The provisioned app is gone (it expired before it was committed).
     #[error("no provisioned app with this app_id: call POST /cvms/provision first")]
     AppGone,
-    /// SQLite failed.
+    /// The database server could not be reached for the call's whole
+    /// patience (PostgreSQL down, restarting, or refusing connections).
+    #[error(
+        "the database ({server}) cannot be reached: {why}; Berth keeps trying, so try again in a moment (operator: check that the database server is running and reachable)"
+    )]
+    Unavailable {
+        /// `HOST:PORT` (or the SQLite file), never a URL.
+        server: String,
+        /// The engine's reason, first line.
+        why: String,
+    },
+    /// A database URL that cannot be used.
+    #[error("the database URL cannot be used: {why}")]
+    BadUrl {
+        /// What is wrong (never the URL's text).
+        why: &'static str,
+    },
+    /// The engine failed.
     #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] super::SqlError),
     /// The pool or a blocking task failed.
     #[error("{0}")]
     Internal(&'static str),

@@ -1,9 +1,9 @@
 //! The schema: [`MIGRATIONS`], applied in order by [`migrate`] when the
 //! database is opened, one migrator at a time even across processes.
 
+use super::sql::{Conn, Engine, pg_ddl, vals};
 use super::users::new_salt;
 use super::{DbError, db_err};
-use rusqlite::{Connection, TransactionBehavior, params};
 
 /// The migrations, applied in order; the index + 1 is the schema version.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -63,49 +63,85 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     CREATE INDEX app_updates_app ON app_updates(app_id, id);",
+    // Many processes on one database (issue 21): the update lock of an
+    // app is a lease row any API replica can take (`locks`), and a user's
+    // CVMs are listed in pages by instance id.
+    "CREATE TABLE app_locks (
+        app_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX cvms_user_instance ON cvms(user_id, instance_id);",
 ];
+
+/// The advisory lock key of migrations on PostgreSQL (`berthmig`).
+const MIGRATION_LOCK_KEY: i64 = 0x6265_7274_686d_6967;
 
 /// Creates the version table, applies the migrations this database has not
 /// seen yet, and gives users that predate `app_salt` one, all in one
-/// `BEGIN IMMEDIATE` transaction.
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), DbError> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        .map_err(db_err)?;
-    // One migrator at a time, even across processes: the version is
-    // read again under the write lock.
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db_err)?;
-    let version: i64 = tx
-        .query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        tx.execute_batch(sql).map_err(db_err)?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES (?1)",
-            params![i as i64 + 1],
-        )
-        .map_err(db_err)?;
-    }
-    let unsalted: Vec<i64> = {
-        let mut stmt = tx
-            .prepare("SELECT id FROM users WHERE app_salt IS NULL")
+/// transaction under the write lock — one migrator at a time, even across
+/// processes and machines (SQLite's `BEGIN IMMEDIATE`; PostgreSQL's
+/// advisory lock, taken before the version table is even created).
+pub(super) fn migrate(conn: &mut Conn) -> Result<(), DbError> {
+    let engine = conn.engine();
+    match engine {
+        Engine::Sqlite => {
+            conn.batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                .map_err(db_err)?;
+            conn.batch("BEGIN IMMEDIATE").map_err(db_err)?;
+        }
+        Engine::Postgres => {
+            conn.batch(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
+            ))
             .map_err(db_err)?;
-        let ids = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
-        ids.collect::<Result<_, _>>().map_err(db_err)?
-    };
-    for id in unsalted {
-        tx.execute(
-            "UPDATE users SET app_salt = ?1 WHERE id = ?2",
-            params![new_salt(), id],
+        }
+    }
+    match apply(conn, engine) {
+        Ok(()) => conn.commit().map_err(db_err),
+        Err(e) => {
+            conn.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn apply(conn: &mut Conn, engine: Engine) -> Result<(), DbError> {
+    // The version is read under the lock.
+    let version: i64 = conn
+        .query_value("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+        .map_err(db_err)?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(DbError::Internal(
+            "the database was written by a newer Berth (its schema is ahead of this binary's): run that version, or a newer one",
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let sql = match engine {
+            Engine::Sqlite => sql.to_string(),
+            Engine::Postgres => pg_ddl(sql),
+        };
+        conn.batch(&sql).map_err(db_err)?;
+        conn.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            &vals![i as i64 + 1],
         )
         .map_err(db_err)?;
     }
-    tx.commit().map_err(db_err)?;
+    let unsalted: Vec<i64> = conn
+        .query("SELECT id FROM users WHERE app_salt IS NULL", &[])
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    for id in unsalted {
+        conn.execute(
+            "UPDATE users SET app_salt = ?1 WHERE id = ?2",
+            &vals![new_salt(), id],
+        )
+        .map_err(db_err)?;
+    }
     Ok(())
 }
 
@@ -119,7 +155,7 @@ mod tests {
     async fn users_of_an_older_schema_get_a_salt() {
         let path = temp_db_path();
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(&format!(
                 "CREATE TABLE schema_version (version INTEGER NOT NULL); {}; INSERT INTO schema_version VALUES (1);
                  INSERT INTO users (username, api_key_hash, is_admin, created_at) VALUES ('old', 'h', 0, 't');",

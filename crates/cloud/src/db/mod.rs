@@ -39,7 +39,15 @@ mod fixtures;
 
 mod limits;
 
+mod location;
+
+mod locks;
+
 mod migrations;
+
+pub mod pages;
+
+mod sql;
 
 mod users;
 
@@ -51,14 +59,18 @@ pub use error::DbError;
 
 pub use limits::{Limits, UNCOMMITTED_APP_TTL};
 
+pub use location::{DbLocation, DbUrl};
+
+pub use sql::SqlError;
+
 pub use users::{User, hash_api_key};
 
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
-use std::path::{Path, PathBuf};
+use sql::{Conn, Value};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long calls wait for a busy database before they give up.
+/// How long calls wait for a busy or unreachable database before they give up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DbOptions {
     /// A request's reads and writes (then a 503 saying the database is busy).
@@ -81,8 +93,13 @@ impl Default for DbOptions {
 }
 
 /// SQLite's own wait on a lock before it answers `SQLITE_BUSY` (and this
-/// module backs off and tries again, within the call's patience).
+/// module backs off and tries again, within the call's patience); on
+/// PostgreSQL, the session's `lock_timeout` on the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The longest one PostgreSQL statement may run: no query of Berth's
+/// takes near this, so one that does is stuck behind something else.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The database: a handle to a small pool of connections.
 pub struct Db {
@@ -90,14 +107,14 @@ pub struct Db {
 }
 
 struct Inner {
-    path: PathBuf,
+    location: DbLocation,
     opts: DbOptions,
     read: Pool,
     write: Pool,
 }
 
 struct Pool {
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -116,16 +133,25 @@ enum Access {
     Write,
 }
 
-/// Why one attempt of a call failed: SQLite (maybe busy: retried), or a
-/// rule the write keeps (final).
+/// Why one attempt of a call failed: the engine (maybe busy or
+/// disconnected: retried), or a rule the write keeps (final).
 enum Fail {
-    Sql(rusqlite::Error),
+    Sql(SqlError),
     Rule(DbError),
+    /// The connection broke after `COMMIT` was sent: the write may have
+    /// landed, so it is not tried again.
+    Uncertain(SqlError),
+}
+
+impl From<SqlError> for Fail {
+    fn from(e: SqlError) -> Self {
+        Fail::Sql(e)
+    }
 }
 
 impl From<rusqlite::Error> for Fail {
     fn from(e: rusqlite::Error) -> Self {
-        Fail::Sql(e)
+        Fail::Sql(e.into())
     }
 }
 
@@ -135,20 +161,12 @@ impl From<DbError> for Fail {
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
 fn busy_error(waited: Duration) -> DbError {
     DbError::Busy { waited }
 }
 
-fn db_err(e: rusqlite::Error) -> DbError {
-    DbError::Sql(e)
+fn db_err(e: impl Into<SqlError>) -> DbError {
+    DbError::Sql(e.into())
 }
 
 /// Now, RFC 3339 UTC.
@@ -157,20 +175,36 @@ pub fn now() -> String {
     humantime::format_rfc3339_seconds(now).to_string()
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
+/// Opens one connection to the database at `location`, with the session
+/// settings every Berth connection has.
+fn connect(location: &DbLocation) -> Result<Conn, SqlError> {
+    match location {
+        DbLocation::Sqlite(path) => {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            Ok(Conn::Sqlite(conn))
+        }
+        DbLocation::Postgres(url) => {
+            let mut client = url.config().connect(postgres::NoTls)?;
+            client.batch_execute(&format!(
+                "SET lock_timeout = {}; SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+                BUSY_TIMEOUT.as_millis(),
+                STATEMENT_TIMEOUT.as_millis(),
+                STATEMENT_TIMEOUT.as_millis(),
+            ))?;
+            Ok(Conn::postgres(client))
+        }
+    }
 }
 
-fn count(conn: &Connection, sql: &str, args: &[rusqlite::types::Value]) -> rusqlite::Result<usize> {
-    conn.query_row(sql, params_from_iter(args.iter()), |r| r.get::<_, i64>(0))
+fn count(conn: &mut Conn, sql: &str, args: &[Value]) -> Result<usize, SqlError> {
+    conn.query_value::<i64>(sql, args)
         .map(|n| n.max(0) as usize)
 }
 
-fn text(s: &str) -> rusqlite::types::Value {
-    rusqlite::types::Value::Text(s.to_owned())
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
 }
 
 /// `?2, ?3, …` for `n` values starting at `?first`.
@@ -182,28 +216,73 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 impl Db {
-    /// Opens (creating and migrating) the database at `path`.
+    /// Opens (creating and migrating) the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         Self::open_with(path, DbOptions::default())
     }
 
     /// [`Db::open`] with explicit patience and pool size.
     pub fn open_with(path: &Path, opts: DbOptions) -> Result<Self, DbError> {
-        let mut conn = connect(path).map_err(db_err)?;
-        // At start-up the other process may be migrating or writing: wait
-        // longer than a request would.
-        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        migrations::migrate(&mut conn)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        Self::open_location(&DbLocation::Sqlite(path.to_owned()), opts)
+    }
+
+    /// Opens the database at `location` (SQLite or PostgreSQL), applying
+    /// the migrations it has not seen. PostgreSQL's first connection is
+    /// made on a thread of its own (its client blocks, and this may be
+    /// called from async code); an unreachable server is
+    /// [`DbError::Unavailable`].
+    pub fn open_location(location: &DbLocation, opts: DbOptions) -> Result<Self, DbError> {
+        let first = match location {
+            DbLocation::Sqlite(path) => {
+                let Conn::Sqlite(conn) = connect(location).map_err(db_err)? else {
+                    unreachable!("an SQLite location gives an SQLite connection")
+                };
+                // At start-up the other process may be migrating or
+                // writing: wait longer than a request would.
+                conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+                conn.pragma_update(None, "journal_mode", "WAL")
+                    .map_err(db_err)?;
+                let mut conn = Conn::Sqlite(conn);
+                migrations::migrate(&mut conn)?;
+                if let Conn::Sqlite(c) = &conn {
+                    c.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+                }
+                let _ = path;
+                conn
+            }
+            DbLocation::Postgres(url) => {
+                let location = location.clone();
+                let server = url.server();
+                std::thread::scope(|s| {
+                    s.spawn(move || -> Result<Conn, DbError> {
+                        let mut conn =
+                            connect(&location).map_err(|e| unavailable(&location, &e))?;
+                        // Migrations may wait for another process's.
+                        conn.batch("SET lock_timeout = 0").map_err(db_err)?;
+                        migrations::migrate(&mut conn)?;
+                        conn.batch(&format!("SET lock_timeout = {}", BUSY_TIMEOUT.as_millis()))
+                            .map_err(db_err)?;
+                        Ok(conn)
+                    })
+                    .join()
+                    .map_err(|_| DbError::Internal("opening the database panicked"))?
+                })
+                .map_err(|e| match e {
+                    DbError::Unavailable { .. } => e,
+                    e => DbError::Unavailable {
+                        server,
+                        why: e.to_string(),
+                    },
+                })?
+            }
+        };
         let inner = Inner {
-            path: path.to_owned(),
+            location: location.clone(),
             read: Pool::new(opts.readers),
             write: Pool::new(1),
             opts,
         };
-        inner.write.idle.lock().unwrap().push(conn);
+        inner.write.idle.lock().unwrap().push(first);
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -214,12 +293,20 @@ impl Db {
         self.inner.opts
     }
 
+    /// Where this database is.
+    pub fn location(&self) -> &DbLocation {
+        &self.inner.location
+    }
+
     /// Runs `op` on a pooled connection on the blocking pool, retrying a
-    /// busy database until `patience` has passed.
+    /// busy database, and reconnecting to one that went away, until
+    /// `patience` has passed. A write whose `COMMIT` was sent when the
+    /// connection broke is not tried again (it may have landed): it fails
+    /// as unavailable, and the caller's client sees an error.
     async fn call<T, F>(&self, access: Access, patience: Duration, mut op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnMut(&mut Connection) -> Result<T, Fail> + Send + 'static,
+        F: FnMut(&mut Conn) -> Result<T, Fail> + Send + 'static,
     {
         let started = Instant::now();
         let deadline = started + patience;
@@ -238,29 +325,53 @@ impl Db {
                 Access::Read => &inner.read,
                 Access::Write => &inner.write,
             };
-            let idle = pool.idle.lock().unwrap().pop();
-            let mut conn = match idle {
-                Some(c) => c,
-                None => connect(&inner.path).map_err(Fail::Sql)?,
-            };
+            let mut conn = pool.idle.lock().unwrap().pop();
             let mut pause = Duration::from_millis(10);
-            let out = loop {
-                match op(&mut conn) {
-                    Err(Fail::Sql(e)) if is_busy(&e) && Instant::now() + pause < deadline => {
+            loop {
+                let c = match conn.take() {
+                    Some(c) if !c.is_closed() => c,
+                    _ => match connect(&inner.location) {
+                        Ok(c) => c,
+                        Err(e) if Instant::now() + pause < deadline => {
+                            let _ = e;
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(250));
+                            continue;
+                        }
+                        Err(e) => return Err(Fail::Rule(unavailable(&inner.location, &e))),
+                    },
+                };
+                let mut c = c;
+                let out = op(&mut c);
+                match out {
+                    Err(Fail::Sql(e)) if e.is_connection() => {
+                        // The connection is dropped; a new one is tried.
+                        if Instant::now() + pause >= deadline {
+                            return Err(Fail::Rule(unavailable(&inner.location, &e)));
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(250));
+                    }
+                    Err(Fail::Uncertain(e)) => {
+                        return Err(Fail::Rule(unavailable(&inner.location, &e)));
+                    }
+                    Err(Fail::Sql(e)) if e.is_busy() && Instant::now() + pause < deadline => {
+                        conn = Some(c);
                         std::thread::sleep(pause);
                         pause = (pause * 2).min(Duration::from_millis(200));
                     }
-                    other => break other,
+                    other => {
+                        pool.idle.lock().unwrap().push(c);
+                        return other;
+                    }
                 }
-            };
-            pool.idle.lock().unwrap().push(conn);
-            out
+            }
         })
         .await
         .map_err(|_| DbError::Internal("a database call panicked"))?;
         joined.map_err(|f| match f {
-            Fail::Sql(e) if is_busy(&e) => busy_error(started.elapsed()),
-            Fail::Sql(e) => db_err(e),
+            Fail::Sql(e) if e.is_busy() => busy_error(started.elapsed()),
+            Fail::Sql(e) | Fail::Uncertain(e) => db_err(e),
             Fail::Rule(e) => e,
         })
     }
@@ -268,26 +379,58 @@ impl Db {
     async fn read<T, F>(&self, op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnMut(&mut Connection) -> Result<T, Fail> + Send + 'static,
+        F: FnMut(&mut Conn) -> Result<T, Fail> + Send + 'static,
     {
         self.call(Access::Read, self.inner.opts.request_patience, op)
             .await
     }
 
-    /// A write in one `BEGIN IMMEDIATE` transaction.
+    /// A write in one transaction holding the write lock
+    /// ([`Conn::begin_write`]).
     async fn write<T, F>(&self, patience: Duration, mut op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnMut(&rusqlite::Transaction<'_>) -> Result<T, Fail> + Send + 'static,
+        F: FnMut(&mut Conn) -> Result<T, Fail> + Send + 'static,
     {
         self.call(Access::Write, patience, move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = op(&tx)?;
-            tx.commit()?;
-            Ok(out)
+            if let Err(e) = conn.begin_write() {
+                conn.rollback();
+                return Err(Fail::Sql(e));
+            }
+            match op(conn) {
+                Ok(out) => match conn.commit() {
+                    Ok(()) => Ok(out),
+                    Err(e) if e.is_connection() => Err(Fail::Uncertain(e)),
+                    Err(e) => {
+                        conn.rollback();
+                        Err(Fail::Sql(e))
+                    }
+                },
+                Err(e) => {
+                    conn.rollback();
+                    Err(e)
+                }
+            }
         })
         .await
     }
+}
+
+/// The error of a database that cannot be reached, naming the server and
+/// the engine's reason (never the URL: it may hold a password).
+fn unavailable(location: &DbLocation, e: &SqlError) -> DbError {
+    let server = match location {
+        DbLocation::Sqlite(p) => p.display().to_string(),
+        DbLocation::Postgres(u) => u.server(),
+    };
+    DbError::Unavailable {
+        server,
+        why: first_line(&e.to_string()),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
 }
 
 #[cfg(test)]
@@ -298,44 +441,61 @@ mod tests {
 
     #[tokio::test]
     async fn migrate_users_apps_cvms() {
-        let path = temp_db_path();
-        let db = Db::open(&path).unwrap();
-        let alice = db.create_user("alice", "key-a", true).await.unwrap();
-        let again = db.create_user("alice", "key-b", false).await.unwrap_err();
-        assert!(
-            matches!(&again, DbError::UserExists { username } if username == "alice"),
-            "{again:?}"
-        );
-        assert_eq!(db.user_by_key("key-a").await.unwrap().unwrap(), alice);
-        assert!(db.user_by_key("nope").await.unwrap().is_none());
-        let app = app_of(alice.id, 'a');
-        db.upsert_app(&app).await.unwrap();
-        let cvm = db
-            .create_cvm(new_cvm("web-app", alice.id, &app.app_id), Limits::default())
-            .await
-            .unwrap();
-        assert_eq!(cvm.status, CvmStatus::Provisioning);
-        assert!(
-            db.set_status(
-                &cvm.id,
-                CvmStatus::BootFailed,
-                Some("credentials_rejected"),
-                Some("BOOT FAILED: …"),
-            )
-            .await
-            .unwrap()
-        );
-        drop(db);
-        // Reopening applies no migration twice and keeps everything.
-        let db = Db::open(&path).unwrap();
-        let again = db.cvm(&cvm.id).await.unwrap().unwrap();
-        assert_eq!(again.status, CvmStatus::BootFailed);
-        assert_eq!(again.boot_category.as_deref(), Some("credentials_rejected"));
-        assert_eq!(db.cvms_of(alice.id).await.unwrap().len(), 1);
-        assert_eq!(db.user_by_name("alice").await.unwrap().unwrap(), alice);
-        // The API key is not in the file.
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains("key-a"));
+        for t in engines() {
+            let db = t.open();
+            let alice = db.create_user("alice", "key-a", true).await.unwrap();
+            let again = db.create_user("alice", "key-b", false).await.unwrap_err();
+            assert!(
+                matches!(&again, DbError::UserExists { username } if username == "alice"),
+                "{again:?}"
+            );
+            assert_eq!(db.user_by_key("key-a").await.unwrap().unwrap(), alice);
+            assert!(db.user_by_key("nope").await.unwrap().is_none());
+            let app = app_of(alice.id, 'a');
+            db.upsert_app(&app).await.unwrap();
+            let cvm = db
+                .create_cvm(new_cvm("web-app", alice.id, &app.app_id), Limits::default())
+                .await
+                .unwrap();
+            assert_eq!(cvm.status, CvmStatus::Provisioning);
+            assert!(
+                db.set_status(
+                    &cvm.id,
+                    CvmStatus::BootFailed,
+                    Some("credentials_rejected"),
+                    Some("BOOT FAILED: …"),
+                )
+                .await
+                .unwrap()
+            );
+            drop(db);
+            // Reopening applies no migration twice and keeps everything.
+            let db = t.open();
+            let again = db.cvm(&cvm.id).await.unwrap().unwrap();
+            assert_eq!(again.status, CvmStatus::BootFailed);
+            assert_eq!(again.boot_category.as_deref(), Some("credentials_rejected"));
+            assert_eq!(db.cvms_of(alice.id).await.unwrap().len(), 1);
+            assert_eq!(db.user_by_name("alice").await.unwrap().unwrap(), alice);
+            // The API key is not in the database.
+            match &t {
+                TestDb::Sqlite(path) => {
+                    let bytes = std::fs::read(path).unwrap();
+                    assert!(!String::from_utf8_lossy(&bytes).contains("key-a"));
+                }
+                TestDb::Postgres(_) => {
+                    let hashes = db
+                        .read(|c| {
+                            Ok(c.query_value::<String>(
+                                "SELECT string_agg(api_key_hash || username, ',') FROM users",
+                                &[],
+                            )?)
+                        })
+                        .await
+                        .unwrap();
+                    assert!(!hashes.contains("key-a"), "{hashes}");
+                }
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +514,7 @@ mod tests {
             .await
             .unwrap();
         // An operator's `sqlite3 berth.db` holding `BEGIN EXCLUSIVE`.
-        let outside = Connection::open(&path).unwrap();
+        let outside = rusqlite::Connection::open(&path).unwrap();
         outside.execute_batch("BEGIN EXCLUSIVE").unwrap();
         // Writers queue behind it (one in the pool, others waiting for it)...
         let writers: Vec<_> = (0..3)

@@ -1,8 +1,8 @@
 //! The `users` table: API users with their *hashed* API keys and the
 //! per-user salt of their app ids.
 
+use super::sql::{Row, SqlError, vals};
 use super::{Db, DbError, Fail, now};
-use rusqlite::{OptionalExtension, params};
 use sha2::Digest as _;
 
 /// A user of the API.
@@ -31,12 +31,12 @@ pub(super) fn new_salt() -> String {
     hex::encode(b)
 }
 
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+fn user_row(r: &Row) -> Result<User, SqlError> {
     Ok(User {
         id: r.get(0)?,
         username: r.get(1)?,
-        is_admin: r.get::<_, i64>(2)? != 0,
-        app_salt: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+        is_admin: r.get(2)?,
+        app_salt: r.get::<Option<String>>(3)?.unwrap_or_default(),
     })
 }
 
@@ -51,18 +51,27 @@ impl Db {
         let (username, key_hash) = (username.to_owned(), hash_api_key(api_key));
         self.write(self.inner.opts.request_patience, move |tx| {
             let salt = new_salt();
-            tx.execute(
-                "INSERT INTO users (username, api_key_hash, is_admin, created_at, app_salt) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![username, key_hash, is_admin as i64, now(), salt],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Fail::Rule(DbError::UserExists { username: username.clone() })
-                }
-                e => Fail::Sql(e),
-            })?;
+            let taken = tx.query_opt(
+                "SELECT id FROM users WHERE username = ?1",
+                &vals![&username],
+            )?;
+            if taken.is_some() {
+                return Err(Fail::Rule(DbError::UserExists { username: username.clone() }));
+            }
+            let id: i64 = tx
+                .query_value(
+                    "INSERT INTO users (username, api_key_hash, is_admin, created_at, app_salt) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    &vals![&username, &key_hash, is_admin, now(), &salt],
+                )
+                .map_err(|e| {
+                    if e.is_unique_violation() {
+                        Fail::Rule(DbError::UserExists { username: username.clone() })
+                    } else {
+                        Fail::Sql(e)
+                    }
+                })?;
             Ok(User {
-                id: tx.last_insert_rowid(),
+                id,
                 username: username.clone(),
                 is_admin,
                 app_salt: salt,
@@ -77,7 +86,7 @@ impl Db {
         self.write(self.inner.opts.request_patience, move |tx| {
             tx.execute(
                 "UPDATE users SET api_key_hash = ?1 WHERE username = ?2",
-                params![key_hash, username],
+                &vals![&key_hash, &username],
             )?;
             Ok(())
         })
@@ -90,13 +99,12 @@ impl Db {
         column: &'static str,
         value: String,
     ) -> Result<Option<User>, DbError> {
+        let sql = format!("SELECT id, username, is_admin, app_salt FROM users WHERE {column} = ?1");
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT id, username, is_admin, app_salt FROM users WHERE {column} = ?1"
-                ))?
-                .query_row(params![value], user_row)
-                .optional()?)
+                .query_opt(&sql, &vals![&value])?
+                .map(|r| user_row(&r))
+                .transpose()?)
         })
         .await
     }
