@@ -56,3 +56,46 @@ impl Db {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_a_dead_holders_lease_runs_out() {
+        for t in engines() {
+            let db = t.open();
+            // Another API replica: its own handle on the same database.
+            let other = t.open();
+            let long = Duration::from_secs(60);
+            assert!(db.try_lock_app("app1", "replica-a", long).await.unwrap());
+            assert!(
+                !other.try_lock_app("app1", "replica-b", long).await.unwrap(),
+                "{}",
+                t.name()
+            );
+            // Another app is free; the holder gives back, the other takes.
+            assert!(other.try_lock_app("app2", "replica-b", long).await.unwrap());
+            other.unlock_app("app1", "replica-b").await.unwrap();
+            assert!(
+                !other.try_lock_app("app1", "replica-b", long).await.unwrap(),
+                "only the holder unlocks"
+            );
+            db.unlock_app("app1", "replica-a").await.unwrap();
+            assert!(
+                other
+                    .try_lock_app("app1", "replica-b", Duration::from_millis(50))
+                    .await
+                    .unwrap()
+            );
+            // replica-b dies holding it: the lease expires.
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            assert!(
+                db.try_lock_app("app1", "replica-a", long).await.unwrap(),
+                "{}",
+                t.name()
+            );
+        }
+    }
+}

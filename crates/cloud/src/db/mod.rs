@@ -570,4 +570,102 @@ mod tests {
             CvmStatus::Starting
         );
     }
+
+    /// PostgreSQL's equivalent of an operator's exclusive lock: a session
+    /// (another Berth process stuck mid-write, or an operator's `psql`)
+    /// holding the write lock. Reads answer at once; writes give up within
+    /// their patience as busy (503); a status write waits longer and lands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_write_lock_on_postgres_stalls_no_reader_and_bounds_writers() {
+        let url = fresh_pg();
+        let opts = DbOptions {
+            request_patience: Duration::from_millis(500),
+            status_patience: Duration::from_secs(5),
+            readers: 4,
+        };
+        let db = Arc::new(Db::open_location(&DbLocation::Postgres(url.clone()), opts).unwrap());
+        let u = db.create_user("u", "k", false).await.unwrap();
+        let app = db.upsert_app(&app_of(u.id, 'd')).await.unwrap();
+        let cvm = db
+            .create_cvm(new_cvm("locked-out", u.id, &app.app_id), Limits::default())
+            .await
+            .unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, is_held) = std::sync::mpsc::channel::<()>();
+        let config = url.config().clone();
+        let holder = std::thread::spawn(move || {
+            let mut c = config.connect(postgres::NoTls).unwrap();
+            c.batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                sql::WRITE_LOCK_KEY
+            ))
+            .unwrap();
+            held.send(()).unwrap();
+            released.recv().unwrap();
+            c.batch_execute("COMMIT").unwrap();
+        });
+        is_held.recv().unwrap();
+        let t = Instant::now();
+        let e = db.set_env(&cvm.id, b"x", &[]).await.unwrap_err();
+        assert!(matches!(e, DbError::Busy { .. }), "{e:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert_eq!(db.user_by_key("k").await.unwrap().unwrap().id, u.id);
+            assert!(
+                t.elapsed() < Duration::from_millis(200),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        let status = {
+            let db = db.clone();
+            let id = cvm.id.clone();
+            tokio::spawn(async move {
+                db.transition(
+                    &id,
+                    &[CvmStatus::Provisioning],
+                    CvmStatus::Starting,
+                    None,
+                    None,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(status.await.unwrap().unwrap(), "the status write was lost");
+        assert_eq!(
+            db.cvm(&cvm.id).await.unwrap().unwrap().status,
+            CvmStatus::Starting
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_sentence_naming_it_without_the_password() {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = DbUrl::parse(&format!(
+            "postgres://berth:canary-pw-4411@127.0.0.1:{port}/berth"
+        ))
+        .unwrap();
+        let e = Db::open_location(&DbLocation::Postgres(url), DbOptions::default())
+            .err()
+            .expect("nothing listens there");
+        let said = e.to_string();
+        assert!(matches!(e, DbError::Unavailable { .. }), "{e:?}");
+        assert!(said.contains(&format!("127.0.0.1:{port}")), "{said}");
+        assert!(said.contains("cannot be reached"), "{said}");
+        assert!(!said.contains("canary-pw-4411"), "{said}");
+        assert!(!format!("{e:?}").contains("canary-pw-4411"));
+    }
 }

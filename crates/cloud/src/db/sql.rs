@@ -413,11 +413,13 @@ impl Conn {
 }
 
 /// The advisory lock key of Berth's write transactions (`berth` in ASCII).
-const WRITE_LOCK_KEY: i64 = 0x6265_7274_68;
+pub(super) const WRITE_LOCK_KEY: i64 = 0x6265_7274_68;
 
 impl PgConn {
     fn client(&mut self) -> &mut postgres::Client {
-        self.client.as_mut().expect("a PostgreSQL connection in use is not being dropped")
+        self.client
+            .as_mut()
+            .expect("a PostgreSQL connection in use is not being dropped")
     }
 
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, SqlError> {
