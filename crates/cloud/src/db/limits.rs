@@ -11,11 +11,15 @@ use super::DbError;
 pub struct Limits {
     /// The most CVMs (not deleted) one user may have.
     pub max_cvms_per_user: usize,
-    /// The most CVMs booting (`provisioning` or `starting`) at once, all
-    /// users together.
+    /// The node's boot slots: the most boots running at once, all users
+    /// together (`--max-boots`). More wait in the node's boot queue, their
+    /// CVMs `starting` with "waiting for a boot slot (N ahead)"; a commit or
+    /// a start is never refused for it (see [`Limits::for_commit`]).
     pub max_boots_in_flight: usize,
-    /// The most CVMs one user may have booting at once, so that one user's
-    /// stuck boots cannot take every slot of [`Limits::max_boots_in_flight`].
+    /// The most boots of one user running at once (`--max-boots-per-user`),
+    /// so that one user's stuck boots cannot take every slot of
+    /// [`Limits::max_boots_in_flight`]; the user's other CVMs wait in the
+    /// queue (which shares the slots round-robin between users).
     pub max_boots_per_user: usize,
     /// The most apps one user may have provisioned and never committed
     /// (`POST /cvms/provision` without `POST /cvms`); each also expires
@@ -51,6 +55,17 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The caps a commit keeps: the quotas (`max_cvms_per_user`, …), not
+    /// the boot slots, which are the node's to share (a boot waits in its
+    /// queue for a slot; load is never a quota error).
+    pub fn for_commit(self) -> Self {
+        Self {
+            max_boots_in_flight: usize::MAX,
+            max_boots_per_user: usize::MAX,
+            ..self
+        }
+    }
+
     /// A user with `have` CVMs is at the CVM cap.
     pub fn too_many_cvms(&self, have: usize) -> DbError {
         DbError::TooManyCvms {

@@ -24,6 +24,10 @@ pub enum DbLocation {
 /// checked when parsed. Shown with its password replaced by `***`.
 #[derive(Clone)]
 pub struct DbUrl {
+    inner: std::sync::Arc<UrlInner>,
+}
+
+struct UrlInner {
     text: Zeroizing<String>,
     config: postgres::Config,
 }
@@ -61,43 +65,51 @@ impl DbUrl {
             .keepalives_idle(Duration::from_secs(30))
             .application_name("berth");
         Ok(Self {
-            text: Zeroizing::new(text.to_owned()),
-            config,
+            inner: std::sync::Arc::new(UrlInner {
+                text: Zeroizing::new(text.to_owned()),
+                config,
+            }),
         })
     }
 
     /// Whether the URL carries a password (which must then not be given on
     /// a command line, where `ps` shows it).
     pub fn has_password(&self) -> bool {
-        self.config.get_password().is_some()
+        self.inner.config.get_password().is_some()
     }
 
     /// The URL's full text, password included: for handing it to a child
     /// process's environment, never for showing.
     pub fn expose(&self) -> &str {
-        &self.text
+        &self.inner.text
     }
 
     /// `HOST:PORT`, for errors.
     pub fn server(&self) -> String {
-        let host = match self.config.get_hosts().first() {
+        let host = match self.inner.config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => h.clone(),
             Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "?".into(),
         };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let port = self
+            .inner
+            .config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432);
         format!("{host}:{port}")
     }
 
     pub(super) fn config(&self) -> &postgres::Config {
-        &self.config
+        &self.inner.config
     }
 }
 
 impl std::fmt::Display for DbUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let user = self.config.get_user().unwrap_or("");
-        let db = self.config.get_dbname().unwrap_or("");
+        let user = self.inner.config.get_user().unwrap_or("");
+        let db = self.inner.config.get_dbname().unwrap_or("");
         let pass = if self.has_password() { ":***" } else { "" };
         write!(f, "postgres://{user}{pass}@{}/{db}", self.server())
     }

@@ -92,10 +92,10 @@ impl<T: Clone + Into<Value>> From<&Option<T>> for Value {
     }
 }
 
-/// `vals![a, b, …]`: a `Vec<Value>` of the arguments, each converted.
+/// `vals![a, b, …]`: an array of the arguments as [`Value`]s.
 macro_rules! vals {
     ($($v:expr),* $(,)?) => {
-        vec![$($crate::db::sql::Value::from($v)),*]
+        [$($crate::db::sql::Value::from($v)),*]
     };
 }
 pub(super) use vals;
@@ -266,10 +266,10 @@ impl Drop for PgConn {
     /// runtime, which panics on an async worker (a `Db` dropped in async
     /// code): there, it is closed on a thread of its own.
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                std::thread::spawn(move || drop(client));
-            }
+        if let Some(client) = self.client.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(client));
         }
     }
 }
@@ -413,7 +413,7 @@ impl Conn {
 }
 
 /// The advisory lock key of Berth's write transactions (`berth` in ASCII).
-pub(super) const WRITE_LOCK_KEY: i64 = 0x6265_7274_68;
+pub(super) const WRITE_LOCK_KEY: i64 = 0x0062_6572_7468;
 
 impl PgConn {
     fn client(&mut self) -> &mut postgres::Client {
