@@ -1,14 +1,19 @@
-//! The `app_locks` table: one update at a time per app, across every API
-//! replica. A lock is a lease row (app id, holder, expiry): taken when no
-//! row or only an expired one exists, given back by its holder, and
-//! forgotten when its holder dies without giving it back (the lease
-//! expires). A portable row rather than PostgreSQL's session advisory
-//! locks, so that SQLite and PostgreSQL behave alike and a lock never
-//! pins a pooled connection for the length of an update.
+//! The `leases` table: what one process at a time may do, across every
+//! process on the database. A lease is a row (name, holder, expiry): taken
+//! when no row or only an expired one exists, renewed and given back by its
+//! holder, and forgotten when its holder dies without giving it back (it
+//! expires). Two kinds: an app's update lock (`app:<app id>`, one update at
+//! a time per app across API replicas) and the node lease (`node`: the one
+//! `berth up` whose node boots this database's CVMs). Portable rows rather
+//! than PostgreSQL's session advisory locks, so that SQLite and PostgreSQL
+//! behave alike and a lock never pins a pooled connection.
 
 use super::sql::vals;
 use super::{Db, DbError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The name of the node lease.
+pub const NODE_LEASE: &str = "node";
 
 fn millis_now() -> i64 {
     SystemTime::now()
@@ -17,7 +22,65 @@ fn millis_now() -> i64 {
         .unwrap_or(0)
 }
 
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
 impl Db {
+    /// Takes the lease `name` for `holder` for `ttl`, or renews it when
+    /// `holder` has it already. `Ok(None)` when taken or renewed;
+    /// `Ok(Some(other))` names the holder that has it (and whose lease has
+    /// not expired).
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, DbError> {
+        let (name, holder, ttl) = (name.to_owned(), holder.to_owned(), millis(ttl));
+        self.write(self.inner.opts.request_patience, move |tx| {
+            let now = millis_now();
+            tx.execute(
+                "DELETE FROM leases WHERE name = ?1 AND expires_at < ?2",
+                &vals![&name, now],
+            )?;
+            let expires = now.saturating_add(ttl);
+            let renewed = tx.execute(
+                "UPDATE leases SET expires_at = ?3 WHERE name = ?1 AND holder = ?2",
+                &vals![&name, &holder, expires],
+            )?;
+            if renewed == 1 {
+                return Ok(None);
+            }
+            let taken = tx.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                &vals![&name, &holder, expires],
+            )?;
+            if taken == 1 {
+                return Ok(None);
+            }
+            let other = tx.query_value::<String>(
+                "SELECT holder FROM leases WHERE name = ?1",
+                &vals![&name],
+            )?;
+            Ok(Some(other))
+        })
+        .await
+    }
+
+    /// Gives back the lease `name` if `holder` has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), DbError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(self.inner.opts.status_patience, move |tx| {
+            tx.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                &vals![&name, &holder],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Takes the update lock of `app_id` for `holder` for `ttl`; `false`
     /// when another holder has it (and its lease has not expired).
     pub async fn try_lock_app(
@@ -26,40 +89,22 @@ impl Db {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, DbError> {
-        let (app_id, holder) = (app_id.to_owned(), holder.to_owned());
-        let ttl = ttl.as_millis().min(i64::MAX as u128) as i64;
-        self.write(self.inner.opts.request_patience, move |tx| {
-            let now = millis_now();
-            tx.execute(
-                "DELETE FROM app_locks WHERE app_id = ?1 AND expires_at < ?2",
-                &vals![&app_id, now],
-            )?;
-            let taken = tx.execute(
-                "INSERT INTO app_locks (app_id, holder, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (app_id) DO NOTHING",
-                &vals![&app_id, &holder, now.saturating_add(ttl)],
-            )?;
-            Ok(taken == 1)
-        })
-        .await
+        Ok(self
+            .take_lease(&format!("app:{app_id}"), holder, ttl)
+            .await?
+            .is_none())
     }
 
     /// Gives back the update lock of `app_id` if `holder` has it.
     pub async fn unlock_app(&self, app_id: &str, holder: &str) -> Result<(), DbError> {
-        let (app_id, holder) = (app_id.to_owned(), holder.to_owned());
-        self.write(self.inner.opts.status_patience, move |tx| {
-            tx.execute(
-                "DELETE FROM app_locks WHERE app_id = ?1 AND holder = ?2",
-                &vals![&app_id, &holder],
-            )?;
-            Ok(())
-        })
-        .await
+        self.release_lease(&format!("app:{app_id}"), holder).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
+    use super::NODE_LEASE;
     use std::time::Duration;
 
     #[tokio::test]
@@ -95,6 +140,50 @@ mod tests {
                 db.try_lock_app("app1", "replica-a", long).await.unwrap(),
                 "{}",
                 t.name()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_node_on_one_database_is_told_who_runs_it() {
+        for t in engines() {
+            let (a, b) = (t.open(), t.open());
+            let ttl = Duration::from_millis(300);
+            assert_eq!(
+                a.take_lease(NODE_LEASE, "host-a pid 1", ttl).await.unwrap(),
+                None
+            );
+            assert_eq!(
+                b.take_lease(NODE_LEASE, "host-b pid 2", ttl)
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some("host-a pid 1")
+            );
+            // Renewed by its holder, it stays; unrenewed, it runs out.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                a.take_lease(NODE_LEASE, "host-a pid 1", ttl).await.unwrap(),
+                None
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                b.take_lease(NODE_LEASE, "host-b pid 2", ttl)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            assert_eq!(
+                b.take_lease(NODE_LEASE, "host-b pid 2", ttl).await.unwrap(),
+                None,
+                "{}",
+                t.name()
+            );
+            b.release_lease(NODE_LEASE, "host-b pid 2").await.unwrap();
+            assert_eq!(
+                a.take_lease(NODE_LEASE, "host-a pid 1", ttl).await.unwrap(),
+                None
             );
         }
     }

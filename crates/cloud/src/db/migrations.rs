@@ -63,11 +63,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     CREATE INDEX app_updates_app ON app_updates(app_id, id);",
-    // Many processes on one database (issue 21): the update lock of an
-    // app is a lease row any API replica can take (`locks`), and a user's
-    // CVMs are listed in pages by instance id.
-    "CREATE TABLE app_locks (
-        app_id TEXT PRIMARY KEY,
+    // Many processes on one database (issue 21): leases any process can
+    // take (`locks`: an app's update lock, `app:<id>`; the one node of a
+    // database, `node`), and a user's CVMs listed in pages by instance id.
+    "CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     );

@@ -61,6 +61,8 @@ pub use limits::{Limits, UNCOMMITTED_APP_TTL};
 
 pub use location::{DbLocation, DbUrl};
 
+pub use locks::NODE_LEASE;
+
 pub use sql::SqlError;
 
 pub use users::{User, hash_api_key};
