@@ -11,9 +11,26 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Where the database, the KMS root key and the CVMs live.
+    /// Where the database, the KMS root key and the CVMs live. With
+    /// `--role api`: the state folder of the `berth up` this replica joins
+    /// (same machine), whose node, KMS, log URL secret, isolation and caps
+    /// it uses.
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// What this `berth up` runs: `all`, the API with its own KMS and node
+    /// (a whole cloud), or `api`, an API replica with neither, joining the
+    /// `berth up` of --state and sharing its database (PostgreSQL: give
+    /// every replica the same BERTH_DATABASE_URL). A replica takes the
+    /// isolation and the caps of the cloud it joins. Run any number of
+    /// replicas behind an HTTP load balancer.
+    #[arg(long, value_name = "ROLE", default_value = "all", value_parser = ["all", "api"])]
+    role: String,
+    /// The PostgreSQL database to keep the state in, as
+    /// postgres://USER@HOST[:PORT]/DATABASE (default: SQLite in
+    /// STATE/berth.db). A URL with a password is refused here, where `ps`
+    /// shows it: set the environment variable BERTH_DATABASE_URL instead.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
     /// Address of the API.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     listen: String,
@@ -208,7 +225,41 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The database `--database` or `BERTH_DATABASE_URL` names (`None`:
+/// SQLite). A password on the command line is refused: every user of the
+/// machine can read a process's arguments.
+fn database(flag: Option<&str>) -> Result<Option<cloud::db::DbUrl>, Failure> {
+    const VAR: &str = "BERTH_DATABASE_URL";
+    let (text, from) = match (flag, env_var(VAR)) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::config(format!(
+                "the database is given twice, by --database and by {VAR}"
+            ))
+            .hint(format!("give it once: {VAR} when the URL holds a password")));
+        }
+        (Some(f), None) => (zeroize::Zeroizing::new(f.to_owned()), "--database"),
+        (None, Some(v)) => (zeroize::Zeroizing::new(v), VAR),
+        (None, None) => return Ok(None),
+    };
+    let url =
+        cloud::db::DbUrl::parse(&text).map_err(|e| Failure::config(format!("{from}: {e}")))?;
+    if from == "--database" && url.has_password() {
+        return Err(Failure::config(
+            "--database: the URL holds a password, and every user of this machine can read a command line (ps)",
+        )
+        .hint(format!(
+            "put the URL in the environment variable {VAR} instead, e.g. read -rs {VAR}; export {VAR}"
+        )));
+    }
+    Ok(Some(url))
+}
+
 pub fn up(args: UpArgs) -> Result<(), Failure> {
+    let database = database(args.database.as_deref())?;
+    let role = match args.role.as_str() {
+        "api" => cloud::up::Role::Api,
+        _ => cloud::up::Role::All,
+    };
     let mut ca_certs = Vec::new();
     for f in &args.ca_cert {
         ca_certs.push(
@@ -227,6 +278,8 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
     };
     let config = UpConfig {
         state: args.state.unwrap_or_else(default_state),
+        role,
+        database,
         listen: args.listen,
         tls,
         insecure: args.insecure,
@@ -243,7 +296,11 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
             max_boots_in_flight: args.max_boots,
             max_boots_per_user: args.max_boots_per_user.unwrap_or(args.max_boots / 2).max(1),
             max_requests_per_user: args.max_requests_per_user,
-            isolation: isolation(&args.isolation),
+            // A replica takes the isolation of the cloud it joins.
+            isolation: match role {
+                cloud::up::Role::Api => contract::Isolation::Shared,
+                cloud::up::Role::All => isolation(&args.isolation),
+            },
             require_digests: args.require_digests,
             ..cloud::db::Limits::default()
         },
@@ -321,9 +378,15 @@ fn print_ready(r: &cloud::up::Ready) {
             "rotated since {file} was written: use the key `berth users rotate admin` printed, or set BERTH_ADMIN_API_KEY"
         ),
     };
-    println!(
-        "Berth local cloud is up (simulated TEE: measurements are computed, not attested by hardware)."
-    );
+    match r.role {
+        cloud::up::Role::All => println!(
+            "Berth local cloud is up (simulated TEE: measurements are computed, not attested by hardware)."
+        ),
+        cloud::up::Role::Api => println!(
+            "Berth API replica is up, on the node and the KMS of the berth up on {} (simulated TEE).",
+            r.state.display()
+        ),
+    }
     println!("API:            {}/api/v1", r.public_url);
     if r.public_url != r.listening {
         println!("Listening on:   {}", r.listening);
@@ -342,6 +405,7 @@ fn print_ready(r: &cloud::up::Ready) {
         r.attestation_public_key
     );
     println!("State:          {}", r.state.display());
+    println!("Database:       {}", r.database);
     match r.isolation {
         contract::Isolation::Container => println!(
             "Isolation:      container (each CVM a machine of its own, with its own Docker engine)"
@@ -416,6 +480,18 @@ fn up_failure(e: UpError) -> Failure {
         }
         UpError::KeepsDying { .. } => Failure::config(e).hint(
             "its last messages are above; the CVMs' state is kept for the next `berth up`",
+        ),
+        UpError::NoPrimary { .. } | UpError::KmsSilent { .. } => Failure::config(e).hint(
+            "start `berth up --state STATE` (the node and the KMS) first, then the API replicas with --role api --state STATE",
+        ),
+        UpError::NotForReplica { .. } => {
+            Failure::config(e).hint("give it to the `berth up` without --role api")
+        }
+        UpError::OtherDatabase { .. } => Failure::config(e).hint(
+            "give this replica the primary's database in BERTH_DATABASE_URL (or leave it out, if the primary uses SQLite)",
+        ),
+        UpError::PrimaryFile { .. } => Failure::config(e).hint(
+            "--state of an API replica is the state folder of a running `berth up` of this version",
         ),
         UpError::DidNotStart(Part::Kms | Part::Node)
         | UpError::Tls(_)

@@ -56,6 +56,8 @@ fn private_dir(p: &Path) {
 async fn up(state: &Path) -> UpError {
     let config = UpConfig {
         state: state.to_owned(),
+        role: cloud::up::Role::All,
+        database: None,
         listen: "127.0.0.1:0".into(),
         tls: None,
         insecure: false,

@@ -19,6 +19,8 @@
 //!   its blob, 25,000 layers, a body that trickles), served from memory.
 //! - [`Moto`]: moto's server (AWS mock) for ECR `GetAuthorizationToken`.
 //! - [`Dockerd`]: a private Docker engine (own socket, data and exec root).
+//! - [`Haproxy`]: Debian's HAProxy balancing HTTP over servers on loopback
+//!   (round-robin, health checks), for tests of API replicas.
 //! - [`images`]: builds random OCI images in Rust and pushes them with
 //!   `skopeo`, single-arch or multi-arch.
 //! - [`cosign`]: cosign signatures made in Rust (ECDSA P-256, simple-signing
@@ -42,6 +44,7 @@ pub mod bench;
 pub mod cosign;
 mod dockerd;
 pub mod dstack_guest;
+pub mod haproxy;
 pub mod hostile;
 pub mod images;
 mod moto;
@@ -52,6 +55,7 @@ mod token;
 mod util;
 
 pub use dockerd::Dockerd;
+pub use haproxy::Haproxy;
 pub use hostile::{BlobAnswer, BlobRequest, HostileRegistry};
 pub use moto::Moto;
 pub use pki::{IssuedCert, TestCa};

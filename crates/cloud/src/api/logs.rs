@@ -6,6 +6,10 @@
 //! each carries a **log token**, HMAC-SHA256 of the CVM id under
 //! `STATE/log-secret` (128 bits kept), checked in constant time. Rotating
 //! the secret (`berth up --rotate-log-secret`) revokes every URL handed out.
+//! API replicas (`berth up --role api`) read the same file from the state
+//! folder they join, so a URL one replica hands out verifies on every
+//! other (a replica reads it when it starts: after a rotation, restart
+//! the replicas too).
 
 use super::{AppState, Shared};
 use crate::db::Cvm;

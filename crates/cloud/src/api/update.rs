@@ -140,10 +140,58 @@ pub(super) async fn apply(
     authorization: Option<contract::upgrade::OwnerAuthorization>,
 ) -> Result<Updated, ApiError> {
     boot_slot(state, cvm).await?;
-    // One update at a time in this process, so the KMS's accepted hash and
-    // the database's current manifest are changed in the same order.
-    static UPDATES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one_at_a_time = UPDATES.lock().await;
+    // One update of an app at a time, on every replica, so the KMS's
+    // accepted hash and the database's current manifest are changed in the
+    // same order: a lease row in the database (a replica that dies holding
+    // it loses it after UPDATE_LEASE).
+    let holder = uuid::Uuid::new_v4().to_string();
+    take_update_lease(state, &cvm.app_id, &holder).await?;
+    let applied = apply_leased(state, cvm, prepared, env, authorization).await;
+    if let Err(e) = state.db.unlock_app(&cvm.app_id, &holder).await {
+        eprintln!(
+            "api: the update lease of app {} stays until it expires: {e}",
+            cvm.app_id
+        );
+    }
+    applied
+}
+
+/// How long an update may hold its app's lease: far past any update (the
+/// KMS call, one transaction, a restart request), so it only matters when
+/// the replica holding it died.
+const UPDATE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long an update waits for another update of the same app to end
+/// before it answers 409.
+const UPDATE_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the app's update lease, waiting up to [`UPDATE_LEASE_WAIT`] for
+/// an update in progress (on any replica) to end; 409 when it does not.
+async fn take_update_lease(state: &AppState, app_id: &str, holder: &str) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + UPDATE_LEASE_WAIT;
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        if state.db.try_lock_app(app_id, holder, UPDATE_LEASE).await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(ApiError::conflict(
+                "an update of this app is in progress: try again when it has finished",
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+    }
+}
+
+/// [`apply`] once the app's update lease is held.
+async fn apply_leased(
+    state: &AppState,
+    cvm: &Cvm,
+    prepared: Prepared,
+    env: Option<Vec<u8>>,
+    authorization: Option<contract::upgrade::OwnerAuthorization>,
+) -> Result<Updated, ApiError> {
     let app = state
         .db
         .app(&cvm.app_id)

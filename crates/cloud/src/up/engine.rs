@@ -51,6 +51,9 @@ pub(crate) async fn docker_host(
     let log_path = state.join("dockerd.log");
     let log = std::fs::File::create(&log_path).map_err(UpError::io("dockerd log"))?;
     let mut dockerd = tokio::process::Command::new("dockerd");
+    // The engine has no business with the database (its URL may hold a
+    // password).
+    dockerd.env_remove("BERTH_DATABASE_URL");
     set_parent_death_signal(dockerd.as_std_mut());
     let child = dockerd
         .arg("--host")

@@ -167,6 +167,53 @@ pub enum UpError {
     /// Serving the API failed.
     #[error("the API stopped: {0}")]
     Serve(std::io::Error),
+    /// An API replica found no local cloud serving its state folder.
+    #[error(
+        "no `berth up` serves {}: its node does not answer on {}",
+        .state.display(),
+        .socket.display()
+    )]
+    NoPrimary {
+        /// The state folder the replica was given.
+        state: PathBuf,
+        /// The node's socket it tried.
+        socket: PathBuf,
+    },
+    /// A setting the API replica cannot take: the local cloud it joins
+    /// owns it.
+    #[error("{what} is for the `berth up` that runs the node and the KMS, not for an API replica")]
+    NotForReplica {
+        /// The setting, in words.
+        what: &'static str,
+    },
+    /// An API replica found the KMS of the local cloud it joins silent.
+    #[error("the KMS of the `berth up` it joins does not answer on {}", .socket.display())]
+    KmsSilent {
+        /// The KMS's socket.
+        socket: PathBuf,
+    },
+    /// An API replica was given another database than the local cloud it
+    /// joins.
+    #[error(
+        "the `berth up` on {} keeps its state in {primary}, but this API replica was given {given}: every replica must use the same database",
+        .state.display()
+    )]
+    OtherDatabase {
+        /// The state folder.
+        state: PathBuf,
+        /// The local cloud's database, without its password.
+        primary: String,
+        /// The replica's, without its password.
+        given: String,
+    },
+    /// An API replica cannot read a file the local cloud it joins writes.
+    #[error("cannot read {}, which the `berth up` on that state folder writes when it starts: {source}", .path.display())]
+    PrimaryFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 fn holder(pid: &Option<u32>) -> String {

@@ -11,18 +11,26 @@
 //!    to without the sticky bit), created 0700, locked for one local cloud
 //!    (`STATE/berth.lock`, holding the PID), and locked down (modes an
 //!    older Berth or a careless umask left open are fixed, and reported);
-//! 3. the KMS, its own process (`berth kms serve`) on a socket in the 0700
+//! 3. the database (SQLite in the state folder, or PostgreSQL), and the
+//!    settings API replicas read (`replica`);
+//! 4. the KMS, its own process (`berth kms serve`) on a socket in the 0700
 //!    `STATE/kms/`, handed a fresh node secret on its standard input;
-//! 4. the Docker engine: the configured one, the system's, or a private
+//! 5. the Docker engine: the configured one, the system's, or a private
 //!    `dockerd` under the state folder;
-//! 5. the database, the admin's API key and the log URL secret;
-//! 6. the node, its own process (`berth node serve`), the only other holder
+//! 6. the admin's API key and the log URL secret;
+//! 7. the node, its own process (`berth node serve`), the only other holder
 //!    of the node secret;
-//! 7. the API, served until the caller's `shutdown` completes or a child
+//! 8. the API, served until the caller's `shutdown` completes or a child
 //!    keeps dying; meanwhile the KMS and the node are supervised and
 //!    restarted with backoff;
-//! 8. shutdown: the node (which stops its boot agents), the KMS, then a
+//! 9. shutdown: the node (which stops its boot agents), the KMS, then a
 //!    private `dockerd`.
+//!
+//! With [`Role::Api`], [`run`] starts only an API replica (`replica`): no
+//! KMS, no node, no engine of its own; it joins the local cloud whose state
+//! folder it is given (its node's and KMS's sockets, its log URL secret and
+//! the settings it writes for replicas) and shares its database, which
+//! should then be PostgreSQL ([`UpConfig::database`]).
 //!
 //! The children run the same executable ([`UpConfig::berth_exe`]), so this
 //! crate never links the KMS's code. Their entry points are
@@ -36,11 +44,13 @@ mod engine;
 mod error;
 mod listen;
 mod node_process;
+mod replica;
 mod state;
 
 pub use children::{MAX_RESTARTS, RESTART_WINDOW};
 pub use error::{Part, UpError};
 pub use node_process::{NodeReady, NodeServeConfig, NodeServeError, serve_node};
+pub use replica::REPLICA_SETTINGS_FILE;
 pub use state::{API_KEY_FILE, KMS_PUBLIC_KEY_FILE, LOCK_FILE};
 
 use children::{Respawn, Supervised, start_kms, start_node, supervise, terminate};
@@ -51,12 +61,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What one `berth up` runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The API, the KMS and the node: a whole local cloud.
+    #[default]
+    All,
+    /// An API replica: no node and no KMS of its own; it reaches those of
+    /// the local cloud on [`UpConfig::state`] (same machine) and shares its
+    /// database.
+    Api,
+}
+
 /// How to run the local cloud. Front ends fill it from their own options and
 /// environment; nothing here reads an environment variable but `PATH`.
 #[derive(Debug)]
 pub struct UpConfig {
-    /// Where the database, the KMS root key and the CVMs live (created).
+    /// Where the database, the KMS root key and the CVMs live (created);
+    /// for an API replica, the state folder of the local cloud it joins.
     pub state: PathBuf,
+    /// What this `berth up` runs.
+    pub role: Role,
+    /// The PostgreSQL database; `None`: SQLite in `STATE/berth.db`.
+    pub database: Option<crate::db::DbUrl>,
     /// The API's address, `HOST:PORT`.
     pub listen: String,
     /// Serve HTTPS with this certificate chain and key.
@@ -121,6 +148,11 @@ pub enum AdminKey {
 /// The local cloud serves.
 #[derive(Debug)]
 pub struct Ready {
+    /// What this `berth up` runs.
+    pub role: Role,
+    /// Where the state is kept, without a password (`SQLite at …`,
+    /// `PostgreSQL at postgres://user:***@host:port/db`).
+    pub database: String,
     /// The URL clients reach the API by, without `/api/v1`.
     pub public_url: String,
     /// What the listener is bound to (`http(s)://addr:port`).
@@ -254,6 +286,9 @@ pub async fn run(
 ) -> Result<(), UpError> {
     state::private_umask();
     let listen = listen::check(&config)?;
+    if config.role == Role::Api {
+        return replica::run(config, listen, events, shutdown).await;
+    }
     state::check_state_owner(&config.state)?;
     crate::node::private_dir(&config.state).map_err(UpError::io(format!(
         "cannot create {}",
@@ -265,6 +300,11 @@ pub async fn run(
         .map_err(UpError::io("state folder"))?;
     let _lock = state::lock_state(&state)?;
     state::lock_down_state(&state, &events, config.limits.isolation)?;
+    // The database first: a wrong URL or an unreachable server is said
+    // before any child starts.
+    let location = replica::location(&state, config.database.as_ref());
+    let db = replica::open(&location).await?;
+    replica::record(&state, &location, &config.limits)?;
     // The secret that lets the node, and only the node, mint boot tickets.
     let node_secret = state::random_hex::<32>();
     let exe = config.berth_exe.clone();
@@ -295,9 +335,6 @@ pub async fn run(
         }
     };
 
-    let db = Arc::new(
-        crate::Db::open(&state.join("berth.db")).map_err(|e| UpError::Database(e.to_string()))?,
-    );
     let api_key_file = state.join(API_KEY_FILE);
     let admin_key = state::admin_key(
         &db,
@@ -325,9 +362,15 @@ pub async fn run(
         node_secret: node_secret.to_string(),
         kms_url: kms_ready.url.clone(),
         docker_host: docker_host.clone(),
-        registry_endpoints: config.registry_endpoints,
-        ca_certs: config.ca_certs,
-        aws_endpoint_url_ecr: config.aws_endpoint_url_ecr.filter(|v| !v.is_empty()),
+        registry_endpoints: config.registry_endpoints.clone(),
+        ca_certs: config.ca_certs.clone(),
+        aws_endpoint_url_ecr: config
+            .aws_endpoint_url_ecr
+            .clone()
+            .filter(|v| !v.is_empty()),
+        max_boots: config.limits.max_boots_in_flight,
+        max_boots_per_user: config.limits.max_boots_per_user,
+        database_url: config.database.as_ref().map(|u| u.expose().to_owned()),
     }
     .into_line();
     let (node, resumed) = start_node(&exe, &state, &node_settings, &events).await?;
@@ -342,21 +385,20 @@ pub async fn run(
     let public_url = listen.public_url.unwrap_or_else(|| listening.clone());
     let kms_endpoint =
         contract::kms::KmsEndpoint::parse(&kms_ready.url).ok_or(UpError::BadKmsAddress)?;
-    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    if let contract::kms::KmsEndpoint::Unix(p) = &kms_endpoint {
-        http = http.unix_socket(p.clone());
-    }
+    let http = kms_client(&kms_endpoint)?;
     let app_state = Arc::new(crate::AppState {
         db,
         node: crate::NodeClient::new(&state.join("node/node.sock")),
         kms: kms_endpoint,
         cvms_root: state.join("cvms"),
         public_url: public_url.clone(),
-        http: http.build().map_err(|_| UpError::KmsClient)?,
+        http,
         log_secret,
         limits: config.limits,
     });
     events(UpEvent::Ready(Ready {
+        role: Role::All,
+        database: location.to_string(),
         public_url,
         listening,
         admin_key,
@@ -386,13 +428,7 @@ pub async fn run(
             _ = fatal.notified() => {},
         }
     };
-    let opts = crate::serve::ServeOptions {
-        header_timeout: config.header_timeout.max(Duration::from_secs(1)),
-        body_timeout: config.body_timeout.max(Duration::from_secs(1)),
-        max_connections: config.max_connections.max(1),
-        max_connections_per_client: config.max_connections_per_client.max(1),
-        tls: listen.tls,
-    };
+    let opts = serve_options(&config, listen.tls);
     let served = crate::serve::serve(listener, crate::router(app_state), opts, stop)
         .await
         .map_err(UpError::Serve);
@@ -413,6 +449,30 @@ pub async fn run(
     }
 }
 
+/// The API listener's settings.
+fn serve_options(
+    config: &UpConfig,
+    tls: Option<Arc<crate::serve::TlsConfig>>,
+) -> crate::serve::ServeOptions {
+    crate::serve::ServeOptions {
+        header_timeout: config.header_timeout.max(Duration::from_secs(1)),
+        body_timeout: config.body_timeout.max(Duration::from_secs(1)),
+        max_connections: config.max_connections.max(1),
+        max_connections_per_client: config.max_connections_per_client.max(1),
+        tls,
+    }
+}
+
+/// The HTTP client the API reaches the KMS with (over its socket when it
+/// has one).
+fn kms_client(kms: &contract::kms::KmsEndpoint) -> Result<reqwest::Client, UpError> {
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let contract::kms::KmsEndpoint::Unix(p) = kms {
+        http = http.unix_socket(p.clone());
+    }
+    http.build().map_err(|_| UpError::KmsClient)
+}
+
 #[cfg(test)]
 mod debug_tests {
     use super::*;
@@ -424,6 +484,11 @@ mod debug_tests {
         let key = "berth_canary_admin_key_d3b07384";
         let config = UpConfig {
             state: "/s".into(),
+            role: Role::All,
+            database: Some(
+                crate::db::DbUrl::parse("postgres://berth:berth_canary_db_pw_77@127.0.0.1/berth")
+                    .unwrap(),
+            ),
             listen: "127.0.0.1:0".into(),
             tls: None,
             insecure: false,
@@ -442,6 +507,7 @@ mod debug_tests {
             berth_exe: "/b".into(),
         };
         assert!(!format!("{config:?}").contains(key));
+        assert!(!format!("{config:?}").contains("berth_canary_db_pw_77"));
         let created = AdminKey::Created(key.into());
         assert!(!format!("{created:?}").contains(key));
     }

@@ -1,15 +1,15 @@
 //! The node process (`berth node serve`, started by the local cloud): its
 //! settings, handed over on standard input because they hold the node
-//! secret, its announcement, and its entry point [`serve_node`].
+//! secret (and the database URL, which may hold a password), its
+//! announcement, and its entry point [`serve_node`].
 
-use crate::db::Db;
 use crate::node::{Node, NodeConfig, NodeSecret};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// What the local cloud tells the node on its standard input, as one JSON
-/// line (it holds the node secret, so it never goes on a command line).
+/// line (it holds the node secret and the database URL, so it never goes
+/// on a command line).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct NodeSettings {
     pub node_secret: String,
@@ -24,6 +24,25 @@ pub(crate) struct NodeSettings {
     /// What a CVM is.
     #[serde(default)]
     pub isolation: contract::Isolation,
+    /// The most boots running at once (`--max-boots`); more wait in the
+    /// node's boot queue.
+    #[serde(default = "default_max_boots")]
+    pub max_boots: usize,
+    /// The most boots of one user running at once (`--max-boots-per-user`).
+    #[serde(default = "default_max_boots_per_user")]
+    pub max_boots_per_user: usize,
+    /// The PostgreSQL database (its URL, password included); `None`: SQLite
+    /// in the state folder.
+    #[serde(default)]
+    pub database_url: Option<String>,
+}
+
+fn default_max_boots() -> usize {
+    crate::db::Limits::default().max_boots_in_flight
+}
+
+fn default_max_boots_per_user() -> usize {
+    crate::db::Limits::default().max_boots_per_user
 }
 
 impl NodeSettings {
@@ -32,6 +51,9 @@ impl NodeSettings {
     pub fn into_line(mut self) -> zeroize::Zeroizing<Vec<u8>> {
         let mut line = zeroize::Zeroizing::new(serde_json::to_vec(&self).expect("json"));
         zeroize::Zeroize::zeroize(&mut self.node_secret);
+        if let Some(url) = &mut self.database_url {
+            zeroize::Zeroize::zeroize(url);
+        }
         line.push(b'\n');
         line
     }
@@ -133,13 +155,19 @@ pub async fn serve_node(
     ready: impl FnOnce(&NodeReady),
 ) -> Result<(), NodeServeError> {
     super::state::private_umask();
-    let settings: NodeSettings =
+    let mut settings: NodeSettings =
         serde_json::from_str(&config.settings).map_err(|_| NodeServeError::BadSettings)?;
     drop(config.settings);
-    let db = Arc::new(
-        Db::open(&config.state.join("berth.db"))
-            .map_err(|e| NodeServeError::Database(e.to_string()))?,
-    );
+    let url = match settings.database_url.take().map(zeroize::Zeroizing::new) {
+        Some(text) => Some(
+            crate::db::DbUrl::parse(&text).map_err(|e| NodeServeError::Database(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let location = super::replica::location(&config.state, url.as_ref());
+    let db = super::replica::open(&location)
+        .await
+        .map_err(|e| NodeServeError::Database(e.to_string()))?;
     let node = Node::new(
         NodeConfig {
             root: config.state.join("cvms"),
@@ -152,6 +180,8 @@ pub async fn serve_node(
             aws_endpoint_url_ecr: settings.aws_endpoint_url_ecr,
             reserved_ports: settings.reserved_ports,
             isolation: settings.isolation,
+            max_boots: settings.max_boots,
+            max_boots_per_user: settings.max_boots_per_user,
         },
         db.clone(),
     );
@@ -220,11 +250,18 @@ mod tests {
             aws_endpoint_url_ecr: None,
             reserved_ports: Vec::new(),
             isolation: contract::Isolation::Shared,
+            max_boots: 2,
+            max_boots_per_user: 1,
+            database_url: Some("postgres://berth:db-s3cret@127.0.0.1/berth".into()),
         };
         assert!(!format!("{s:?}").contains("s3cret"));
         let line = s.into_line();
         let back: NodeSettings = serde_json::from_slice(&line).unwrap();
         assert_eq!(back.node_secret, "s3cret");
+        assert_eq!(
+            back.database_url.as_deref(),
+            Some("postgres://berth:db-s3cret@127.0.0.1/berth")
+        );
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub const KMS_PUBLIC_KEY_FILE: &str = "kms-public-key";
 /// The lock file of the one local cloud on a state folder (holds its PID).
 pub const LOCK_FILE: &str = "berth.lock";
 /// The secret log URL tokens are derived from.
-const LOG_SECRET_FILE: &str = "log-secret";
+pub(crate) const LOG_SECRET_FILE: &str = "log-secret";
 
 /// Files of the state folder only its owner may read, whatever umask made them.
 const PRIVATE_FILES: &[&str] = &[
@@ -34,6 +34,7 @@ const PRIVATE_FILES: &[&str] = &[
     LOG_SECRET_FILE,
     KMS_PUBLIC_KEY_FILE,
     "dockerd.log",
+    super::replica::REPLICA_SETTINGS_FILE,
 ];
 
 /// Refuses a state folder that another user owns, or that lies under a
