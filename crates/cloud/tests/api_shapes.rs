@@ -99,6 +99,8 @@ async fn fixture() -> Fixture {
             aws_endpoint_url_ecr: None,
             reserved_ports: vec![],
             isolation: contract::Isolation::Shared,
+            max_boots: 8,
+            max_boots_per_user: 4,
         },
         db.clone(),
     );

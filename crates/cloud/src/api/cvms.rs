@@ -7,7 +7,7 @@
 //! ([`crate::node`], from the boot agent's final line confirmed by its exit
 //! code) through [`crate::db::Db::transition`]; the API only reads it.
 
-use super::helpers::{boot_slot, find_cvm};
+use super::helpers::find_cvm;
 use super::logs::{container_log_endpoint, syslog_endpoint};
 use super::views::{
     AppItem, AppsPage, BatchStatus, Composition, ContainerItem, CvmCurrent, CvmLegacy, CvmView,
@@ -134,9 +134,10 @@ pub async fn status_batch(
                 cvm.id.clone(),
                 BatchStatus {
                     in_progress: cvm.status.in_progress(),
+                    boot_error: super::views::boot_error(&cvm),
+                    boot_progress: super::views::boot_progress(&cvm),
                     vm_uuid: cvm.id,
                     status: cvm.status,
-                    boot_error: cvm.boot_message,
                 },
             );
         }
@@ -162,7 +163,7 @@ pub async fn start_cvm(
     Path(id): Path<String>,
 ) -> Result<Json<CvmLegacy>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id).await?;
-    boot_slot(&state, &cvm).await?;
+    // A busy node queues the boot (never a 429).
     state.node.start(&cvm.id).await?;
     lifecycle_answer(&state, cvm, &app).await
 }
@@ -185,7 +186,6 @@ pub async fn restart_cvm(
     Path(id): Path<String>,
 ) -> Result<Json<CvmLegacy>, ApiError> {
     let (cvm, app) = find_cvm(&state, &user, &id).await?;
-    boot_slot(&state, &cvm).await?;
     state.node.restart(&cvm.id).await?;
     lifecycle_answer(&state, cvm, &app).await
 }

@@ -207,7 +207,8 @@ pub async fn commit(
         .unwrap_or_else(|| Manifest::of(&app).allowed_envs);
     let name = body.name.clone().unwrap_or_else(|| app.name.clone());
     appcompose::validate_name(&name)?;
-    // Name uniqueness and the caps are checked in the insert's transaction.
+    // Name uniqueness and the quotas are checked in the insert's
+    // transaction; the boot waits in the node's queue for a slot.
     let cvm = state
         .db
         .create_cvm(
@@ -221,7 +222,7 @@ pub async fn commit(
                 memory: 2048,
                 disk_size: 20,
             },
-            state.limits,
+            state.limits.for_commit(),
         )
         .await?;
     state.node.start(&cvm.id).await?;

@@ -1,5 +1,5 @@
 //! What the CVM handlers (`cvms`, `deploy`, `update`) share: finding the
-//! user's CVM, the boot-slot check, and a sealed env from its hex form. Kept
+//! user's CVM, and a sealed env from its hex form. Kept
 //! apart, as crates.io keeps `controllers/helpers`, so that no handler
 //! module imports another that imports it back.
 
@@ -21,17 +21,6 @@ pub(super) async fn find_cvm(
             id.chars().take(80).collect::<String>()
         ))
     })
-}
-
-/// 429 when a new boot would pass the CVM owner's cap on their own boots
-/// in flight, or the cap on all boots in flight.
-pub(super) async fn boot_slot(state: &AppState, cvm: &Cvm) -> Result<(), ApiError> {
-    // A CVM already booting holds its slot.
-    if cvm.status.in_progress() {
-        return Ok(());
-    }
-    let (of_user, all) = state.db.boots_in_flight_with_user(cvm.user_id).await?;
-    Ok(state.limits.check_boot(of_user, all)?)
 }
 
 /// A sealed env from its hex form (`0x` allowed); 422 when it is not hex

@@ -12,7 +12,7 @@
 //! recorded and the CVM restarted on it. A refused update changes nothing:
 //! the CVM goes on running what it ran.
 
-use super::helpers::{boot_slot, decode_env, find_cvm};
+use super::helpers::{decode_env, find_cvm};
 use super::kms::{register_compose_hash, upgrade_state};
 use super::views::{EnvsUpdated, History, HistoryEntry, Manifest, SignedEnvKey, Updated};
 use super::{AppState, Shared};
@@ -139,7 +139,6 @@ pub(super) async fn apply(
     env: Option<Vec<u8>>,
     authorization: Option<contract::upgrade::OwnerAuthorization>,
 ) -> Result<Updated, ApiError> {
-    boot_slot(state, cvm).await?;
     // One update of an app at a time, on every replica, so the KMS's
     // accepted hash and the database's current manifest are changed in the
     // same order: a lease row in the database (a replica that dies holding
@@ -365,7 +364,6 @@ pub async fn update_envs(
         let answer = apply(&state, &cvm, prepared, Some(env), None).await?;
         return Ok(Json(EnvsUpdated::new(true, answer.correlation_id)));
     }
-    boot_slot(&state, &cvm).await?;
     state.db.set_env(&cvm.id, &env, &keys).await?;
     let cvm = state.db.cvm(&cvm.id).await?.unwrap_or(cvm);
     // The new env takes effect at the next boot, which starts now.

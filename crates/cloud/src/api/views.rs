@@ -94,6 +94,18 @@ fn compact(id: &str) -> String {
     id.replace('-', "")
 }
 
+/// The CVM's status message as a boot's failure: its last boot's final
+/// line, once the boot has ended.
+pub fn boot_error(cvm: &Cvm) -> Option<String> {
+    cvm.boot_message.clone().filter(|_| !cvm.status.in_progress())
+}
+
+/// The CVM's status message as what its boot waits for (the node's boot
+/// queue: "waiting for a boot slot (N ahead)"), while it is in progress.
+pub fn boot_progress(cvm: &Cvm) -> Option<String> {
+    cvm.boot_message.clone().filter(|_| cvm.status.in_progress())
+}
+
 // ------------------------------------------------------------------ CVMs
 
 /// The node a CVM runs on, in the `2025-10-28` shape.
@@ -156,6 +168,10 @@ pub struct CvmLegacy {
     pub boot_category: Option<String>,
     /// Berth: the last boot's final line, when it failed.
     pub boot_error: Option<String>,
+    /// Berth: what a boot in progress waits for, e.g. "waiting for a boot
+    /// slot (3 ahead)" (left out when it waits for nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_progress: Option<String>,
     /// Berth: what isolates the CVM (`container`: a machine of its own;
     /// `shared`: the fast mode, one engine for all CVMs).
     pub isolation: contract::Isolation,
@@ -192,7 +208,8 @@ impl CvmLegacy {
             compose_hash: app.compose_hash.clone(),
             upgrade_authority: m.upgrade_authority(),
             boot_category: cvm.boot_category.clone(),
-            boot_error: cvm.boot_message.clone(),
+            boot_error: boot_error(cvm),
+            boot_progress: boot_progress(cvm),
             isolation: contract::Isolation::Shared,
         }
     }
@@ -300,6 +317,10 @@ pub struct CvmCurrent {
     pub boot_category: Option<String>,
     /// Berth: the last boot's final line, when it failed.
     pub boot_error: Option<String>,
+    /// Berth: what a boot in progress waits for, e.g. "waiting for a boot
+    /// slot (3 ahead)" (left out when it waits for nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_progress: Option<String>,
 }
 
 impl CvmCurrent {
@@ -348,7 +369,8 @@ impl CvmCurrent {
             syslog_endpoint,
             upgrade_authority: m.upgrade_authority(),
             boot_category: cvm.boot_category.clone(),
-            boot_error: cvm.boot_message.clone(),
+            boot_error: boot_error(cvm),
+            boot_progress: boot_progress(cvm),
         }
     }
 }
@@ -408,6 +430,10 @@ pub struct BatchStatus {
     pub in_progress: bool,
     /// The last boot's final line, when it failed.
     pub boot_error: Option<String>,
+    /// What a boot in progress waits for ("waiting for a boot slot (N
+    /// ahead)"), when it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_progress: Option<String>,
 }
 
 /// `PATCH /cvms/{id}/envs`.

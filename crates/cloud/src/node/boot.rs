@@ -125,6 +125,8 @@ impl Node {
         let mut boots = self.boots.lock().unwrap();
         if current(&boots) {
             boots.remove(&id);
+            // Its slot is free for the next CVM waiting.
+            self.wake.notify_one();
         }
     }
 

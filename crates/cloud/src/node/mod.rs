@@ -52,6 +52,8 @@ mod boot;
 
 mod cgroup;
 
+mod dispatch;
+
 mod engine;
 
 mod error;
@@ -62,6 +64,8 @@ mod layout;
 
 mod machine;
 
+mod queue;
+
 mod sandbox;
 
 mod serial;
@@ -71,6 +75,8 @@ pub use engine::{ContainerView, project_of};
 pub use error::NodeError;
 
 pub use files::{BOOT_LOCK_FILE, private_dir, write_private};
+
+pub use queue::waiting_message;
 
 pub use sandbox::check_host as check_container_host;
 
@@ -126,10 +132,19 @@ pub struct NodeConfig {
     /// What a CVM is: containers on the shared engine, or a system
     /// container with its own engine (`sandbox`).
     pub isolation: contract::Isolation,
+    /// The most boots running at once (`berth up --max-boots`); more wait
+    /// in the boot queue.
+    pub max_boots: usize,
+    /// The most boots of one user running at once (`berth up
+    /// --max-boots-per-user`), so one user's stuck boots leave the other
+    /// slots to others.
+    pub max_boots_per_user: usize,
 }
 
 /// A boot in flight on this node.
 struct Boot {
+    /// Whose CVM it boots (the queue's fairness counts a user's boots).
+    user_id: i64,
     generation: u64,
     cancel: tokio::sync::watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
@@ -146,6 +161,27 @@ pub struct Node {
     /// Boots hold it shared; removing a deleted CVM's images takes it
     /// exclusively, so no image goes while a boot may be about to run it.
     images: tokio::sync::RwLock<()>,
+    /// The CVMs waiting for a boot slot. Held while one is queued (its
+    /// status written), taken out (stop, delete) or started, so a CVM is
+    /// either waiting or booting, never both, and never booted after a
+    /// stop took it out.
+    waiting: tokio::sync::Mutex<Waiting>,
+    /// Wakes the queue's dispatcher: a CVM queued or taken out, a boot ended.
+    wake: Arc<tokio::sync::Notify>,
+    /// Whether the dispatcher task runs (started at the first queued CVM).
+    dispatching: std::sync::Once,
+}
+
+/// The boot queue and what its CVMs were last told.
+#[derive(Default)]
+struct Waiting {
+    queue: queue::FairQueue<i64, String>,
+    /// The position each waiting CVM's status message says, with the turn
+    /// it was queued in (a CVM taken out and queued again is another turn).
+    shown: HashMap<String, (u64, usize)>,
+    /// The turn of each waiting CVM.
+    turns: HashMap<String, u64>,
+    next_turn: u64,
 }
 
 /// What [`Node::start`] found.
@@ -165,6 +201,9 @@ impl Node {
             agents: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             images: tokio::sync::RwLock::new(()),
+            waiting: tokio::sync::Mutex::new(Waiting::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            dispatching: std::sync::Once::new(),
         })
     }
 
@@ -182,13 +221,14 @@ impl Node {
         self.dir(id).join("serial.log")
     }
 
-    /// Writes the CVM's host-shared folder and boots it in the background.
-    /// A boot of it already in flight on this node is ended first; one
-    /// that another process runs (its state lock is held) is a conflict.
-    /// When its folders cannot be written (a full disk), a CVM that is not
-    /// running records `boot_failed` with the reason, as far as the
-    /// database can still be written.
-    pub async fn start(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
+    /// Writes the CVM's host-shared folder and boots it in the background
+    /// (the queue's dispatcher calls it when a slot is free). A boot of it
+    /// already in flight on this node is ended first; one that another
+    /// process runs (its state lock is held) is a conflict. When its
+    /// folders cannot be written (a full disk), a CVM that is not running
+    /// records `boot_failed` with the reason, as far as the database can
+    /// still be written.
+    async fn boot_now(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
         match self.try_start(cvm, app).await {
             Ok(Started::Booting) => Ok(()),
             Ok(Started::AlreadyBooting) => Err(NodeError::AlreadyBooting { id: cvm.id.clone() }),
@@ -311,6 +351,7 @@ impl Node {
         boots.insert(
             cvm.id.clone(),
             Boot {
+                user_id: cvm.user_id,
                 generation,
                 cancel,
                 handle,
@@ -355,6 +396,8 @@ impl Node {
     async fn end_boot(&self, id: &str) {
         let boot = self.boots.lock().unwrap().remove(id);
         if let Some(boot) = boot {
+            // Its slot is free.
+            self.wake.notify_one();
             let _ = boot.cancel.send(true);
             let mut handle = boot.handle;
             if tokio::time::timeout(STOP_GRACE + Duration::from_secs(3), &mut handle)
@@ -373,6 +416,8 @@ impl Node {
     /// written first: when it cannot be (a full disk), the containers keep
     /// running and the status stays true.
     pub async fn stop(&self, cvm: &Cvm) -> Result<(), NodeError> {
+        // A CVM waiting for a slot is taken out: nothing boots it later.
+        self.unqueue(&cvm.id).await;
         self.end_boot(&cvm.id).await;
         self.end_agent(&cvm.id).await;
         self.db
@@ -393,8 +438,13 @@ impl Node {
         Ok(())
     }
 
-    /// Stops the CVM and boots it again (its state folder makes that cheap).
+    /// Stops the CVM and queues it to boot again (its state folder makes
+    /// that cheap). A CVM waiting for a slot keeps its place (it boots
+    /// once, with its app and env as they are when its turn comes).
     pub async fn restart(self: &Arc<Self>, cvm: &Cvm, app: &App) -> Result<(), NodeError> {
+        if self.waiting.lock().await.queue.contains(&cvm.id) {
+            return Ok(());
+        }
         self.stop(cvm).await?;
         self.start(cvm, app).await
     }
@@ -416,6 +466,7 @@ impl Node {
         {
             return Err(NodeError::NoSuchCvm);
         }
+        self.unqueue(&cvm.id).await;
         self.end_boot(&cvm.id).await;
         self.end_agent(&cvm.id).await;
         let dir = self.dir(&cvm.id);
@@ -455,10 +506,12 @@ impl Node {
 
     /// After a restart of `berth up`: deletes that a crash interrupted
     /// (`deleting`) are finished; CVMs that were running and still are
-    /// stay as they are; CVMs that were booting, or were running but whose
-    /// containers are gone, boot again (their state folder makes that
-    /// cheap), unless a boot of theirs is still alive (its state lock is
-    /// held): those are reported and left alone, so no CVM boots twice.
+    /// stay as they are; CVMs that were booting or waiting for a boot slot
+    /// (`provisioning`, `starting`), or were running but whose containers
+    /// are gone, are queued to boot again (their state folder makes that
+    /// cheap; oldest CVM first), unless a boot of theirs is still alive
+    /// (its state lock is held): those are reported and left alone, so no
+    /// CVM boots twice.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, NodeError> {
         let _ = tokio::task::spawn_blocking(cgroup::remove_unused).await;
         let mut resumed = 0;
@@ -524,18 +577,20 @@ impl Node {
             }) else {
                 continue;
             };
-            match self.try_start(&cvm, &app).await? {
-                Started::Booting => {
+            match self.start(&cvm, &app).await {
+                Ok(()) => {
                     self.append_serial(&cvm.id, "node restarted: booting the CVM again")
                         .await;
                     resumed += 1;
                 }
-                Started::AlreadyBooting => {
+                Err(NodeError::AlreadyBooting { .. }) => {
                     eprintln!(
                         "node: CVM {} is already booting (another process holds its state lock); not booting it again",
                         cvm.id
                     );
                 }
+                Err(NodeError::NoSuchCvm) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(resumed)
