@@ -245,6 +245,11 @@ fn list_table(cvms: &[CvmInfo]) -> String {
 fn detail(c: &CvmInfo) -> String {
     let none = "-".to_string();
     let mut status = c.status.to_string();
+    if c.booting()
+        && let Some(waits) = &c.boot_progress
+    {
+        status.push_str(&format!(": {waits}"));
+    }
     if c.status != CvmStatus::Running
         && let Some(cat) = &c.boot_category
     {

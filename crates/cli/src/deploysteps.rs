@@ -239,8 +239,16 @@ pub(crate) fn pin(
 pub(crate) async fn follow_boot(api: &ApiClient, id: &str) -> Result<(), Failure> {
     let started = Instant::now();
     let mut printed = 0usize;
+    let mut waits: Option<String> = None;
     loop {
         let cvm = api.get(id).await.map_err(api_failure)?;
+        // The node's boot queue: its position, each time it changes.
+        if cvm.booting() && cvm.boot_progress != waits {
+            if let Some(w) = &cvm.boot_progress {
+                eprintln!("{w}");
+            }
+            waits = cvm.boot_progress.clone();
+        }
         if let Ok(resp) = api.logs(&cvm, "serial", None, false).await
             && let Ok(text) = resp.text().await
         {

@@ -132,6 +132,8 @@ pub struct CvmInfo {
     pub boot_category: Option<String>,
     /// The last boot's final line, when it failed.
     pub boot_error: Option<String>,
+    /// What its boot waits for, e.g. "waiting for a boot slot (3 ahead)".
+    pub boot_progress: Option<String>,
     /// Where its logs are (`…?token=…`).
     pub syslog_endpoint: Option<String>,
     /// When it was created.
@@ -159,6 +161,7 @@ impl CvmInfo {
             app_id: s("app_id").unwrap_or_default(),
             boot_category: s("boot_category"),
             boot_error: s("boot_error"),
+            boot_progress: s("boot_progress"),
             syslog_endpoint: s("syslog_endpoint"),
             created_at: s("created_at").unwrap_or_default(),
             compose_hash: s("compose_hash"),
