@@ -43,12 +43,15 @@ pub struct UpArgs {
     /// The most CVMs (not deleted) one user may have.
     #[arg(long, value_name = "N", default_value_t = 50)]
     max_cvms_per_user: usize,
-    /// The most CVMs booting at once, all users together (more answer 429).
+    /// The most CVMs booting at once, all users together: more are not
+    /// refused, they wait `starting` in the node's boot queue ("waiting
+    /// for a boot slot (N ahead)"), which shares the slots round-robin
+    /// between users.
     #[arg(long = "max-boots", value_name = "N", default_value_t = 8)]
     max_boots: usize,
-    /// The most CVMs one user may have booting at once (more answer 429),
-    /// so one user's stuck boots leave the others' slots alone; default:
-    /// half of --max-boots, at least 1.
+    /// The most boots of one user running at once (their other CVMs wait
+    /// in the queue), so one user's stuck boots leave the others' slots
+    /// alone; default: half of --max-boots, at least 1.
     #[arg(long = "max-boots-per-user", value_name = "N")]
     max_boots_per_user: Option<usize>,
     /// The most API requests one user may have in progress at once (more
