@@ -133,9 +133,7 @@ impl From<DbError> for ApiError {
             DbError::Busy { .. } | DbError::Unavailable { .. } => Self::unavailable(message),
             DbError::UserExists { .. } | DbError::NameTaken { .. } => Self::conflict(message),
             DbError::TooManyCvms { .. } => Self::quota(message),
-            DbError::TooManyBoots { .. }
-            | DbError::TooManyBootsOfUser { .. }
-            | DbError::TooManyUncommittedApps { .. } => Self::too_many(message),
+            DbError::TooManyUncommittedApps { .. } => Self::too_many(message),
             DbError::AppGone => Self::not_found(message),
             DbError::Sql(_) | DbError::Internal(_) | DbError::BadUrl { .. } => {
                 Self::internal(message)
@@ -203,7 +201,7 @@ mod tests {
                 "quota_exceeded",
             ),
             (
-                DbError::TooManyBoots { booting: 8, max: 8 }.into(),
+                DbError::TooManyUncommittedApps { have: 20, max: 20 }.into(),
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
             ),
@@ -248,7 +246,7 @@ mod tests {
         for (e, status, code) in cases {
             assert_eq!((e.status, e.code), (status, code), "{e}");
         }
-        let e: ApiError = DbError::TooManyBoots { booting: 3, max: 3 }.into();
-        assert!(e.message.contains("--max-boots 3"), "{e}");
+        let e: ApiError = DbError::TooManyCvms { have: 3, max: 3 }.into();
+        assert!(e.message.contains("--max-cvms-per-user 3"), "{e}");
     }
 }

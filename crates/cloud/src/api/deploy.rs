@@ -222,7 +222,7 @@ pub async fn commit(
                 memory: 2048,
                 disk_size: 20,
             },
-            state.limits.for_commit(),
+            state.limits,
         )
         .await?;
     state.node.start(&cvm.id).await?;

@@ -40,26 +40,6 @@ pub enum DbError {
         /// The cap.
         max: usize,
     },
-    /// The control plane is at its cap on boots in flight.
-    #[error(
-        "{booting} CVMs are booting, the most this control plane boots at once (berth up --max-boots {max}): try again when one of them is running"
-    )]
-    TooManyBoots {
-        /// Boots in flight.
-        booting: usize,
-        /// The cap.
-        max: usize,
-    },
-    /// The user is at the operator's cap on their own boots in flight.
-    #[error(
-        "you have {booting} CVMs booting, the most one user may boot at once (berth up --max-boots-per-user {max}): try again when one of them is running, or stop one that is stuck"
-    )]
-    TooManyBootsOfUser {
-        /// The user's boots in flight.
-        booting: usize,
-        /// The cap.
-        max: usize,
-    },
     /// The user is at the cap on apps provisioned and never committed.
     #[error(
         "you have {have} provisioned apps that no CVM uses yet, the most one user may keep ({max}): commit one (POST /cvms), provision the same compose file and name again (which reuses its app), or wait: each is dropped an hour after it was provisioned"

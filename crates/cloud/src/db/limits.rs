@@ -14,7 +14,7 @@ pub struct Limits {
     /// The node's boot slots: the most boots running at once, all users
     /// together (`--max-boots`). More wait in the node's boot queue, their
     /// CVMs `starting` with "waiting for a boot slot (N ahead)"; a commit or
-    /// a start is never refused for it (see [`Limits::for_commit`]).
+    /// a start is never refused for it (load is not a quota).
     pub max_boots_in_flight: usize,
     /// The most boots of one user running at once (`--max-boots-per-user`),
     /// so that one user's stuck boots cannot take every slot of
@@ -55,52 +55,11 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The caps a commit keeps: the quotas (`max_cvms_per_user`, …), not
-    /// the boot slots, which are the node's to share (a boot waits in its
-    /// queue for a slot; load is never a quota error).
-    pub fn for_commit(self) -> Self {
-        Self {
-            max_boots_in_flight: usize::MAX,
-            max_boots_per_user: usize::MAX,
-            ..self
-        }
-    }
-
     /// A user with `have` CVMs is at the CVM cap.
     pub fn too_many_cvms(&self, have: usize) -> DbError {
         DbError::TooManyCvms {
             have,
             max: self.max_cvms_per_user,
         }
-    }
-
-    /// `booting` boots in flight: a new one would pass the cap.
-    pub fn too_many_boots(&self, booting: usize) -> DbError {
-        DbError::TooManyBoots {
-            booting,
-            max: self.max_boots_in_flight,
-        }
-    }
-
-    /// The user has `booting` boots in flight: a new one would pass their
-    /// own cap.
-    pub fn too_many_boots_of_user(&self, booting: usize) -> DbError {
-        DbError::TooManyBootsOfUser {
-            booting,
-            max: self.max_boots_per_user,
-        }
-    }
-
-    /// Whether a new boot may start, with `of_user` of the user's own and
-    /// `all` in flight: the user's own cap is checked first, so a user at
-    /// it is told about their own boots, not everyone's.
-    pub fn check_boot(&self, of_user: usize, all: usize) -> Result<(), DbError> {
-        if of_user >= self.max_boots_per_user.max(1) {
-            return Err(self.too_many_boots_of_user(of_user));
-        }
-        if all >= self.max_boots_in_flight {
-            return Err(self.too_many_boots(all));
-        }
-        Ok(())
     }
 }
