@@ -25,6 +25,9 @@
 //!   `skopeo`, single-arch or multi-arch.
 //! - [`cosign`]: cosign signatures made in Rust (ECDSA P-256, simple-signing
 //!   payloads) pushed where cosign puts them, and checked with Python.
+//! - [`pg`]: PostgreSQL, a fresh database per test on the server that
+//!   `scripts/with-pg.sh` started, or a private [`pg::PgServer`] a test
+//!   stops and starts again.
 //!
 //! The external tools come from `scripts/registry-deps.sh` (Debian packages
 //! plus moto in the venv `<repo>/.deps/venv`). In-process servers run on their own
@@ -48,6 +51,7 @@ pub mod haproxy;
 pub mod hostile;
 pub mod images;
 mod moto;
+pub mod pg;
 mod pki;
 mod proxy;
 mod registry;
