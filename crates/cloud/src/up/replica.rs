@@ -69,7 +69,6 @@ impl ReplicaSettings {
             max_boots_per_user: self.max_boots_per_user,
             max_uncommitted_apps_per_user: self.max_uncommitted_apps_per_user,
             max_requests_per_user: self.max_requests_per_user,
-            ..Limits::default()
         }
     }
 }
