@@ -253,6 +253,29 @@ impl Db {
         self.read(|conn| Ok(boots_in_flight(conn)?)).await
     }
 
+    /// CVMs committed (`provisioning`) at least `older_than` ago and never
+    /// handed to the node since: the API process that committed them died
+    /// between its insert and its call to the node (a killed replica). The
+    /// node adopts them (`Node::adopt_orphans`).
+    pub async fn orphaned_commits(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<Cvm>, DbError> {
+        let before = std::time::SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(std::time::UNIX_EPOCH)
+            .max(std::time::UNIX_EPOCH);
+        let before = humantime::format_rfc3339_seconds(before).to_string();
+        self.read(move |conn| {
+            Ok(query_cvms(
+                conn,
+                "status = ?1 AND updated_at < ?2",
+                &[text(CvmStatus::Provisioning.as_str()), text(&before)],
+            )?)
+        })
+        .await
+    }
+
     /// Moves the CVM `id` to `to` (with the boot failure, if any) only if
     /// its status is one of `from`, atomically; says whether it did. Retried
     /// while the database is busy, for the status patience (30 s); an

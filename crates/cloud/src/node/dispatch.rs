@@ -21,6 +21,14 @@ use std::time::Duration;
 /// read (a busy or unreachable database).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How old a commit still in `provisioning` must be before the node takes
+/// it as orphaned (its API process died before it asked the node to boot
+/// it): far longer than an API takes from its insert to its call.
+const ORPHAN_AFTER: Duration = Duration::from_secs(10);
+
+/// How often the node looks for orphaned commits.
+const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(5);
+
 impl Node {
     /// Queues the CVM to boot, and answers at once: its status is
     /// `starting` with the message "waiting for a boot slot (N ahead)"
@@ -68,6 +76,59 @@ impl Node {
             self.wake.notify_one();
             return Ok(());
         }
+    }
+
+    /// Starts the loop that boots orphaned commits: CVMs an API process
+    /// committed (`provisioning`) and died before it asked the node to
+    /// boot them — with API replicas behind a balancer, a replica killed
+    /// mid-request. Their client was told an error (or, retrying, that the
+    /// name is taken), and the CVM boots all the same, once: `start`
+    /// queues a CVM at most once.
+    pub fn adopt_orphans(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ORPHAN_SCAN_EVERY).await;
+                let Some(node) = node.upgrade() else { return };
+                let orphans = match node.db.orphaned_commits(ORPHAN_AFTER).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("node: cannot look for orphaned commits: {e}");
+                        continue;
+                    }
+                };
+                for cvm in orphans {
+                    if node.boots.lock().unwrap().contains_key(&cvm.id)
+                        || node.waiting.lock().await.queue.contains(&cvm.id)
+                    {
+                        continue;
+                    }
+                    let app = match node.db.app(&cvm.app_id).await {
+                        Ok(Some(app)) => app,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            eprintln!("node: cannot read the app of CVM {}: {e}", cvm.id);
+                            continue;
+                        }
+                    };
+                    match node.start(&cvm, &app).await {
+                        Ok(()) => {
+                            eprintln!(
+                                "node: CVM {} was committed but never handed to the node (its API process stopped): booting it",
+                                cvm.id
+                            );
+                            node.append_serial(
+                                &cvm.id,
+                                "node: committed, but the API that committed it stopped before asking for its boot: booting it now",
+                            )
+                            .await;
+                        }
+                        Err(NodeError::AlreadyBooting { .. } | NodeError::NoSuchCvm) => {}
+                        Err(e) => eprintln!("node: cannot boot orphaned CVM {}: {e}", cvm.id),
+                    }
+                }
+            }
+        });
     }
 
     /// Takes the CVM `id` out of the boot queue, if it waits there: nothing

@@ -593,6 +593,7 @@ impl Node {
                 Err(e) => return Err(e),
             }
         }
+        self.adopt_orphans();
         Ok(resumed)
     }
 }
