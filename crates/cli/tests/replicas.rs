@@ -451,9 +451,10 @@ fn the_database_password_shows_nowhere() {
     let url = |pw: &str| format!("postgres://berth_app:{pw}@127.0.0.1:{}/{db}", pg.port());
     let dir = tempdir("replicas-canary");
     let state = dir.join("state");
-    let watch = ArgvWatch::start(CANARY, None, Duration::from_millis(20));
 
-    // On the command line: refused, saying where it goes instead.
+    // On the command line: refused, saying where it goes instead. (This
+    // one berth puts the password in its own arguments: the watch of every
+    // process's arguments starts after it.)
     let out = berth(
         &[
             "up",
@@ -473,6 +474,8 @@ fn the_database_password_shows_nowhere() {
         "{}",
         out.stderr
     );
+
+    let watch = ArgvWatch::start(CANARY, None, Duration::from_millis(20));
 
     // A wrong password, an unreachable server: a sentence, no password.
     for (bad, pw) in [
