@@ -487,6 +487,9 @@ fn up_failure(e: UpError) -> Failure {
         UpError::NoPrimary { .. } | UpError::KmsSilent { .. } => Failure::config(e).hint(
             "start `berth up --state STATE` (the node and the KMS) first, then the API replicas with --role api --state STATE",
         ),
+        UpError::NodeElsewhere { .. } => Failure::config(e).hint(
+            "stop that one first, or start this one as an API replica of it (--role api --state ITS-STATE); a lease left by a berth up killed with kill -9 runs out within 30 s",
+        ),
         UpError::NotForReplica { .. } => {
             Failure::config(e).hint("give it to the `berth up` without --role api")
         }

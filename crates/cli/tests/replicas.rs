@@ -566,3 +566,51 @@ fn the_database_password_shows_nowhere() {
     assert!(primary_said.contains(&shown), "{primary_said}");
     assert!(replica_said.contains(&shown), "{replica_said}");
 }
+
+/// An operator's mistake: a second `berth up` (the node and the KMS) on
+/// the same PostgreSQL database, from another state folder. It is refused
+/// with a sentence naming the one that runs (two nodes would boot the same
+/// CVMs twice); once that one stops, it starts. And the same state folder
+/// started again right after a `kill -9` takes its own lease over at once.
+#[test]
+fn a_second_node_on_one_database_is_refused_naming_the_first() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let engine = Dockerd::start();
+    let dir = tempdir("replicas-two-nodes");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let up = |state: &Path| {
+        let mut cmd = Cloud::command(state, &engine.host(), Some(ADMIN_KEY), &[]);
+        cmd.env("BERTH_DATABASE_URL", &url);
+        Cloud::spawn(cmd)
+    };
+    let first = up(&a).unwrap_or_else(|out| panic!("berth up:\n{out}"));
+    let said = match up(&b) {
+        Ok(_) => panic!("a second node started on the same database"),
+        Err(said) => said,
+    };
+    assert!(
+        said.contains("another `berth up` runs the node of this database"),
+        "{said}"
+    );
+    let a_shown = a.canonicalize().unwrap().display().to_string();
+    assert!(said.contains(&format!("state {a_shown}")), "{said}");
+    assert!(said.contains("--role api"), "the hint: {said}");
+    first.stop();
+    let second = up(&b).unwrap_or_else(|out| panic!("berth up after the first stopped:\n{out}"));
+    // kill -9: no lease given back; the same state folder takes it over.
+    unsafe { libc::kill(second.pid() as i32, libc::SIGKILL) };
+    // Its node and KMS go with it; the state folder's lock is free once
+    // the process is gone.
+    let gone = Instant::now();
+    while Path::new(&format!("/proc/{}", second.pid())).exists()
+        && std::fs::read_to_string(format!("/proc/{}/stat", second.pid()))
+            .is_ok_and(|s| !s.contains(") Z "))
+        && gone.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = up(&b).unwrap_or_else(|out| panic!("berth up right after kill -9:\n{out}"));
+    let (code, _) = call(&again.api, ADMIN_KEY, "GET", "/auth/me", None);
+    assert_eq!(code, 200);
+}

@@ -167,6 +167,15 @@ pub enum UpError {
     /// Serving the API failed.
     #[error("the API stopped: {0}")]
     Serve(std::io::Error),
+    /// Another `berth up` runs the node of this database (it holds the
+    /// node lease, `db::NODE_LEASE`).
+    #[error(
+        "another `berth up` runs the node of this database ({holder}): two nodes on one database would boot the same CVMs twice"
+    )]
+    NodeElsewhere {
+        /// Who holds the lease: host, PID and state folder.
+        holder: String,
+    },
     /// An API replica found no local cloud serving its state folder.
     #[error(
         "no `berth up` serves {}: its node does not answer on {}",

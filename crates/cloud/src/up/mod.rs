@@ -304,6 +304,9 @@ pub async fn run(
     // before any child starts.
     let location = replica::location(&state, config.database.as_ref());
     let db = replica::open(&location).await?;
+    // One node per database: on PostgreSQL another `berth up`, with
+    // another state folder, on this or another machine, may be on it.
+    let node_lease = NodeLease::take(db.clone(), &state).await?;
     replica::record(&state, &location, &config.limits)?;
     // The secret that lets the node, and only the node, mint boot tickets.
     let node_secret = state::random_hex::<32>();
@@ -442,10 +445,107 @@ pub async fn run(
         // booted again (cheaply) at the next start.
         terminate(&mut d, Duration::from_secs(15)).await;
     }
+    node_lease.release().await;
     served?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The node lease of this `berth up` (`db::NODE_LEASE`): taken before any
+/// child starts, renewed every [`NODE_LEASE_RENEW`] while it runs, given
+/// back when it stops. One lost to another holder (this process stalled
+/// past [`NODE_LEASE_TTL`], and another `berth up` took over) is said on
+/// stderr at each renewal.
+struct NodeLease {
+    db: Arc<crate::db::Db>,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// How long the node lease lasts unless renewed: a `berth up` killed with
+/// `kill -9` holds its database's node this long.
+const NODE_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// How often the node lease is renewed.
+const NODE_LEASE_RENEW: Duration = Duration::from_secs(10);
+
+impl Drop for NodeLease {
+    /// A `berth up` that fails after taking the lease stops renewing it;
+    /// its next start on this host and state folder takes it over.
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+impl NodeLease {
+    async fn take(db: Arc<crate::db::Db>, state: &std::path::Path) -> Result<Self, UpError> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "this host".into());
+        let holder = format!(
+            "host {host}, pid {}, state {}",
+            std::process::id(),
+            state.display()
+        );
+        match db
+            .take_lease(crate::db::NODE_LEASE, &holder, NODE_LEASE_TTL)
+            .await
+        {
+            Ok(None) => {}
+            // This host's own earlier `berth up` on this state folder: it
+            // is gone (this one holds the folder's lock), its lease is
+            // taken over rather than waited out.
+            Ok(Some(other))
+                if other.starts_with(&format!("host {host}, "))
+                    && other.ends_with(&format!(", state {}", state.display())) =>
+            {
+                let taken = async {
+                    db.release_lease(crate::db::NODE_LEASE, &other).await?;
+                    db.take_lease(crate::db::NODE_LEASE, &holder, NODE_LEASE_TTL)
+                        .await
+                };
+                match taken.await {
+                    Ok(None) => {}
+                    Ok(Some(other)) => return Err(UpError::NodeElsewhere { holder: other }),
+                    Err(e) => return Err(UpError::Database(e.to_string())),
+                }
+            }
+            Ok(Some(other)) => return Err(UpError::NodeElsewhere { holder: other }),
+            Err(e) => return Err(UpError::Database(e.to_string())),
+        }
+        let renewer = {
+            let (db, holder) = (db.clone(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(NODE_LEASE_RENEW).await;
+                    match db
+                        .take_lease(crate::db::NODE_LEASE, &holder, NODE_LEASE_TTL)
+                        .await
+                    {
+                        Ok(None) => {}
+                        Ok(Some(other)) => eprintln!(
+                            "berth up: another berth up ({other}) took this database's node lease while this one could not renew it: stop one of them"
+                        ),
+                        Err(e) => eprintln!("berth up: cannot renew the node lease: {e}"),
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            db,
+            holder,
+            renewer,
+        })
+    }
+
+    async fn release(self) {
+        self.renewer.abort();
+        let _ = self
+            .db
+            .release_lease(crate::db::NODE_LEASE, &self.holder)
+            .await;
     }
 }
 
