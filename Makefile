@@ -25,12 +25,40 @@ lint:
 	@if $(CARGO) tree -p cloud -e normal --prefix none | grep -E '^(envseal|kms|guest|agent) '; then \
 	  echo "error: crate cloud depends on envseal/kms/guest/agent (see ARCHITECTURE.md)"; exit 1; fi
 
+# The suite runs under scripts/with-pg.sh: a private PostgreSQL whose
+# superuser URL is BERTH_TEST_PG_URL (the database tests run on SQLite and
+# on it). Then a second pass runs the tests of the API and of the official
+# clients again with BERTH_TEST_DATABASE=postgres (`berth up` and the
+# in-process API on a fresh PostgreSQL database each): the binaries that
+# store and read the control plane's state; those of pulls, boots, the
+# guest and the engine's isolation do not touch its database. Both passes
+# always run; `make unit` fails if either failed.
+PG_PASS_CLI := cloud client update up_lifecycle node_lifecycle node_faults image_policy pinning console
+PG_PASS_CLOUD := api_rules api_shapes console_api tenant_bounds slow_clients
+# Tests of SQLite itself (an operator's sqlite3 holding the file's lock;
+# PostgreSQL's lock is tested in the cloud crate's database tests).
+PG_PASS_SQLITE_ONLY := a_held_database_lock_stalls_no_reader_and_bounds_writers
+PG_PASS_FILTER := ($(foreach t,$(PG_PASS_CLI),binary_id(berth-cli::$(t)) |) \
+  $(foreach t,$(PG_PASS_CLOUD),binary_id(cloud::$(t)) |) none()) \
+  - ($(foreach t,$(PG_PASS_SQLITE_ONLY),test(=$(t)) |) none())
+
 unit:
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	@scripts/with-pg.sh bash -c 'set -u; status=0; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast || status=1; \
+	  echo "unit: second pass, the API and client tests on PostgreSQL (BERTH_TEST_DATABASE=postgres)"; \
+	  BERTH_TEST_DATABASE=postgres $(CARGO) nextest run --workspace --no-fail-fast \
+	    -E "$(PG_PASS_FILTER)" || status=1; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
-	fi
+	  $(CARGO) test --workspace --no-fail-fast || status=1; \
+	  echo "unit: second pass, the API and client tests on PostgreSQL (BERTH_TEST_DATABASE=postgres)"; \
+	  BERTH_TEST_DATABASE=postgres $(CARGO) test --no-fail-fast \
+	    -p berth-cli $(foreach t,$(PG_PASS_CLI),--test $(t)) || status=1; \
+	  BERTH_TEST_DATABASE=postgres $(CARGO) test --no-fail-fast \
+	    -p cloud $(foreach t,$(PG_PASS_CLOUD),--test $(t)) \
+	    -- $(foreach t,$(PG_PASS_SQLITE_ONLY),--skip $(t)) || status=1; \
+	fi; \
+	exit $$status'
 
 test: deps lint unit
 

@@ -14,10 +14,12 @@
 //! receive: review it, then run with `BERTH_UPDATE_SNAPSHOTS=1` to write
 //! the new files.
 
+mod support;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cloud::db::{DbOptions, Limits};
-use cloud::{AppState, Db, Node, NodeClient, NodeConfig, NodeSecret};
+use cloud::{AppState, Node, NodeClient, NodeConfig, NodeSecret};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,7 +83,7 @@ async fn fixture() -> Fixture {
     let kms_task = tokio::spawn(async move {
         let _ = kms::server::serve(listener, k).await;
     });
-    let db = Arc::new(Db::open_with(&dir.join("berth.db"), DbOptions::default()).unwrap());
+    let db = Arc::new(support::open_db(&dir, DbOptions::default()));
     db.create_user("admin", &cloud::new_api_key(), true)
         .await
         .unwrap();

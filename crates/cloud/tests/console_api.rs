@@ -4,10 +4,12 @@
 //! (the provisioning policy and normalised registries). The browser side is
 //! `crates/cli/tests/console.rs`.
 
+mod support;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cloud::db::{DbOptions, Limits};
-use cloud::{AppState, Db, NodeClient};
+use cloud::{AppState, NodeClient};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tower::ServiceExt as _;
@@ -28,7 +30,7 @@ impl Drop for Fixture {
 async fn fixture() -> Fixture {
     let dir = std::env::temp_dir().join(format!("berth-console-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let db = Arc::new(Db::open_with(&dir.join("berth.db"), DbOptions::default()).unwrap());
+    let db = Arc::new(support::open_db(&dir, DbOptions::default()));
     let key = cloud::new_api_key();
     db.create_user("alice", &key, false).await.unwrap();
     let state = Arc::new(AppState {

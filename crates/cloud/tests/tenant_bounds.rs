@@ -104,12 +104,7 @@ async fn apps_provisioned_and_never_committed_are_bounded_per_user_and_expire() 
 
     // An hour later the uncommitted ones are dropped at her next
     // provisioning; the committed one stays.
-    let db = rusqlite::Connection::open(f.dir.join("berth.db")).unwrap();
-    db.execute(
-        "UPDATE apps SET created_at = '2000-01-01T00:00:00Z' WHERE user_id = (SELECT id FROM users WHERE username = 'mallory')",
-        [],
-    )
-    .unwrap();
+    f.sql("UPDATE apps SET created_at = '2000-01-01T00:00:00Z' WHERE user_id = (SELECT id FROM users WHERE username = 'mallory')");
     let (s, e) = provision(&f, mallory, "app-4", &compose(4)).await;
     assert_eq!(s, StatusCode::OK, "{e}");
     let id = |p: &Value| p["app_id"].as_str().unwrap().to_owned();
@@ -128,14 +123,10 @@ async fn apps_provisioned_and_never_committed_are_bounded_per_user_and_expire() 
         "{e}"
     );
     // Alice's app (not aged) is still there.
-    let alice_apps: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM apps WHERE user_id = (SELECT id FROM users WHERE username = 'alice')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(alice_apps, 1);
+    let alice_apps = f.sql(
+        "SELECT COUNT(*) FROM apps WHERE user_id = (SELECT id FROM users WHERE username = 'alice')",
+    );
+    assert_eq!(alice_apps, "1");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The API in process for the tests of the audit's findings: a real KMS on
-//! a Unix socket, a real SQLite file, no node (its socket does not exist,
+//! a Unix socket, a real database ([`open_db`]: SQLite, or PostgreSQL with
+//! `BERTH_TEST_DATABASE=postgres`), no node (its socket does not exist,
 //! so node calls answer 503), users `admin`, `alice` and `mallory`; and the
 //! API served on a loopback port by the real `serve`.
 
@@ -7,17 +8,19 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cloud::db::{DbOptions, Limits};
+use cloud::db::{DbLocation, DbOptions, DbUrl, Limits};
 use cloud::serve::ServeOptions;
 use cloud::{AppState, Db, NodeClient};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tower::ServiceExt as _;
 
 pub struct Fixture {
     pub dir: PathBuf,
+    /// The PostgreSQL database's URL (`None`: SQLite, `dir/berth.db`).
+    pub db_url: Option<String>,
     pub state: Arc<AppState>,
     /// admin, alice, mallory.
     pub keys: Vec<String>,
@@ -27,6 +30,51 @@ pub struct Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The API's database for a test whose folder is `dir`: SQLite at
+/// `dir/berth.db`, or with `BERTH_TEST_DATABASE=postgres` a fresh database
+/// on the PostgreSQL server of `BERTH_TEST_PG_URL` (`make test` runs these
+/// tests on both).
+pub fn open_db(dir: &Path, opts: DbOptions) -> Db {
+    open_db_at(dir, opts).0
+}
+
+/// [`open_db`], and the PostgreSQL database's URL (`None`: SQLite).
+pub fn open_db_at(dir: &Path, opts: DbOptions) -> (Db, Option<String>) {
+    match testkit::pg::TestDatabase::from_env() {
+        testkit::pg::TestDatabase::Sqlite => {
+            (Db::open_with(&dir.join("berth.db"), opts).unwrap(), None)
+        }
+        testkit::pg::TestDatabase::Postgres => {
+            let url = testkit::pg::fresh_database();
+            let location = DbLocation::Postgres(DbUrl::parse(&url).unwrap());
+            (Db::open_location(&location, opts).unwrap(), Some(url))
+        }
+    }
+}
+
+impl Fixture {
+    /// Runs `sql` on the fixture's database from outside the API (as an
+    /// operator's `sqlite3` or `psql` would); the first column of its
+    /// first row, as text (empty when it returns none).
+    pub fn sql(&self, sql: &str) -> String {
+        match &self.db_url {
+            Some(url) => testkit::pg::query(url, sql).unwrap(),
+            None => {
+                let db = rusqlite::Connection::open(self.dir.join("berth.db")).unwrap();
+                let mut stmt = db.prepare(sql).unwrap();
+                let mut rows = stmt.query([]).unwrap();
+                use rusqlite::types::Value;
+                match rows.next().unwrap().map(|r| r.get::<_, Value>(0).unwrap()) {
+                    Some(Value::Integer(i)) => i.to_string(),
+                    Some(Value::Real(f)) => f.to_string(),
+                    Some(Value::Text(t)) => t,
+                    _ => String::new(),
+                }
+            }
+        }
     }
 }
 
@@ -49,7 +97,8 @@ pub async fn fixture_with(limits: Limits, opts: DbOptions, third: &str) -> Fixtu
     let kms_task = tokio::spawn(async move {
         let _ = kms::server::serve(listener, k).await;
     });
-    let db = Arc::new(Db::open_with(&dir.join("berth.db"), opts).unwrap());
+    let (db, db_url) = open_db_at(&dir, opts);
+    let db = Arc::new(db);
     let mut keys = Vec::new();
     for (name, admin) in [("admin", true), ("alice", false), (third, false)] {
         let key = cloud::new_api_key();
@@ -71,6 +120,7 @@ pub async fn fixture_with(limits: Limits, opts: DbOptions, third: &str) -> Fixtu
     });
     Fixture {
         dir,
+        db_url,
         state,
         keys,
         _kms: kms_task,
