@@ -213,16 +213,24 @@ remove)
     [ -z "$DIR" ] || remove_cluster "$BIN" || true
   }
   trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
   init_cluster "$BIN"
   start_cluster "$BIN"
   BERTH_TEST_PG_URL=$(cat "$DIR/url")
   export BERTH_TEST_PG_URL
   echo "with-pg: PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$(cat "$DIR/port") (cluster in $DIR)" >&2
   # Not exec: the trap removes the cluster after CMD. Its status is ours.
+  # CMD runs in the background (its stdin kept) so that a TERM or INT sent
+  # to this script alone reaches it at once (bash defers traps while a
+  # foreground command runs); the cluster goes when CMD has ended.
+  "$@" <&0 &
+  child=$!
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+  trap 'kill -INT "$child" 2>/dev/null || true' INT
   status=0
-  "$@" || status=$?
+  while :; do
+    wait "$child" && status=0 || status=$?
+    kill -0 "$child" 2>/dev/null || break # not just a signal that woke wait
+  done
   exit "$status"
   ;;
 esac

@@ -219,13 +219,8 @@ fn console_deploys_updates_and_never_sends_a_plaintext_secret() {
     let sent = std::fs::read_to_string(artifacts.join("requests.json")).unwrap();
     assert!(sent.contains("/api/v1/cvms/provision") && sent.contains("encrypted_env"));
     let said = cloud.output();
-    let mut stored = Vec::new();
-    for file in files_under(&dir.join("state")) {
-        if file.to_string_lossy().contains("berth.db") {
-            stored.extend(std::fs::read(&file).unwrap_or_default());
-        }
-    }
-    assert!(!stored.is_empty(), "no database under the state folder");
+    let stored = stored_data(&dir.join("state"));
+    assert!(!stored.is_empty(), "no database for the state folder");
     let stored = String::from_utf8_lossy(&stored);
     for secret in [
         GHCR_PW,

@@ -3,8 +3,9 @@
 //! other processes never race for one).
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,6 +56,12 @@ impl Cloud {
         match admin_key {
             Some(key) => cmd.env("BERTH_ADMIN_API_KEY", key),
             None => cmd.env_remove("BERTH_ADMIN_API_KEY"),
+        };
+        // BERTH_TEST_DATABASE=postgres: the state's database on PostgreSQL,
+        // its URL (with a password) in the environment, never in argv.
+        match database_url(state) {
+            Some(url) => cmd.env("BERTH_DATABASE_URL", url),
+            None => cmd.env_remove("BERTH_DATABASE_URL"),
         };
         cmd
     }
@@ -304,6 +311,37 @@ impl Cloud {
         }
         true
     }
+}
+
+/// With `BERTH_TEST_DATABASE=postgres`, the PostgreSQL database of the
+/// state folder `state`: a fresh one ([`testkit::pg::fresh_database`]) the
+/// first time, the same one whenever this test starts `berth up` on that
+/// state again (a restart keeps its data, as with SQLite in the folder).
+/// `None`: SQLite, `STATE/berth.db`.
+pub fn database_url(state: &Path) -> Option<String> {
+    static DATABASES: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    if testkit::pg::TestDatabase::from_env() != testkit::pg::TestDatabase::Postgres {
+        return None;
+    }
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    let url = databases
+        .entry(state.to_path_buf())
+        .or_insert_with(testkit::pg::fresh_database);
+    Some(url.clone())
+}
+
+/// What the control plane stored for `state`, as bytes to search (e.g. for
+/// a secret that must not be there): the SQLite files `STATE/berth.db*`,
+/// or a dump of its PostgreSQL database.
+pub fn stored_data(state: &Path) -> Vec<u8> {
+    if let Some(url) = database_url(state) {
+        return testkit::pg::dump(&url).into_bytes();
+    }
+    let mut stored = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        stored.extend(std::fs::read(state.join(format!("berth.db{suffix}"))).unwrap_or_default());
+    }
+    stored
 }
 
 impl Drop for Cloud {

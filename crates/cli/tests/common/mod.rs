@@ -4,7 +4,7 @@
 
 mod cloud;
 
-pub use cloud::{Cloud, LEGACY_SHAPE};
+pub use cloud::{Cloud, LEGACY_SHAPE, database_url, stored_data};
 pub use testkit::{TestDir, repo_root, tempdir};
 
 use std::collections::BTreeSet;
