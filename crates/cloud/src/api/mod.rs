@@ -86,6 +86,7 @@ pub fn router(state: Shared) -> Router {
         .route("/users/{name}/revoke", post(users::revoke_user))
         .route("/cvms/provision", post(deploy::provision))
         .route("/cvms", post(deploy::commit).get(cvms::list_cvms))
+        .route("/cvms/paginated", get(cvms::paginated_cvms))
         .route(
             "/cvms/{id}",
             get(cvms::get_cvm)

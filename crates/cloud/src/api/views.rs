@@ -9,6 +9,7 @@
 //! ([`CvmCurrent`]: `id` is the UUID, nested `resource`, `kms_info`, `os`;
 //! the rest).
 
+use crate::db::pages::CvmSummary;
 use crate::db::{App, Cvm, User};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -97,13 +98,17 @@ fn compact(id: &str) -> String {
 /// The CVM's status message as a boot's failure: its last boot's final
 /// line, once the boot has ended.
 pub fn boot_error(cvm: &Cvm) -> Option<String> {
-    cvm.boot_message.clone().filter(|_| !cvm.status.in_progress())
+    cvm.boot_message
+        .clone()
+        .filter(|_| !cvm.status.in_progress())
 }
 
 /// The CVM's status message as what its boot waits for (the node's boot
 /// queue: "waiting for a boot slot (N ahead)"), while it is in progress.
 pub fn boot_progress(cvm: &Cvm) -> Option<String> {
-    cvm.boot_message.clone().filter(|_| cvm.status.in_progress())
+    cvm.boot_message
+        .clone()
+        .filter(|_| cvm.status.in_progress())
 }
 
 // ------------------------------------------------------------------ CVMs
@@ -228,6 +233,18 @@ pub struct Resource {
     pub disk_in_gb: i64,
 }
 
+impl Resource {
+    /// The size of `cvm`.
+    pub fn of(cvm: &Cvm) -> Self {
+        Self {
+            instance_type: "tdx.small",
+            vcpu: cvm.vcpu,
+            memory_in_gb: cvm.memory as f64 / 1024.0,
+            disk_in_gb: cvm.disk_size,
+        }
+    }
+}
+
 /// `kms_info` of a [`CvmCurrent`].
 #[derive(Clone, Debug, Serialize)]
 pub struct KmsInfo {
@@ -255,6 +272,15 @@ pub struct NodeInfo {
     pub id: i64,
     /// `berth-local-node`.
     pub name: &'static str,
+}
+
+impl NodeInfo {
+    /// The one local node.
+    pub const LOCAL: Self = Self {
+        object_type: "node",
+        id: 1,
+        name: "berth-local-node",
+    };
 }
 
 /// `os` of a [`CvmCurrent`].
@@ -336,12 +362,7 @@ impl CvmCurrent {
             app_id: cvm.app_id.clone(),
             vm_uuid: cvm.id.clone(),
             instance_id: compact(&cvm.id),
-            resource: Resource {
-                instance_type: "tdx.small",
-                vcpu: cvm.vcpu,
-                memory_in_gb: cvm.memory as f64 / 1024.0,
-                disk_in_gb: cvm.disk_size,
-            },
+            resource: Resource::of(cvm),
             kms_info: KmsInfo {
                 chain_id: None,
                 encrypted_env_pubkey: app.env_pubkey.clone(),
@@ -351,11 +372,7 @@ impl CvmCurrent {
                 base_domain: None,
                 cname: None,
             },
-            node_info: NodeInfo {
-                object_type: "node",
-                id: 1,
-                name: "berth-local-node",
-            },
+            node_info: NodeInfo::LOCAL,
             os: Os {
                 name: "berth (simulated TEE)",
                 version: env!("CARGO_PKG_VERSION"),
@@ -400,8 +417,232 @@ pub struct AppItem {
     pub kms_type: &'static str,
     /// Always 1.
     pub cvm_count: u32,
-    /// The CVM, `2026-01-21` shape.
-    pub current_cvm: CvmCurrent,
+    /// The CVM, slim.
+    pub current_cvm: CvmSlim,
+}
+
+impl AppItem {
+    /// The entry of the CVM `row`.
+    pub fn of(row: &CvmSummary) -> Self {
+        let cvm = &row.cvm;
+        Self {
+            id: cvm.id.clone(),
+            name: cvm.name.clone(),
+            app_id: cvm.app_id.clone(),
+            created_at: cvm.created_at.clone(),
+            kms_type: "phala",
+            cvm_count: 1,
+            current_cvm: CvmSlim::of(row),
+        }
+    }
+}
+
+/// A CVM in a row of `GET /apps`: the `2026-01-21` shape without what only
+/// the app's manifest or a log token can tell (`public_logs`,
+/// `public_sysinfo`, `upgrade_authority`, `syslog_endpoint`, `os`), so a
+/// page of apps reads no manifest. What the official CLI's `cvms list`
+/// reads (`vm_uuid`, `name`, `status`) and its schema requires (`id`,
+/// `name`, `resource`, `status`, `gateway`) is here; `GET /cvms/{id}` has
+/// the rest.
+#[derive(Clone, Debug, Serialize)]
+pub struct CvmSlim {
+    /// Berth: what isolates the CVM.
+    pub isolation: contract::Isolation,
+    /// The UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: CvmStatus,
+    /// Whether a boot is pending or under way.
+    pub in_progress: bool,
+    /// App id.
+    pub app_id: String,
+    /// The UUID.
+    pub vm_uuid: String,
+    /// The UUID without dashes.
+    pub instance_id: String,
+    /// Size.
+    pub resource: Resource,
+    /// The env key.
+    pub kms_info: KmsInfo,
+    /// `phala`.
+    pub kms_type: &'static str,
+    /// No gateway.
+    pub gateway: Gateway,
+    /// The node.
+    pub node_info: NodeInfo,
+    /// sha256 of `app-compose.json`, hex.
+    pub compose_hash: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Berth: the failure category of the last boot.
+    pub boot_category: Option<String>,
+    /// Berth: the last boot's final line, when it failed.
+    pub boot_error: Option<String>,
+    /// Berth: what a boot in progress waits for, when it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_progress: Option<String>,
+}
+
+impl CvmSlim {
+    /// The slim view of `row` (isolation `shared` until the caller sets it).
+    pub fn of(row: &CvmSummary) -> Self {
+        let cvm = &row.cvm;
+        Self {
+            isolation: contract::Isolation::Shared,
+            id: cvm.id.clone(),
+            name: cvm.name.clone(),
+            status: cvm.status,
+            in_progress: cvm.status.in_progress(),
+            app_id: cvm.app_id.clone(),
+            vm_uuid: cvm.id.clone(),
+            instance_id: compact(&cvm.id),
+            resource: Resource::of(cvm),
+            kms_info: KmsInfo {
+                chain_id: None,
+                encrypted_env_pubkey: row.env_pubkey.clone(),
+            },
+            kms_type: "phala",
+            gateway: Gateway {
+                base_domain: None,
+                cname: None,
+            },
+            node_info: NodeInfo::LOCAL,
+            compose_hash: row.compose_hash.clone(),
+            created_at: cvm.created_at.clone(),
+            boot_category: cvm.boot_category.clone(),
+            boot_error: boot_error(cvm),
+            boot_progress: boot_progress(cvm),
+        }
+    }
+}
+
+/// `GET /cvms/paginated`: one page of the user's CVMs, as Phala's API
+/// answers it (`items`, `total`, `page`, `page_size`, `pages`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CvmsPage<T> {
+    /// This page's CVMs, in the asked shape.
+    pub items: Vec<T>,
+    /// CVMs in all (with the filters).
+    pub total: usize,
+    /// Page number, from 1.
+    pub page: usize,
+    /// CVMs per page.
+    pub page_size: usize,
+    /// Pages in all (at least 1).
+    pub pages: usize,
+}
+
+/// A CVM of `GET /cvms/paginated` in the `2025-10-28` shape: the row of
+/// `GET /cvms` ([`CvmLegacy`]) plus the keys the official SDK's list schema
+/// (`CvmInfoV20251028`) requires, so both parse it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CvmListedLegacy {
+    /// The row of `GET /cvms`.
+    #[serde(flatten)]
+    pub cvm: CvmLegacy,
+    /// The VM as the node hosts it.
+    pub hosted: Hosted,
+    /// The owner.
+    pub managed_user: ManagedUser,
+    /// The node.
+    pub node: Teepod,
+    /// `false`: nothing is listed publicly.
+    pub listed: bool,
+    /// `null`.
+    pub dapp_dashboard_url: Option<String>,
+    /// `true`: updates in place are possible (an owner-authorized app's
+    /// need its owner's signature).
+    pub allow_upgrade: bool,
+    /// `null`.
+    pub project_id: Option<String>,
+    /// `null`.
+    pub project_type: Option<String>,
+    /// `null`: no billing.
+    pub billing_period: Option<String>,
+    /// `null`: the plain KMS.
+    pub kms_info: Option<KmsInfo>,
+    /// `null`: no gateway.
+    pub gateway_domain: Option<String>,
+    /// None.
+    pub public_urls: Vec<String>,
+}
+
+/// `hosted` of a [`CvmListedLegacy`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Hosted {
+    /// The UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: CvmStatus,
+    /// Empty: not tracked.
+    pub uptime: &'static str,
+    /// `null`: no gateway.
+    pub app_url: Option<String>,
+    /// App id.
+    pub app_id: String,
+    /// The UUID without dashes.
+    pub instance_id: String,
+    /// `null`.
+    pub exited_at: Option<String>,
+    /// What a boot in progress waits for.
+    pub boot_progress: Option<String>,
+    /// The last boot's final line, when it failed.
+    pub boot_error: Option<String>,
+    /// `null`.
+    pub shutdown_progress: Option<String>,
+    /// `null`.
+    pub image_version: Option<String>,
+}
+
+/// `managed_user` of a [`CvmListedLegacy`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ManagedUser {
+    /// The user's row id.
+    pub id: i64,
+    /// Login name.
+    pub username: String,
+}
+
+impl CvmListedLegacy {
+    /// `cvm` (the row of `GET /cvms`) of `user`, with the SDK's keys.
+    pub fn of(cvm: CvmLegacy, user: &User) -> Self {
+        let hosted = Hosted {
+            id: cvm.vm_uuid.clone(),
+            name: cvm.name.clone(),
+            status: cvm.status,
+            uptime: "",
+            app_url: None,
+            app_id: cvm.app_id.clone(),
+            instance_id: cvm.instance_id.clone(),
+            exited_at: None,
+            boot_progress: cvm.boot_progress.clone(),
+            boot_error: cvm.boot_error.clone(),
+            shutdown_progress: None,
+            image_version: None,
+        };
+        Self {
+            node: cvm.teepod.clone(),
+            cvm,
+            hosted,
+            managed_user: ManagedUser {
+                id: user.id,
+                username: user.username.clone(),
+            },
+            listed: false,
+            dapp_dashboard_url: None,
+            allow_upgrade: true,
+            project_id: None,
+            project_type: None,
+            billing_period: None,
+            kms_info: None,
+            gateway_domain: None,
+            public_urls: Vec::new(),
+        }
+    }
 }
 
 /// `GET /apps`.
