@@ -389,3 +389,40 @@ async fn the_status_batch_finds_cvms_by_id_in_any_form() {
     assert_eq!(keys, want);
     assert_eq!(batch[&cvms[1].id]["status"], "stopped");
 }
+
+#[tokio::test]
+async fn the_official_sdk_reads_both_page_shapes() {
+    let script = testkit::interop_path("list-with-phala-sdk.mjs");
+    testkit::interop_path("node_modules/@phala/cloud");
+    let f = fixture(Limits::default()).await;
+    seed(&f, 1, "sdk-app", 7).await;
+    let (addr, _stop) = serve(&f, cloud::serve::ServeOptions::default()).await;
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .args(["2", "5"])
+        .env("PHALA_CLOUD_API_PREFIX", format!("http://{addr}/api/v1"))
+        .env("PHALA_CLOUD_API_KEY", &f.keys[1])
+        .output()
+        .await
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK refused the page: {stderr}");
+    let pages: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for version in [LEGACY, CURRENT] {
+        let p = &pages[version];
+        assert_eq!(
+            (&p["total"], &p["page"], &p["page_size"], &p["pages"]),
+            (&json!(7), &json!(2), &json!(5), &json!(2)),
+            "{version}: {p}"
+        );
+        assert_eq!(
+            names(&p["items"]),
+            ["sdk-app-00005", "sdk-app-00006"],
+            "{version}"
+        );
+    }
+    // What each schema kept: the legacy one its `hosted` VM, the current one
+    // the UUID as `id`.
+    assert_eq!(pages[LEGACY]["items"][0]["hosted"]["name"], "sdk-app-00005");
+    assert_eq!(pages[CURRENT]["items"][0]["resource"]["vcpu"], 1);
+}
