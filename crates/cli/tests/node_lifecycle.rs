@@ -292,6 +292,8 @@ fn stop_ends_the_boot_process_group_and_its_status_holds() {
         "registry_endpoints": {},
         "ca_certs": [],
         "aws_endpoint_url_ecr": null,
+        // The same database (BERTH_TEST_DATABASE=postgres), as berth up hands it.
+        "database_url": database_url(&state),
     });
     let mut second = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["node", "serve", "--state"])
