@@ -26,7 +26,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "ROLE", default_value = "all", value_parser = ["all", "api"])]
     role: String,
     /// The PostgreSQL database to keep the state in, as
-    /// postgres://USER@HOST[:PORT]/DATABASE (default: SQLite in
+    /// `postgres://USER@HOST[:PORT]/DATABASE` (default: SQLite in
     /// STATE/berth.db). A URL with a password is refused here, where `ps`
     /// shows it: set the environment variable BERTH_DATABASE_URL instead.
     #[arg(long, value_name = "URL")]

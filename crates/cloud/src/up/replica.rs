@@ -27,10 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What the local cloud tells its API replicas (written at each start,
-/// 0600, in the state folder): its database without the password, its
-/// isolation and its caps.
-pub const REPLICA_SETTINGS_FILE: &str = "replica-settings.json";
+pub use super::state::REPLICA_SETTINGS_FILE;
 
 /// The file's content.
 #[derive(Serialize, Deserialize)]

@@ -21,6 +21,10 @@ pub const API_KEY_FILE: &str = "api-key";
 pub const KMS_PUBLIC_KEY_FILE: &str = "kms-public-key";
 /// The lock file of the one local cloud on a state folder (holds its PID).
 pub const LOCK_FILE: &str = "berth.lock";
+/// What the local cloud tells its API replicas (written at each start,
+/// 0600, in the state folder): its database without the password, its
+/// isolation and its caps (`replica`).
+pub const REPLICA_SETTINGS_FILE: &str = "replica-settings.json";
 /// The secret log URL tokens are derived from.
 pub(crate) const LOG_SECRET_FILE: &str = "log-secret";
 
@@ -34,7 +38,7 @@ const PRIVATE_FILES: &[&str] = &[
     LOG_SECRET_FILE,
     KMS_PUBLIC_KEY_FILE,
     "dockerd.log",
-    super::replica::REPLICA_SETTINGS_FILE,
+    REPLICA_SETTINGS_FILE,
 ];
 
 /// Refuses a state folder that another user owns, or that lies under a
