@@ -33,8 +33,8 @@ lint:
 # store and read the control plane's state; those of pulls, boots, the
 # guest and the engine's isolation do not touch its database. Both passes
 # always run; `make unit` fails if either failed.
-PG_PASS_CLI := cloud client update up_lifecycle node_lifecycle node_faults image_policy pinning console
-PG_PASS_CLOUD := api_rules api_shapes console_api tenant_bounds slow_clients
+PG_PASS_CLI := cloud client update up_lifecycle node_lifecycle node_faults image_policy pinning console boot_queue
+PG_PASS_CLOUD := api_rules api_shapes api_lists console_api tenant_bounds slow_clients
 # Tests of SQLite itself (an operator's sqlite3 holding the file's lock;
 # PostgreSQL's lock is tested in the cloud crate's database tests).
 PG_PASS_SQLITE_ONLY := a_held_database_lock_stalls_no_reader_and_bounds_writers
