@@ -34,9 +34,14 @@ if [ "$BOOT_RSS_GB" != 0 ]; then
   target/release/examples/bench_boot target/release/berth rss "$BOOT_RSS_GB"
 fi
 echo
-echo "== API under load: wrk against GET /api/v1/cvms with ${API_CVMS:-1000} CVMs, next to a no-DB route of the same server"
+# API (issue 21): API_CVMS CVM rows (10,000), wrk -c API_CONNECTIONS for
+# API_SECONDS per route: the page of 50 (/cvms/paginated, /apps), /auth/me
+# and the full streamed /cvms, on SQLite and then on a private PostgreSQL
+# (scripts/with-pg.sh starts one and sets BERTH_TEST_PG_URL, or uses the
+# server that variable already names).
+echo "== API under load: wrk against a page of 50, /auth/me and the full list with ${API_CVMS:-10000} CVMs, next to a no-DB route of the same server; SQLite, then PostgreSQL"
 cargo build --release --quiet -p testkit --example bench_api
-target/release/examples/bench_api target/release/berth "${API_CVMS:-1000}" "${API_SECONDS:-10}" "${API_CONNECTIONS:-16}"
+scripts/with-pg.sh target/release/examples/bench_api target/release/berth "${API_CVMS:-10000}" "${API_SECONDS:-10}" "${API_CONNECTIONS:-16}"
 echo
 echo "== the guest agent: GetKey and GetQuote latency over its Unix socket (${AGENT_CALLS:-2000} calls each) and the serving process's RSS"
 cargo build --release --quiet -p agent --example bench_agent
