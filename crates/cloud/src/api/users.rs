@@ -64,6 +64,7 @@ pub async fn rotate_key(
         .ok_or_else(|| ApiError::not_found("no such user"))?;
     let key = crate::new_api_key();
     state.db.set_api_key(&target.username, &key).await?;
+    super::auth::KEYS.forget_user(target.id);
     Ok(Json(NewKey {
         username: target.username,
         api_key: key,
@@ -97,6 +98,7 @@ pub async fn revoke_user(
         .db
         .set_api_key(&target.username, &crate::new_api_key())
         .await?;
+    super::auth::KEYS.forget_user(target.id);
     Ok(Json(Revoked {
         username: target.username,
         revoked: true,
