@@ -375,6 +375,14 @@ fn slow_clients_are_cut_off_connections_are_capped_and_log_tokens_are_macs() {
             .map(|t| t.contains("BOOT OK") || t.contains("BOOT FAILED"))
             .unwrap_or(false)
     });
+    // The node's own lines after it (the guest agent's start, …): the
+    // log is quiet for a second before ours go in.
+    let mut size = 0;
+    eventually(30, "the serial log stopped growing", || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
+        std::mem::replace(&mut size, now) == now
+    });
     // 3000 lines more: a request without `tail` gets the last 1000.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
