@@ -166,6 +166,7 @@ impl Db {
                 &vals![&id, instance_id, &new.name, new.user_id, &new.app_id, CvmStatus::Provisioning.as_str(), &new.encrypted_env,
                         serde_json::to_string(&new.env_keys).expect("json"), new.vcpu, new.memory, new.disk_size, ts],
             )?;
+            count_live_cvms(tx, new.user_id, 1)?;
             query_cvms(tx, "id = ?1", &[text(&id)])?
                 .pop()
                 .ok_or_else(|| DbError::Internal("the new CVM vanished").into())
@@ -305,7 +306,21 @@ impl Db {
         }
         let result = self
             .write(self.inner.opts.status_patience, move |tx| {
-                Ok(tx.execute(&sql, &args)? == 1)
+                // Under the write lock: the status read here is the one
+                // the update below replaces.
+                let before = tx.query_opt(
+                    "SELECT status, user_id FROM cvms WHERE id = ?1",
+                    std::slice::from_ref(&args[4]),
+                )?;
+                let applied = tx.execute(&sql, &args)? == 1;
+                if applied && let Some(row) = before {
+                    let was_live = row.get::<String>(0)? != CvmStatus::Deleted.as_str();
+                    let is_live = to != CvmStatus::Deleted;
+                    if was_live != is_live {
+                        count_live_cvms(tx, row.get(1)?, if is_live { 1 } else { -1 })?;
+                    }
+                }
+                Ok(applied)
             })
             .await;
         if let Err(e) = &result {
@@ -346,6 +361,16 @@ impl Db {
         })
         .await
     }
+}
+
+/// Adds `delta` to the user's count of live CVMs (`users.live_cvms`), in
+/// the transaction that adds or deletes one.
+pub(super) fn count_live_cvms(tx: &mut Conn, user_id: i64, delta: i64) -> Result<(), SqlError> {
+    tx.execute(
+        "UPDATE users SET live_cvms = live_cvms + ?1 WHERE id = ?2",
+        &vals![delta, user_id],
+    )?;
+    Ok(())
 }
 
 fn boots_in_flight(conn: &mut Conn) -> Result<usize, SqlError> {
@@ -502,6 +527,83 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(db.boots_in_flight().await.unwrap(), 5);
+        }
+    }
+
+    /// The kept count of a user's live CVMs (the total of an unfiltered
+    /// page) stays what counting the rows gives, through commits, status
+    /// changes, deletes (once), and imports.
+    #[tokio::test]
+    async fn the_kept_count_of_live_cvms_follows_the_rows() {
+        use crate::db::pages::CvmFilter;
+        for t in engines() {
+            let db = t.open();
+            let a = db.create_user("a", "ka", false).await.unwrap();
+            let b = db.create_user("b", "kb", false).await.unwrap();
+            let app = db.upsert_app(&app_of(a.id, 'a')).await.unwrap();
+            let name = t.name();
+            let total = |user: i64| {
+                let db = &db;
+                async move {
+                    let kept = db
+                        .cvm_page_of(user, &CvmFilter::default(), 1, 50)
+                        .await
+                        .unwrap()
+                        .total;
+                    assert_eq!(kept, db.cvms_of(user).await.unwrap().len(), "{name}");
+                    kept
+                }
+            };
+            let mut ids = Vec::new();
+            for n in ["one", "two", "three"] {
+                ids.push(
+                    db.create_cvm(new_cvm(n, a.id, &app.app_id), Limits::default())
+                        .await
+                        .unwrap()
+                        .id,
+                );
+            }
+            assert_eq!(total(a.id).await, 3);
+            assert_eq!(total(b.id).await, 0);
+            db.set_status(&ids[0], CvmStatus::Running, None, None)
+                .await
+                .unwrap();
+            db.set_status(&ids[0], CvmStatus::Stopped, None, None)
+                .await
+                .unwrap();
+            assert_eq!(total(a.id).await, 3);
+            assert!(
+                db.set_status(&ids[1], CvmStatus::Deleted, None, None)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !db.set_status(&ids[1], CvmStatus::Deleted, None, None)
+                    .await
+                    .unwrap()
+            );
+            // A write that finds it deleted already changes no count.
+            db.transition(
+                &ids[1],
+                &[CvmStatus::Deleted],
+                CvmStatus::Deleted,
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+            assert_eq!(total(a.id).await, 2);
+            let imported = (0..4)
+                .map(|i| {
+                    let mut app = app_of(b.id, 'b');
+                    app.app_id = format!("{:0>40}", i);
+                    let cvm = new_cvm(&format!("imported-{i}"), b.id, &app.app_id);
+                    (app, cvm)
+                })
+                .collect();
+            assert_eq!(db.import_stopped_cvms(imported).await.unwrap(), 4);
+            assert_eq!(total(b.id).await, 4);
+            assert_eq!(total(a.id).await, 2);
         }
     }
 

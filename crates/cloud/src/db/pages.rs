@@ -135,7 +135,28 @@ fn like_escaped(s: &str) -> String {
     out
 }
 
-fn count_live(conn: &mut Conn, clause: &str, args: &[Value]) -> Result<usize, SqlError> {
+/// How many of the user's live CVMs match: the user's kept count
+/// (`users.live_cvms`, one row) when `filter` narrows nothing, else a
+/// count over the partial index.
+fn count_live(
+    conn: &mut Conn,
+    user_id: i64,
+    filter: &CvmFilter,
+    clause: &str,
+    args: &[Value],
+) -> Result<usize, SqlError> {
+    let unfiltered =
+        filter.search.as_deref().is_none_or(|s| s.trim().is_empty()) && filter.statuses.is_empty();
+    if unfiltered {
+        let kept: Option<i64> = conn
+            .query_opt(
+                "SELECT live_cvms FROM users WHERE id = ?1",
+                &[Value::Int(user_id)],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?;
+        return Ok(kept.unwrap_or(0).max(0) as usize);
+    }
     count(
         conn,
         &format!("SELECT COUNT(*) FROM cvms WHERE {clause}"),
@@ -218,8 +239,9 @@ impl Db {
     ) -> Result<Page<(Cvm, App)>, DbError> {
         let (clause, args) = live_of(user_id, filter);
         let offset = offset_of(page, page_size);
+        let filter = filter.clone();
         self.read(move |conn| {
-            let total = count_live(conn, &clause, &args)?;
+            let total = count_live(conn, user_id, &filter, &clause, &args)?;
             let rows = if offset < total {
                 cvms_with_apps(conn, &clause, &args, page_size, offset)?
             } else {
@@ -258,8 +280,9 @@ impl Db {
     ) -> Result<Page<CvmSummary>, DbError> {
         let (clause, args) = live_of(user_id, filter);
         let offset = offset_of(page, page_size);
+        let filter = filter.clone();
         self.read(move |conn| {
-            let total = count_live(conn, &clause, &args)?;
+            let total = count_live(conn, user_id, &filter, &clause, &args)?;
             if offset >= total {
                 return Ok(Page {
                     rows: Vec::new(),
@@ -346,6 +369,7 @@ impl Db {
                         CvmStatus::Stopped.as_str(), &cvm.encrypted_env, serde_json::to_string(&cvm.env_keys).expect("json"),
                         cvm.vcpu, cvm.memory, cvm.disk_size, &ts],
                 )?;
+                super::cvms::count_live_cvms(tx, cvm.user_id, 1)?;
             }
             Ok(rows.len())
         })
