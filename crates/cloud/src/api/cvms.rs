@@ -58,7 +58,7 @@ const STREAM_CHUNK: usize = 500;
 
 /// `GET /cvms`: the user's CVMs, in the `2025-10-28` shape (the `berth`
 /// CLI's list and the console read it), **streamed**: the rows come from
-/// the database [`STREAM_CHUNK`] at a time (keyset on `instance_id`) and
+/// the database `STREAM_CHUNK` at a time (keyset on `instance_id`) and
 /// are written as they come, so memory stays flat however many CVMs the
 /// user has, and the first bytes leave after one chunk. The first chunk is
 /// read before the answer starts, so a database that is down is still a
@@ -247,9 +247,9 @@ pub async fn paginated_cvms(
 }
 
 /// `GET /apps`: one app per CVM, paged in the database, in slim rows
-/// ([`CvmSlim`]: no manifest is read). The official CLI's `cvms list`
+/// (`CvmSlim`: no manifest is read). The official CLI's `cvms list`
 /// calls this (then `POST /status/batch` for the page's CVMs), with the
-/// filters [`ListQuery`] reads.
+/// filters `ListQuery` reads.
 pub async fn list_apps(
     State(state): State<Shared>,
     axum::Extension(user): axum::Extension<User>,
