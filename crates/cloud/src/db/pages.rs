@@ -186,12 +186,14 @@ fn cvms_with_apps(
 }
 
 /// The page of `cvms` rows matching `clause` (its `n` arguments, then the
-/// limit and the offset), as a subquery named `cvms`: the page is cut
-/// from the index before the join, so the rows an offset skips are never
-/// joined with their apps.
+/// limit and the offset), as a subquery named `cvms`. The offset is taken
+/// over instance ids alone — a walk of the partial index of live CVMs that
+/// reads no table row on SQLite, nor on PostgreSQL once its visibility map
+/// is set (an index-only scan) — and only the page's rows are read, by
+/// their unique instance id, and joined with their apps.
 fn page_of(clause: &str, n: usize) -> String {
     format!(
-        "(SELECT {CVM_LIST_COLUMNS} FROM cvms WHERE {clause} ORDER BY cvms.instance_id LIMIT ?{} OFFSET ?{}) AS cvms",
+        "(SELECT {CVM_LIST_COLUMNS} FROM cvms WHERE cvms.instance_id IN (SELECT cvms.instance_id FROM cvms WHERE {clause} ORDER BY cvms.instance_id LIMIT ?{} OFFSET ?{})) AS cvms",
         n + 1,
         n + 2
     )
