@@ -65,13 +65,19 @@ pub struct NewCvm {
 const CVM_COLUMNS: &str = "id, instance_id, name, user_id, app_id, status, boot_category, boot_message, encrypted_env, env_keys, vcpu, memory, disk_size, created_at";
 const CVM_COLUMN_COUNT: usize = 14;
 
+/// Column `i` as a [`CvmStatus`].
+pub(super) fn status_at(r: &Row, i: usize) -> Result<CvmStatus, SqlError> {
+    r.get::<String>(i)?
+        .parse::<CvmStatus>()
+        .map_err(|_| SqlError::Decode {
+            column: i,
+            want: "a CVM status",
+        })
+}
+
 pub(super) fn cvm_row(r: &Row) -> Result<Cvm, SqlError> {
     let keys: String = r.get(9)?;
-    let status: String = r.get(5)?;
-    let status = status.parse::<CvmStatus>().map_err(|_| SqlError::Decode {
-        column: 5,
-        want: "a CVM status",
-    })?;
+    let status = status_at(r, 5)?;
     Ok(Cvm {
         id: r.get(0)?,
         instance_id: r.get(1)?,

@@ -181,12 +181,7 @@ pub fn now() -> String {
 /// settings every Berth connection has.
 fn connect(location: &DbLocation) -> Result<Conn, SqlError> {
     match location {
-        DbLocation::Sqlite(path) => {
-            let conn = rusqlite::Connection::open(path)?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.pragma_update(None, "foreign_keys", "ON")?;
-            Ok(Conn::Sqlite(conn))
-        }
+        DbLocation::Sqlite(path) => Ok(Conn::Sqlite(sqlite_connect(path)?)),
         DbLocation::Postgres(url) => {
             let mut client = url.config().connect(postgres::NoTls)?;
             client.batch_execute(&format!(
@@ -198,6 +193,13 @@ fn connect(location: &DbLocation) -> Result<Conn, SqlError> {
             Ok(Conn::postgres(client))
         }
     }
+}
+
+fn sqlite_connect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
 }
 
 fn count(conn: &mut Conn, sql: &str, args: &[Value]) -> Result<usize, SqlError> {
@@ -236,9 +238,7 @@ impl Db {
     pub fn open_location(location: &DbLocation, opts: DbOptions) -> Result<Self, DbError> {
         let first = match location {
             DbLocation::Sqlite(path) => {
-                let Conn::Sqlite(conn) = connect(location).map_err(db_err)? else {
-                    unreachable!("an SQLite location gives an SQLite connection")
-                };
+                let conn = sqlite_connect(path).map_err(db_err)?;
                 // At start-up the other process may be migrating or
                 // writing: wait longer than a request would.
                 conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
@@ -249,7 +249,6 @@ impl Db {
                 if let Conn::Sqlite(c) = &conn {
                     c.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
                 }
-                let _ = path;
                 conn
             }
             DbLocation::Postgres(url) => {
@@ -334,8 +333,7 @@ impl Db {
                     Some(c) if !c.is_closed() => c,
                     _ => match connect(&inner.location) {
                         Ok(c) => c,
-                        Err(e) if Instant::now() + pause < deadline => {
-                            let _ = e;
+                        Err(_) if Instant::now() + pause < deadline => {
                             std::thread::sleep(pause);
                             pause = (pause * 2).min(Duration::from_millis(250));
                             continue;

@@ -11,6 +11,7 @@
 //! `None` and whose `env_keys` are empty. A CVM's app cannot be gone (the
 //! `cvms.app_id` foreign key keeps it), so the counts need no join.
 
+use super::apps::{APP_COLUMNS_JOINED, app_row_at};
 use super::sql::{Conn, Row, SqlError, Value};
 use super::{App, Cvm, Db, DbError, NewCvm, count, now, placeholders, text};
 use contract::CvmStatus;
@@ -51,11 +52,7 @@ const CVM_LIST_COLUMNS: &str = "cvms.id, cvms.instance_id, cvms.name, cvms.user_
 const CVM_LIST_COLUMN_COUNT: usize = 12;
 
 fn list_cvm(r: &Row) -> Result<Cvm, SqlError> {
-    let status: String = r.get(5)?;
-    let status = status.parse::<CvmStatus>().map_err(|_| SqlError::Decode {
-        column: 5,
-        want: "a CVM status",
-    })?;
+    let status = super::cvms::status_at(r, 5)?;
     Ok(Cvm {
         id: r.get(0)?,
         instance_id: r.get(1)?,
@@ -73,20 +70,6 @@ fn list_cvm(r: &Row) -> Result<Cvm, SqlError> {
         created_at: r.get(11)?,
     })
 }
-
-fn list_app(r: &Row, at: usize) -> Result<App, SqlError> {
-    Ok(App {
-        app_id: r.get(at)?,
-        user_id: r.get(at + 1)?,
-        name: r.get(at + 2)?,
-        app_compose: r.get(at + 3)?,
-        compose_hash: r.get(at + 4)?,
-        env_pubkey: r.get(at + 5)?,
-        env_pubkey_signature: r.get(at + 6)?,
-    })
-}
-
-const APP_LIST_COLUMNS: &str = "apps.app_id, apps.user_id, apps.name, apps.app_compose, apps.compose_hash, apps.env_pubkey, apps.env_pubkey_signature";
 
 /// `WHERE …` of a user's live CVMs narrowed by `filter`, with its
 /// arguments (`?1` is the user).
@@ -174,14 +157,14 @@ fn cvms_with_apps(
 ) -> Result<Vec<(Cvm, App)>, SqlError> {
     let n = args.len();
     let sql = format!(
-        "SELECT {CVM_LIST_COLUMNS}, {APP_LIST_COLUMNS} FROM {} JOIN apps ON apps.app_id = cvms.app_id ORDER BY cvms.instance_id",
+        "SELECT {CVM_LIST_COLUMNS}, {APP_COLUMNS_JOINED} FROM {} JOIN apps ON apps.app_id = cvms.app_id ORDER BY cvms.instance_id",
         page_of(clause, n)
     );
     let mut all = args.to_vec();
     all.extend([Value::Int(limit as i64), Value::Int(offset as i64)]);
     conn.query(&sql, &all)?
         .iter()
-        .map(|r| Ok((list_cvm(r)?, list_app(r, CVM_LIST_COLUMN_COUNT)?)))
+        .map(|r| Ok((list_cvm(r)?, app_row_at(r, CVM_LIST_COLUMN_COUNT)?)))
         .collect()
 }
 
