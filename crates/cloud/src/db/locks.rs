@@ -148,41 +148,63 @@ mod tests {
     async fn a_second_node_on_one_database_is_told_who_runs_it() {
         for t in engines() {
             let (a, b) = (t.open(), t.open());
-            let ttl = Duration::from_millis(300);
+            let long = Duration::from_secs(60);
             assert_eq!(
-                a.take_lease(NODE_LEASE, "host-a pid 1", ttl).await.unwrap(),
+                a.take_lease(NODE_LEASE, "host-a pid 1", long)
+                    .await
+                    .unwrap(),
                 None
             );
             assert_eq!(
-                b.take_lease(NODE_LEASE, "host-b pid 2", ttl)
+                b.take_lease(NODE_LEASE, "host-b pid 2", long)
                     .await
                     .unwrap()
                     .as_deref(),
                 Some("host-a pid 1")
             );
-            // Renewed by its holder, it stays; unrenewed, it runs out.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Renewed by its holder, it stays its.
             assert_eq!(
-                a.take_lease(NODE_LEASE, "host-a pid 1", ttl).await.unwrap(),
+                a.take_lease(NODE_LEASE, "host-a pid 1", long)
+                    .await
+                    .unwrap(),
                 None
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            assert!(
-                b.take_lease(NODE_LEASE, "host-b pid 2", ttl)
+            assert_eq!(
+                b.take_lease(NODE_LEASE, "host-b pid 2", long)
                     .await
                     .unwrap()
-                    .is_some()
+                    .as_deref(),
+                Some("host-a pid 1")
             );
-            tokio::time::sleep(Duration::from_millis(350)).await;
+            // Its last renewal was short and it renews no more (its
+            // `berth up` was killed): once that has run out, b takes it.
             assert_eq!(
-                b.take_lease(NODE_LEASE, "host-b pid 2", ttl).await.unwrap(),
+                a.take_lease(NODE_LEASE, "host-a pid 1", Duration::from_millis(100))
+                    .await
+                    .unwrap(),
+                None
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                b.take_lease(NODE_LEASE, "host-b pid 2", long)
+                    .await
+                    .unwrap(),
                 None,
                 "{}",
                 t.name()
             );
+            assert_eq!(
+                a.take_lease(NODE_LEASE, "host-a pid 1", long)
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some("host-b pid 2")
+            );
             b.release_lease(NODE_LEASE, "host-b pid 2").await.unwrap();
             assert_eq!(
-                a.take_lease(NODE_LEASE, "host-a pid 1", ttl).await.unwrap(),
+                a.take_lease(NODE_LEASE, "host-a pid 1", long)
+                    .await
+                    .unwrap(),
                 None
             );
         }
