@@ -151,13 +151,14 @@ impl NodeReadyReader {
 /// running, hands `ready` what the local cloud waits for (to be written on
 /// standard output), and serves until the process ends.
 pub async fn serve_node(
-    config: NodeServeConfig,
+    mut config: NodeServeConfig,
     ready: impl FnOnce(&NodeReady),
 ) -> Result<(), NodeServeError> {
     super::state::private_umask();
     let mut settings: NodeSettings =
         serde_json::from_str(&config.settings).map_err(|_| NodeServeError::BadSettings)?;
-    drop(config.settings);
+    // The line held the node secret and the database URL.
+    zeroize::Zeroize::zeroize(&mut config.settings);
     let url = match settings.database_url.take().map(zeroize::Zeroizing::new) {
         Some(text) => Some(
             crate::db::DbUrl::parse(&text).map_err(|e| NodeServeError::Database(e.to_string()))?,
